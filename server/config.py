@@ -1,0 +1,188 @@
+"""Settings: defaults, a TOML file, ``AIOTUSD_*`` environment variables and flags.
+
+Precedence is flag > environment > file > default. Defaults live on
+:class:`Settings`; how each value is parsed and checked lives in
+:data:`SETTINGS`. The CLI flags, the environment names and the file keys are
+all derived from that table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "AIOTUSD_"
+_SIZE_RE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+
+
+def parse_size(value: Any) -> int:
+    """A byte count: an integer, or text such as ``512MiB`` or ``5GB``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size in bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    match = _SIZE_RE.fullmatch(str(value))
+    if not match:
+        raise ValueError("expected a size such as 1048576, 512MiB or 5GB")
+    number, unit, suffix = match.groups()
+    base = 1024 if (suffix or "").lower() == "ib" or not suffix else 1000
+    return int(number) * base ** _SIZE_UNITS[unit.upper()]
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise ValueError("expected an integer")
+    return int(text)
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", _parse_str, "address to listen on"),
+    Setting("port", _parse_int, "TCP port to listen on", minimum=0),
+    Setting("base_path", _parse_str, "URL path under which uploads live"),
+    Setting("data_dir", _parse_str, "directory for uploaded files and the database"),
+    Setting("database", _parse_str, "SQLite file (default: {data_dir}/aiotusd.sqlite3)"),
+    Setting("storage", _parse_str, "storage backend", choices=("filesystem",)),
+    Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0),
+    Setting("expiration", _parse_int,
+        "seconds an unfinished upload lives after its last write, 0 to keep forever", minimum=0,
+    ),
+    Setting("expiry_interval", _parse_float, "seconds between sweeps for expired uploads",
+            minimum=0.01),
+    Setting("gone_retention", _parse_int,
+            "seconds a terminated or expired upload answers 410 before it is forgotten", minimum=0),
+    Setting("lock_timeout", _parse_float,
+            "seconds a request waits for another request on the same upload to let go",
+            minimum=0),
+    Setting("idle_timeout", _parse_float,
+            "seconds a request body may stall before the connection is closed", minimum=0.01),
+    Setting("commit_bytes", parse_size,
+            "during a long PATCH, make the offset durable after this many bytes", minimum=1),
+    Setting("commit_seconds", _parse_float,
+            "during a long PATCH, make the offset durable after this many seconds",
+            minimum=0.01),
+    Setting("shutdown_timeout", _parse_float,
+            "seconds in-flight requests get to finish on SIGTERM", minimum=0),
+    Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
+    Setting("log_level", _parse_str, "log level",
+            choices=("debug", "info", "warning", "error")),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    data_dir: str = "./data"
+    database: str = ""
+    storage: str = "filesystem"
+    max_size: int = 0
+    expiration: int = 604800
+    expiry_interval: float = 60.0
+    gone_retention: int = 604800
+    lock_timeout: float = 3.0
+    idle_timeout: float = 60.0
+    commit_bytes: int = 8 * 1024 * 1024
+    commit_seconds: float = 2.0
+    shutdown_timeout: float = 10.0
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else Path(self.data_dir) / "aiotusd.sqlite3"
+
+
+def _validated(name: str, raw: Any, source: str) -> Any:
+    setting = _BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"unknown setting {name!r} in {source}")
+    try:
+        value = setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"bad value {raw!r} for {name!r} in {source}: {exc}") from None
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(
+            f"bad value {raw!r} for {name!r} in {source}: expected one of "
+            + ", ".join(setting.choices)
+        )
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(
+            f"bad value {raw!r} for {name!r} in {source}: must be at least {setting.minimum}"
+        )
+    return value
+
+
+def _normalise(values: dict[str, Any]) -> dict[str, Any]:
+    base_path = values.get("base_path")
+    if base_path is not None:
+        base_path = "/" + base_path.strip("/") + "/" if base_path.strip("/") else "/"
+        values["base_path"] = base_path
+    return values
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge the sources; unknown keys and bad values raise :class:`ConfigError`."""
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as file:
+                document = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        for key, raw in document.items():
+            values[key] = _validated(key, raw, f"config file {config_file}")
+    for env_name, raw in (environ or {}).items():
+        if env_name.startswith(ENV_PREFIX) and env_name != ENV_PREFIX + "CONFIG":
+            key = env_name[len(ENV_PREFIX) :].lower()
+            values[key] = _validated(key, raw, f"environment variable {env_name}")
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            values[key] = _validated(key, raw, f"flag --{key.replace('_', '-')}")
+    return dataclasses.replace(Settings(), **_normalise(values))

@@ -1,0 +1,45 @@
+"""What every handler needs: settings, state, storage and locks of one running server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from storage_backends.base import StorageBackend, StoredUpload
+
+from .config import Settings
+from .locks import UploadLocks
+from .protocol import parse_metadata
+from .state import StateStore, Upload
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: StateStore
+    backend: StorageBackend
+    locks: UploadLocks
+    assembly_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Serialises the assembly of final uploads, so that none is assembled twice."""
+
+    def expires_at(self) -> float | None:
+        """When an unfinished upload written to now expires, or None if never."""
+        if not self.settings.expiration:
+            return None
+        return time.time() + self.settings.expiration
+
+    @staticmethod
+    def stored(upload: Upload) -> StoredUpload:
+        return StoredUpload(
+            id=upload.id,
+            length=upload.length,
+            offset=upload.offset,
+            metadata=parse_metadata(upload.metadata),
+            storage=upload.storage,
+        )
+
+
+CONTEXT = web.AppKey("aiotusd", Context)

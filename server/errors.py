@@ -1,0 +1,108 @@
+"""Protocol errors and the one place that maps them to HTTP responses.
+
+Handlers raise a :class:`TusError` subclass with a one-line reason; the error
+middleware in :mod:`server.app` turns it into a plain-text response with the
+status of the class. Anything else that escapes a handler is logged and
+answered with a generic 500 that carries no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger("aiotusd")
+
+
+class TusError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class BadRequest(TusError):
+    status = 400
+
+
+class Forbidden(TusError):
+    status = 403
+
+
+class NotFound(TusError):
+    status = 404
+
+
+class MethodNotAllowed(TusError):
+    status = 405
+
+
+class Conflict(TusError):
+    status = 409
+
+
+class Gone(TusError):
+    status = 410
+
+
+class PreconditionFailed(TusError):
+    status = 412
+
+
+class TooLarge(TusError):
+    status = 413
+
+
+class UnsupportedMediaType(TusError):
+    status = 415
+
+
+class RangeNotSatisfiable(TusError):
+    status = 416
+
+
+class Locked(TusError):
+    status = 423
+
+
+class ChecksumMismatch(TusError):
+    status = 460
+
+
+class InsufficientStorage(TusError):
+    status = 507
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has a bad value; the message names the key."""
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer every refusal with its status and a one-line plain-text reason."""
+    try:
+        return await handler(request)
+    except TusError as exc:
+        return _plain(exc.status, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _plain(exc.status, exc.reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {})
+    except ConnectionError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _plain(500, "internal server error")
+
+
+def _plain(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    line = " ".join(reason.split())
+    return web.Response(status=status, text=line + "\n", headers=headers)

@@ -1,0 +1,44 @@
+"""The background sweep that deletes expired unfinished uploads and forgets old tombstones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .context import Context
+from .errors import Locked
+from .state import EXPIRED
+from .uploads import is_expired, remove
+
+log = logging.getLogger("aiotusd")
+BATCH = 100
+
+
+async def sweep(ctx: Context) -> int:
+    """Expire what is due now; returns how many uploads were removed."""
+    now = time.time()
+    removed = 0
+    for upload_id in await ctx.store.expired_ids(now, BATCH):
+        try:
+            async with ctx.locks.hold(upload_id):
+                upload = await ctx.store.get(upload_id)
+                if upload is not None and is_expired(upload, now):
+                    await remove(ctx, upload, EXPIRED)
+                    removed += 1
+        except Locked:
+            continue
+    await ctx.store.forget_gone(now - ctx.settings.gone_retention)
+    return removed
+
+
+async def run_sweeper(ctx: Context) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.expiry_interval)
+        try:
+            removed = await sweep(ctx)
+        except Exception:
+            log.exception("expiration sweep failed")
+            continue
+        if removed:
+            log.info("expired %d unfinished uploads", removed)

@@ -1,0 +1,113 @@
+"""POST (creation, creation-with-upload, creation-defer-length, concatenation)."""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from storage_backends.base import Concatenator, LengthDeferrer
+
+from ..checksum import ExpectedChecksum
+from ..context import CONTEXT, Context
+from ..errors import BadRequest, TooLarge, TusError
+from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
+from ..proxy import external_url
+from ..receive import append_body, check_content_type
+from ..state import ACTIVE, Upload
+from ..uploads import assemble_if_ready, concatenated_length, finish
+
+
+def new_upload_id() -> str:
+    """128 random bits, hex: URL-safe, and safe as a file name on any filesystem."""
+    return secrets.token_hex(16)
+
+
+def _requested_length(request: web.Request, concat: Concat | None) -> tuple[int | None, bool]:
+    """The ``Upload-Length``, or None with True for ``Upload-Defer-Length: 1``."""
+    length_header = request.headers.get("Upload-Length")
+    defer_header = request.headers.get("Upload-Defer-Length")
+    if concat is not None and concat.final:
+        if length_header is not None or defer_header is not None:
+            raise BadRequest("a final upload must not carry Upload-Length or Upload-Defer-Length")
+        return None, False
+    if length_header is not None and defer_header is not None:
+        raise BadRequest("send either Upload-Length or Upload-Defer-Length, not both")
+    if defer_header is not None:
+        if defer_header.strip() != "1":
+            raise BadRequest("Upload-Defer-Length must be 1")
+        return None, True
+    if length_header is None:
+        raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
+    return parse_non_negative(length_header, "Upload-Length"), False
+
+
+async def _final_length(ctx: Context, concat: Concat) -> int | None:
+    """Check the parts of a final upload; its length once all part lengths are known."""
+    found = await ctx.store.get_many(concat.parts)
+    partials: list[Upload | None] = []
+    for part_id in concat.parts:
+        partial = found.get(part_id)
+        if partial is None:
+            raise BadRequest(f"partial upload {part_id} does not exist")
+        if partial.status != ACTIVE:
+            raise BadRequest(f"partial upload {part_id} was {partial.status}")
+        if partial.concat != "partial":
+            raise BadRequest(f"upload {part_id} was not created with Upload-Concat: partial")
+        partials.append(partial)
+    return concatenated_length(partials)
+
+
+async def handle(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    settings = ctx.settings
+    concat_header = request.headers.get("Upload-Concat")
+    concat = None if concat_header is None else parse_concat(concat_header, settings.base_path)
+    if concat is not None and not isinstance(ctx.backend, Concatenator):
+        raise BadRequest("this server does not support concatenation")
+    length, defer = _requested_length(request, concat)
+    if defer and not isinstance(ctx.backend, LengthDeferrer):
+        raise BadRequest("this server does not support deferred lengths")
+    metadata = request.headers.get("Upload-Metadata", "")
+    parse_metadata(metadata)
+    has_body = request.body_exists
+    if has_body:
+        check_content_type(request)
+        if concat is not None and concat.final:
+            raise BadRequest("a final upload takes no body")
+    checksum_header = request.headers.get("Upload-Checksum")
+    checksum = ExpectedChecksum(checksum_header) if checksum_header and has_body else None
+    if concat is not None and concat.final:
+        length = await _final_length(ctx, concat)
+    if settings.max_size and length is not None and length > settings.max_size:
+        raise TooLarge(f"Upload-Length exceeds the maximum size of {settings.max_size}")
+
+    upload = Upload(
+        id=new_upload_id(),
+        length=length,
+        defer_length=defer,
+        metadata=metadata,
+        concat=None if concat is None else ("final" if concat.final else "partial"),
+        expires_at=ctx.expires_at(),
+    )
+    await ctx.backend.create(ctx.stored(upload))
+    await ctx.store.create(upload, concat.parts if concat is not None else ())
+    headers = {"Location": external_url(request, settings.base_path + upload.id)}
+
+    if concat is not None and concat.final:
+        if await assemble_if_ready(ctx, upload.id):
+            upload = await ctx.store.get(upload.id) or upload
+    elif upload.length == 0:
+        await finish(ctx, upload)
+    elif has_body:
+        async with ctx.locks.hold(upload.id) as holder:
+            try:
+                await append_body(ctx, request, upload, holder, checksum)
+            except TusError as exc:
+                exc.headers.update(headers, **{"Upload-Offset": str(upload.offset)})
+                raise
+    if upload.concat != "final":
+        headers["Upload-Offset"] = str(upload.offset)
+    if upload.expires_at is not None and not upload.is_complete:
+        headers["Upload-Expires"] = http_date(upload.expires_at)
+    return web.Response(status=201, headers=headers)

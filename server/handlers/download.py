@@ -1,0 +1,55 @@
+"""GET: the bytes of a finished upload, with ranges and safe content headers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..content import content_disposition, content_type, parse_range
+from ..context import CONTEXT
+from ..errors import Conflict, RangeNotSatisfiable
+from ..protocol import http_date, metadata_text, parse_metadata
+from ..uploads import load
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    upload = await load(ctx, request.match_info["upload_id"])
+    if not upload.is_complete or upload.length is None:
+        raise Conflict("upload is not finished yet")
+    size = upload.length
+    etag = f'"{upload.id}"'
+    metadata = parse_metadata(upload.metadata)
+    media_type, inline = content_type(metadata_text(metadata, "filetype"))
+    headers = {
+        "ETag": etag,
+        "Last-Modified": http_date(upload.completed_at or upload.created_at),
+        "Accept-Ranges": "bytes",
+        "Content-Type": media_type,
+        "Content-Disposition": content_disposition(metadata_text(metadata, "filename"), inline),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if_none_match = request.headers.get("If-None-Match", "")
+    if etag in if_none_match or if_none_match.strip() == "*":
+        return web.Response(status=304, headers={"ETag": etag})
+    if_range = request.headers.get("If-Range")
+    byte_range = parse_range(request.headers.get("Range"), size)
+    if if_range is not None and if_range != etag:
+        byte_range = None
+    status = 200
+    start, end = 0, size
+    if byte_range is not None:
+        start, end = byte_range
+        if start >= end:
+            raise RangeNotSatisfiable(
+                "requested range is outside the upload", {"Content-Range": f"bytes */{size}"}
+            )
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(request)
+    async for chunk in ctx.backend.read(ctx.stored(upload), start, end):
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -1,0 +1,45 @@
+"""HEAD: where an upload stands, so a client knows where to resume."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..context import CONTEXT, Context
+from ..protocol import http_date
+from ..state import Upload
+from ..uploads import concatenated_length, load, partials_of
+
+
+async def upload_headers(ctx: Context, upload: Upload) -> dict[str, str]:
+    headers = {"Cache-Control": "no-store"}
+    length = upload.length
+    if upload.is_final:
+        base = ctx.settings.base_path
+        parts = await ctx.store.parts(upload.id)
+        headers["Upload-Concat"] = "final;" + " ".join(base + part for part in parts)
+        if length is None:
+            length = concatenated_length(await partials_of(ctx, upload))
+    elif upload.concat:
+        headers["Upload-Concat"] = upload.concat
+    if not upload.is_final or upload.is_complete:
+        headers["Upload-Offset"] = str(upload.offset)
+    if length is not None:
+        headers["Upload-Length"] = str(length)
+    elif upload.defer_length:
+        headers["Upload-Defer-Length"] = "1"
+    if upload.metadata:
+        headers["Upload-Metadata"] = upload.metadata
+    if upload.expires_at is not None and not upload.is_complete:
+        headers["Upload-Expires"] = http_date(upload.expires_at)
+    return headers
+
+
+async def handle(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    upload_id = request.match_info["upload_id"]
+    upload = await load(ctx, upload_id)
+    if not upload.is_complete:
+        # Taking the lock makes a stale PATCH on this upload record its bytes first.
+        async with ctx.locks.hold(upload_id):
+            upload = await load(ctx, upload_id)
+    return web.Response(status=200, headers=await upload_headers(ctx, upload))

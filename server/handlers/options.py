@@ -1,0 +1,35 @@
+"""OPTIONS: what this server supports."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from storage_backends.base import Concatenator, LengthDeferrer
+
+from ..checksum import ALGORITHMS
+from ..context import CONTEXT, Context
+from ..protocol import EXTENSIONS, TUS_VERSION
+
+
+def extensions(ctx: Context) -> list[str]:
+    """The extensions this server, with its settings and backend, really offers."""
+    unavailable: set[str] = set()
+    if not ctx.settings.expiration:
+        unavailable.add("expiration")
+    if not isinstance(ctx.backend, Concatenator):
+        unavailable |= {"concatenation", "concatenation-unfinished"}
+    if not isinstance(ctx.backend, LengthDeferrer):
+        unavailable.add("creation-defer-length")
+    return [name for name in EXTENSIONS if name not in unavailable]
+
+
+async def handle(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    headers = {
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": ",".join(extensions(ctx)),
+        "Tus-Checksum-Algorithm": ",".join(ALGORITHMS),
+    }
+    if ctx.settings.max_size:
+        headers["Tus-Max-Size"] = str(ctx.settings.max_size)
+    return web.Response(status=204, headers=headers)

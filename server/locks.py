@@ -1,0 +1,67 @@
+"""One writer per upload, and a way for a newer request to take over from a stale one.
+
+A client whose connection dropped reconnects and sends HEAD or PATCH while
+the server may still be waiting for the rest of the old request's body. The
+new request asks the holder to let go (:meth:`Holder.request_release`); a
+receiving holder then stops reading, records the bytes it got and releases.
+Only if the holder does not let go within ``timeout`` is the new request
+answered 423.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from .errors import Locked
+
+
+class Holder:
+    """The request that currently holds an upload's lock."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.release_requested = False
+        self._on_release_request: Callable[[], None] | None = None
+
+    def on_release_request(self, callback: Callable[[], None] | None) -> None:
+        """Set what stops this holder's work when another request wants the upload."""
+        self._on_release_request = callback
+        if callback is not None and self.release_requested:
+            callback()
+
+    def request_release(self) -> None:
+        self.release_requested = True
+        if self._on_release_request is not None:
+            self._on_release_request()
+
+
+class UploadLocks:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._holders: dict[str, Holder] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[Holder]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while (current := self._holders.get(upload_id)) is not None:
+            current.request_release()
+            remaining = deadline - loop.time()
+            try:
+                await asyncio.wait_for(current.released.wait(), max(remaining, 0))
+            except TimeoutError:
+                raise Locked("upload is in use by another request; try again later") from None
+        holder = Holder()
+        self._holders[upload_id] = holder
+        try:
+            yield holder
+        finally:
+            del self._holders[upload_id]
+            holder.released.set()
+
+    def release_all(self) -> None:
+        """Ask every holder to let go (server shutdown)."""
+        for holder in list(self._holders.values()):
+            holder.request_release()

@@ -1,0 +1,130 @@
+"""Parsing and formatting of the tus 1.0.0 headers.
+
+Every function here either returns a well-formed value or raises a
+:class:`~server.errors.TusError` with a one-line reason, so handlers never
+see a malformed header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import BadRequest
+
+TUS_VERSION = "1.0.0"
+UPLOAD_CONTENT_TYPE = "application/offset+octet-stream"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "checksum",
+    "termination",
+    "concatenation",
+    "concatenation-unfinished",
+)
+
+# Largest length we accept: SQLite's INTEGER is a signed 64-bit number.
+MAX_INTEGER = 2**63 - 1
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+_ID_RE = re.compile(ID_PATTERN)
+_DIGITS_RE = re.compile(r"[0-9]{1,19}")
+# Metadata keys: visible ASCII except the comma that separates pairs.
+_METADATA_KEY_RE = re.compile(r"[!-+\--~]+")
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def is_upload_id(value: str) -> bool:
+    return _ID_RE.fullmatch(value) is not None
+
+
+def parse_non_negative(value: str, header: str) -> int:
+    """A header holding a non-negative decimal integer, as tus requires."""
+    value = value.strip()
+    if not _DIGITS_RE.fullmatch(value) or int(value) > MAX_INTEGER:
+        raise BadRequest(f"{header} must be a non-negative integer")
+    return int(value)
+
+
+def parse_metadata(value: str) -> dict[str, bytes]:
+    """Decode ``Upload-Metadata``: ``key base64,key2 base64,key3``."""
+    metadata: dict[str, bytes] = {}
+    if not value.strip():
+        return metadata
+    for pair in value.split(","):
+        parts = pair.strip().split(" ")
+        if len(parts) > 2:
+            raise BadRequest("Upload-Metadata pairs must be 'key base64value'")
+        key = parts[0]
+        if not _METADATA_KEY_RE.fullmatch(key):
+            raise BadRequest("Upload-Metadata keys must be non-empty and without spaces or commas")
+        if key in metadata:
+            raise BadRequest(f"Upload-Metadata key {key!r} appears twice")
+        encoded = parts[1] if len(parts) == 2 else ""
+        if not _BASE64_RE.fullmatch(encoded) or len(encoded) % 4:
+            raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64")
+        try:
+            metadata[key] = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64") from None
+    return metadata
+
+
+def metadata_text(metadata: dict[str, bytes], key: str) -> str | None:
+    """A metadata value as text (undecodable bytes replaced), or None."""
+    raw = metadata.get(key)
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Concat:
+    """A parsed ``Upload-Concat`` header: ``partial``, or ``final`` with its parts."""
+
+    final: bool
+    parts: tuple[str, ...] = ()
+
+
+def parse_concat(value: str, base_path: str) -> Concat:
+    value = value.strip()
+    if value == "partial":
+        return Concat(final=False)
+    if not value.startswith("final;"):
+        raise BadRequest("Upload-Concat must be 'partial' or 'final;<upload URLs>'")
+    urls = value[len("final;") :].split()
+    if not urls:
+        raise BadRequest("Upload-Concat final must name at least one partial upload")
+    return Concat(final=True, parts=tuple(_upload_id_from_url(url, base_path) for url in urls))
+
+
+def _upload_id_from_url(url: str, base_path: str) -> str:
+    """The upload id in an absolute or relative upload URL below ``base_path``."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        raise BadRequest(f"Upload-Concat names an invalid URL: {url[:100]}") from None
+    if not path.startswith(base_path) or not is_upload_id(path[len(base_path) :]):
+        raise BadRequest(f"Upload-Concat names no upload of this server: {url[:100]}")
+    return path[len(base_path) :]
+
+
+def parse_checksum(value: str) -> tuple[str, bytes]:
+    """Split ``Upload-Checksum: <algorithm> <base64 digest>``."""
+    parts = value.strip().split(" ")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>'")
+    algorithm, encoded = parts
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise BadRequest("Upload-Checksum digest is not valid base64") from None
+    return algorithm, digest
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 9110 IMF-fixdate, e.g. ``Wed, 25 Jun 2014 16:00:00 GMT``."""
+    return email.utils.formatdate(timestamp, usegmt=True)

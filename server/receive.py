@@ -1,0 +1,169 @@
+"""Appending a request body to an upload: the hot path of PATCH and creation-with-upload.
+
+The body is streamed in the chunks aiohttp hands over and written to the
+backend as it arrives, so memory stays bounded whatever the body's size.
+Offsets are committed only after the backend's ``sync``: at the end of the
+request, and every ``commit_bytes`` / ``commit_seconds`` during a long one,
+so an interrupted request keeps what arrived. With ``Upload-Checksum`` the
+body is all or nothing: a body that does not match, or that was cut off and
+so cannot be verified, is discarded and the offset stays where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Callable
+
+from aiohttp import web
+
+from storage_backends.base import UploadWriter
+
+from .checksum import ExpectedChecksum
+from .context import Context
+from .errors import BadRequest, ChecksumMismatch, InsufficientStorage, TooLarge, UnsupportedMediaType
+from .locks import Holder
+from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
+from .state import Upload
+from .uploads import finish
+
+RECEIVED = web.RequestKey("aiotusd.received", int)
+"""Bytes of the body appended to the upload, for the access log."""
+
+
+class BodyInterrupted(BadRequest):
+    """The body stopped before its end: disconnect, bad chunk, idle timeout or take-over."""
+
+
+class _IdleWatchdog:
+    """Calls ``on_idle`` once no :meth:`touch` came for ``timeout`` seconds.
+
+    One timer per request, re-armed lazily, so that ``touch`` is a single
+    assignment: cheap enough for every body chunk.
+    """
+
+    def __init__(self, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self.last = self._loop.time()
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle >= self._timeout:
+            self._on_idle()
+        else:
+            self._handle = self._loop.call_later(self._timeout - idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def room_left(ctx: Context, upload: Upload) -> int:
+    """How many more bytes the upload may take."""
+    if upload.length is not None:
+        return upload.length - upload.offset
+    if ctx.settings.max_size:
+        return ctx.settings.max_size - upload.offset
+    return MAX_INTEGER - upload.offset
+
+
+async def _commit(ctx: Context, upload: Upload, writer: UploadWriter) -> None:
+    upload.offset = await writer.sync()
+    upload.expires_at = ctx.expires_at()
+    await ctx.store.save_progress(upload)
+
+
+async def _keep_what_arrived(
+    ctx: Context, upload: Upload, writer: UploadWriter, checksum: ExpectedChecksum | None
+) -> None:
+    """After a body broke off: commit what arrived, or drop it when it cannot be verified."""
+    if checksum is not None:
+        await writer.discard()
+    else:
+        await _commit(ctx, upload, writer)
+
+
+async def append_body(
+    ctx: Context,
+    request: web.Request,
+    upload: Upload,
+    holder: Holder,
+    checksum: ExpectedChecksum | None,
+) -> None:
+    """Append the request body to ``upload`` and commit its new offset.
+
+    Raises a 4xx :class:`~server.errors.TusError` for a body that is too long
+    or fails its checksum (nothing of it is kept), 507 when storage is full
+    (what was stored is kept), and :class:`BodyInterrupted` when the body was
+    cut off (what arrived is kept, unless a checksum was sent).
+    """
+    room = room_left(ctx, upload)
+    if request.content_length is not None and request.content_length > room:
+        raise TooLarge(f"body of {request.content_length} bytes exceeds the {room} bytes left")
+    start = upload.offset
+    settings = ctx.settings
+    loop = asyncio.get_running_loop()
+    transport = request.transport
+
+    def stop_receiving() -> None:
+        if transport is not None:
+            transport.close()
+
+    writer = await ctx.backend.open_writer(ctx.stored(upload))
+    watchdog = _IdleWatchdog(settings.idle_timeout, stop_receiving)
+    holder.on_release_request(stop_receiving)
+    reader = request.content
+    limit = start + room
+    committed_at = loop.time()
+    try:
+        while True:
+            try:
+                chunk = await reader.readany()
+            except Exception as exc:
+                raise BodyInterrupted(f"request body broke off: {exc or type(exc).__name__}") from None
+            if not chunk:
+                break
+            watchdog.touch()
+            if writer.offset + len(chunk) > limit:
+                await writer.discard()
+                raise TooLarge(f"body exceeds the {room} bytes left in the upload")
+            if checksum is not None:
+                checksum.hasher.update(chunk)
+            await writer.write(chunk)
+            if checksum is None and (
+                writer.offset - upload.offset >= settings.commit_bytes
+                or watchdog.last - committed_at >= settings.commit_seconds
+            ):
+                await _commit(ctx, upload, writer)
+                committed_at = watchdog.last
+        if checksum is not None and not checksum.matches():
+            await writer.discard()
+            raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
+        await _commit(ctx, upload, writer)
+    except BodyInterrupted:
+        await _keep_what_arrived(ctx, upload, writer, checksum)
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        await _keep_what_arrived(ctx, upload, writer, checksum)
+        raise InsufficientStorage("storage is full; try again later") from None
+    finally:
+        watchdog.cancel()
+        holder.on_release_request(None)
+        request[RECEIVED] = upload.offset - start
+        await writer.close()
+    if not upload.is_complete and upload.offset == upload.length:
+        await finish(ctx, upload)
+
+
+
+def check_content_type(request: web.Request) -> None:
+    """Only ``application/offset+octet-stream`` bodies are upload data."""
+    if request.content_type != UPLOAD_CONTENT_TYPE:
+        raise UnsupportedMediaType(f"Content-Type must be {UPLOAD_CONTENT_TYPE}")

@@ -1,0 +1,100 @@
+"""The life of an upload beyond one request: lookup, completion, assembly, removal."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from storage_backends.base import Concatenator
+
+from .context import Context
+from .errors import Gone, NotFound
+from .protocol import is_upload_id
+from .state import ACTIVE, EXPIRED, Upload
+
+log = logging.getLogger("aiotusd")
+
+
+def is_expired(upload: Upload, now: float | None = None) -> bool:
+    return (
+        upload.expires_at is not None
+        and not upload.is_complete
+        and upload.expires_at <= (time.time() if now is None else now)
+    )
+
+
+async def load(ctx: Context, upload_id: str) -> Upload:
+    """The active upload ``upload_id``, or 404 / 410 with a reason."""
+    if not is_upload_id(upload_id):
+        raise NotFound("no such upload")
+    upload = await ctx.store.get(upload_id)
+    if upload is None:
+        raise NotFound("no such upload")
+    if upload.status != ACTIVE:
+        raise Gone(f"upload was {upload.status}")
+    if is_expired(upload):
+        await remove(ctx, upload, EXPIRED)
+        raise Gone("upload was expired")
+    return upload
+
+
+async def remove(ctx: Context, upload: Upload, status: str) -> None:
+    """Delete an upload's bytes and keep a tombstone with ``status``.
+
+    The tombstone is written first: a crash in between leaves an orphaned
+    file, never a live upload whose bytes are gone.
+    """
+    await ctx.store.mark_gone(upload.id, status)
+    upload.status = status
+    await ctx.backend.delete(ctx.stored(upload))
+
+
+async def finish(ctx: Context, upload: Upload) -> None:
+    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it."""
+    await ctx.backend.finish(ctx.stored(upload))
+    upload.completed_at = time.time()
+    upload.expires_at = None
+    await ctx.store.save_progress(upload)
+    if upload.concat == "partial":
+        for final_id in await ctx.store.finals_waiting_on(upload.id):
+            try:
+                await assemble_if_ready(ctx, final_id)
+            except Exception:
+                log.exception("assembling final upload %s failed", final_id)
+
+
+async def partials_of(ctx: Context, final: Upload) -> list[Upload | None]:
+    """The parts of a final upload in order; None for a part that no longer exists."""
+    part_ids = await ctx.store.parts(final.id)
+    found = await ctx.store.get_many(part_ids)
+    return [found.get(part_id) for part_id in part_ids]
+
+
+def concatenated_length(partials: list[Upload | None]) -> int | None:
+    """The length of a final upload, once every part's length is known."""
+    total = 0
+    for partial in partials:
+        if partial is None or partial.length is None:
+            return None
+        total += partial.length
+    return total
+
+
+async def assemble_if_ready(ctx: Context, final_id: str) -> bool:
+    """Concatenate a final upload if all its parts are finished; True once it is."""
+    assert isinstance(ctx.backend, Concatenator)
+    async with ctx.assembly_lock:
+        final = await ctx.store.get(final_id)
+        if final is None or final.status != ACTIVE:
+            return False
+        if final.is_complete:
+            return True
+        partials = await partials_of(ctx, final)
+        ready = [p for p in partials if p is not None and p.status == ACTIVE and p.is_complete]
+        if len(ready) != len(partials):
+            return False
+        final.length = concatenated_length(partials)
+        await ctx.backend.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
+        final.offset = final.length or 0
+        await finish(ctx, final)
+        return True

@@ -1,0 +1,16 @@
+"""Storage backends: where the bytes of uploads live."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import StorageBackend
+from .filesystem import FilesystemBackend
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+
+def make_backend(settings: Settings) -> StorageBackend:
+    """The backend the settings name."""
+    return FilesystemBackend(settings.data_dir)

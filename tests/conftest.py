@@ -1,0 +1,139 @@
+"""Shared fixtures: an in-process app behind aiohttp's test client, and real server processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import Settings
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=str(tmp_path / "data"), expiry_interval=3600)
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Any, settings: Settings
+) -> AsyncIterator[ClientFactory]:
+    """``await make_client(max_size=10)``: a test client for an app with changed settings."""
+
+    async def make(**changes: Any) -> TestClient:
+        return await aiohttp_client(create_app(dataclasses.replace(settings, **changes)))
+
+    yield make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient:
+    return await make_client()
+
+
+async def create_upload(client: TestClient, length: int | None = None, **headers: str) -> str:
+    """POST an upload and return its path (``/files/<id>``)."""
+    request_headers = {**TUS, **headers}
+    if length is not None:
+        request_headers["Upload-Length"] = str(length)
+    response = await client.post("/files/", headers=request_headers)
+    assert response.status == 201, await response.text()
+    location = response.headers["Location"]
+    return location[location.index("/files/") :]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """A real ``aiotusd`` process on loopback, restartable on the same port and data."""
+
+    data_dir: Path
+    port: int
+    extra_args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/files/"
+
+    def start(self, timeout: float = 20) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIOTUSD_")},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"aiotusd exited early:\n{self.log_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"aiotusd did not start listening:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Send ``sig`` and wait for the exit; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_process("--max-size", "100")``: start a real aiotusd; stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        index = len(started)
+        server = ServerProcess(
+            data_dir=tmp_path / f"server{index}",
+            port=free_port(),
+            extra_args=list(args),
+            log_path=tmp_path / f"server{index}.log",
+        )
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process is not None:
+            server.stop(signal.SIGKILL)
