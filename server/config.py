@@ -59,6 +59,17 @@ def _parse_float(value: Any) -> float:
         raise ValueError("expected a number") from None
 
 
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _parse_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -80,7 +91,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("base_path", _parse_str, "URL path under which uploads live"),
     Setting("data_dir", _parse_str, "directory for uploaded files and the database"),
     Setting("database", _parse_str, "SQLite file (default: {data_dir}/aiotusd.sqlite3)"),
-    Setting("storage", _parse_str, "storage backend", choices=("filesystem",)),
+    Setting("storage", _parse_str, "storage backend", choices=("filesystem", "s3")),
     Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0),
     Setting("expiration", _parse_int,
         "seconds an unfinished upload lives after its last write, 0 to keep forever", minimum=0,
@@ -101,6 +112,19 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.01),
     Setting("shutdown_timeout", _parse_float,
             "seconds in-flight requests get to finish on SIGTERM", minimum=0),
+    Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),
+    Setting("s3_prefix", _parse_str, "prefix of object keys in the bucket"),
+    Setting("s3_endpoint", _parse_str, "S3 endpoint URL, for stores other than AWS"),
+    Setting("s3_region", _parse_str, "S3 region"),
+    Setting("s3_part_size", parse_size, "multipart part size", minimum=5 * 1024 * 1024),
+    Setting("s3_max_parts", _parse_int, "most parts the store allows in one upload",
+            minimum=1),
+    Setting("s3_concurrency", _parse_int, "parts uploaded at once per upload", minimum=1),
+    Setting("s3_equal_parts", _parse_bool,
+            "make every part but the last the same size (Cloudflare R2)"),
+    Setting("s3_path_style", _parse_bool, "path-style bucket addressing (MinIO and others)"),
+    Setting("s3_download_redirect", _parse_bool,
+            "answer GET with a redirect to a short-lived presigned URL"),
     Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
     Setting("log_level", _parse_str, "log level",
             choices=("debug", "info", "warning", "error")),
@@ -125,6 +149,16 @@ class Settings:
     commit_bytes: int = 8 * 1024 * 1024
     commit_seconds: float = 2.0
     shutdown_timeout: float = 10.0
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_part_size: int = 8 * 1024 * 1024
+    s3_max_parts: int = 10000
+    s3_concurrency: int = 4
+    s3_equal_parts: bool = False
+    s3_path_style: bool = False
+    s3_download_redirect: bool = False
     log_format: str = "text"
     log_level: str = "info"
 
