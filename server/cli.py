@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from storage_backends.base import StorageError
+
 from . import __version__
 from .app import create_app
 from .config import ENV_PREFIX, SETTINGS, Settings, load_settings
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(serve(settings))
+    except StorageError as exc:
+        log.error("storage cannot be used: %s", exc)
+        return 1
     except SchemaTooNew as exc:
         log.error("%s", exc)
         return 2

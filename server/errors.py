@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from storage_backends.base import StorageUnavailable
+
 log = logging.getLogger("aiotusd")
 
 
@@ -92,6 +94,10 @@ async def error_middleware(
         return await handler(request)
     except TusError as exc:
         return _plain(exc.status, exc.reason, exc.headers)
+    except StorageUnavailable as exc:
+        log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
+        return _plain(503, "storage is unavailable; try again later",
+                      {"Retry-After": str(exc.retry_after)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

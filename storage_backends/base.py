@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
+class StorageError(Exception):
+    """The backend cannot do its work; the message says why, for an operator."""
+
+
+class StorageUnavailable(StorageError):
+    """The store is down or throttling for longer than retries cover; try again later."""
+
+    retry_after = 30
+
+
 @dataclass
 class StoredUpload:
     """What a backend needs to know of an upload."""
@@ -26,7 +36,9 @@ class StoredUpload:
     offset: int
     metadata: dict[str, bytes] = field(default_factory=dict)
     storage: dict[str, Any] = field(default_factory=dict)
-    """Backend-owned information, persisted by the server next to the offset."""
+    """Backend-owned information. It is the upload record's own dict: what a
+    backend changes in it is saved by the server together with the offset, at
+    creation and after every :meth:`UploadWriter.sync`."""
 
 
 class UploadWriter(Protocol):
@@ -52,7 +64,10 @@ class UploadWriter(Protocol):
 @runtime_checkable
 class StorageBackend(Protocol):
     async def start(self) -> None:
-        """Prepare the backend (directories, connections); called once at start-up."""
+        """Prepare the backend (directories, connections); called once at start-up.
+
+        Raises :class:`StorageError` with a message for the operator when the
+        backend cannot work (missing bucket, bad credentials)."""
 
     async def stop(self) -> None:
         """Release everything; called once at shutdown."""
