@@ -1,0 +1,111 @@
+"""The SQLite state store: schema, migrations, durability settings, tombstones."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from server.state import ACTIVE, EXPIRED, SCHEMA_VERSION, TERMINATED, SchemaTooNew, StateStore, Upload
+
+
+async def test_new_database_is_wal_with_current_schema(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "nested" / "state.sqlite3")
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION
+    finally:
+        await store.close()
+    async with aiosqlite.connect(tmp_path / "nested" / "state.sqlite3") as db:
+        async with db.execute("PRAGMA journal_mode") as cursor:
+            assert (await cursor.fetchone())[0] == "wal"
+
+
+async def test_reopening_keeps_uploads_and_does_not_migrate_twice(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = await StateStore.open(path)
+    await store.create(Upload(id="abc", length=10, metadata="k dg=="))
+    await store.close()
+    store = await StateStore.open(path)
+    try:
+        upload = await store.get("abc")
+        assert upload is not None and upload.length == 10 and upload.metadata == "k dg=="
+        assert await store.schema_version() == SCHEMA_VERSION
+    finally:
+        await store.close()
+
+
+async def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = await StateStore.open(path)
+    await store.close()
+    async with aiosqlite.connect(path) as db:
+        await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+        await db.commit()
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await StateStore.open(path)
+
+
+async def test_final_upload_keeps_parts_in_order(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        for part in ("p1", "p2"):
+            await store.create(Upload(id=part, length=1, concat="partial"))
+        await store.create(Upload(id="f", length=None, concat="final"), ("p2", "p1", "p2"))
+        assert await store.parts("f") == ("p2", "p1", "p2")
+        assert await store.finals_waiting_on("p1") == ["f"]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_creation_leaves_the_store_usable(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store.create(Upload(id="p", length=1, concat="partial"))
+        with pytest.raises(aiosqlite.IntegrityError):
+            await store.create(Upload(id="p", length=5, concat="final"), ("p",))
+        assert await store.parts("p") == ()
+        await store.create(Upload(id="q", length=2))
+        stored = await store.get("q")
+        assert stored is not None and stored.length == 2
+    finally:
+        await store.close()
+
+
+async def test_concurrent_progress_writes_all_land(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        uploads = [Upload(id=f"u{n}", length=100) for n in range(20)]
+        for upload in uploads:
+            await store.create(upload)
+
+        async def progress(upload: Upload) -> None:
+            upload.offset = 42
+            await store.save_progress(upload)
+
+        await asyncio.gather(*(progress(upload) for upload in uploads))
+        for upload in uploads:
+            stored = await store.get(upload.id)
+            assert stored is not None and stored.offset == 42
+    finally:
+        await store.close()
+
+
+async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store.create(Upload(id="old", length=1))
+        await store.create(Upload(id="new", length=1))
+        await store.create(Upload(id="live", length=1))
+        await store.mark_gone("old", TERMINATED)
+        await store.mark_gone("new", EXPIRED)
+        cutoff = time.time()
+        assert await store.forget_gone(cutoff - 3600) == 0
+        assert await store.forget_gone(cutoff + 1) == 2
+        assert await store.get("old") is None and await store.get("new") is None
+        live = await store.get("live")
+        assert live is not None and live.status == ACTIVE
+    finally:
+        await store.close()
