@@ -33,14 +33,13 @@ def create_app(settings: Settings) -> web.Application:
         store = await StateStore.open(settings.database_path)
         ctx = Context(settings, store, backend, UploadLocks(settings.lock_timeout))
         app[CONTEXT] = ctx
-        sweeper = asyncio.create_task(run_sweeper(ctx)) if settings.expiration else None
+        sweeper = asyncio.create_task(run_sweeper(ctx))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await store.close()
             await backend.stop()
 

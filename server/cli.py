@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from storage_backends.base import StorageError
 
 from . import __version__
 from .app import create_app
-from .config import ENV_PREFIX, SETTINGS, Settings, load_settings
+from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
 from .errors import ConfigError
 from .logs import AccessLogger, setup_logging
 from .state import SchemaTooNew
@@ -24,22 +25,41 @@ from .state import SchemaTooNew
 log = logging.getLogger("aiotusd")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like the errors of bad setting values."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _metavar(setting: Setting) -> str:
+    if setting.choices:
+        return "{" + ",".join(setting.choices) + "}"
+    if isinstance(getattr(Settings(), setting.name), bool):
+        return "{true,false}"
+    return setting.name.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aiotusd",
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
         "the environment over the file.",
     )
     parser.add_argument("--version", action="version", version=f"aiotusd {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"TOML config file (default: ${ENV_PREFIX}CONFIG, if set)"
+    )
     for setting in SETTINGS:
         parser.add_argument(
             "--" + setting.name.replace("_", "-"),
             dest=setting.name,
             default=None,
-            choices=setting.choices or None,
-            help=f"{setting.help} (default: {getattr(Settings(), setting.name)!r})",
+            metavar=_metavar(setting),
+            help=f"{setting.help} (default: {getattr(Settings(), setting.name)!r})".replace(
+                "%", "%%"
+            ),
         )
     return parser
 

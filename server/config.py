@@ -9,6 +9,7 @@ all derived from that table, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -54,9 +55,12 @@ def _parse_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise ValueError("expected a number") from None
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
 
 
 def _parse_bool(value: Any) -> bool:
@@ -76,6 +80,27 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+# A URL path segment: RFC 3986 ``pchar`` without percent-encoding, and without
+# the braces that aiohttp's router would read as a variable.
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+def _parse_base_path(value: Any) -> str:
+    """``files``, ``/files`` and ``/files/`` all become ``/files/``; empty is ``/``."""
+    text = _parse_str(value).strip()
+    segments = [segment for segment in text.split("/") if segment]
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT_RE.fullmatch(segment):
+            raise ValueError(
+                "expected a URL path such as /files/ (letters, digits and -._~!$&'()*+,;=:@)"
+            )
+    return "/" + "".join(segment + "/" for segment in segments)
+
+
+# Largest integer SQLite stores, and so the largest size an upload can have.
+_MAX_INTEGER = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -83,16 +108,18 @@ class Setting:
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", _parse_str, "address to listen on"),
-    Setting("port", _parse_int, "TCP port to listen on", minimum=0),
-    Setting("base_path", _parse_str, "URL path under which uploads live"),
+    Setting("port", _parse_int, "TCP port to listen on", minimum=0, maximum=65535),
+    Setting("base_path", _parse_base_path, "URL path under which uploads live"),
     Setting("data_dir", _parse_str, "directory for uploaded files and the database"),
     Setting("database", _parse_str, "SQLite file (default: {data_dir}/aiotusd.sqlite3)"),
     Setting("storage", _parse_str, "storage backend", choices=("filesystem", "s3")),
-    Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0),
+    Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0,
+            maximum=_MAX_INTEGER),
     Setting("expiration", _parse_int,
         "seconds an unfinished upload lives after its last write, 0 to keep forever", minimum=0,
     ),
@@ -106,7 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idle_timeout", _parse_float,
             "seconds a request body may stall before the connection is closed", minimum=0.01),
     Setting("commit_bytes", parse_size,
-            "during a long PATCH, make the offset durable after this many bytes", minimum=1),
+            "during a long PATCH, make the offset durable after this many bytes", minimum=1,
+            maximum=_MAX_INTEGER),
     Setting("commit_seconds", _parse_float,
             "during a long PATCH, make the offset durable after this many seconds",
             minimum=0.01),
@@ -116,7 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_prefix", _parse_str, "prefix of object keys in the bucket"),
     Setting("s3_endpoint", _parse_str, "S3 endpoint URL, for stores other than AWS"),
     Setting("s3_region", _parse_str, "S3 region"),
-    Setting("s3_part_size", parse_size, "multipart part size", minimum=5 * 1024 * 1024),
+    Setting("s3_part_size", parse_size, "multipart part size", minimum=5 * 1024 * 1024,
+            maximum=5 * 1024**3),
     Setting("s3_max_parts", _parse_int, "most parts the store allows in one upload",
             minimum=1),
     Setting("s3_concurrency", _parse_int, "parts uploaded at once per upload", minimum=1),
@@ -184,15 +213,11 @@ def _validated(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(
             f"bad value {raw!r} for {name!r} in {source}: must be at least {setting.minimum}"
         )
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(
+            f"bad value {raw!r} for {name!r} in {source}: must be at most {setting.maximum}"
+        )
     return value
-
-
-def _normalise(values: dict[str, Any]) -> dict[str, Any]:
-    base_path = values.get("base_path")
-    if base_path is not None:
-        base_path = "/" + base_path.strip("/") + "/" if base_path.strip("/") else "/"
-        values["base_path"] = base_path
-    return values
 
 
 def load_settings(
@@ -219,4 +244,4 @@ def load_settings(
     for key, raw in (flags or {}).items():
         if raw is not None:
             values[key] = _validated(key, raw, f"flag --{key.replace('_', '-')}")
-    return dataclasses.replace(Settings(), **_normalise(values))
+    return dataclasses.replace(Settings(), **values)

@@ -1,0 +1,205 @@
+"""The ``aiotusd`` command as a real process: usage errors, --help, and settings from every source."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from server import __version__
+from server.config import SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTUSD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=30,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aiotusd: error: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["--port", "abc"], "'port'"),
+        (["--max-size", "-1"], "'max_size'"),
+        (["--log-format", "xml"], "'log_format'"),
+        (["--log-level", "loud"], "'log_level'"),
+        (["--storage", "ftp"], "'storage'"),
+        (["--s3-part-size", "1MiB"], "'s3_part_size'"),
+        (["--base-path", "/a{b}/"], "'base_path'"),
+        (["--port", "70000"], "'port'"),
+    ],
+)
+def test_bad_flag_value_exits_2_with_one_line_naming_the_key(tmp_path, args, key):
+    result = run_cli(tmp_path, *args)
+    assert_one_line_error(result, key, args[0])
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_environment_value_exits_2_naming_the_variable(tmp_path):
+    result = run_cli(tmp_path, AIOTUSD_MAX_SIZE="-1")
+    assert_one_line_error(result, "'max_size'", "AIOTUSD_MAX_SIZE")
+
+
+def test_unknown_environment_variable_exits_2_naming_it(tmp_path):
+    result = run_cli(tmp_path, AIOTUSD_MAX_SIZ="10")
+    assert_one_line_error(result, "AIOTUSD_MAX_SIZ")
+
+
+def test_bad_file_value_exits_2_naming_key_and_file(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('log_format = "xml"\n')
+    result = run_cli(tmp_path, "--config", str(config))
+    assert_one_line_error(result, "'log_format'", str(config))
+
+
+def test_unknown_key_in_file_from_aiotusd_config_exits_2(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("prot = 8080\n")
+    result = run_cli(tmp_path, AIOTUSD_CONFIG=str(config))
+    assert_one_line_error(result, "'prot'", str(config))
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    result = run_cli(tmp_path, "--config", str(tmp_path / "absent.toml"))
+    assert_one_line_error(result, "absent.toml")
+
+
+def test_unknown_flag_exits_2_with_one_line(tmp_path):
+    result = run_cli(tmp_path, "--prot", "8080")
+    assert_one_line_error(result, "--prot")
+
+
+def test_flag_without_its_value_exits_2_with_one_line(tmp_path):
+    result = run_cli(tmp_path, "--port")
+    assert_one_line_error(result, "--port")
+
+
+def test_help_lists_every_flag(tmp_path):
+    result = run_cli(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    for setting in SETTINGS:
+        assert "--" + setting.name.replace("_", "-") + " " in result.stdout, setting.name
+    for flag in ("--config", "--version", "--help"):
+        assert flag in result.stdout
+    assert "AIOTUSD_" in result.stdout
+    assert "{text,json}" in result.stdout
+
+
+def test_version(tmp_path):
+    result = run_cli(tmp_path, "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"aiotusd {__version__}"
+
+
+def _request(port: int, method: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(method, path, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def _wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"aiotusd exited early:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"aiotusd did not listen on {port}:\n{log.read_text()}")
+
+
+def _refuses(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+def test_real_process_takes_settings_from_file_environment_and_flag(tmp_path):
+    file_port, env_port, flag_port = free_port(), free_port(), free_port()
+    data_dir = tmp_path / "store"
+    config = tmp_path / "aiotusd.toml"
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {file_port}\nbase_path = "uploads/v1"\n'
+        f'data_dir = "{data_dir.as_posix()}"\nmax_size = "1KiB"\n'
+    )
+    log = tmp_path / "server.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--config", str(config), "--port", str(flag_port)],
+            cwd=tmp_path,
+            env=clean_env(
+                AIOTUSD_PORT=str(env_port),
+                AIOTUSD_MAX_SIZE="2KiB",
+                # --config wins over AIOTUSD_CONFIG: this file does not exist.
+                AIOTUSD_CONFIG=str(tmp_path / "not-this.toml"),
+            ),
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_listening(process, flag_port, log)
+        assert _refuses(file_port) and _refuses(env_port)
+
+        options = _request(flag_port, "OPTIONS", "/uploads/v1/", {})
+        assert options.status == 204
+        assert options.headers["Tus-Version"] == "1.0.0"
+        assert options.headers["Tus-Max-Size"] == "2048"  # environment over file
+
+        created = _request(
+            flag_port, "POST", "/uploads/v1/",
+            {"Tus-Resumable": "1.0.0", "Upload-Length": "5"},
+        )
+        assert created.status == 201
+        location = created.headers["Location"]
+        assert location.startswith(f"http://127.0.0.1:{flag_port}/uploads/v1/")
+        upload_id = location.rsplit("/", 1)[1]
+        assert (data_dir / upload_id).is_file()
+        assert (data_dir / "aiotusd.sqlite3").is_file()
+
+        assert _request(flag_port, "OPTIONS", "/files/", {}).status == 404
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+            raise
+    assert code == 0, log.read_text()
+    assert not (tmp_path / "data").exists()  # the default data_dir was not used

@@ -1,0 +1,299 @@
+"""Settings: precedence, validation, sizes, base paths and the example config file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server.config import SETTINGS, ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+NAMES = [setting.name for setting in SETTINGS]
+
+
+def write_toml(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_no_sources_give_the_defaults():
+    assert load_settings() == Settings()
+    assert load_settings({}, {}, None) == Settings()
+
+
+def test_every_setting_has_a_field_and_every_field_a_setting():
+    fields = [field.name for field in dataclasses.fields(Settings)]
+    assert sorted(NAMES) == sorted(fields)
+    assert len(set(NAMES)) == len(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_default_survives_its_own_parser(name):
+    default = getattr(Settings(), name)
+    text = str(default).lower() if isinstance(default, bool) else str(default)
+    settings = load_settings(environ={"AIOTUSD_" + name.upper(): text})
+    assert getattr(settings, name) == default
+
+
+def test_flag_beats_environment_beats_file_beats_default(tmp_path):
+    config = write_toml(tmp_path / "c.toml", 'port = 1111\nhost = "10.0.0.1"\nmax_size = 100\n')
+    environ = {"AIOTUSD_PORT": "2222", "AIOTUSD_HOST": "10.0.0.2"}
+    flags = {"port": "3333"}
+
+    settings = load_settings(flags, environ, config)
+    assert settings.port == 3333  # flag over environment and file
+    assert settings.host == "10.0.0.2"  # environment over file
+    assert settings.max_size == 100  # file over default
+    assert settings.data_dir == Settings().data_dir  # default
+
+    assert load_settings({}, environ, config).port == 2222
+    assert load_settings({}, {}, config).port == 1111
+    assert load_settings({}, {}, None).port == 1080
+
+
+def test_a_flag_left_unset_does_not_hide_lower_sources(tmp_path):
+    config = write_toml(tmp_path / "c.toml", "port = 1111\n")
+    flags = {name: None for name in NAMES}
+    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).port == 1111
+    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).host == "::1"
+
+
+def test_environment_variables_without_the_prefix_are_ignored():
+    environ = {"PORT": "1", "HOST": "x", "PATH": "/bin", "AIOTUSD_CONFIG": "ignored.toml"}
+    assert load_settings(environ=environ) == Settings()
+
+
+def test_unknown_key_in_file_names_the_key_and_the_file(tmp_path):
+    config = write_toml(tmp_path / "c.toml", "port = 1111\nmax_upload = 5\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config_file=config)
+    assert "max_upload" in str(raised.value)
+    assert config in str(raised.value)
+
+
+def test_a_toml_table_is_an_unknown_key(tmp_path):
+    config = write_toml(tmp_path / "c.toml", '[s3]\nbucket = "b"\n')
+    with pytest.raises(ConfigError, match="'s3'"):
+        load_settings(config_file=config)
+
+
+def test_unknown_environment_variable_names_it():
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"AIOTUSD_PROT": "8080"})
+    assert "AIOTUSD_PROT" in str(raised.value)
+    assert "'prot'" in str(raised.value)
+
+
+def test_unknown_flag_key_is_refused():
+    with pytest.raises(ConfigError, match="'prot'"):
+        load_settings(flags={"prot": "8080"})
+
+
+BAD_VALUES = [
+    ("port", "abc"),
+    ("port", "-1"),
+    ("port", "65536"),
+    ("port", "80.5"),
+    ("max_size", "-1"),
+    ("max_size", "1.5GiB"),
+    ("max_size", "5XB"),
+    ("max_size", ""),
+    ("log_format", "xml"),
+    ("log_level", "verbose"),
+    ("storage", "ftp"),
+    ("s3_part_size", "4MiB"),
+    ("s3_part_size", "5242879"),
+    ("s3_part_size", "6GiB"),
+    ("s3_max_parts", "0"),
+    ("s3_concurrency", "0"),
+    ("s3_equal_parts", "maybe"),
+    ("expiration", "-5"),
+    ("expiry_interval", "0"),
+    ("expiry_interval", "nan"),
+    ("lock_timeout", "inf"),
+    ("lock_timeout", "soon"),
+    ("idle_timeout", "-1"),
+    ("commit_bytes", "0"),
+    ("commit_seconds", "0"),
+    ("gone_retention", "1w"),
+    ("base_path", "/up{id}/"),
+    ("base_path", "/a/../b/"),
+    ("base_path", "/with space/"),
+    ("base_path", "/files?x=1"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_flag_value_names_the_key(name, value):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(flags={name: value})
+    message = str(raised.value)
+    assert repr(name) in message and "--" + name.replace("_", "-") in message
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_environment_value_names_the_key(name, value):
+    env_name = "AIOTUSD_" + name.upper()
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={env_name: value})
+    message = str(raised.value)
+    assert repr(name) in message and env_name in message
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_file_value_names_the_key(tmp_path, name, value):
+    config = write_toml(tmp_path / "c.toml", f"{name} = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config_file=config)
+    message = str(raised.value)
+    assert repr(name) in message and config in message
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["port = true", "port = 1.5", 'port = [1]', "host = 5", "s3_path_style = 1.0",
+     "max_size = -1", "max_size = 2.5", "lock_timeout = false"],
+)
+def test_wrong_toml_types_are_refused(tmp_path, line):
+    config = write_toml(tmp_path / "c.toml", line + "\n")
+    with pytest.raises(ConfigError, match=repr(line.split()[0])):
+        load_settings(config_file=config)
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    missing = str(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(config_file=missing)
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    config = write_toml(tmp_path / "c.toml", "port = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(config_file=config)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("1048576", 1048576),
+        ("512MiB", 512 * 1024**2),
+        ("512mib", 512 * 1024**2),
+        ("5GB", 5 * 1000**3),
+        ("5GiB", 5 * 1024**3),
+        ("5G", 5 * 1024**3),
+        ("10 KiB", 10 * 1024),
+        ("1kB", 1000),
+        ("1K", 1024),
+        ("2TB", 2 * 1000**4),
+        ("100B", 100),
+    ],
+)
+def test_sizes(text, size):
+    assert load_settings(environ={"AIOTUSD_MAX_SIZE": text}).max_size == size
+    assert load_settings(flags={"max_size": text}).max_size == size
+
+
+def test_sizes_in_toml_as_integer_or_text(tmp_path):
+    config = write_toml(tmp_path / "c.toml", 'max_size = 1048576\ns3_part_size = "16MiB"\n')
+    settings = load_settings(config_file=config)
+    assert settings.max_size == 1048576
+    assert settings.s3_part_size == 16 * 1024**2
+
+
+def test_s3_part_size_limits_are_inclusive():
+    assert load_settings(flags={"s3_part_size": "5MiB"}).s3_part_size == 5 * 1024**2
+    assert load_settings(flags={"s3_part_size": "5GiB"}).s3_part_size == 5 * 1024**3
+
+
+def test_port_limits_are_inclusive():
+    assert load_settings(flags={"port": "0"}).port == 0
+    assert load_settings(flags={"port": "65535"}).port == 65535
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("/files/", "/files/"),
+        ("files", "/files/"),
+        ("/files", "/files/"),
+        ("files/", "/files/"),
+        ("uploads/v1", "/uploads/v1/"),
+        ("//a//b//", "/a/b/"),
+        (" /x/ ", "/x/"),
+        ("/", "/"),
+        ("", "/"),
+        ("/a-b_c.d~e/", "/a-b_c.d~e/"),
+    ],
+)
+def test_base_path_is_normalised(tmp_path, raw, normalised):
+    assert load_settings(flags={"base_path": raw}).base_path == normalised
+    assert load_settings(environ={"AIOTUSD_BASE_PATH": raw}).base_path == normalised
+    config = write_toml(tmp_path / "c.toml", f'base_path = "{raw}"\n')
+    assert load_settings(config_file=config).base_path == normalised
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True),
+     ("false", False), ("False", False), ("0", False), ("no", False), ("off", False)],
+)
+def test_booleans(text, value):
+    assert load_settings(environ={"AIOTUSD_S3_PATH_STYLE": text}).s3_path_style is value
+
+
+def test_toml_booleans(tmp_path):
+    config = write_toml(tmp_path / "c.toml", "s3_equal_parts = true\n")
+    assert load_settings(config_file=config).s3_equal_parts is True
+
+
+def test_numbers_from_text_and_toml(tmp_path):
+    config = write_toml(tmp_path / "c.toml", "lock_timeout = 1\nidle_timeout = 2.5\n")
+    settings = load_settings({"commit_seconds": "0.5"}, {"AIOTUSD_EXPIRATION": " 30 "}, config)
+    assert settings.lock_timeout == 1.0
+    assert settings.idle_timeout == 2.5
+    assert settings.commit_seconds == 0.5
+    assert settings.expiration == 30
+
+
+def test_database_path_defaults_into_data_dir():
+    assert load_settings(flags={"data_dir": "/srv/tus"}).database_path == Path(
+        "/srv/tus/aiotusd.sqlite3"
+    )
+    settings = load_settings(flags={"data_dir": "/srv/tus", "database": "/var/db/t.sqlite3"})
+    assert settings.database_path == Path("/var/db/t.sqlite3")
+
+
+def test_example_config_holds_every_key_and_loads_as_the_defaults():
+    keys = set(tomllib.loads(EXAMPLE.read_text(encoding="utf-8")))
+    assert keys == set(NAMES)
+    assert load_settings(config_file=str(EXAMPLE)) == Settings()
+
+
+def test_example_config_comments_every_key():
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert index > 0 and lines[index - 1].startswith("# "), line
+
+
+def test_readme_table_lists_every_setting():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for setting in SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        row = f"| `{setting.name}` | `{flag}` | `AIOTUSD_{setting.name.upper()}` |"
+        assert row in readme, row
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    commands = [line for line in ci_lines if line.startswith("python3 -m venv")]
+    assert len(commands) == 1
+    command = commands[0].split(" && .venv/bin/python -m pytest")[0] + " && .venv/bin/python -m pytest"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n" + command + "\n" in readme
