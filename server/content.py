@@ -49,6 +49,16 @@ def content_disposition(filename: str | None, inline: bool) -> str:
     return header
 
 
+def _position(digits: str) -> str:
+    """A byte position of a Range header, capped so that ``int()`` stays cheap and legal.
+
+    Python refuses to convert more than 4300 digits; any position that long is past
+    every upload anyway, so it is replaced by a number that is just as far out.
+    """
+    digits = digits.lstrip("0") or ("0" if digits else "")
+    return str(2**63) if len(digits) > 19 else digits
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The ``[start, end)`` of a single-range ``Range`` header, or None to send everything.
 
@@ -60,7 +70,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE_RE.fullmatch(header)
     if not match or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.groups()
+    first, last = (_position(group) for group in match.groups())
     if first == "":
         suffix = int(last)
         if suffix == 0:

@@ -109,6 +109,18 @@ async def error_middleware(
         return _plain(500, "internal server error")
 
 
-def _plain(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+def one_line(reason: str) -> str:
+    """``reason`` as one line of printable text, whatever bytes a client put into it.
+
+    Reasons may quote request headers, which aiohttp decodes with
+    ``surrogateescape``: such characters (and control characters) are escaped,
+    so the body always encodes and never breaks the line.
+    """
     line = " ".join(reason.split())
-    return web.Response(status=status, text=line + "\n", headers=headers)
+    if not line.isprintable():
+        line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
+    return line or "error"
+
+
+def _plain(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=one_line(reason) + "\n", headers=headers)

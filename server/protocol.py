@@ -118,6 +118,9 @@ def parse_checksum(value: str) -> tuple[str, bytes]:
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>'")
     algorithm, encoded = parts
+    if not _BASE64_RE.fullmatch(encoded):
+        # Also keeps non-ASCII text away from b64decode, which raises a bare ValueError on it.
+        raise BadRequest("Upload-Checksum digest is not valid base64")
     try:
         digest = base64.b64decode(encoded, validate=True)
     except binascii.Error:

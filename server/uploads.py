@@ -43,7 +43,24 @@ async def remove(ctx: Context, upload: Upload, status: str) -> None:
 
     The tombstone is written first: a crash in between leaves an orphaned
     file, never a live upload whose bytes are gone.
+
+    Unfinished final uploads that wait on a removed partial can never be
+    completed, so they go with it (with the same status). Partials are removed
+    under the assembly lock, so that no final is assembled from a part whose
+    bytes are being deleted.
     """
+    if upload.concat != "partial":
+        await _remove(ctx, upload, status)
+        return
+    async with ctx.assembly_lock:
+        await _remove(ctx, upload, status)
+        for final_id in await ctx.store.finals_waiting_on(upload.id):
+            final = await ctx.store.get(final_id)
+            if final is not None and final.status == ACTIVE and not final.is_complete:
+                await _remove(ctx, final, status)
+
+
+async def _remove(ctx: Context, upload: Upload, status: str) -> None:
     await ctx.store.mark_gone(upload.id, status)
     upload.status = status
     await ctx.backend.delete(ctx.stored(upload))

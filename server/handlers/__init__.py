@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import MethodNotAllowed, PreconditionFailed
+from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from ..protocol import TUS_VERSION
 from . import create, delete, download, head, options, patch
 
@@ -22,6 +23,33 @@ UPLOAD: dict[str, Handler] = {
 }
 # Plain downloads come from browsers and other HTTP clients that know nothing of tus.
 _NOT_TUS = frozenset({"OPTIONS", "GET"})
+# Headers that carry one value: a second copy makes the request ambiguous (which
+# Upload-Offset did the client mean?), so it is refused rather than guessed at.
+_SINGLE_HEADERS = (
+    "Host",
+    "X-HTTP-Method-Override",
+    "Tus-Resumable",
+    "Content-Type",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Defer-Length",
+    "Upload-Metadata",
+    "Upload-Checksum",
+    "Upload-Concat",
+)
+# RFC 3986 ``uri-host [ ":" port ]``: an IP literal or a reg-name (unreserved,
+# pct-encoded and sub-delims). RFC 9112 section 3.2 wants 400 for anything else;
+# it also keeps a hostile Host (``a/b``, ``x@y``) out of the Location header.
+_HOST_RE = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
+
+
+def _check_request_headers(request: web.Request) -> None:
+    for name in _SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise BadRequest(f"{name} must be sent once")
+    host = request.headers.get("Host")
+    if host is not None and not _HOST_RE.fullmatch(host):
+        raise BadRequest("Host header is not a valid host")
 
 
 def effective_method(request: web.Request) -> str:
@@ -34,6 +62,7 @@ def _dispatch(handlers: dict[str, Handler]) -> Handler:
     allowed = ", ".join(handlers)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
+        _check_request_headers(request)
         method = effective_method(request)
         handler = handlers.get(method)
         if handler is None:

@@ -88,7 +88,9 @@ async def handle(request: web.Request) -> web.Response:
         defer_length=defer,
         metadata=metadata,
         concat=None if concat is None else ("final" if concat.final else "partial"),
-        expires_at=ctx.expires_at(),
+        # A final upload receives no bytes of its own: it lives as long as its
+        # partials do (see uploads.remove), rather than expiring while they upload.
+        expires_at=None if concat is not None and concat.final else ctx.expires_at(),
     )
     await ctx.backend.create(ctx.stored(upload))
     await ctx.store.create(upload, concat.parts if concat is not None else ())
@@ -97,15 +99,17 @@ async def handle(request: web.Request) -> web.Response:
     if concat is not None and concat.final:
         if await assemble_if_ready(ctx, upload.id):
             upload = await ctx.store.get(upload.id) or upload
-    elif upload.length == 0:
-        await finish(ctx, upload)
     elif has_body:
+        # A body on an empty upload must still be refused (413), so this comes first;
+        # append_body finishes an upload whose body fills it, Upload-Length: 0 included.
         async with ctx.locks.hold(upload.id) as holder:
             try:
                 await append_body(ctx, request, upload, holder, checksum)
             except TusError as exc:
                 exc.headers.update(headers, **{"Upload-Offset": str(upload.offset)})
                 raise
+    elif upload.length == 0:
+        await finish(ctx, upload)
     if upload.concat != "final":
         headers["Upload-Offset"] = str(upload.offset)
     if upload.expires_at is not None and not upload.is_complete:

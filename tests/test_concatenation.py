@@ -1,0 +1,373 @@
+"""concatenation and concatenation-unfinished extensions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PATCH_HEADERS, TUS, create_upload
+from server.context import CONTEXT
+from server.expiration import sweep
+
+
+async def wait_until_past(timestamp: float, timeout: float = 5.0) -> None:
+    """Wait on the wall clock until ``timestamp`` has passed, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.time() <= timestamp:
+        assert time.monotonic() < deadline, "clock did not reach the time"
+        await asyncio.sleep(0.02)
+
+
+async def assert_one_line_error(response, status: int) -> None:
+    assert response.status == status
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
+
+
+def path_of(response) -> str:
+    location = response.headers["Location"]
+    return location[location.index("/files/") :]
+
+
+async def partial(client, data: bytes | None = None, length: int | None = None, **headers: str) -> str:
+    """A partial upload of ``length`` bytes (default: len(data)), filled with ``data`` if given."""
+    length = len(data) if length is None else length
+    path = await create_upload(client, length, **{"Upload-Concat": "partial", **headers})
+    if data:
+        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert response.status == 204
+    return path
+
+
+async def create_final(client, *parts: str, **headers: str):
+    return await client.post(
+        "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(parts), **headers}
+    )
+
+
+async def test_options_advertises_concatenation(client):
+    extensions = (await client.options("/files/")).headers["Tus-Extension"].split(",")
+    assert "concatenation" in extensions
+    assert "concatenation-unfinished" in extensions
+
+
+async def test_head_of_partial(client):
+    path = await partial(client, length=5)
+    response = await client.head(path, headers=TUS)
+    assert response.status == 200
+    assert response.headers["Upload-Concat"] == "partial"
+    assert response.headers["Upload-Offset"] == "0"
+    assert response.headers["Upload-Length"] == "5"
+
+
+async def test_final_from_finished_partials(client):
+    first = await partial(client, b"hello ")
+    second = await partial(client, b"world")
+    response = await create_final(client, first, second)
+    assert response.status == 201
+    final = path_of(response)
+    assert "Upload-Offset" not in response.headers or response.headers["Upload-Offset"] == "11"
+    assert "Upload-Expires" not in response.headers
+
+    response = await client.head(final, headers=TUS)
+    assert response.status == 200
+    assert response.headers["Upload-Offset"] == "11"
+    assert response.headers["Upload-Length"] == "11"
+    assert response.headers["Upload-Concat"] == f"final;{first} {second}"
+    response = await client.get(final)
+    assert response.status == 200
+    assert await response.read() == b"hello world"
+    # the partials stay usable on their own
+    assert await (await client.get(first)).read() == b"hello "
+
+
+async def test_final_with_absolute_urls(client):
+    first = await partial(client, b"abc")
+    second = await partial(client, b"def")
+    response = await create_final(client, str(client.make_url(first)), str(client.make_url(second)))
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"abcdef"
+
+
+async def test_order_of_parts_is_kept(client):
+    parts = [await partial(client, bytes([65 + i]) * (i + 1)) for i in range(5)]
+    response = await create_final(client, *reversed(parts))
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"EEEEEDDDDCCCBBA"
+
+
+async def test_same_partial_twice_and_in_two_finals(client):
+    a = await partial(client, b"ab")
+    b = await partial(client, b"CD")
+    response = await create_final(client, a, b, a)
+    assert response.status == 201
+    final = path_of(response)
+    response = await client.head(final, headers=TUS)
+    assert response.headers["Upload-Length"] == "6"
+    assert response.headers["Upload-Offset"] == "6"
+    assert await (await client.get(final)).read() == b"abCDab"
+    response = await create_final(client, b, a)
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"CDab"
+
+
+async def test_empty_partials(client):
+    empty = await partial(client, b"")
+    full = await partial(client, b"xyz")
+    response = await create_final(client, empty, full, empty)
+    assert response.status == 201
+    final = path_of(response)
+    assert await (await client.get(final)).read() == b"xyz"
+    response = await create_final(client, empty)
+    assert response.status == 201
+    response = await client.head(path_of(response), headers=TUS)
+    assert response.headers["Upload-Offset"] == "0"
+    assert response.headers["Upload-Length"] == "0"
+
+
+async def test_patch_on_final_is_403(client):
+    a = await partial(client, b"ab")
+    final = path_of(await create_final(client, a))
+    response = await client.patch(final, data=b"x", headers={**PATCH_HEADERS, "Upload-Offset": "2"})
+    await assert_one_line_error(response, 403)
+    response = await client.patch(final, data=b"", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    await assert_one_line_error(response, 403)
+    assert await (await client.get(final)).read() == b"ab"
+
+
+async def test_patch_on_unfinished_final_is_403(client):
+    a = await partial(client, length=2)
+    final = path_of(await create_final(client, a))
+    response = await client.patch(final, data=b"x", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    await assert_one_line_error(response, 403)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"Upload-Length": "2"}, {"Upload-Defer-Length": "1"}, {"Upload-Length": "0"}]
+)
+async def test_final_with_length_header_is_400(client, extra):
+    a = await partial(client, b"ab")
+    response = await create_final(client, a, **extra)
+    await assert_one_line_error(response, 400)
+
+
+async def test_final_with_unknown_partial_is_400(client):
+    a = await partial(client, b"ab")
+    response = await create_final(client, a, "/files/" + "d" * 32)
+    await assert_one_line_error(response, 400)
+
+
+async def test_final_with_non_partial_upload_is_400(client):
+    a = await partial(client, b"ab")
+    plain = await create_upload(client, 2)
+    await client.patch(plain, data=b"cd", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    response = await create_final(client, a, plain)
+    await assert_one_line_error(response, 400)
+    # a final upload cannot be a part either
+    final = path_of(await create_final(client, a))
+    response = await create_final(client, final)
+    await assert_one_line_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/other/{id}",
+        "/files/../files/{id}",
+        "/files/./{id}",
+        "/files/x/../{id}",
+        "/{id}",
+        "{id}",
+        "http://127.0.0.1/elsewhere/{id}",
+        "/files/{id}/",
+        "/files/%2e%2e/{id}",
+        "/files//{id}",
+        "/files/{id}/..",
+        "..%2f{id}",
+    ],
+)
+async def test_final_with_url_outside_base_path_is_400(client, template):
+    a = await partial(client, b"ab")
+    part_id = a.rsplit("/", 1)[1]
+    response = await create_final(client, template.format(id=part_id))
+    assert response.status == 400, template
+    await assert_one_line_error(response, 400)
+
+
+@pytest.mark.parametrize("value", ["final", "final;", "final; ", "partial;", "Final;/files/x", "full", "", "partial final"])
+async def test_malformed_upload_concat_is_400(client, value):
+    response = await client.post("/files/", headers={**TUS, "Upload-Length": "2", "Upload-Concat": value})
+    await assert_one_line_error(response, 400)
+
+
+async def test_final_with_body_is_rejected(client):
+    a = await partial(client, b"ab")
+    response = await client.post(
+        "/files/", data=b"xy", headers={**PATCH_HEADERS, "Upload-Concat": f"final;{a}"}
+    )
+    assert response.status == 400
+    await assert_one_line_error(response, 400)
+
+
+async def test_final_longer_than_max_size_is_413(make_client):
+    client = await make_client(max_size=5)
+    a = await partial(client, b"abc")
+    b = await partial(client, b"def")
+    response = await create_final(client, a, b)
+    await assert_one_line_error(response, 413)
+
+
+async def test_partial_metadata_is_not_inherited(client):
+    a = await partial(client, b"ab", **{"Upload-Metadata": "filename YS50eHQ="})
+    response = await create_final(client, a)
+    final = path_of(response)
+    response = await client.head(final, headers=TUS)
+    assert "Upload-Metadata" not in response.headers
+    response = await client.get(final)
+    assert response.headers["Content-Disposition"] == "attachment"
+
+    response = await create_final(client, a, **{"Upload-Metadata": "filename Yi50eHQ="})
+    final = path_of(response)
+    response = await client.head(final, headers=TUS)
+    assert response.headers["Upload-Metadata"] == "filename Yi50eHQ="
+    response = await client.head(a, headers=TUS)
+    assert response.headers["Upload-Metadata"] == "filename YS50eHQ="
+
+
+# --- concatenation-unfinished -------------------------------------------------------------
+
+
+async def test_final_before_partials_finish(client):
+    a = await partial(client, length=5)
+    b = await partial(client, length=6)
+    response = await create_final(client, a, b)
+    assert response.status == 201
+    final = path_of(response)
+    assert "Upload-Offset" not in response.headers
+
+    response = await client.head(final, headers=TUS)
+    assert response.status == 200
+    assert "Upload-Offset" not in response.headers
+    assert response.headers["Upload-Length"] == "11"
+    assert response.headers["Upload-Concat"] == f"final;{a} {b}"
+    assert (await client.get(final)).status == 409
+
+    response = await client.patch(b, data=b" world", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    response = await client.head(final, headers=TUS)
+    assert "Upload-Offset" not in response.headers
+    response = await client.patch(a, data=b"hel", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    response = await client.head(final, headers=TUS)
+    assert "Upload-Offset" not in response.headers
+
+    response = await client.patch(a, data=b"lo", headers={**PATCH_HEADERS, "Upload-Offset": "3"})
+    assert response.status == 204
+    response = await client.head(final, headers=TUS)
+    assert response.headers["Upload-Offset"] == "11"
+    assert response.headers["Upload-Length"] == "11"
+    assert "Upload-Expires" not in response.headers
+    response = await client.get(final)
+    assert response.status == 200
+    assert await response.read() == b"hello world"
+
+
+async def test_unfinished_final_with_deferred_partial_has_no_length(client):
+    a = await partial(client, b"abc")
+    response = await client.post(
+        "/files/", headers={**TUS, "Upload-Defer-Length": "1", "Upload-Concat": "partial"}
+    )
+    deferred = path_of(response)
+    final = path_of(await create_final(client, a, deferred))
+    response = await client.head(final, headers=TUS)
+    assert "Upload-Length" not in response.headers
+    assert "Upload-Offset" not in response.headers
+
+    response = await client.patch(
+        deferred, data=b"de", headers={**PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "3"}
+    )
+    response = await client.head(final, headers=TUS)
+    assert response.headers["Upload-Length"] == "6"
+    assert "Upload-Offset" not in response.headers
+    response = await client.patch(deferred, data=b"f", headers={**PATCH_HEADERS, "Upload-Offset": "2"})
+    assert response.status == 204
+    response = await client.head(final, headers=TUS)
+    assert response.headers["Upload-Offset"] == "6"
+    assert await (await client.get(final)).read() == b"abcdef"
+
+
+async def test_two_finals_waiting_on_one_partial(client):
+    a = await partial(client, length=2)
+    b = await partial(client, b"XY")
+    first = path_of(await create_final(client, a, b))
+    second = path_of(await create_final(client, b, a, a))
+    await client.patch(a, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert await (await client.get(first)).read() == b"abXY"
+    assert await (await client.get(second)).read() == b"XYabab"
+
+
+async def test_partial_terminated_before_final_finished_takes_the_final(client, settings):
+    """A final upload that can never be completed goes with its terminated partial."""
+    a = await partial(client, length=2)
+    b = await partial(client, b"cd")
+    final = path_of(await create_final(client, a, b))
+    assert (await client.delete(a, headers=TUS)).status == 204
+    response = await client.head(final, headers=TUS)
+    assert response.status == 410
+    assert "Upload-Offset" not in response.headers
+    await assert_one_line_error(await client.get(final), 410)
+    assert not (Path(settings.data_dir) / final.rsplit("/", 1)[1]).exists()
+    # the other partial is untouched
+    assert await (await client.get(b)).read() == b"cd"
+
+
+async def test_terminating_partial_keeps_finished_final(client):
+    a = await partial(client, b"ab")
+    final = path_of(await create_final(client, a))
+    assert (await client.delete(a, headers=TUS)).status == 204
+    response = await client.get(final)
+    assert response.status == 200
+    assert await response.read() == b"ab"
+
+
+async def test_unfinished_final_has_no_expiry_of_its_own(make_client):
+    client = await make_client(expiration=1)
+    a = await partial(client, length=6)
+    response = await create_final(client, a)
+    assert response.status == 201
+    assert "Upload-Expires" not in response.headers
+    final = path_of(response)
+    ctx = client.app[CONTEXT]
+    created = time.time()
+    # Keep the partial alive past the time a final with its own expiry would have gone.
+    response = await client.patch(a, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    await wait_until_past(created + 0.6)
+    response = await client.patch(a, data=b"d", headers={**PATCH_HEADERS, "Upload-Offset": "3"})
+    assert response.status == 204
+    await wait_until_past(created + 1.1)
+    assert await sweep(ctx) == 0
+    response = await client.head(final, headers=TUS)
+    assert response.status == 200
+    assert "Upload-Offset" not in response.headers
+    response = await client.patch(a, data=b"ef", headers={**PATCH_HEADERS, "Upload-Offset": "4"})
+    assert response.status == 204
+    assert await (await client.get(final)).read() == b"abcdef"
+
+
+async def test_expired_partial_takes_waiting_final(make_client, settings):
+    client = await make_client(expiration=1)
+    ctx = client.app[CONTEXT]
+    a = await partial(client, length=4)
+    b = await partial(client, b"done")
+    final = path_of(await create_final(client, a, b))
+    await wait_until_past((await ctx.store.get(a.rsplit("/", 1)[1])).expires_at)
+    assert await sweep(ctx) >= 1
+    assert (await client.head(a, headers=TUS)).status == 410
+    response = await client.head(final, headers=TUS)
+    assert response.status == 410
+    assert "Upload-Offset" not in response.headers
+    assert (await client.head(b, headers=TUS)).status == 200

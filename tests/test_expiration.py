@@ -1,0 +1,188 @@
+"""expiration extension: Upload-Expires, 410 after expiry, and the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from conftest import PATCH_HEADERS, TUS, create_upload
+from server.context import CONTEXT
+from server.expiration import sweep
+
+IMF_FIXDATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
+
+
+def parse_expires(value: str) -> float:
+    assert IMF_FIXDATE.fullmatch(value), value
+    parsed = email.utils.parsedate_to_datetime(value)
+    assert parsed.tzinfo is not None and parsed.utcoffset().total_seconds() == 0
+    return parsed.timestamp()
+
+
+def data_file(settings, path: str) -> Path:
+    return Path(settings.data_dir) / path.rsplit("/", 1)[1]
+
+
+async def wait_until_past(timestamp: float, timeout: float = 5.0) -> None:
+    """Wait on the wall clock until ``timestamp`` has passed, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.time() <= timestamp:
+        assert time.monotonic() < deadline, "clock did not reach the expiry"
+        await asyncio.sleep(0.05)
+
+
+async def test_options_advertises_expiration(client):
+    response = await client.options("/files/")
+    assert "expiration" in response.headers["Tus-Extension"].split(",")
+
+
+async def test_upload_expires_on_post_patch_and_head(make_client):
+    client = await make_client(expiration=3600)
+    before = time.time()
+    response = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    assert response.status == 201
+    expires = parse_expires(response.headers["Upload-Expires"])
+    assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1
+    location = response.headers["Location"]
+    path = location[location.index("/files/") :]
+
+    response = await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    patch_expires = parse_expires(response.headers["Upload-Expires"])
+    assert patch_expires > time.time()
+    assert patch_expires >= expires - 1
+
+    response = await client.head(path, headers=TUS)
+    assert parse_expires(response.headers["Upload-Expires"]) == patch_expires
+
+    response = await client.patch(path, data=b"defghij", headers={**PATCH_HEADERS, "Upload-Offset": "3"})
+    assert response.status == 204
+    assert "Upload-Expires" not in response.headers
+    response = await client.head(path, headers=TUS)
+    assert "Upload-Expires" not in response.headers
+
+
+async def test_completed_upload_on_creation_has_no_expiry(client):
+    response = await client.post("/files/", headers={**TUS, "Upload-Length": "0"})
+    assert response.status == 201
+    assert "Upload-Expires" not in response.headers
+    response = await client.post("/files/", data=b"abc", headers={**PATCH_HEADERS, "Upload-Length": "3"})
+    assert response.status == 201
+    assert "Upload-Expires" not in response.headers
+
+
+async def test_expired_upload_answers_410(make_client, settings):
+    client = await make_client(expiration=1)
+    response = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    expires = parse_expires(response.headers["Upload-Expires"])
+    location = response.headers["Location"]
+    path = location[location.index("/files/") :]
+    stored = await client.app[CONTEXT].store.get(path.rsplit("/", 1)[1])
+    await wait_until_past(stored.expires_at)
+    assert time.time() >= expires - 1
+
+    response = await client.head(path, headers=TUS)
+    assert response.status == 410
+    assert "Upload-Offset" not in response.headers
+    assert not data_file(settings, path).exists()
+    response = await client.patch(path, data=b"x", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 410
+    response = await client.get(path)
+    assert response.status == 410
+    response = await client.delete(path, headers=TUS)
+    assert response.status == 410
+
+
+async def test_patch_extends_expiry(make_client):
+    client = await make_client(expiration=1)
+    path = await create_upload(client, 10)
+    store = client.app[CONTEXT].store
+    upload_id = path.rsplit("/", 1)[1]
+    first = (await store.get(upload_id)).expires_at
+    await wait_until_past(first - 0.5)
+    response = await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    second = (await store.get(upload_id)).expires_at
+    assert second > first
+    # Past the first expiry but (by construction) not the second: still alive.
+    await wait_until_past(first)
+    if time.time() < second:
+        response = await client.head(path, headers=TUS)
+        assert response.status == 200
+        assert response.headers["Upload-Offset"] == "3"
+    await wait_until_past(second)
+    response = await client.head(path, headers=TUS)
+    assert response.status == 410
+
+
+async def test_sweeper_removes_expired_uploads(make_client, settings):
+    client = await make_client(expiration=1)
+    ctx = client.app[CONTEXT]
+    expiring = await create_upload(client, 10)
+    await client.patch(expiring, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    finished = await create_upload(client, 3)
+    await client.patch(finished, data=b"xyz", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert await sweep(ctx) == 0
+    assert data_file(settings, expiring).exists()
+
+    stored = await ctx.store.get(expiring.rsplit("/", 1)[1])
+    await wait_until_past(stored.expires_at)
+    assert await sweep(ctx) == 1
+    assert not data_file(settings, expiring).exists()
+    assert (await ctx.store.get(expiring.rsplit("/", 1)[1])).status == "expired"
+    response = await client.head(expiring, headers=TUS)
+    assert response.status == 410
+    assert await sweep(ctx) == 0
+
+    # completed uploads never expire
+    assert data_file(settings, finished).exists()
+    response = await client.get(finished)
+    assert response.status == 200
+    assert await response.read() == b"xyz"
+    response = await client.head(finished, headers=TUS)
+    assert response.status == 200
+    assert "Upload-Expires" not in response.headers
+
+
+async def test_completed_upload_never_expires(make_client):
+    client = await make_client(expiration=1)
+    path = await create_upload(client, 3)
+    store = client.app[CONTEXT].store
+    upload_id = path.rsplit("/", 1)[1]
+    expires = (await store.get(upload_id)).expires_at
+    await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert (await store.get(upload_id)).expires_at is None
+    await wait_until_past(expires)
+    assert await sweep(client.app[CONTEXT]) == 0
+    response = await client.head(path, headers=TUS)
+    assert response.status == 200
+    assert response.headers["Upload-Offset"] == "3"
+    assert await (await client.get(path)).read() == b"abc"
+
+
+async def test_gone_tombstones_are_forgotten(make_client):
+    client = await make_client(expiration=1, gone_retention=0)
+    path = await create_upload(client, 3)
+    assert (await client.delete(path, headers=TUS)).status == 204
+    assert (await client.head(path, headers=TUS)).status == 410
+    ctx = client.app[CONTEXT]
+    upload_id = path.rsplit("/", 1)[1]
+    gone_at = (await ctx.store.get(upload_id)).updated_at
+    await wait_until_past(gone_at)
+    await sweep(ctx)
+    assert (await client.head(path, headers=TUS)).status == 404
+
+
+def test_http_date_format():
+    from server.protocol import http_date
+
+    assert http_date(1403712000) == "Wed, 25 Jun 2014 16:00:00 GMT"
+    stamp = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+    assert parse_expires(http_date(stamp)) == stamp

@@ -1,0 +1,80 @@
+"""termination extension: DELETE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import PATCH_HEADERS, TUS, create_upload
+
+
+async def assert_one_line_error(response, status: int) -> None:
+    assert response.status == status
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
+
+
+def data_file(settings, path: str) -> Path:
+    return Path(settings.data_dir) / path.rsplit("/", 1)[1]
+
+
+async def test_options_advertises_termination(client):
+    response = await client.options("/files/")
+    assert "termination" in response.headers["Tus-Extension"].split(",")
+
+
+async def test_delete_unfinished_upload(client, settings):
+    path = await create_upload(client, 10)
+    await client.patch(path, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert data_file(settings, path).exists()
+    response = await client.delete(path, headers=TUS)
+    assert response.status == 204
+    assert await response.read() == b""
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert not data_file(settings, path).exists()
+
+    response = await client.head(path, headers=TUS)
+    assert response.status == 410
+    assert "Upload-Offset" not in response.headers
+    response = await client.patch(path, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "5"})
+    await assert_one_line_error(response, 410)
+    assert not data_file(settings, path).exists()
+    response = await client.get(path)
+    await assert_one_line_error(response, 410)
+    response = await client.delete(path, headers=TUS)
+    await assert_one_line_error(response, 410)
+
+
+async def test_delete_finished_upload(client, settings):
+    path = await create_upload(client, 3)
+    await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert (await client.get(path)).status == 200
+    response = await client.delete(path, headers=TUS)
+    assert response.status == 204
+    assert not data_file(settings, path).exists()
+    response = await client.get(path)
+    await assert_one_line_error(response, 410)
+    response = await client.head(path, headers=TUS)
+    assert response.status == 410
+
+
+async def test_delete_unknown_upload_is_404(client):
+    response = await client.delete("/files/" + "c" * 32, headers=TUS)
+    await assert_one_line_error(response, 404)
+
+
+async def test_delete_does_not_touch_other_uploads(client, settings):
+    keep = await create_upload(client, 4)
+    await client.patch(keep, data=b"keep", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    gone = await create_upload(client, 4)
+    assert (await client.delete(gone, headers=TUS)).status == 204
+    assert data_file(settings, keep).exists()
+    assert await (await client.get(keep)).read() == b"keep"
+
+
+async def test_delete_partial_then_final_cannot_use_it(client):
+    partial = await create_upload(client, 2, **{"Upload-Concat": "partial"})
+    await client.patch(partial, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert (await client.delete(partial, headers=TUS)).status == 204
+    response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{partial}"})
+    await assert_one_line_error(response, 400)
