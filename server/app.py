@@ -7,13 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from storage_backends import make_backend
 
 from . import handlers
 from .config import Settings
 from .context import CONTEXT, Context
-from .errors import error_middleware
+from .errors import error_middleware, one_line
 from .expiration import run_sweeper
 from .locks import UploadLocks
 from .protocol import ID_PATTERN, TUS_VERSION
@@ -55,3 +57,42 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_route("*", base.rstrip("/"), handlers.collection)
     app.router.add_route("*", base + "{upload_id:" + ID_PATTERN + "}", handlers.upload)
     return app
+
+
+class _OneLineErrorHandler(RequestHandler):
+    """Answers requests aiohttp cannot parse (bad framing, oversized headers) like the app
+    answers bad requests: a one-line plain-text reason, not aiohttp's multi-line page."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        response = super().handle_error(request, status, exc, message)
+        if isinstance(response, web.Response) and 400 <= status < 500:
+            first_line = (message or "").strip().splitlines()[:1]
+            reason = first_line[0].rstrip(":") if first_line else "bad request"
+            response.text = one_line(reason) + "\n"
+            response.headers["Tus-Resumable"] = TUS_VERSION
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _OneLineErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """aiohttp's runner, with protocol-level errors answered in one line."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **server._kwargs,
+        )

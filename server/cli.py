@@ -16,7 +16,7 @@ from aiohttp import web
 from storage_backends.base import StorageError
 
 from . import __version__
-from .app import create_app
+from .app import AppRunner, create_app
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
 from .errors import ConfigError
 from .logs import AccessLogger, setup_logging
@@ -66,23 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting and let uploads record their offsets."""
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app, access_log_class=AccessLogger, shutdown_timeout=settings.shutdown_timeout,
-        handle_signals=False,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    for sock in runner.addresses:
-        host, port = sock[0], sock[1]
-        log.info("aiotusd listening on http://%s:%d%s", host, port, settings.base_path,
-                 extra={"host": host, "port": port})
+    # Handlers first: a signal that comes while starting up (even once the port is
+    # open) then ends in the same clean stop, never in death by the default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings)
+    runner = AppRunner(
+        app, access_log_class=AccessLogger, shutdown_timeout=settings.shutdown_timeout,
+        handle_signals=False,
+    )
+    await runner.setup()
     try:
+        # Inside the try: when the port cannot be bound, the state store and the
+        # backend that setup() started are still closed properly.
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        for sock in runner.addresses:
+            host, port = sock[0], sock[1]
+            log.info("aiotusd listening on http://%s:%d%s", host, port, settings.base_path,
+                     extra={"host": host, "port": port})
         await stop.wait()
         log.info("shutting down")
     finally:
