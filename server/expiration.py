@@ -20,6 +20,9 @@ async def sweep(ctx: Context) -> int:
     now = time.time()
     removed = 0
     for upload_id in await ctx.store.expired_ids(now, BATCH):
+        if ctx.locks.is_held(upload_id):
+            # A request is writing to it right now: it is alive, whatever its clock says.
+            continue
         try:
             async with ctx.locks.hold(upload_id):
                 upload = await ctx.store.get(upload_id)

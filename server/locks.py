@@ -41,6 +41,7 @@ class UploadLocks:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._holders: dict[str, Holder] = {}
+        self._closing = False
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[Holder]:
@@ -54,6 +55,10 @@ class UploadLocks:
             except TimeoutError:
                 raise Locked("upload is in use by another request; try again later") from None
         holder = Holder()
+        if self._closing:
+            # Shutting down: a request that got the lock only now (it waited for a
+            # holder that was let go) must not start a body that outlives the server.
+            holder.request_release()
         self._holders[upload_id] = holder
         try:
             yield holder
@@ -61,7 +66,11 @@ class UploadLocks:
             del self._holders[upload_id]
             holder.released.set()
 
+    def is_held(self, upload_id: str) -> bool:
+        return upload_id in self._holders
+
     def release_all(self) -> None:
-        """Ask every holder to let go (server shutdown)."""
+        """Ask every holder, present and future, to let go (server shutdown)."""
+        self._closing = True
         for holder in list(self._holders.values()):
             holder.request_release()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
@@ -21,11 +22,20 @@ from storage_backends.base import UploadWriter
 
 from .checksum import ExpectedChecksum
 from .context import Context
-from .errors import BadRequest, ChecksumMismatch, InsufficientStorage, TooLarge, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    ChecksumMismatch,
+    InsufficientStorage,
+    TooLarge,
+    TusError,
+    UnsupportedMediaType,
+)
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
 from .uploads import finish
+
+log = logging.getLogger("aiotusd")
 
 RECEIVED = web.RequestKey("aiotusd.received", int)
 """Bytes of the body appended to the upload, for the access log."""
@@ -78,12 +88,32 @@ async def _commit(ctx: Context, upload: Upload, writer: UploadWriter) -> None:
     await ctx.store.save_progress(upload)
 
 
+async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: int) -> None:
+    """Forget the whole body, including what periodic commits already recorded of it.
+
+    The recorded offset goes back first, then the bytes: a crash in between leaves
+    bytes past the offset, which the next writer drops, never an offset past the bytes.
+    """
+    rolled_back = upload.offset != start
+    if rolled_back:
+        upload.offset = start
+        await ctx.store.save_progress(upload)
+    await writer.discard()
+    if rolled_back:
+        # The backend's record in ``upload.storage`` went back with the discard.
+        await ctx.store.save_progress(upload)
+
+
 async def _keep_what_arrived(
-    ctx: Context, upload: Upload, writer: UploadWriter, checksum: ExpectedChecksum | None
+    ctx: Context,
+    upload: Upload,
+    writer: UploadWriter,
+    checksum: ExpectedChecksum | None,
+    start: int,
 ) -> None:
     """After a body broke off: commit what arrived, or drop it when it cannot be verified."""
     if checksum is not None:
-        await writer.discard()
+        await _drop_body(ctx, upload, writer, start)
     else:
         await _commit(ctx, upload, writer)
 
@@ -100,7 +130,9 @@ async def append_body(
     Raises a 4xx :class:`~server.errors.TusError` for a body that is too long
     or fails its checksum (nothing of it is kept), 507 when storage is full
     (what was stored is kept), and :class:`BodyInterrupted` when the body was
-    cut off (what arrived is kept, unless a checksum was sent).
+    cut off (what arrived is kept, unless a checksum was sent). Kept bytes that
+    fill the upload finish it, however the request ended; a cancelled request
+    records what arrived before the cancellation goes on.
     """
     room = room_left(ctx, upload)
     if request.content_length is not None and request.content_length > room:
@@ -109,28 +141,33 @@ async def append_body(
     settings = ctx.settings
     loop = asyncio.get_running_loop()
     transport = request.transport
+    reader = request.content
 
     def stop_receiving() -> None:
-        if transport is not None:
+        # A body that already arrived whole is not cut off: finishing it waits on
+        # no client, and its client then gets its answer instead of a reset.
+        if transport is not None and not reader.is_eof():
             transport.close()
 
     writer = await ctx.backend.open_writer(ctx.stored(upload))
     watchdog = _IdleWatchdog(settings.idle_timeout, stop_receiving)
     holder.on_release_request(stop_receiving)
-    reader = request.content
     limit = start + room
     committed_at = loop.time()
+    broke_off: TusError | asyncio.CancelledError | None = None
     try:
         while True:
             try:
                 chunk = await reader.readany()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 raise BodyInterrupted(f"request body broke off: {exc or type(exc).__name__}") from None
             if not chunk:
                 break
             watchdog.touch()
             if writer.offset + len(chunk) > limit:
-                await writer.discard()
+                await _drop_body(ctx, upload, writer, start)
                 raise TooLarge(f"body exceeds the {room} bytes left in the upload")
             if checksum is not None:
                 checksum.hasher.update(chunk)
@@ -142,25 +179,37 @@ async def append_body(
                 await _commit(ctx, upload, writer)
                 committed_at = watchdog.last
         if checksum is not None and not checksum.matches():
-            await writer.discard()
+            await _drop_body(ctx, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
         await _commit(ctx, upload, writer)
-    except BodyInterrupted:
-        await _keep_what_arrived(ctx, upload, writer, checksum)
-        raise
+    except BodyInterrupted as exc:
+        await _keep_what_arrived(ctx, upload, writer, checksum, start)
+        broke_off = exc
+    except asyncio.CancelledError as exc:
+        # Not cut off but cancelled: aiohttp cancels the handler of a client that left
+        # when handler_cancellation is on, and every handler when the shutdown timeout
+        # runs out. What arrived is recorded all the same, then the cancellation goes on.
+        broke_off = exc
+        try:
+            await _keep_what_arrived(ctx, upload, writer, checksum, start)
+        except Exception:
+            log.exception("recording the offset of cancelled upload %s failed", upload.id)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        await _keep_what_arrived(ctx, upload, writer, checksum)
-        raise InsufficientStorage("storage is full; try again later") from None
+        await _keep_what_arrived(ctx, upload, writer, checksum, start)
+        broke_off = InsufficientStorage("storage is full; try again later")
     finally:
         watchdog.cancel()
         holder.on_release_request(None)
         request[RECEIVED] = upload.offset - start
         await writer.close()
+    # Also after a break-off: the connection may drop once the last byte is in, and
+    # an upload whose offset reached its length must not wait for a PATCH that never comes.
     if not upload.is_complete and upload.offset == upload.length:
         await finish(ctx, upload)
-
+    if broke_off is not None:
+        raise broke_off
 
 
 def check_content_type(request: web.Request) -> None:

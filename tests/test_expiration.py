@@ -186,3 +186,18 @@ def test_http_date_format():
     assert http_date(1403712000) == "Wed, 25 Jun 2014 16:00:00 GMT"
     stamp = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
     assert parse_expires(http_date(stamp)) == stamp
+
+
+async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settings):
+    client = await make_client(expiration=1)
+    ctx = client.app[CONTEXT]
+    path = await create_upload(client, 10)
+    upload_id = path.rsplit("/", 1)[1]
+    stored = await ctx.store.get(upload_id)
+    await wait_until_past(stored.expires_at)
+    async with ctx.locks.hold(upload_id) as holder:
+        assert await sweep(ctx) == 0
+        assert holder.release_requested is False
+    assert data_file(settings, path).exists()
+    assert await sweep(ctx) == 1
+    assert not data_file(settings, path).exists()
