@@ -175,6 +175,9 @@ class StateStore:
             upload.expires_at, upload.completed_at, json.dumps(upload.storage),
         )
         insert_upload = f"INSERT INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+        if not parts:
+            await self._write(insert_upload, values)
+            return
         async with self._transaction() as db:
             await db.execute(insert_upload, values)
             await db.executemany(

@@ -45,10 +45,10 @@ async def handle(request: web.Request) -> web.Response:
     checksum_header = request.headers.get("Upload-Checksum")
     checksum = None if checksum_header is None else ExpectedChecksum(checksum_header)
 
-    if (await load(ctx, upload_id)).is_final:
-        raise Forbidden("the final upload of a concatenation cannot be patched")
     async with ctx.locks.hold(upload_id) as holder:
         upload = await load(ctx, upload_id)
+        if upload.is_final:
+            raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
             raise Conflict(f"Upload-Offset {offset} does not match the upload's offset {upload.offset}")
         if length is not None:
