@@ -13,4 +13,8 @@ if TYPE_CHECKING:
 
 def make_backend(settings: Settings) -> StorageBackend:
     """The backend the settings name."""
+    if settings.storage == "s3":
+        from .s3 import S3Backend
+
+        return S3Backend(settings)
     return FilesystemBackend(settings.data_dir)

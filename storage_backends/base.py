@@ -98,3 +98,12 @@ class Concatenator(Protocol):
 class LengthDeferrer(Protocol):
     async def declare_length(self, upload: StoredUpload, length: int) -> None:
         """The client told the length of an upload created with ``Upload-Defer-Length``."""
+
+
+@runtime_checkable
+class DownloadRedirector(Protocol):
+    async def download_url(
+        self, upload: StoredUpload, content_type: str, content_disposition: str
+    ) -> str | None:
+        """A short-lived URL that serves the finished upload with these headers, or None to
+        stream it through the server instead."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from storage_backends.base import DownloadRedirector
+
 from ..content import content_disposition, content_type, parse_range
 from ..context import CONTEXT
 from ..errors import Conflict, RangeNotSatisfiable
@@ -32,6 +34,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if_none_match = request.headers.get("If-None-Match", "")
     if etag in if_none_match or if_none_match.strip() == "*":
         return web.Response(status=304, headers={"ETag": etag})
+    if isinstance(ctx.backend, DownloadRedirector):
+        url = await ctx.backend.download_url(
+            ctx.stored(upload), media_type, headers["Content-Disposition"]
+        )
+        if url is not None:
+            return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
     if_range = request.headers.get("If-Range")
     byte_range = parse_range(request.headers.get("Range"), size)
     if if_range is not None and if_range != etag:
@@ -46,10 +54,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
             )
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    chunks = aiter(ctx.backend.read(ctx.stored(upload), start, end))
+    # The first chunk is fetched before the status goes out, so that a store that is
+    # down is answered 503 rather than with a 200 that breaks off.
+    first = await anext(chunks, b"")
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await response.prepare(request)
-    async for chunk in ctx.backend.read(ctx.stored(upload), start, end):
+    await response.write(first)
+    async for chunk in chunks:
         await response.write(chunk)
     await response.write_eof()
     return response
