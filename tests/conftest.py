@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import random
 import re
 import signal
 import socket
@@ -12,9 +14,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
@@ -24,6 +27,7 @@ TUS = {"Tus-Resumable": "1.0.0"}
 PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -55,8 +59,80 @@ async def create_upload(client: TestClient, length: int | None = None, **headers
         request_headers["Upload-Length"] = str(length)
     response = await client.post("/files/", headers=request_headers)
     assert response.status == 201, await response.text()
+    return path_of(response)
+
+
+def path_of(response: ClientResponse) -> str:
+    """The path (``/files/<id>``) of the upload in a response's ``Location``."""
     location = response.headers["Location"]
     return location[location.index("/files/") :]
+
+
+def upload_id(path: str) -> str:
+    """The upload id: the last segment of an upload's path or URL."""
+    return path.rstrip("/").rsplit("/", 1)[1]
+
+
+async def head_offset(client: TestClient, path: str) -> str:
+    """HEAD an upload, assert 200 and return its ``Upload-Offset``."""
+    response = await client.head(path, headers=TUS)
+    assert response.status == 200
+    return response.headers["Upload-Offset"]
+
+
+async def assert_one_line_error(response: ClientResponse, status: int | None = None) -> None:
+    """Assert a one-line ``text/plain`` error body with ``status`` (any 4xx when None)."""
+    if status is None:
+        assert 400 <= response.status < 500, response.status
+    else:
+        assert response.status == status, response.status
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert text.endswith("\n") and text.count("\n") == 1 and text.strip(), text
+
+
+def data_file(owner: Settings | ServerProcess, path: str) -> Path:
+    """The data file of upload ``path`` in the data directory of settings or a server."""
+    return Path(owner.data_dir) / upload_id(path)
+
+
+def data_files(settings: Settings) -> list[str]:
+    """Sorted names of the data directory's upload files (the SQLite files left out)."""
+    return sorted(p.name for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd."))
+
+
+def file_size(path: Path) -> int:
+    """The size of the file at ``path``, or -1 if there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+def payload(size: int, seed: int) -> bytes:
+    """``size`` pseudo-random bytes, the same for the same ``seed``."""
+    return random.Random(seed).randbytes(size)
+
+
+async def poll(
+    probe: Callable[[], Awaitable[T] | T], what: str, timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def wait_until_past(timestamp: float, timeout: float = 5.0) -> None:
+    """Wait on the wall clock until ``timestamp`` has passed, bounded by ``timeout``."""
+    await poll(lambda: time.time() > timestamp, f"the clock to pass {timestamp}", timeout=timeout)
 
 
 def free_port() -> int:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from pathlib import Path
-
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import PATCH_HEADERS, assert_one_line_error, create_upload, data_file, head_offset
 
 DATA = b"The quick brown fox jumps over the lazy dog"
 
@@ -22,19 +20,6 @@ def digest(algorithm: str, data: bytes) -> bytes:
 
 def checksum_header(algorithm: str, data: bytes) -> str:
     return f"{algorithm} {base64.b64encode(digest(algorithm, data)).decode()}"
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
-
-
-async def head_offset(client, path: str) -> str:
-    response = await client.head(path, headers=TUS)
-    assert response.status == 200
-    return response.headers["Upload-Offset"]
 
 
 async def test_options_lists_algorithms(client):
@@ -79,8 +64,7 @@ async def test_mismatching_checksum_is_460_and_nothing_kept(client, settings, al
     )
     await assert_one_line_error(response, 460)
     assert await head_offset(client, path) == "0"
-    upload_id = path.rsplit("/", 1)[1]
-    assert (Path(settings.data_dir) / upload_id).stat().st_size == 0
+    assert data_file(settings, path).stat().st_size == 0
     response = await client.patch(
         path,
         data=DATA,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, upload_id
 from server import __version__
 from server.config import SETTINGS
 
@@ -187,8 +187,7 @@ def test_real_process_takes_settings_from_file_environment_and_flag(tmp_path):
         assert created.status == 201
         location = created.headers["Location"]
         assert location.startswith(f"http://127.0.0.1:{flag_port}/uploads/v1/")
-        upload_id = location.rsplit("/", 1)[1]
-        assert (data_dir / upload_id).is_file()
+        assert (data_dir / upload_id(location)).is_file()
         assert (data_dir / "aiotusd.sqlite3").is_file()
 
         assert _request(flag_port, "OPTIONS", "/files/", {}).status == 404

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    assert_one_line_error,
+    create_upload,
+    data_file,
+    path_of,
+    upload_id,
+    wait_until_past,
+)
 from server.context import CONTEXT
 from server.expiration import sweep
-
-
-async def wait_until_past(timestamp: float, timeout: float = 5.0) -> None:
-    """Wait on the wall clock until ``timestamp`` has passed, bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.time() <= timestamp:
-        assert time.monotonic() < deadline, "clock did not reach the time"
-        await asyncio.sleep(0.02)
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
-
-
-def path_of(response) -> str:
-    location = response.headers["Location"]
-    return location[location.index("/files/") :]
 
 
 async def partial(client, data: bytes | None = None, length: int | None = None, **headers: str) -> str:
@@ -192,8 +179,7 @@ async def test_final_with_non_partial_upload_is_400(client):
 )
 async def test_final_with_url_outside_base_path_is_400(client, template):
     a = await partial(client, b"ab")
-    part_id = a.rsplit("/", 1)[1]
-    response = await create_final(client, template.format(id=part_id))
+    response = await create_final(client, template.format(id=upload_id(a)))
     assert response.status == 400, template
     await assert_one_line_error(response, 400)
 
@@ -319,7 +305,7 @@ async def test_partial_terminated_before_final_finished_takes_the_final(client, 
     assert response.status == 410
     assert "Upload-Offset" not in response.headers
     await assert_one_line_error(await client.get(final), 410)
-    assert not (Path(settings.data_dir) / final.rsplit("/", 1)[1]).exists()
+    assert not data_file(settings, final).exists()
     # the other partial is untouched
     assert await (await client.get(b)).read() == b"cd"
 
@@ -364,7 +350,7 @@ async def test_expired_partial_takes_waiting_final(make_client, settings):
     a = await partial(client, length=4)
     b = await partial(client, b"done")
     final = path_of(await create_final(client, a, b))
-    await wait_until_past((await ctx.store.get(a.rsplit("/", 1)[1])).expires_at)
+    await wait_until_past((await ctx.store.get(upload_id(a))).expires_at)
     assert await sweep(ctx) >= 1
     assert (await client.head(a, headers=TUS)).status == 410
     response = await client.head(final, headers=TUS)

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    assert_one_line_error,
+    create_upload,
+    data_file,
+    head_offset,
+    path_of,
+    upload_id,
+)
 from server.context import CONTEXT
 
 EXPECTED_EXTENSIONS = {
@@ -21,19 +30,6 @@ EXPECTED_EXTENSIONS = {
     "concatenation",
     "concatenation-unfinished",
 }
-
-
-async def head_offset(client, path: str) -> str:
-    response = await client.head(path, headers=TUS)
-    assert response.status == 200
-    return response.headers["Upload-Offset"]
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
 
 
 # --- OPTIONS ------------------------------------------------------------------------------
@@ -134,7 +130,7 @@ async def test_responses_carry_tus_resumable(client):
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
     assert response.status == 201
     assert response.headers["Tus-Resumable"] == "1.0.0"
-    path = response.headers["Location"][response.headers["Location"].index("/files/") :]
+    path = path_of(response)
     for response in (
         await client.head(path, headers=TUS),
         await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"}),
@@ -279,8 +275,7 @@ async def test_patch_longer_than_length_is_413_and_stores_nothing(client, settin
     response = await client.patch(path, data=b"3456", headers={**PATCH_HEADERS, "Upload-Offset": "2"})
     await assert_one_line_error(response, 413)
     assert await head_offset(client, path) == "2"
-    upload_id = path.rsplit("/", 1)[1]
-    assert (Path(settings.data_dir) / upload_id).stat().st_size == 2
+    assert data_file(settings, path).stat().st_size == 2
 
 
 async def chunks(*parts: bytes):
@@ -320,12 +315,12 @@ async def test_chunked_patch_too_long_after_intermediate_commits(make_client):
     client = await make_client(commit_bytes=1)
     path = await create_upload(client, 10)
     store = client.app[CONTEXT].store
-    upload_id = path.rsplit("/", 1)[1]
+    ident = upload_id(path)
 
     async def body():
         yield b"12345"
         deadline = time.monotonic() + 5
-        while (await store.get(upload_id)).offset < 5 and time.monotonic() < deadline:
+        while (await store.get(ident)).offset < 5 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         yield b"67890X"
 

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
-
-
-def data_files(settings) -> list[str]:
-    return sorted(p.name for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd."))
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
-
-
-def path_of(response) -> str:
-    location = response.headers["Location"]
-    return location[location.index("/files/") :]
+from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, data_files, path_of, upload_id
 
 
 # --- creation -----------------------------------------------------------------------------
@@ -37,8 +20,7 @@ async def test_post_creates_upload_with_absolute_location(client, settings):
     assert response.headers["Tus-Resumable"] == "1.0.0"
     assert response.headers["Upload-Offset"] == "0"
     assert await response.read() == b""
-    upload_id = location.rsplit("/", 1)[1]
-    assert data_files(settings) == [upload_id]
+    assert data_files(settings) == [upload_id(location)]
     response = await client.head(path_of(response), headers=TUS)
     assert response.status == 200
     assert response.headers["Upload-Length"] == "42"
@@ -59,16 +41,11 @@ async def test_location_honours_host_header(client):
     assert response.headers["Location"].startswith("http://uploads.example.org/files/")
 
 
-async def test_neither_length_header_is_400(client, settings):
-    response = await client.post("/files/", headers=TUS)
-    await assert_one_line_error(response, 400)
-    assert data_files(settings) == []
-
-
-async def test_both_length_headers_is_400(client, settings):
-    response = await client.post(
-        "/files/", headers={**TUS, "Upload-Length": "5", "Upload-Defer-Length": "1"}
-    )
+@pytest.mark.parametrize(
+    "headers", [{}, {"Upload-Length": "5", "Upload-Defer-Length": "1"}], ids=["neither", "both"]
+)
+async def test_neither_or_both_length_headers_is_400(client, settings, headers):
+    response = await client.post("/files/", headers={**TUS, **headers})
     await assert_one_line_error(response, 400)
     assert data_files(settings) == []
 

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import PATCH_HEADERS, TUS
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
+from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, path_of
 
 
 async def create_deferred(client, **headers: str) -> str:
-    response = await client.post("/files/", headers={**TUS, "Upload-Defer-Length": "1", **headers})
-    assert response.status == 201, await response.text()
-    location = response.headers["Location"]
-    return location[location.index("/files/") :]
+    return await create_upload(client, **{"Upload-Defer-Length": "1", **headers})
 
 
 async def test_head_of_deferred_upload(client):
@@ -105,8 +95,7 @@ async def test_changing_declared_length_is_400(client):
 
 async def test_upload_length_on_patch_of_non_deferred_upload_must_match(client):
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "4"})
-    location = response.headers["Location"]
-    path = location[location.index("/files/") :]
+    path = path_of(response)
     response = await client.patch(
         path, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "5"}
     )
@@ -188,6 +177,5 @@ async def test_deferred_partial_upload(client):
     assert response.status == 204
     response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{path}"})
     assert response.status == 201
-    location = response.headers["Location"]
-    response = await client.get(location[location.index("/files/") :])
+    response = await client.get(path_of(response))
     assert await response.read() == b"part"

@@ -7,16 +7,9 @@ import re
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, path_of
 
 DATA = b"0123456789"
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
 
 
 def b64(value: str | bytes) -> str:
@@ -253,8 +246,7 @@ async def test_final_upload_download(client):
     a = await create_upload(client, 3, **{"Upload-Concat": "partial"})
     await client.patch(a, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {a}"})
-    location = response.headers["Location"]
-    response = await client.get(location[location.index("/files/") :], headers={"Range": "bytes=2-3"})
+    response = await client.get(path_of(response), headers={"Range": "bytes=2-3"})
     assert response.status == 206
     assert await response.read() == b"ca"
     assert response.headers["Content-Range"] == "bytes 2-3/6"

@@ -13,20 +13,17 @@ import base64
 import contextlib
 import hashlib
 import json
-import random
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from conftest import data_file, file_size, payload, poll, upload_id
 
 KIB = 1024
 MIB = 1024 * KIB
 HOST = "127.0.0.1"
-T = TypeVar("T")
 
 
 # --- a minimal HTTP/1.1 client over asyncio streams ---------------------------------------
@@ -147,33 +144,6 @@ class OpenPatch:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def payload(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-async def poll(
-    probe: Callable[[], Awaitable[T] | T], what: str, timeout: float = 10.0, interval: float = 0.02
-) -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
-
-
 async def create(port: int, length: int, **headers: str) -> str:
     """POST an upload; returns its path."""
     response = await request(port, "POST", "/files/", {"Upload-Length": str(length), **headers})
@@ -181,10 +151,6 @@ async def create(port: int, length: int, **headers: str) -> str:
     location = response.headers["location"]
     assert location.startswith(f"http://{HOST}:{port}/files/")
     return location[location.index("/files/") :]
-
-
-def upload_id(path: str) -> str:
-    return path.rsplit("/", 1)[1]
 
 
 async def head(port: int, path: str) -> Response:
@@ -219,10 +185,6 @@ async def finish_upload(port: int, path: str, data: bytes) -> None:
     assert response.status == 204, response
     assert response.headers["upload-offset"] == str(len(data))
     await assert_download(port, path, data)
-
-
-def data_file(server: Any, path: str) -> Path:
-    return Path(server.data_dir) / upload_id(path)
 
 
 def patch_log(server: Any, path: str) -> list[tuple[int, int]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import random
 import re
 import select
 import signal
@@ -18,7 +17,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,17 +24,15 @@ import requests
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
+from conftest import TUS, data_file, file_size, payload, upload_id
+
 KIB = 1024
 MIB = 1024 * KIB
-TUS = {"Tus-Resumable": "1.0.0"}
 T = TypeVar("T")
 
 
-def payload(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
 def poll(probe: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.005) -> T:
+    """Blocking twin of ``conftest.poll``, for these synchronous tests: fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
@@ -45,21 +41,6 @@ def poll(probe: Callable[[], T], what: str, timeout: float = 20.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-def file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
-
-
-def upload_id(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[1]
-
-
-def data_file(server: Any, url: str) -> Path:
-    return Path(server.data_dir) / upload_id(url)
 
 
 def head(url: str) -> requests.Response:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import PATCH_HEADERS, TUS, create_upload, data_file, path_of, upload_id, wait_until_past
 from server.context import CONTEXT
 from server.expiration import sweep
 
@@ -26,18 +24,6 @@ def parse_expires(value: str) -> float:
     return parsed.timestamp()
 
 
-def data_file(settings, path: str) -> Path:
-    return Path(settings.data_dir) / path.rsplit("/", 1)[1]
-
-
-async def wait_until_past(timestamp: float, timeout: float = 5.0) -> None:
-    """Wait on the wall clock until ``timestamp`` has passed, bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.time() <= timestamp:
-        assert time.monotonic() < deadline, "clock did not reach the expiry"
-        await asyncio.sleep(0.05)
-
-
 async def test_options_advertises_expiration(client):
     response = await client.options("/files/")
     assert "expiration" in response.headers["Tus-Extension"].split(",")
@@ -50,8 +36,7 @@ async def test_upload_expires_on_post_patch_and_head(make_client):
     assert response.status == 201
     expires = parse_expires(response.headers["Upload-Expires"])
     assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1
-    location = response.headers["Location"]
-    path = location[location.index("/files/") :]
+    path = path_of(response)
 
     response = await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert response.status == 204
@@ -82,9 +67,8 @@ async def test_expired_upload_answers_410(make_client, settings):
     client = await make_client(expiration=1)
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
     expires = parse_expires(response.headers["Upload-Expires"])
-    location = response.headers["Location"]
-    path = location[location.index("/files/") :]
-    stored = await client.app[CONTEXT].store.get(path.rsplit("/", 1)[1])
+    path = path_of(response)
+    stored = await client.app[CONTEXT].store.get(upload_id(path))
     await wait_until_past(stored.expires_at)
     assert time.time() >= expires - 1
 
@@ -104,12 +88,12 @@ async def test_patch_extends_expiry(make_client):
     client = await make_client(expiration=1)
     path = await create_upload(client, 10)
     store = client.app[CONTEXT].store
-    upload_id = path.rsplit("/", 1)[1]
-    first = (await store.get(upload_id)).expires_at
+    ident = upload_id(path)
+    first = (await store.get(ident)).expires_at
     await wait_until_past(first - 0.5)
     response = await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert response.status == 204
-    second = (await store.get(upload_id)).expires_at
+    second = (await store.get(ident)).expires_at
     assert second > first
     # Past the first expiry but (by construction) not the second: still alive.
     await wait_until_past(first)
@@ -132,11 +116,11 @@ async def test_sweeper_removes_expired_uploads(make_client, settings):
     assert await sweep(ctx) == 0
     assert data_file(settings, expiring).exists()
 
-    stored = await ctx.store.get(expiring.rsplit("/", 1)[1])
+    stored = await ctx.store.get(upload_id(expiring))
     await wait_until_past(stored.expires_at)
     assert await sweep(ctx) == 1
     assert not data_file(settings, expiring).exists()
-    assert (await ctx.store.get(expiring.rsplit("/", 1)[1])).status == "expired"
+    assert (await ctx.store.get(upload_id(expiring))).status == "expired"
     response = await client.head(expiring, headers=TUS)
     assert response.status == 410
     assert await sweep(ctx) == 0
@@ -155,10 +139,10 @@ async def test_completed_upload_never_expires(make_client):
     client = await make_client(expiration=1)
     path = await create_upload(client, 3)
     store = client.app[CONTEXT].store
-    upload_id = path.rsplit("/", 1)[1]
-    expires = (await store.get(upload_id)).expires_at
+    ident = upload_id(path)
+    expires = (await store.get(ident)).expires_at
     await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-    assert (await store.get(upload_id)).expires_at is None
+    assert (await store.get(ident)).expires_at is None
     await wait_until_past(expires)
     assert await sweep(client.app[CONTEXT]) == 0
     response = await client.head(path, headers=TUS)
@@ -173,8 +157,7 @@ async def test_gone_tombstones_are_forgotten(make_client):
     assert (await client.delete(path, headers=TUS)).status == 204
     assert (await client.head(path, headers=TUS)).status == 410
     ctx = client.app[CONTEXT]
-    upload_id = path.rsplit("/", 1)[1]
-    gone_at = (await ctx.store.get(upload_id)).updated_at
+    gone_at = (await ctx.store.get(upload_id(path))).updated_at
     await wait_until_past(gone_at)
     await sweep(ctx)
     assert (await client.head(path, headers=TUS)).status == 404
@@ -192,10 +175,10 @@ async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settin
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
     path = await create_upload(client, 10)
-    upload_id = path.rsplit("/", 1)[1]
-    stored = await ctx.store.get(upload_id)
+    ident = upload_id(path)
+    stored = await ctx.store.get(ident)
     await wait_until_past(stored.expires_at)
-    async with ctx.locks.hold(upload_id) as holder:
+    async with ctx.locks.hold(ident) as holder:
         assert await sweep(ctx) == 0
         assert holder.release_requested is False
     assert data_file(settings, path).exists()

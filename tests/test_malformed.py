@@ -11,11 +11,22 @@ import base64
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    ServerProcess,
+    assert_one_line_error,
+    create_upload,
+    data_file,
+    data_files,
+    head_offset,
+    poll,
+    upload_id,
+)
+from server.config import Settings
 from server.context import CONTEXT
 
 
@@ -73,21 +84,6 @@ def assert_one_line_4xx(response: RawResponse, status: int | None = None) -> Non
     assert text.endswith("\n") and text.count("\n") == 1 and text.strip(), text
 
 
-async def assert_client_one_line_4xx(response, status: int | None = None) -> None:
-    assert 400 <= response.status < 500, response.status
-    if status is not None:
-        assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip(), text
-
-
-async def head_offset(client, path: str) -> str:
-    response = await client.head(path, headers=TUS)
-    assert response.status == 200
-    return response.headers["Upload-Offset"]
-
-
 def request(method: str, path: str, *headers: bytes, body: bytes = b"") -> bytes:
     lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: localhost", *headers]
     if body and not any(h.lower().startswith((b"content-length", b"transfer-encoding")) for h in headers):
@@ -126,7 +122,7 @@ async def test_non_utf8_header_on_post(client, settings, header):
         data = request("POST", "/files/", b"Tus-Resumable: 1.0.0", header)
     response = await raw(client, data)
     assert_one_line_4xx(response)
-    assert [p for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd.")] == []
+    assert data_files(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -180,7 +176,7 @@ async def test_huge_header_values_are_400(client, name):
         )
     else:
         response = await client.post("/files/", headers={**TUS, name: value})
-    await assert_client_one_line_4xx(response, 400)
+    await assert_one_line_error(response, 400)
     assert await head_offset(client, path) == "0"
 
 
@@ -196,7 +192,7 @@ async def test_big_valid_metadata(client):
 async def test_final_with_many_unknown_parts_is_400(client):
     parts = " ".join(f"/files/{i:032x}" for i in range(180))
     response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{parts}"})
-    await assert_client_one_line_4xx(response, 400)
+    await assert_one_line_error(response, 400)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +231,7 @@ async def test_repeated_tus_headers_on_patch_are_400(client, headers):
 async def test_repeated_tus_headers_on_post_are_400(client, settings, headers):
     response = await raw(client, request("POST", "/files/", b"Tus-Resumable: 1.0.0", *headers))
     assert_one_line_4xx(response, 400)
-    assert [p for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd.")] == []
+    assert data_files(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -249,7 +245,7 @@ async def test_invalid_host_is_400_and_never_reaches_location(client, settings, 
     )
     assert_one_line_4xx(response, 400)
     assert "location" not in response.headers
-    assert [p for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd.")] == []
+    assert data_files(settings) == []
 
 
 @pytest.mark.parametrize("host", [b"uploads.example.org", b"127.0.0.1:8080", b"[::1]:1080", b"xn--bcher-kva.example"])
@@ -293,7 +289,7 @@ async def test_two_host_headers_are_400(client):
 async def test_garbage_values_on_post_are_4xx(client, headers):
     body = b"hello" if "Upload-Checksum" in headers else None
     response = await client.post("/files/", data=body, headers={**TUS, **headers})
-    await assert_client_one_line_4xx(response)
+    await assert_one_line_error(response)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +302,7 @@ async def test_odd_method_overrides_never_5xx(client, override):
     )
     assert response.status < 500
     if response.status >= 400:
-        await assert_client_one_line_4xx(response)
+        await assert_one_line_error(response)
     offset = await head_offset(client, path)
     assert offset in ("0", "5")
     if override.strip().upper() == "PATCH":
@@ -322,7 +318,7 @@ async def test_huge_ranges_never_5xx(client, range_header):
     response = await client.get(path, headers={"Range": range_header})
     assert response.status in (200, 206, 416)
     if response.status == 416:
-        await assert_client_one_line_4xx(response, 416)
+        await assert_one_line_error(response, 416)
     else:
         assert await response.read() in (b"abc",)
 
@@ -330,12 +326,46 @@ async def test_huge_ranges_never_5xx(client, range_header):
 # --- bodies that break off or are badly framed --------------------------------------------
 
 
-async def wait_for_offset(client, upload_id: str, offset: int, timeout: float = 5.0) -> None:
+async def wait_for_offset(client, path: str, offset: int, timeout: float = 5.0) -> None:
     store = client.app[CONTEXT].store
-    deadline = time.monotonic() + timeout
-    while (await store.get(upload_id)).offset < offset:
-        assert time.monotonic() < deadline, "the server did not record the bytes in time"
-        await asyncio.sleep(0.01)
+
+    async def recorded() -> bool:
+        return (await store.get(upload_id(path))).offset >= offset
+
+    await poll(recorded, "the server to record the bytes", timeout=timeout, interval=0.01)
+
+
+async def wait_for_file_size(
+    owner: Settings | ServerProcess, path: str, size: int, timeout: float = 5.0
+) -> None:
+    file = data_file(owner, path)
+    await poll(lambda: file.stat().st_size >= size, "the server to write the bytes", timeout=timeout, interval=0.01)
+
+
+async def open_patch(
+    host: str, port: int, path: str, *headers: bytes, body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a raw connection and send the head of a PATCH at offset 0 with ``headers``, then ``body``."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        request(
+            "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
+            b"Upload-Offset: 0", *headers,
+        )
+        + body
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def patch_cut_short(
+    host: str, port: int, owner: Settings | ServerProcess, path: str, *headers: bytes
+) -> None:
+    """Send 5 bytes of a 10-byte PATCH body, wait until they are in the data file, and hang up."""
+    _, writer = await open_patch(host, port, path, b"Content-Length: 10", *headers, body=b"hello")
+    await wait_for_file_size(owner, path, 5)
+    writer.close()
+    await writer.wait_closed()
 
 
 async def read_answer(reader: asyncio.StreamReader) -> RawResponse | None:
@@ -355,17 +385,11 @@ async def test_bad_chunk_after_good_chunk_keeps_good_bytes(make_client):
     """
     client = await make_client(commit_bytes=1)
     path = await create_upload(client, 10)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    reader, writer = await open_patch(
+        client.server.host, client.server.port, path, b"Transfer-Encoding: chunked", body=b"3\r\nabc\r\n"
+    )
     try:
-        writer.write(
-            request(
-                "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-                b"Upload-Offset: 0", b"Transfer-Encoding: chunked",
-            )
-            + b"3\r\nabc\r\n"
-        )
-        await writer.drain()
-        await wait_for_offset(client, path.rsplit("/", 1)[1], 3)
+        await wait_for_offset(client, path, 3)
         writer.write(b"ZZ\r\nnot a chunk\r\n0\r\n\r\n")
         await writer.drain()
         assert await head_offset(client, path) == "3"
@@ -382,17 +406,11 @@ async def test_bad_chunk_after_good_chunk_keeps_good_bytes(make_client):
 async def test_bad_chunk_ends_body_after_idle_timeout(make_client):
     client = await make_client(commit_bytes=1, idle_timeout=0.2)
     path = await create_upload(client, 10)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    reader, writer = await open_patch(
+        client.server.host, client.server.port, path, b"Transfer-Encoding: chunked", body=b"3\r\nabc\r\n"
+    )
     try:
-        writer.write(
-            request(
-                "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-                b"Upload-Offset: 0", b"Transfer-Encoding: chunked",
-            )
-            + b"3\r\nabc\r\n"
-        )
-        await writer.drain()
-        await wait_for_offset(client, path.rsplit("/", 1)[1], 3)
+        await wait_for_offset(client, path, 3)
         writer.write(b"3\r\ndefXX\r\n0\r\n\r\n")  # chunk data longer than its size
         await writer.drain()
         response = await read_answer(reader)
@@ -408,14 +426,6 @@ async def test_bad_chunk_ends_body_after_idle_timeout(make_client):
     assert await (await client.get(path)).read() == b"abcdefghij"
 
 
-async def wait_for_file_size(settings, path: str, size: int, timeout: float = 5.0) -> None:
-    file = Path(settings.data_dir) / path.rsplit("/", 1)[1]
-    deadline = time.monotonic() + timeout
-    while file.stat().st_size < size:
-        assert time.monotonic() < deadline, "the server did not write the bytes in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_real_server_keeps_bytes_of_body_cut_short(server_process):
     """The same as below against a real aiotusd, whose handlers are not cancelled on disconnect."""
     server = server_process()
@@ -426,22 +436,7 @@ async def test_real_server_keeps_bytes_of_body_cut_short(server_process):
     response = await call(b"Upload-Length: 10", b"Content-Length: 0", method="POST")
     assert response.status == 201
     path = response.headers["location"][response.headers["location"].index("/files/") :]
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(
-        request(
-            "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-            b"Upload-Offset: 0", b"Content-Length: 10",
-        )
-        + b"hello"
-    )
-    await writer.drain()
-    file = server.data_dir / path.rsplit("/", 1)[1]
-    deadline = time.monotonic() + 5
-    while file.stat().st_size < 5:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-    writer.close()
-    await writer.wait_closed()
+    await patch_cut_short("127.0.0.1", server.port, server, path)
     deadline = time.monotonic() + 5
     while (offset := (await call(path=path)).headers["upload-offset"]) != "5":
         assert offset == "0" and time.monotonic() < deadline, offset
@@ -457,18 +452,7 @@ async def test_real_server_keeps_bytes_of_body_cut_short(server_process):
 async def test_body_shorter_than_content_length_keeps_what_arrived(client, settings):
     """In-process: aiohttp's test server cancels the handler when the client goes away."""
     path = await create_upload(client, 10)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        request(
-            "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-            b"Upload-Offset: 0", b"Content-Length: 10",
-        )
-        + b"hello"
-    )
-    await writer.drain()
-    await wait_for_file_size(settings, path, 5)
-    writer.close()
-    await writer.wait_closed()
+    await patch_cut_short(client.server.host, client.server.port, settings, path)
     deadline = time.monotonic() + 2
     while (offset := await head_offset(client, path)) != "5":
         assert offset == "0" and time.monotonic() < deadline, offset
@@ -481,19 +465,8 @@ async def test_body_shorter_than_content_length_keeps_what_arrived(client, setti
 async def test_checksum_body_broken_off_keeps_nothing(make_client, settings):
     client = await make_client(commit_bytes=1)
     path = await create_upload(client, 10)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        request(
-            "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-            b"Upload-Offset: 0", b"Content-Length: 10",
-            b"Upload-Checksum: sha1 " + base64.b64encode(hashlib.sha1(b"helloworld").digest()),
-        )
-        + b"hello"
-    )
-    await writer.drain()
-    await wait_for_file_size(settings, path, 5)
-    writer.close()
-    await writer.wait_closed()
+    checksum = b"Upload-Checksum: sha1 " + base64.b64encode(hashlib.sha1(b"helloworld").digest())
+    await patch_cut_short(client.server.host, client.server.port, settings, path, checksum)
     # The server must answer HEAD with the offset from before the broken body.
     assert await head_offset(client, path) == "0"
     response = await client.patch(path, data=b"helloworld", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
@@ -503,15 +476,10 @@ async def test_checksum_body_broken_off_keeps_nothing(make_client, settings):
 
 async def test_expect_100_continue_raw(client):
     path = await create_upload(client, 5)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    reader, writer = await open_patch(
+        client.server.host, client.server.port, path, b"Content-Length: 5", b"Expect: 100-continue"
+    )
     try:
-        writer.write(
-            request(
-                "PATCH", path, b"Tus-Resumable: 1.0.0", b"Content-Type: application/offset+octet-stream",
-                b"Upload-Offset: 0", b"Content-Length: 5", b"Expect: 100-continue",
-            )
-        )
-        await writer.drain()
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim.startswith(b"HTTP/1.1 100")
         writer.write(b"hello")
@@ -615,4 +583,4 @@ async def test_all_app_errors_are_one_line(client):
     ]
     for coroutine in cases:
         response = await coroutine
-        await assert_client_one_line_4xx(response)
+        await assert_one_line_error(response)

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from conftest import PATCH_HEADERS, TUS, create_upload
-
-
-async def assert_one_line_error(response, status: int) -> None:
-    assert response.status == status
-    assert response.content_type == "text/plain"
-    text = await response.text()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.strip()
-
-
-def data_file(settings, path: str) -> Path:
-    return Path(settings.data_dir) / path.rsplit("/", 1)[1]
+from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, data_file
 
 
 async def test_options_advertises_termination(client):
