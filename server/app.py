@@ -17,7 +17,9 @@ from .config import Settings
 from .context import CONTEXT, Context
 from .errors import error_middleware, one_line
 from .expiration import run_sweeper
+from .hooks import Hooks, PythonHook, make_transport
 from .locks import UploadLocks
+from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .state import StateStore
 
@@ -26,22 +28,37 @@ async def _add_tus_resumable(request: web.Request, response: web.StreamResponse)
     response.headers.setdefault("Tus-Resumable", TUS_VERSION)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Application:
+    """The server; ``hooks`` receives hook events in-process (see :mod:`server.hooks`).
+
+    Raises :class:`~server.errors.ConfigError` when the hook settings cannot work.
+    """
+    transport = make_transport(settings, hooks)
     app = web.Application(middlewares=[error_middleware])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
         await backend.start()
         store = await StateStore.open(settings.database_path)
-        ctx = Context(settings, store, backend, UploadLocks(settings.lock_timeout))
+        ctx = Context(
+            settings, store, backend, UploadLocks(settings.lock_timeout),
+            Hooks(settings, transport, store, backend),
+        )
         app[CONTEXT] = ctx
         sweeper = asyncio.create_task(run_sweeper(ctx))
+        # Events left from an earlier run go out too, whatever hooks_events says now.
+        delivery = None if transport is None else Delivery(settings, ctx.hooks, store)
+        if delivery is not None:
+            delivery.start()
         try:
             yield
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if delivery is not None:
+                await delivery.stop()
+            await ctx.hooks.close()
             await store.close()
             await backend.stop()
 

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -20,7 +21,8 @@ from .app import AppRunner, create_app
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
 from .errors import ConfigError
 from .logs import AccessLogger, setup_logging
-from .state import SchemaTooNew
+from .outbox import IDLE_POLL
+from .state import HookEvent, SchemaTooNew, StateStore
 
 log = logging.getLogger("aiotusd")
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
         "the environment over the file.",
+        epilog="aiotusd hooks {list,retry} --help: post-hook events that were not delivered",
     )
     parser.add_argument("--version", action="version", version=f"aiotusd {__version__}")
     parser.add_argument(
@@ -62,6 +65,73 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         )
     return parser
+
+
+def build_hooks_parser() -> argparse.ArgumentParser:
+    """``aiotusd hooks``: the post-hook events still in the outbox of the server's database."""
+    parser = _Parser(
+        prog="aiotusd hooks",
+        description="Post-hook events that were not delivered yet: list them, or send them "
+        "again. The database is found as the server finds it: flags, "
+        f"{ENV_PREFIX}<NAME> and the config file.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="{list,retry}", required=True)
+    listing = actions.add_parser("list", help="events not delivered yet, oldest first")
+    listing.add_argument("--dead", action="store_true", help="only the events given up on")
+    retry = actions.add_parser("retry", help="send events again, with fresh attempts")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("hook_id", nargs="?", metavar="ID", help="the event's Hook-Id")
+    which.add_argument("--all-dead", action="store_true", help="every dead event")
+    for action in (listing, retry):
+        action.add_argument("--config", metavar="FILE", help="TOML config file")
+        for setting in SETTINGS:
+            if setting.name in ("data_dir", "database"):
+                action.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name,
+                                    metavar=_metavar(setting), help=setting.help)
+    return parser
+
+
+def _print_events(events: list[HookEvent], dead_only: bool) -> None:
+    if not events:
+        print("no dead hook events" if dead_only else "no hook events waiting")
+        return
+    rows = [("HOOK ID", "EVENT", "UPLOAD", "STATUS", "ATTEMPTS", "CREATED (UTC)", "LAST ERROR")]
+    for event in events:
+        rows.append((
+            event.id, event.type, event.upload_id, "dead" if event.dead else "pending",
+            str(event.attempts), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.created_at)),
+            event.last_error,
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for *cells, last_error in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), last_error]))
+
+
+async def hooks_command(
+    settings: Settings, action: str, dead: bool = False, hook_id: str | None = None
+) -> int:
+    """``aiotusd hooks list|retry``, on the database the server with these settings uses."""
+    path = settings.database_path
+    if not path.is_file():
+        print(f"aiotusd: error: no database at {path}", file=sys.stderr)
+        return 1
+    store = await StateStore.open(path)
+    try:
+        if action == "list":
+            _print_events(await store.hook_events(dead_only=dead), dead)
+            return 0
+        count = await store.retry_events(hook_id)
+    finally:
+        await store.close()
+    if hook_id is not None and not count:
+        print(f"aiotusd: error: no hook event {hook_id} in the outbox", file=sys.stderr)
+        return 1
+    if not count:
+        print("no dead hook events")
+        return 0
+    print(f"{count} hook event(s) will be sent again (by a running server within "
+          f"{IDLE_POLL:g} s, else when the server starts)")
+    return 0
 
 
 async def serve(settings: Settings) -> None:
@@ -95,8 +165,16 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = vars(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hooks = argv[:1] == ["hooks"]
+    if hooks:
+        arguments = vars(build_hooks_parser().parse_args(argv[1:]))
+        arguments.pop("all_dead", None)  # retry without an ID is retry of every dead event
+        command = {
+            key: arguments.pop(key) for key in ("action", "dead", "hook_id") if key in arguments
+        }
+    else:
+        arguments = vars(build_parser().parse_args(argv))
     config_file = arguments.pop("config") or os.environ.get(ENV_PREFIX + "CONFIG")
     try:
         settings = load_settings(arguments, os.environ, config_file)
@@ -105,7 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
+        if hooks:
+            return asyncio.run(hooks_command(settings, **command))
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"aiotusd: error: {exc}", file=sys.stderr)
+        return 2
     except StorageError as exc:
         log.error("storage cannot be used: %s", exc)
         return 1

@@ -16,8 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .hooks import EVENTS
+from .protocol import is_header_name
 
 ENV_PREFIX = "AIOTUSD_"
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
@@ -97,6 +100,38 @@ def _parse_base_path(value: Any) -> str:
     return "/" + "".join(segment + "/" for segment in segments)
 
 
+def _parse_url(value: Any) -> str:
+    """Empty, or an absolute ``http://`` or ``https://`` URL."""
+    text = _parse_str(value).strip()
+    if text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _comma_list(value: Any) -> list[str]:
+    return [item.strip() for item in _parse_str(value).split(",") if item.strip()]
+
+
+def _parse_events(value: Any) -> str:
+    """Comma-separated hook event names, normalised to the order of :data:`EVENTS`."""
+    names = set(_comma_list(value))
+    unknown = sorted(names - set(EVENTS))
+    if unknown:
+        raise ValueError(f"unknown hook event {unknown[0]!r}; expected some of {', '.join(EVENTS)}")
+    return ",".join(event for event in EVENTS if event in names)
+
+
+def _parse_header_names(value: Any) -> str:
+    """Comma-separated HTTP header names."""
+    names = _comma_list(value)
+    for name in names:
+        if not is_header_name(name):
+            raise ValueError(f"{name!r} is not a header name")
+    return ",".join(names)
+
+
 # Largest integer SQLite stores, and so the largest size an upload can have.
 _MAX_INTEGER = 2**63 - 1
 
@@ -154,6 +189,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_path_style", _parse_bool, "path-style bucket addressing (MinIO and others)"),
     Setting("s3_download_redirect", _parse_bool,
             "answer GET with a redirect to a short-lived presigned URL"),
+    Setting("hooks_url", _parse_url, "URL that receives hook events as JSON POSTs"),
+    Setting("hooks_command", _parse_str,
+            "program run for each hook event, JSON on stdin, answer on stdout"),
+    Setting("hooks_python", _parse_str,
+            "in-process hooks: an async callable named module:attribute"),
+    Setting("hooks_secret", _parse_str, "key that signs hook requests (HMAC-SHA256)"),
+    Setting("hooks_events", _parse_events, "comma-separated hook events that fire"),
+    Setting("hooks_timeout", _parse_float, "seconds a hook may take to answer", minimum=0.01),
+    Setting("hooks_fail_open", _parse_bool,
+            "let requests through when a blocking hook times out or is unreachable"),
+    Setting("hooks_forward_headers", _parse_header_names,
+            "comma-separated request headers passed to hooks"),
+    Setting("hooks_progress_interval", _parse_float,
+            "least seconds between post-receive events of one upload", minimum=0),
+    Setting("hooks_max_attempts", _parse_int, "delivery attempts before an event is dead",
+            minimum=1),
+    Setting("hooks_max_age", _parse_int,
+            "seconds an event is retried before it is dead", minimum=1),
+    Setting("hooks_retry_delay", _parse_float,
+            "seconds before the first retry; doubles with each further one", minimum=0),
+    Setting("hooks_concurrency", _parse_int, "events delivered at once", minimum=1),
     Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
     Setting("log_level", _parse_str, "log level",
             choices=("debug", "info", "warning", "error")),
@@ -188,6 +244,23 @@ class Settings:
     s3_equal_parts: bool = False
     s3_path_style: bool = False
     s3_download_redirect: bool = False
+    hooks_url: str = ""
+    hooks_command: str = ""
+    hooks_python: str = ""
+    hooks_secret: str = ""
+    hooks_events: str = (
+        "pre-create,post-create,post-receive,pre-finish,post-finish,pre-terminate,post-terminate"
+    )
+    hooks_timeout: float = 10.0
+    hooks_fail_open: bool = False
+    hooks_forward_headers: str = (
+        "Authorization,Cookie,Origin,Referer,User-Agent,X-Forwarded-For,X-Request-Id"
+    )
+    hooks_progress_interval: float = 1.0
+    hooks_max_attempts: int = 50
+    hooks_max_age: int = 86400
+    hooks_retry_delay: float = 1.0
+    hooks_concurrency: int = 4
     log_format: str = "text"
     log_level: str = "info"
 

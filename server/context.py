@@ -1,4 +1,4 @@
-"""What every handler needs: settings, state, storage and locks of one running server."""
+"""What every handler needs: settings, state, storage, locks and hooks of one running server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 from storage_backends.base import StorageBackend, StoredUpload
 
 from .config import Settings
+from .hooks import Hooks
 from .locks import UploadLocks
 from .protocol import parse_metadata
 from .state import StateStore, Upload
@@ -22,6 +23,7 @@ class Context:
     store: StateStore
     backend: StorageBackend
     locks: UploadLocks
+    hooks: Hooks
     assembly_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Serialises the assembly of final uploads, so that none is assembled twice."""
 

@@ -2,7 +2,8 @@
 
 Handlers raise a :class:`TusError` subclass with a one-line reason; the error
 middleware in :mod:`server.app` turns it into a plain-text response with the
-status of the class. Anything else that escapes a handler is logged and
+status of the class; a :class:`HookRejected` is answered with what the hook
+chose instead. Anything else that escapes a handler is logged and
 answered with a generic 500 that carries no traceback.
 """
 
@@ -81,6 +82,21 @@ class InsufficientStorage(TusError):
     status = 507
 
 
+class HookFailed(TusError):
+    """A blocking hook could not be asked or answered nonsense: the request fails closed."""
+
+    status = 503
+
+
+class HookRejected(TusError):
+    """A blocking hook refused the request; the client gets exactly its status, body and headers."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"refused by a hook with status {status}", headers)
+        self.status = status
+        self.body = body
+
+
 class ConfigError(Exception):
     """A setting is unknown or has a bad value; the message names the key."""
 
@@ -92,6 +108,8 @@ async def error_middleware(
     """Answer every refusal with its status and a one-line plain-text reason."""
     try:
         return await handler(request)
+    except HookRejected as exc:
+        return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
     except TusError as exc:
         return _plain(exc.status, exc.reason, exc.headers)
     except StorageUnavailable as exc:

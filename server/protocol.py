@@ -11,10 +11,15 @@ import base64
 import binascii
 import email.utils
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import BadRequest
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 TUS_VERSION = "1.0.0"
 UPLOAD_CONTENT_TYPE = "application/offset+octet-stream"
@@ -37,10 +42,22 @@ _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 # Metadata keys: visible ASCII except the comma that separates pairs.
 _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def is_upload_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
+
+
+def is_header_name(value: str) -> bool:
+    """An RFC 9110 token, as header names are."""
+    return _TOKEN_RE.fullmatch(value) is not None
+
+
+def effective_method(request: web.Request) -> str:
+    """The request method, or the one ``X-HTTP-Method-Override`` names instead."""
+    override = request.headers.get("X-HTTP-Method-Override")
+    return override.strip().upper() if override else request.method
 
 
 def parse_non_negative(value: str, header: str) -> int:
@@ -61,8 +78,7 @@ def parse_metadata(value: str) -> dict[str, bytes]:
         if len(parts) > 2:
             raise BadRequest("Upload-Metadata pairs must be 'key base64value'")
         key = parts[0]
-        if not _METADATA_KEY_RE.fullmatch(key):
-            raise BadRequest("Upload-Metadata keys must be non-empty and without spaces or commas")
+        _check_metadata_key(key)
         if key in metadata:
             raise BadRequest(f"Upload-Metadata key {key!r} appears twice")
         encoded = parts[1] if len(parts) == 2 else ""
@@ -73,6 +89,20 @@ def parse_metadata(value: str) -> dict[str, bytes]:
         except binascii.Error:
             raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64") from None
     return metadata
+
+
+def format_metadata(metadata: Mapping[str, str]) -> str:
+    """The ``Upload-Metadata`` header of text values: the inverse of :func:`parse_metadata`."""
+    pairs = []
+    for key, value in metadata.items():
+        _check_metadata_key(key)
+        pairs.append(f"{key} {base64.b64encode(value.encode()).decode()}" if value else key)
+    return ",".join(pairs)
+
+
+def _check_metadata_key(key: str) -> None:
+    if not _METADATA_KEY_RE.fullmatch(key):
+        raise BadRequest("Upload-Metadata keys must be non-empty and without spaces or commas")
 
 
 def metadata_text(metadata: dict[str, bytes], key: str) -> str | None:

@@ -33,7 +33,7 @@ from .errors import (
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
-from .uploads import finish
+from .uploads import finish_if_full
 
 log = logging.getLogger("aiotusd")
 
@@ -82,10 +82,13 @@ def room_left(ctx: Context, upload: Upload) -> int:
     return MAX_INTEGER - upload.offset
 
 
-async def _commit(ctx: Context, upload: Upload, writer: UploadWriter) -> None:
+async def _commit(
+    ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
+) -> None:
+    """Record the synced offset; a due post-receive event rides along in the same write."""
     upload.offset = await writer.sync()
     upload.expires_at = ctx.expires_at()
-    await ctx.store.save_progress(upload)
+    await ctx.store.save_progress(upload, await ctx.hooks.progress(upload, request))
 
 
 async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: int) -> None:
@@ -106,6 +109,7 @@ async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: 
 
 async def _keep_what_arrived(
     ctx: Context,
+    request: web.Request,
     upload: Upload,
     writer: UploadWriter,
     checksum: ExpectedChecksum | None,
@@ -115,7 +119,7 @@ async def _keep_what_arrived(
     if checksum is not None:
         await _drop_body(ctx, upload, writer, start)
     else:
-        await _commit(ctx, upload, writer)
+        await _commit(ctx, request, upload, writer)
 
 
 async def append_body(
@@ -176,14 +180,14 @@ async def append_body(
                 writer.offset - upload.offset >= settings.commit_bytes
                 or watchdog.last - committed_at >= settings.commit_seconds
             ):
-                await _commit(ctx, upload, writer)
+                await _commit(ctx, request, upload, writer)
                 committed_at = watchdog.last
         if checksum is not None and not checksum.matches():
             await _drop_body(ctx, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
-        await _commit(ctx, upload, writer)
+        await _commit(ctx, request, upload, writer)
     except BodyInterrupted as exc:
-        await _keep_what_arrived(ctx, upload, writer, checksum, start)
+        await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         broke_off = exc
     except asyncio.CancelledError as exc:
         # Not cut off but cancelled: aiohttp cancels the handler of a client that left
@@ -191,13 +195,13 @@ async def append_body(
         # runs out. What arrived is recorded all the same, then the cancellation goes on.
         broke_off = exc
         try:
-            await _keep_what_arrived(ctx, upload, writer, checksum, start)
+            await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         except Exception:
             log.exception("recording the offset of cancelled upload %s failed", upload.id)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        await _keep_what_arrived(ctx, upload, writer, checksum, start)
+        await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         broke_off = InsufficientStorage("storage is full; try again later")
     finally:
         watchdog.cancel()
@@ -206,8 +210,7 @@ async def append_body(
         await writer.close()
     # Also after a break-off: the connection may drop once the last byte is in, and
     # an upload whose offset reached its length must not wait for a PATCH that never comes.
-    if not upload.is_complete and upload.offset == upload.length:
-        await finish(ctx, upload)
+    await finish_if_full(ctx, upload, request)
     if broke_off is not None:
         raise broke_off
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (final_id, position)
     );
     CREATE INDEX concat_parts_partial ON concat_parts (partial_id);
+    """,
+    """
+    CREATE TABLE hook_outbox (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        upload_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        since REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        dead INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX hook_outbox_pending ON hook_outbox (upload_id, seq) WHERE dead = 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -100,6 +116,43 @@ class Upload:
         )
 
 
+@dataclass
+class HookEvent:
+    """A post-hook event in the outbox, from the state change that caused it until delivered."""
+
+    id: str
+    """The ``Hook-Id``: the same on every delivery attempt, for idempotent receivers."""
+    upload_id: str
+    type: str
+    payload: bytes
+    """The JSON body, fixed when the event is recorded."""
+    created_at: float = field(default_factory=time.time)
+    seq: int = 0
+    """Outbox order; events of one upload are delivered in this order."""
+    since: float = 0.0
+    """When the current series of attempts began: creation, or the last ``hooks retry``."""
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    dead: bool = False
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> HookEvent:
+        return cls(
+            seq=row[0], id=row[1], upload_id=row[2], type=row[3], payload=row[4],
+            created_at=row[5], since=row[6], attempts=row[7], next_attempt_at=row[8],
+            last_error=row[9], dead=bool(row[10]),
+        )
+
+
+_EVENT_COLUMNS = (
+    "seq, id, upload_id, type, payload, created_at, since, attempts, next_attempt_at, "
+    "last_error, dead"
+)
+# The oldest undelivered, live event of each upload: the only one of it that may go out.
+_HEADS = "seq IN (SELECT MIN(seq) FROM hook_outbox WHERE dead = 0 GROUP BY upload_id)"
+
+
 class SchemaTooNew(Exception):
     """The database was written by a newer aiotusd than this one."""
 
@@ -110,24 +163,51 @@ class StateStore:
     One connection in autocommit mode, shared by every request. Writes take
     ``_write_lock`` so that a statement of one request can never slip into
     (and be rolled back with) another request's transaction.
+
+    The writes that change an upload take the post-hook ``events`` the change
+    causes and insert them into the outbox in the same transaction: an event is
+    recorded if and only if its change is. Without events they cost what they
+    did before hooks existed: one statement, no transaction.
     """
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
         self._write_lock = asyncio.Lock()
+        self.outbox_changed = asyncio.Event()
+        """Set whenever events were committed to the outbox (the delivery worker waits on it)."""
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(
+        self, events: Sequence[HookEvent] = ()
+    ) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
             await self._db.execute("BEGIN")
             try:
                 yield self._db
+                if events:
+                    await self._db.executemany(
+                        "INSERT INTO hook_outbox (id, upload_id, type, payload, created_at, since, "
+                        "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (e.id, e.upload_id, e.type, e.payload, e.created_at, e.created_at,
+                             e.created_at)
+                            for e in events
+                        ],
+                    )
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+        if events:
+            self.outbox_changed.set()
 
-    async def _write(self, sql: str, parameters: tuple[Any, ...]) -> None:
+    async def _write(
+        self, sql: str, parameters: tuple[Any, ...], events: Sequence[HookEvent] = ()
+    ) -> None:
+        if events:
+            async with self._transaction(events) as db:
+                await db.execute(sql, parameters)
+            return
         async with self._write_lock:
             await self._db.execute(sql, parameters)
 
@@ -139,7 +219,11 @@ class StateStore:
         await connection.execute("PRAGMA synchronous=NORMAL")
         await connection.execute("PRAGMA busy_timeout=5000")
         store = cls(connection)
-        await store._migrate()
+        try:
+            await store._migrate()
+        except BaseException:
+            await connection.close()  # its thread would outlive the event loop
+            raise
         return store
 
     async def close(self) -> None:
@@ -167,7 +251,9 @@ class StateStore:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def create(self, upload: Upload, parts: tuple[str, ...] = ()) -> None:
+    async def create(
+        self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
+    ) -> None:
         """Insert an upload, and for a final upload its ordered parts, atomically."""
         values = (
             upload.id, upload.status, upload.length, int(upload.defer_length), upload.offset,
@@ -176,9 +262,9 @@ class StateStore:
         )
         insert_upload = f"INSERT INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 12)})"
         if not parts:
-            await self._write(insert_upload, values)
+            await self._write(insert_upload, values, events)
             return
-        async with self._transaction() as db:
+        async with self._transaction(events) as db:
             await db.execute(insert_upload, values)
             await db.executemany(
                 "INSERT INTO concat_parts (final_id, position, partial_id) VALUES (?, ?, ?)",
@@ -201,7 +287,7 @@ class StateStore:
             rows = await cursor.fetchall()
         return {row[0]: Upload.from_row(row) for row in rows}
 
-    async def save_progress(self, upload: Upload) -> None:
+    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
         """Write offset, length, expiry, completion and storage info of ``upload``."""
         upload.updated_at = time.time()
         await self._write(
@@ -211,13 +297,17 @@ class StateStore:
                 upload.offset, upload.length, upload.expires_at, upload.completed_at,
                 json.dumps(upload.storage), upload.updated_at, upload.id,
             ),
+            events,
         )
 
-    async def mark_gone(self, upload_id: str, status: str) -> None:
+    async def mark_gone(
+        self, upload_id: str, status: str, events: Sequence[HookEvent] = ()
+    ) -> None:
         """Keep a terminated or expired upload as a tombstone, so it answers 410."""
         await self._write(
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL WHERE id = ?",
             (status, time.time(), upload_id),
+            events,
         )
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
@@ -255,4 +345,60 @@ class StateStore:
             cursor = await db.execute(
                 "DELETE FROM uploads WHERE status != ? AND updated_at < ?", (ACTIVE, before)
             )
+        return cursor.rowcount
+
+    async def due_events(
+        self, now: float, busy: Collection[str], limit: int
+    ) -> list[HookEvent]:
+        """The next event of each upload not in ``busy`` whose attempt is due, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM hook_outbox WHERE {_HEADS} AND next_attempt_at <= ? "
+            f"AND upload_id NOT IN ({', '.join('?' * len(busy))}) ORDER BY seq LIMIT ?",
+            (now, *busy, limit),
+        ) as cursor:
+            return [HookEvent.from_row(row) for row in await cursor.fetchall()]
+
+    async def next_event_due(self, busy: Collection[str]) -> float | None:
+        """When the next event of an upload not in ``busy`` is due, or None if none waits."""
+        async with self._db.execute(
+            f"SELECT MIN(next_attempt_at) FROM hook_outbox WHERE {_HEADS} "
+            f"AND upload_id NOT IN ({', '.join('?' * len(busy))})",
+            tuple(busy),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def event_delivered(self, seq: int) -> None:
+        await self._write("DELETE FROM hook_outbox WHERE seq = ?", (seq,))
+
+    async def event_failed(self, event: HookEvent) -> None:
+        """Record a failed attempt: its error, and the next attempt or that there is none."""
+        await self._write(
+            "UPDATE hook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, dead = ? "
+            "WHERE seq = ?",
+            (event.attempts, event.next_attempt_at, event.last_error, int(event.dead), event.seq),
+        )
+
+    async def hook_events(self, dead_only: bool = False) -> list[HookEvent]:
+        """Every event still in the outbox (or only the dead ones), oldest first."""
+        async with self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM hook_outbox"
+            + (" WHERE dead = 1" if dead_only else "")
+            + " ORDER BY seq"
+        ) as cursor:
+            return [HookEvent.from_row(row) for row in await cursor.fetchall()]
+
+    async def retry_events(self, hook_id: str | None) -> int:
+        """Send event ``hook_id`` (None: every dead event) again from now, with fresh attempts.
+
+        Returns how many events were rescheduled."""
+        now = time.time()
+        where, parameters = ("dead = 1", ()) if hook_id is None else ("id = ?", (hook_id,))
+        async with self._write_lock:
+            cursor = await self._db.execute(
+                "UPDATE hook_outbox SET dead = 0, attempts = 0, since = ?, next_attempt_at = ? "
+                f"WHERE {where}",
+                (now, now, *parameters),
+            )
+        self.outbox_changed.set()
         return cursor.rowcount

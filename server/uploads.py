@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
+from aiohttp import web
+
 from storage_backends.base import Concatenator
 
 from .context import Context
-from .errors import Gone, NotFound
+from .errors import Gone, NotFound, TusError
+from .hooks import POST_FINISH, POST_TERMINATE, PRE_FINISH
 from .protocol import is_upload_id
-from .state import ACTIVE, EXPIRED, Upload
+from .state import ACTIVE, EXPIRED, TERMINATED, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -38,7 +41,9 @@ async def load(ctx: Context, upload_id: str) -> Upload:
     return upload
 
 
-async def remove(ctx: Context, upload: Upload, status: str) -> None:
+async def remove(
+    ctx: Context, upload: Upload, status: str, request: web.Request | None = None
+) -> None:
     """Delete an upload's bytes and keep a tombstone with ``status``.
 
     The tombstone is written first: a crash in between leaves an orphaned
@@ -48,36 +53,59 @@ async def remove(ctx: Context, upload: Upload, status: str) -> None:
     completed, so they go with it (with the same status). Partials are removed
     under the assembly lock, so that no final is assembled from a part whose
     bytes are being deleted.
+
+    Every upload terminated here, a final that goes with its partial included,
+    gets a post-terminate event; expired ones get none.
     """
     if upload.concat != "partial":
-        await _remove(ctx, upload, status)
+        await _remove(ctx, upload, status, request)
         return
     async with ctx.assembly_lock:
-        await _remove(ctx, upload, status)
+        await _remove(ctx, upload, status, request)
         for final_id in await ctx.store.finals_waiting_on(upload.id):
             final = await ctx.store.get(final_id)
             if final is not None and final.status == ACTIVE and not final.is_complete:
-                await _remove(ctx, final, status)
+                await _remove(ctx, final, status, request)
 
 
-async def _remove(ctx: Context, upload: Upload, status: str) -> None:
-    await ctx.store.mark_gone(upload.id, status)
+async def _remove(ctx: Context, upload: Upload, status: str, request: web.Request | None) -> None:
+    events = await ctx.hooks.post(POST_TERMINATE, upload, request) if status == TERMINATED else ()
+    await ctx.store.mark_gone(upload.id, status, events)
     upload.status = status
     await ctx.backend.delete(ctx.stored(upload))
 
 
-async def finish(ctx: Context, upload: Upload) -> None:
-    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it."""
+async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it.
+
+    The pre-finish hook is asked first (not for a final upload: its parts were). When it
+    refuses, the upload keeps its bytes and offset but stays unfinished: the client
+    gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
+    hook again (see :func:`finish_if_full`).
+    """
+    if not upload.is_final:
+        try:
+            await ctx.hooks.before(PRE_FINISH, upload, request)
+        except TusError as exc:
+            exc.headers.setdefault("Upload-Offset", str(upload.offset))
+            raise
     await ctx.backend.finish(ctx.stored(upload))
     upload.completed_at = time.time()
     upload.expires_at = None
-    await ctx.store.save_progress(upload)
+    await ctx.store.save_progress(upload, await ctx.hooks.post(POST_FINISH, upload, request))
     if upload.concat == "partial":
         for final_id in await ctx.store.finals_waiting_on(upload.id):
             try:
-                await assemble_if_ready(ctx, final_id)
+                await assemble_if_ready(ctx, final_id, request)
             except Exception:
                 log.exception("assembling final upload %s failed", final_id)
+
+
+async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """Finish an upload all of whose bytes are stored: right after its last byte arrived,
+    or later, when finishing failed the first time (the store was down)."""
+    if not upload.is_complete and not upload.is_final and upload.offset == upload.length:
+        await finish(ctx, upload, request)
 
 
 async def partials_of(ctx: Context, final: Upload) -> list[Upload | None]:
@@ -97,7 +125,7 @@ def concatenated_length(partials: list[Upload | None]) -> int | None:
     return total
 
 
-async def assemble_if_ready(ctx: Context, final_id: str) -> bool:
+async def assemble_if_ready(ctx: Context, final_id: str, request: web.Request) -> bool:
     """Concatenate a final upload if all its parts are finished; True once it is."""
     assert isinstance(ctx.backend, Concatenator)
     async with ctx.assembly_lock:
@@ -113,5 +141,5 @@ async def assemble_if_ready(ctx: Context, final_id: str) -> bool:
         final.length = concatenated_length(partials)
         await ctx.backend.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
         final.offset = final.length or 0
-        await finish(ctx, final)
+        await finish(ctx, final, request)
         return True

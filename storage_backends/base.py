@@ -107,3 +107,10 @@ class DownloadRedirector(Protocol):
     ) -> str | None:
         """A short-lived URL that serves the finished upload with these headers, or None to
         stream it through the server instead."""
+
+
+@runtime_checkable
+class StorageLocator(Protocol):
+    def locate(self, upload_id: str) -> dict[str, str]:
+        """Where the upload's bytes are, for hooks: e.g. ``{"path": ...}`` or ``{"bucket": ...,
+        "key": ...}``."""

@@ -68,6 +68,9 @@ class FilesystemBackend:
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self.directory / upload_id
 
+    def locate(self, upload_id: str) -> dict[str, str]:
+        return {"path": str(self.path(upload_id).absolute())}
+
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
 

@@ -205,3 +205,32 @@ def test_missing_credentials_stop_start_up(server_process, s3_endpoint, bucket, 
         server_process(*s3_args(s3_endpoint, bucket))
     assert "storage cannot be used" in str(failure.value)
     assert "credentials" in str(failure.value)
+
+
+async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_client, aws_env):
+    endpoint = S3Endpoint(free_port())
+    endpoint.start()
+    try:
+        s3 = s3_client(endpoint.url)
+        bucket = "finish-" + uuid.uuid4().hex[:12]
+        s3.create_bucket(Bucket=bucket)
+        client = await make_client(**s3_settings(endpoint, bucket))
+        data = payload(MIB, seed=31)
+        path = await create_upload(client, len(data))
+        endpoint.stop()
+        # Every byte is stored (spooled), but the single PutObject of the finish cannot go.
+        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert response.status == 503, await response.text()
+        response = await client.head(path, headers=TUS)
+        assert response.status == 503
+        assert (await client.get(path)).status == 409
+        endpoint.start()
+        # Once the store is back, the HEAD a resuming client sends finishes the upload.
+        response = await client.head(path, headers=TUS)
+        assert response.status == 200
+        assert response.headers["Upload-Offset"] == str(len(data))
+        response = await client.get(path)
+        assert response.status == 200 and await response.read() == data
+        assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+    finally:
+        endpoint.stop()

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
-from ..protocol import TUS_VERSION
+from ..protocol import TUS_VERSION, effective_method
 from . import create, delete, download, head, options, patch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -50,12 +50,6 @@ def _check_request_headers(request: web.Request) -> None:
     host = request.headers.get("Host")
     if host is not None and not _HOST_RE.fullmatch(host):
         raise BadRequest("Host header is not a valid host")
-
-
-def effective_method(request: web.Request) -> str:
-    """The request method, or the one ``X-HTTP-Method-Override`` names instead."""
-    override = request.headers.get("X-HTTP-Method-Override")
-    return override.strip().upper() if override else request.method
 
 
 def _dispatch(handlers: dict[str, Handler]) -> Handler:

@@ -10,7 +10,8 @@ from storage_backends.base import Concatenator, LengthDeferrer
 
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
-from ..errors import BadRequest, TooLarge, TusError
+from ..errors import BadRequest, Conflict, TooLarge, TusError
+from ..hooks import POST_CREATE, PRE_CREATE
 from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
 from ..proxy import external_url
 from ..receive import append_body, check_content_type
@@ -58,6 +59,14 @@ async def _final_length(ctx: Context, concat: Concat) -> int | None:
     return concatenated_length(partials)
 
 
+async def _add(
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+) -> None:
+    """Store a new upload; its post-create event is recorded with it."""
+    await ctx.backend.create(ctx.stored(upload))
+    await ctx.store.create(upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts))
+
+
 async def handle(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     settings = ctx.settings
@@ -92,24 +101,36 @@ async def handle(request: web.Request) -> web.Response:
         # partials do (see uploads.remove), rather than expiring while they upload.
         expires_at=None if concat is not None and concat.final else ctx.expires_at(),
     )
-    await ctx.backend.create(ctx.stored(upload))
-    await ctx.store.create(upload, concat.parts if concat is not None else ())
+    parts = concat.parts if concat is not None else ()
+    change = await ctx.hooks.before(PRE_CREATE, upload, request, parts)
+    if change.metadata is not None:
+        upload.metadata = change.metadata
+    if change.id is None:
+        await _add(ctx, request, upload, parts)
+    else:
+        upload.id = change.id
+        # A random id is new, one that a hook chose may be taken: hold it while checking.
+        async with ctx.locks.hold(upload.id):
+            if await ctx.store.get(upload.id) is not None:
+                raise Conflict(f"upload id {upload.id} is already taken")
+            await _add(ctx, request, upload, parts)
     headers = {"Location": external_url(request, settings.base_path + upload.id)}
 
     if concat is not None and concat.final:
-        if await assemble_if_ready(ctx, upload.id):
+        if await assemble_if_ready(ctx, upload.id, request):
             upload = await ctx.store.get(upload.id) or upload
-    elif has_body:
-        # A body on an empty upload must still be refused (413), so this comes first;
-        # append_body finishes an upload whose body fills it, Upload-Length: 0 included.
-        async with ctx.locks.hold(upload.id) as holder:
-            try:
-                await append_body(ctx, request, upload, holder, checksum)
-            except TusError as exc:
-                exc.headers.update(headers, **{"Upload-Offset": str(upload.offset)})
-                raise
-    elif upload.length == 0:
-        await finish(ctx, upload)
+    elif has_body or upload.length == 0:
+        try:
+            if has_body:
+                # A body on an empty upload must still be refused (413), so this comes first;
+                # append_body finishes an upload whose body fills it, Upload-Length: 0 included.
+                async with ctx.locks.hold(upload.id) as holder:
+                    await append_body(ctx, request, upload, holder, checksum)
+            else:
+                await finish(ctx, upload, request)
+        except TusError as exc:
+            exc.headers.update(headers, **{"Upload-Offset": str(upload.offset)})
+            raise
     if upload.concat != "final":
         headers["Upload-Offset"] = str(upload.offset)
     if upload.expires_at is not None and not upload.is_complete:

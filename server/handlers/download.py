@@ -9,6 +9,7 @@ from storage_backends.base import DownloadRedirector
 from ..content import content_disposition, content_type, parse_range
 from ..context import CONTEXT
 from ..errors import Conflict, RangeNotSatisfiable
+from ..hooks import PRE_ACCESS
 from ..protocol import http_date, metadata_text, parse_metadata
 from ..uploads import load
 
@@ -16,6 +17,7 @@ from ..uploads import load
 async def handle(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     upload = await load(ctx, request.match_info["upload_id"])
+    await ctx.hooks.before(PRE_ACCESS, upload, request)
     if not upload.is_complete or upload.length is None:
         raise Conflict("upload is not finished yet")
     size = upload.length

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..context import CONTEXT, Context
+from ..hooks import PRE_ACCESS
 from ..protocol import http_date
 from ..state import Upload
-from ..uploads import concatenated_length, load, partials_of
+from ..uploads import concatenated_length, finish_if_full, load, partials_of
 
 
 async def upload_headers(ctx: Context, upload: Upload) -> dict[str, str]:
@@ -38,8 +39,10 @@ async def handle(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     upload_id = request.match_info["upload_id"]
     upload = await load(ctx, upload_id)
+    await ctx.hooks.before(PRE_ACCESS, upload, request)
     if not upload.is_complete:
         # Taking the lock makes a stale PATCH on this upload record its bytes first.
         async with ctx.locks.hold(upload_id):
             upload = await load(ctx, upload_id)
+            await finish_if_full(ctx, upload, request)
     return web.Response(status=200, headers=await upload_headers(ctx, upload))

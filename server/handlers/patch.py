@@ -9,6 +9,7 @@ from storage_backends.base import LengthDeferrer
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, Forbidden, TooLarge
+from ..hooks import PRE_ACCESS
 from ..protocol import http_date, parse_non_negative
 from ..receive import append_body, check_content_type
 from ..state import Upload
@@ -45,6 +46,9 @@ async def handle(request: web.Request) -> web.Response:
     checksum_header = request.headers.get("Upload-Checksum")
     checksum = None if checksum_header is None else ExpectedChecksum(checksum_header)
 
+    if PRE_ACCESS in ctx.hooks.events:
+        # Outside the lock: a hook that takes its time must not hold up the upload's requests.
+        await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
     async with ctx.locks.hold(upload_id) as holder:
         upload = await load(ctx, upload_id)
         if upload.is_final:

@@ -1,0 +1,425 @@
+"""Hooks: an upload's life told to an integration, which may veto (pre-) or must hear (post-).
+
+A hook event is one JSON document, the same for every transport: an HTTP POST
+to ``hooks_url``, a program (``hooks_command``) that reads it on stdin, or an
+async Python callable in this process.
+
+Blocking events (``pre-*``) are asked while the request waits; the answer may
+reject the request with a status, body and headers of the hook's choosing,
+and ``pre-create`` may change the new upload's id and metadata. A hook that
+cannot be asked fails the request with 503, unless ``hooks_fail_open``.
+
+Post events (``post-*``) are not sent here: :meth:`Hooks.post` turns them into
+outbox rows that the state store commits together with the change they
+report, and :mod:`server.outbox` delivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from storage_backends.base import StorageBackend, StorageLocator
+
+from . import __version__
+from .errors import ConfigError, HookFailed, HookRejected, TusError
+from .protocol import (
+    effective_method,
+    format_metadata,
+    is_header_name,
+    is_upload_id,
+    metadata_text,
+    parse_metadata,
+)
+from .state import HookEvent, StateStore, Upload
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger("aiotusd")
+
+PRE_CREATE = "pre-create"
+POST_CREATE = "post-create"
+POST_RECEIVE = "post-receive"
+PRE_FINISH = "pre-finish"
+POST_FINISH = "post-finish"
+PRE_TERMINATE = "pre-terminate"
+POST_TERMINATE = "post-terminate"
+PRE_ACCESS = "pre-access"
+EVENTS = (
+    PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE,
+    POST_TERMINATE, PRE_ACCESS,
+)
+
+PythonHook = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+"""In-process hooks: called with the event document, answers like an HTTP receiver's JSON."""
+
+# Headers of a rejection that describe the hook's own message framing, not the answer.
+_FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive",
+     "upgrade", "trailer", "te"}
+)
+# post-receive throttling remembers uploads by id; past this many it forgets the idle ones.
+_PROGRESS_ENTRIES = 10_000
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``Hook-Signature`` of ``body`` sent at ``timestamp``: ``sha256=<hex HMAC>``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class HookCallError(Exception):
+    """The hook could not be asked: unreachable, timed out, crashed. The message says why."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str | None = None
+
+
+class Transport(Protocol):
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        """Send one event; raises :class:`HookCallError` when there is no answer."""
+
+    async def close(self) -> None:
+        """Release what the calls opened."""
+
+
+class HttpTransport:
+    def __init__(self, url: str, secret: str) -> None:
+        self._url = url
+        self._secret = secret
+        self._session: aiohttp.ClientSession | None = None
+
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"aiotusd/{__version__}",
+            "Hook-Name": event,
+            "Hook-Id": hook_id,
+        }
+        if self._secret:
+            # Signed afresh on every attempt: the timestamp lets receivers refuse replays.
+            timestamp = str(int(time.time()))
+            headers["Hook-Timestamp"] = timestamp
+            headers["Hook-Signature"] = signature(self._secret, timestamp, body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                return Reply(response.status, await response.read(),
+                             response.headers.get("Content-Type"))
+        except aiohttp.ClientError as exc:
+            reason = exc or type(exc).__name__
+            raise HookCallError(f"{self._url} cannot be reached: {reason}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class CommandTransport:
+    """tusd's file hooks: ``command <event>`` with the document on stdin and the answer on stdout.
+
+    ``HOOK_NAME`` and ``HOOK_ID`` are in its environment; exit status 0 means it answered.
+    """
+
+    def __init__(self, command: str) -> None:
+        self._command = command
+
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._command, event,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "HOOK_NAME": event, "HOOK_ID": hook_id},
+            )
+        except OSError as exc:
+            raise HookCallError(f"{self._command} cannot be run: {exc.strerror}") from None
+        try:
+            stdout, stderr = await process.communicate(body)
+        finally:
+            if process.returncode is None:  # timed out, or the server is stopping
+                process.kill()
+                await process.wait()
+        if process.returncode != 0:
+            last_line = stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise HookCallError(
+                f"{self._command} exited with status {process.returncode}"
+                + (f": {last_line[0]}" if last_line else "")
+            )
+        return Reply(200, stdout)
+
+    async def close(self) -> None:
+        return None
+
+
+class PythonTransport:
+    def __init__(self, hook: PythonHook) -> None:
+        self._hook = hook
+
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        try:
+            answer = await self._hook(json.loads(body))
+            return Reply(200, b"" if answer is None else json.dumps(answer).encode())
+        except Exception as exc:
+            raise HookCallError(f"the Python hook raised {type(exc).__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        return None
+
+
+def load_python_hook(spec: str) -> PythonHook:
+    """The callable named ``module:attribute`` (the attribute may be dotted)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"hooks_python {spec!r} must be module:attribute")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for name in attribute.split("."):
+            target = getattr(target, name)
+    except Exception as exc:  # whatever importing the module raised
+        raise ConfigError(f"cannot load hooks_python {spec!r}: {exc}") from None
+    if not callable(target):
+        raise ConfigError(f"hooks_python {spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def make_transport(settings: Settings, python_hook: PythonHook | None = None) -> Transport | None:
+    """The one transport the settings (or embedding code) name; None when hooks are off."""
+    chosen = [
+        name for name, value in (
+            ("hooks_url", settings.hooks_url),
+            ("hooks_command", settings.hooks_command),
+            ("hooks_python", settings.hooks_python),
+            ("create_app(hooks=...)", python_hook),
+        ) if value
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} are both set; hooks go to one of them")
+    if settings.hooks_url:
+        return HttpTransport(settings.hooks_url, settings.hooks_secret)
+    if settings.hooks_command:
+        if shutil.which(settings.hooks_command) is None:
+            raise ConfigError(f"hooks_command {settings.hooks_command!r} is not an executable file")
+        return CommandTransport(settings.hooks_command)
+    if settings.hooks_python:
+        python_hook = load_python_hook(settings.hooks_python)
+    return None if python_hook is None else PythonTransport(python_hook)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a ``pre-create`` hook changed of the new upload (None: left as it was)."""
+
+    id: str | None = None
+    metadata: str | None = None
+    """As an ``Upload-Metadata`` header."""
+
+
+def _is_header_value(value: Any) -> bool:
+    return isinstance(value, str) and "\r" not in value and "\n" not in value
+
+
+def _invalid(event: str, why: str) -> HookFailed:
+    return HookFailed(f"{event} hook gave an invalid answer: {why}")
+
+
+def _rejection(event: str, reject: Any) -> HookRejected:
+    if not isinstance(reject, dict):
+        raise _invalid(event, "reject must be an object")
+    status = reject.get("status", 403)
+    body = reject.get("body", "")
+    headers = reject.get("headers", {})
+    if type(status) is not int or not 400 <= status <= 599:
+        raise _invalid(event, "reject.status must be an integer from 400 to 599")
+    if not isinstance(body, str):
+        raise _invalid(event, "reject.body must be a string")
+    if not isinstance(headers, dict) or not all(
+        isinstance(name, str) and is_header_name(name) and _is_header_value(value)
+        for name, value in headers.items()
+    ):
+        raise _invalid(event, "reject.headers must map header names to one-line strings")
+    kept = {name: value for name, value in headers.items() if name.lower() not in _FRAMING_HEADERS}
+    if body and not any(name.lower() == "content-type" for name in kept):
+        kept["Content-Type"] = "text/plain; charset=utf-8"
+    return HookRejected(status, body.encode(), kept)
+
+
+def _change(change: Any) -> Change:
+    if not isinstance(change, dict):
+        raise _invalid(PRE_CREATE, "change must be an object")
+    new_id = change.get("id")
+    if new_id is not None and not (isinstance(new_id, str) and is_upload_id(new_id)):
+        raise _invalid(PRE_CREATE, "change.id is not a valid upload id")
+    metadata = change.get("metadata")
+    if metadata is None:
+        return Change(new_id)
+    if not isinstance(metadata, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
+    ):
+        raise _invalid(PRE_CREATE, "change.metadata must map keys to strings")
+    try:
+        return Change(new_id, format_metadata(metadata))
+    except TusError as exc:
+        raise _invalid(PRE_CREATE, exc.reason) from None
+
+
+def _answer(event: str, reply: Reply) -> Change:
+    """Read a blocking hook's reply: nothing, a change, or a rejection (raised)."""
+    if not 200 <= reply.status < 300:
+        content_type = {"Content-Type": reply.content_type} if reply.content_type else {}
+        raise HookRejected(reply.status, reply.body, content_type)
+    if not reply.body.strip():
+        return Change()
+    try:
+        document = json.loads(reply.body)
+    except ValueError:
+        raise _invalid(event, "not JSON") from None
+    if not isinstance(document, dict):
+        raise _invalid(event, "not a JSON object")
+    if document.get("reject") is not None:
+        raise _rejection(event, document["reject"])
+    if event == PRE_CREATE and document.get("change") is not None:
+        return _change(document["change"])
+    return Change()
+
+
+class Hooks:
+    """The hooks of one running server; with no transport, no event fires."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport | None,
+        store: StateStore,
+        backend: StorageBackend,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._store = store
+        self._backend = backend
+        self.events = frozenset(
+            name for name in settings.hooks_events.split(",") if name and transport
+        )
+        """The events that fire."""
+        self._forward = [name for name in settings.hooks_forward_headers.split(",") if name]
+        self._progress_sent: dict[str, float] = {}
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        """One attempt to send an event, bounded by ``hooks_timeout``."""
+        assert self._transport is not None
+        timeout = self._settings.hooks_timeout
+        try:
+            return await asyncio.wait_for(self._transport.call(event, hook_id, body), timeout)
+        except TimeoutError:
+            raise HookCallError(f"no answer within {timeout:g} s") from None
+
+    async def before(
+        self, event: str, upload: Upload, request: web.Request, parts: tuple[str, ...] = ()
+    ) -> Change:
+        """Ask the blocking hook ``event``, if it fires.
+
+        Raises :class:`HookRejected` when the hook says no, :class:`HookFailed`
+        when it cannot be asked (unless ``hooks_fail_open``) or answers nonsense.
+        """
+        if event not in self.events:
+            return Change()
+        hook = await self._event(event, upload, request, parts)
+        try:
+            reply = await self.call(event, hook.id, hook.payload)
+        except HookCallError as exc:
+            if not self._settings.hooks_fail_open:
+                raise HookFailed(f"{event} hook failed: {exc}") from None
+            log.warning("%s hook failed, letting the request through: %s", event, exc)
+            return Change()
+        return _answer(event, reply)
+
+    async def post(
+        self, event: str, upload: Upload, request: web.Request | None, parts: tuple[str, ...] = ()
+    ) -> tuple[HookEvent, ...]:
+        """The outbox event for ``event`` if it fires, for the store to commit with the change."""
+        if event not in self.events:
+            return ()
+        return (await self._event(event, upload, request, parts),)
+
+    async def progress(self, upload: Upload, request: web.Request) -> tuple[HookEvent, ...]:
+        """A post-receive event if one is due: one per ``hooks_progress_interval`` per upload."""
+        if POST_RECEIVE not in self.events:
+            return ()
+        now = time.monotonic()
+        interval = self._settings.hooks_progress_interval
+        last = self._progress_sent.get(upload.id)
+        if last is not None and now - last < interval:
+            return ()
+        if len(self._progress_sent) >= _PROGRESS_ENTRIES:
+            self._progress_sent = {
+                key: sent for key, sent in self._progress_sent.items() if now - sent < interval
+            }
+        self._progress_sent[upload.id] = now
+        return await self.post(POST_RECEIVE, upload, request)
+
+    async def _event(
+        self, event: str, upload: Upload, request: web.Request | None, parts: tuple[str, ...]
+    ) -> HookEvent:
+        """The event with a new id and its JSON document, as every transport gets it."""
+        if upload.is_final and not parts:
+            parts = await self._store.parts(upload.id)
+        metadata = parse_metadata(upload.metadata)
+        storage: dict[str, Any] = {"type": self._settings.storage}
+        if isinstance(self._backend, StorageLocator):
+            storage.update(self._backend.locate(upload.id))
+        hook_id = str(uuid.uuid4())
+        document = {
+            "id": hook_id,
+            "type": event,
+            "upload": {
+                "id": upload.id,
+                "size": upload.length,
+                "offset": upload.offset,
+                "metadata": {key: metadata_text(metadata, key) for key in metadata},
+                "is_partial": upload.concat == "partial",
+                "is_final": upload.is_final,
+                "partial_uploads": list(parts) if upload.is_final else None,
+                "storage": storage,
+            },
+            "request": None if request is None else self._request(request),
+        }
+        return HookEvent(hook_id, upload.id, event, json.dumps(document).encode())
+
+    def _request(self, request: web.Request) -> dict[str, Any]:
+        headers = {}
+        for name in self._forward:
+            values = request.headers.getall(name, ())
+            if values:
+                headers[name] = ", ".join(values)
+        return {
+            "method": effective_method(request),
+            "uri": request.raw_path,
+            "remote_addr": request.remote,
+            "headers": headers,
+        }

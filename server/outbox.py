@@ -1,0 +1,125 @@
+"""Delivery of post-hook events from the outbox: at least once, in order per upload.
+
+Events reach the outbox in the transaction of the change they report (see
+:class:`~server.state.StateStore`), so one that was recorded is sent however
+the server stopped. The worker sends the oldest event of each upload, and the
+next one of that upload only once it was delivered or given up on. A failed
+attempt (no answer, or not 2xx) is retried after ``hooks_retry_delay``,
+doubled for each further attempt up to :data:`MAX_DELAY` and jittered, until
+``hooks_max_attempts`` or ``hooks_max_age`` says the event is dead. Dead events
+stay in the outbox for ``aiotusd hooks list --dead`` and ``aiotusd hooks retry``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from .errors import one_line
+from .hooks import HookCallError, Hooks
+from .state import HookEvent, StateStore
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger("aiotusd")
+
+MAX_DELAY = 600.0
+"""The longest wait between two attempts, in seconds."""
+IDLE_POLL = 5.0
+"""With nothing due, look at the outbox this often anyway: ``aiotusd hooks retry`` runs in
+another process and cannot wake this one."""
+
+
+class Delivery:
+    def __init__(self, settings: Settings, hooks: Hooks, store: StateStore) -> None:
+        self._settings = settings
+        self._hooks = hooks
+        self._store = store
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        """Deliveries under way, by upload: one at a time per upload keeps its events in order."""
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sending; give deliveries in flight up to ``hooks_timeout`` to end.
+
+        What they do not finish stays in the outbox and goes out after a restart.
+        """
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        tasks = list(self._in_flight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.hooks_timeout)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        changed = self._store.outbox_changed
+        while True:
+            changed.clear()
+            try:
+                wait = await self._start_due()
+            except Exception:
+                log.exception("reading the hook outbox failed")
+                wait = IDLE_POLL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+
+    async def _start_due(self) -> float:
+        """Start what is due; returns how long until something else may be."""
+        free = self._settings.hooks_concurrency - len(self._in_flight)
+        if free <= 0:
+            return IDLE_POLL  # a delivery that ends sets outbox_changed
+        for event in await self._store.due_events(time.time(), tuple(self._in_flight), free):
+            self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event))
+        due = await self._store.next_event_due(tuple(self._in_flight))
+        return IDLE_POLL if due is None else min(max(due - time.time(), 0.0), IDLE_POLL)
+
+    async def _deliver(self, event: HookEvent) -> None:
+        try:
+            try:
+                reply = await self._hooks.call(event.type, event.id, event.payload)
+                error = "" if 200 <= reply.status < 300 else f"answered {reply.status}"
+            except HookCallError as exc:
+                error = str(exc)
+            if error:
+                self._schedule_retry(event, error)
+                await self._store.event_failed(event)
+            else:
+                await self._store.event_delivered(event.seq)
+        except Exception:
+            log.exception("delivering %s event %s failed", event.type, event.id)
+        finally:
+            del self._in_flight[event.upload_id]
+            self._store.outbox_changed.set()
+
+    def _schedule_retry(self, event: HookEvent, error: str) -> None:
+        settings = self._settings
+        event.attempts += 1
+        event.last_error = one_line(error)
+        delay = min(settings.hooks_retry_delay * 2 ** min(event.attempts - 1, 30), MAX_DELAY)
+        event.next_attempt_at = time.time() + delay * random.uniform(0.5, 1.0)
+        event.dead = (
+            event.attempts >= settings.hooks_max_attempts
+            or event.next_attempt_at - event.since > settings.hooks_max_age
+        )
+        if event.dead:
+            log.error(
+                "%s event %s of upload %s is dead after %d attempts: %s (aiotusd hooks retry %s)",
+                event.type, event.id, event.upload_id, event.attempts, event.last_error, event.id,
+            )
+        else:
+            log.warning(
+                "%s event %s of upload %s: attempt %d failed: %s",
+                event.type, event.id, event.upload_id, event.attempts, event.last_error,
+            )

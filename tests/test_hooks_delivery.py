@@ -1,0 +1,298 @@
+"""Durable post-hooks: the outbox, retries, order per upload, dead events and the
+``aiotusd hooks`` command, and delivery across a kill -9 of a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+pytest.register_assert_rewrite("hooks_support")
+
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    ClientFactory,
+    ServerProcess,
+    create_upload,
+    path_of,
+    poll,
+    upload_id,
+)
+from hooks_support import Received, Receiver
+from test_cli import run_cli
+
+from server.context import CONTEXT
+from server.state import MIGRATIONS, HookEvent, StateStore, Upload
+
+FAST_RETRIES = {"hooks_retry_delay": 0.01}
+
+pytest_plugins = ["hooks_support"]  # the receiver fixture
+
+
+async def outbox(client: TestClient) -> list[HookEvent]:
+    return await client.app[CONTEXT].store.hook_events()
+
+
+async def test_no_outbox_rows_when_hooks_are_off_or_the_event_does_not_fire(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    for client in (
+        await make_client(),
+        await make_client(hooks_url=receiver.url, hooks_events="pre-create"),
+    ):
+        response = await client.post(
+            "/files/", data=b"abc", headers={**PATCH_HEADERS, "Upload-Length": "6"}
+        )
+        path = path_of(response)
+        await client.patch(path, data=b"def", headers={**PATCH_HEADERS, "Upload-Offset": "3"})
+        assert (await client.delete(path, headers=TUS)).status == 204
+        assert await outbox(client) == []
+    assert [r.name for r in receiver.received] == ["pre-create"]
+
+
+async def test_a_failing_receiver_gets_the_event_again_until_it_takes_it(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    receiver.respond = lambda r: web.Response(status=500 if len(receiver.received) <= 3 else 200)
+    client = await make_client(hooks_url=receiver.url, hooks_events="post-create", **FAST_RETRIES)
+    await create_upload(client, 1)
+
+    attempts = await receiver.wait(
+        lambda: len(receiver.received) >= 4 and receiver.received, "4 attempts"
+    )
+    await poll(lambda: _empty(client), "the delivered event to leave the outbox")
+    assert len(receiver.received) == 4  # nothing left to send: delivered exactly once more
+    assert len({r.id for r in attempts}) == 1
+    assert len({r.body for r in attempts}) == 1
+
+
+async def _empty(client: TestClient) -> bool:
+    return not await outbox(client)
+
+
+async def test_events_of_one_upload_go_out_in_order_each_after_the_last_was_taken(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    # Every event is refused once: the next one of the upload must wait for its retry.
+    refused: set[str] = set()
+
+    def respond(r: Received) -> web.Response:
+        if r.id in refused:
+            return web.Response()
+        refused.add(r.id)
+        return web.Response(status=503)
+
+    receiver.respond = respond
+    client = await make_client(
+        hooks_url=receiver.url,
+        hooks_events="post-create,post-receive,post-finish",
+        hooks_progress_interval=0,
+        **FAST_RETRIES,
+    )
+    path = await create_upload(client, 6)
+    for offset in range(0, 6, 2):
+        patched = await client.patch(
+            path, data=b"xy", headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}
+        )
+        assert patched.status == 204
+
+    await receiver.wait(lambda: len(receiver.received) == 10, "two attempts of five events")
+    arrivals = [(r.name, r.json["upload"]["offset"]) for r in receiver.received]
+    expected = [
+        ("post-create", 0),
+        ("post-receive", 2),
+        ("post-receive", 4),
+        ("post-receive", 6),
+        ("post-finish", 6),
+    ]
+    assert arrivals == [event for event in expected for _ in range(2)]
+    assert all(r.json["upload"]["id"] == upload_id(path) for r in receiver.received)
+
+
+async def test_dead_events_are_listed_and_retried_from_the_command_line(
+    make_client: ClientFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.respond = lambda r: web.Response(status=500, text="down for maintenance")
+    settings_changes = dict(
+        hooks_url=receiver.url, hooks_events="post-create", hooks_max_attempts=2, **FAST_RETRIES
+    )
+    client = await make_client(**settings_changes)
+    first = upload_id(await create_upload(client, 1))
+    second = upload_id(await create_upload(client, 1))
+    events = await poll(lambda: _dead(client, 2), "two dead events")
+    data_dir = client.app[CONTEXT].settings.data_dir
+    await client.close()
+    assert {e.upload_id for e in events} == {first, second}
+    assert all(e.attempts == 2 and e.last_error == "answered 500" for e in events)
+
+    listing = run_cli(tmp_path, "hooks", "list", "--dead", "--data-dir", data_dir)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:4] == ["HOOK", "ID", "EVENT", "UPLOAD"]
+    for event in events:
+        (line,) = [line for line in lines if event.id in line]
+        assert line.split()[1:5] == ["post-create", event.upload_id, "dead", "2"]
+        assert line.endswith("answered 500")
+
+    retried = run_cli(tmp_path, "hooks", "retry", events[0].id, "--data-dir", data_dir)
+    assert retried.returncode == 0 and retried.stdout.startswith("1 hook event(s)"), retried.stderr
+    unknown = run_cli(tmp_path, "hooks", "retry", "no-such-event", "--data-dir", data_dir)
+    assert unknown.returncode == 1 and "no-such-event" in unknown.stderr
+    listing = run_cli(tmp_path, "hooks", "list", "--data-dir", data_dir)
+    assert [line.split()[3] for line in listing.stdout.splitlines()[1:]] == ["pending", "dead"]
+
+    # A server started now sends the retried event, with its Hook-Id, and only it.
+    receiver.respond = None
+    receiver.received.clear()
+    client = await make_client(**settings_changes)
+    (delivered,) = await receiver.wait(lambda: receiver.received, "the retried event")
+    assert delivered.id == events[0].id
+    await poll(lambda: _count(client, 1), "the delivered event to leave the outbox")
+    await client.close()
+
+    retried = run_cli(tmp_path, "hooks", "retry", "--all-dead", "--data-dir", data_dir)
+    assert retried.returncode == 0 and retried.stdout.startswith("1 hook event(s)")
+    listing = run_cli(tmp_path, "hooks", "list", "--dead", "--data-dir", data_dir)
+    assert listing.stdout == "no dead hook events\n"
+
+
+async def _dead(client: TestClient, count: int) -> list[HookEvent]:
+    events = await outbox(client)
+    return events if len(events) == count and all(e.dead for e in events) else []
+
+
+async def _count(client: TestClient, count: int) -> bool:
+    return len(await outbox(client)) == count
+
+
+async def test_an_event_past_its_max_age_is_dead_after_one_attempt(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    receiver.respond = lambda r: web.Response(status=502)
+    client = await make_client(
+        hooks_url=receiver.url, hooks_events="post-create", hooks_max_age=1, hooks_retry_delay=5
+    )
+    await create_upload(client, 1)
+    (event,) = await poll(lambda: _dead(client, 1), "a dead event")
+    assert event.attempts == 1 and len(receiver.received) == 1
+
+
+async def test_an_event_is_recorded_only_with_its_state_change(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        upload = Upload(id="u1", length=1)
+        await store.create(upload, events=[HookEvent("e1", "u1", "post-create", b"{}")])
+        with pytest.raises(sqlite3.IntegrityError):  # the same id again: the insert fails
+            await store.create(upload, events=[HookEvent("e2", "u1", "post-create", b"{}")])
+        assert [e.id for e in await store.hook_events()] == ["e1"]
+        upload.offset = 1
+        await store.save_progress(upload, [HookEvent("e3", "u1", "post-receive", b"{}")])
+        await store.mark_gone("u1", "terminated", [HookEvent("e4", "u1", "post-terminate", b"{}")])
+        assert [e.id for e in await store.hook_events()] == ["e1", "e3", "e4"]
+    finally:
+        await store.close()
+
+
+async def test_a_version_1_database_gains_the_outbox_and_keeps_its_uploads(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            MIGRATIONS[0] + "; CREATE TABLE schema_version (version INTEGER NOT NULL);"
+            " INSERT INTO schema_version VALUES (1);"
+            " INSERT INTO uploads (id, length, created_at, updated_at) VALUES ('old', 5, 0, 0);"
+        )
+    db.close()
+    store = await StateStore.open(path)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        assert (await store.get("old")).length == 5  # type: ignore[union-attr]
+        assert await store.hook_events() == []
+    finally:
+        await store.close()
+
+
+async def test_post_receive_is_throttled_per_upload(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    client = await make_client(
+        hooks_url=receiver.url,
+        hooks_events="post-receive",
+        hooks_progress_interval=3600,
+        commit_bytes=1,
+    )
+    path = await create_upload(client, 9)
+    other = await create_upload(client, 3)
+    for offset in range(0, 9, 3):
+        patched = await client.patch(
+            path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}
+        )
+        assert patched.status == 204
+    await client.patch(other, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    await receiver.wait(lambda: len(receiver.received) == 2, "one post-receive per upload")
+    await poll(lambda: _empty(client), "an empty outbox")
+    assert sorted(r.json["upload"]["id"] for r in receiver.received) == sorted(
+        [upload_id(path), upload_id(other)]
+    )
+
+
+async def test_shutdown_lets_a_delivery_in_flight_finish(
+    make_client: ClientFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    arrived = asyncio.Event()
+
+    async def slow(r: Received) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(0.3)  # the receiver is slow; the server must wait for it
+        return web.Response()
+
+    receiver.respond = slow
+    client = await make_client(hooks_url=receiver.url, hooks_events="post-create")
+    await create_upload(client, 1)
+    database = client.app[CONTEXT].settings.database_path
+    await asyncio.wait_for(arrived.wait(), 10)
+    await client.close()
+    store = await StateStore.open(database)
+    try:
+        assert await store.hook_events() == []
+    finally:
+        await store.close()
+    assert len(receiver.received) == 1
+
+
+async def test_post_finish_survives_kill_9_while_the_receiver_is_down(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    receiver = Receiver()  # not started yet: its port refuses connections
+    server = server_process(
+        "--hooks-url", receiver.url, "--hooks-events", "post-finish", "--hooks-retry-delay", "0.05"
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.url, data=b"payload", headers={**PATCH_HEADERS, "Upload-Length": "7"}
+        ) as response,
+    ):
+        assert response.status == 201
+        uid = upload_id(response.headers["Location"])
+    await poll(lambda: "attempt 1 failed" in server.log(), "a delivery to the absent receiver")
+    server.stop(signal.SIGKILL)
+
+    await receiver.start()
+    try:
+        server.start()
+        (delivered,) = await receiver.wait(
+            lambda: receiver.received, "post-finish after restart", 20
+        )
+        event = delivered.json
+        assert event["type"] == "post-finish"
+        assert event["upload"]["id"] == uid and event["upload"]["offset"] == 7
+    finally:
+        await receiver.stop()
