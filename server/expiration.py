@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from storage_backends.base import StorageError
+
 from .context import Context
 from .errors import Locked
 from .state import EXPIRED
@@ -31,8 +33,25 @@ async def sweep(ctx: Context) -> int:
                     removed += 1
         except Locked:
             continue
-    await ctx.store.forget_gone(now - ctx.settings.gone_retention)
+    await forget_tombstones(ctx, now - ctx.settings.gone_retention)
     return removed
+
+
+async def forget_tombstones(ctx: Context, before: float) -> None:
+    """Forget tombstones older than ``before``, deleting their bytes once more first.
+
+    Deleting is idempotent, and this second try is what cleans up after a removal
+    whose delete failed (the store was down): nothing stays orphaned in storage.
+    """
+    forgettable = []
+    for upload in await ctx.store.gone_before(before, BATCH):
+        try:
+            await ctx.backend.delete(ctx.stored(upload))
+        except StorageError as exc:
+            log.warning("deleting the bytes of upload %s failed again: %s", upload.id, exc)
+            continue
+        forgettable.append(upload.id)
+    await ctx.store.forget(forgettable)
 
 
 async def run_sweeper(ctx: Context) -> None:

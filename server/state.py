@@ -334,18 +334,22 @@ class StateStore:
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
 
-    async def forget_gone(self, before: float) -> int:
-        """Drop tombstones older than ``before``; returns how many were dropped."""
+    async def gone_before(self, before: float, limit: int) -> list[Upload]:
+        """Tombstones (terminated or expired uploads) last changed before ``before``."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM uploads WHERE status != ? AND updated_at < ? LIMIT ?",
+            (ACTIVE, before, limit),
+        ) as cursor:
+            return [Upload.from_row(row) for row in await cursor.fetchall()]
+
+    async def forget(self, upload_ids: Collection[str]) -> None:
+        """Drop the rows of these uploads for good."""
+        if not upload_ids:
+            return
+        marks = ", ".join("?" * len(upload_ids))
         async with self._transaction() as db:
-            await db.execute(
-                "DELETE FROM concat_parts WHERE final_id IN "
-                "(SELECT id FROM uploads WHERE status != ? AND updated_at < ?)",
-                (ACTIVE, before),
-            )
-            cursor = await db.execute(
-                "DELETE FROM uploads WHERE status != ? AND updated_at < ?", (ACTIVE, before)
-            )
-        return cursor.rowcount
+            await db.execute(f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,))
+            await db.execute(f"DELETE FROM uploads WHERE id IN ({marks})", (*upload_ids,))
 
     async def due_events(
         self, now: float, busy: Collection[str], limit: int

@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator
+from storage_backends.base import Concatenator, StorageError
 
 from .context import Context
 from .errors import Gone, NotFound, TusError
@@ -72,7 +72,12 @@ async def _remove(ctx: Context, upload: Upload, status: str, request: web.Reques
     events = await ctx.hooks.post(POST_TERMINATE, upload, request) if status == TERMINATED else ()
     await ctx.store.mark_gone(upload.id, status, events)
     upload.status = status
-    await ctx.backend.delete(ctx.stored(upload))
+    try:
+        await ctx.backend.delete(ctx.stored(upload))
+    except StorageError as exc:
+        # The upload is gone for clients all the same; the sweep deletes its bytes
+        # again before it forgets the tombstone (see expiration.forget_tombstones).
+        log.warning("deleting the bytes of upload %s failed: %s", upload.id, exc)
 
 
 async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:

@@ -17,7 +17,7 @@ import requests
 
 pytest.register_assert_rewrite("s3_support")
 
-from conftest import PATCH_HEADERS, TUS, create_upload, free_port
+from conftest import PATCH_HEADERS, TUS, create_upload, free_port, poll
 from s3_support import (
     MIB,
     S3Endpoint,
@@ -31,6 +31,8 @@ from s3_support import (
     spooled_files,
     wait_for,
 )
+from server.context import CONTEXT
+from server.expiration import sweep
 from tusclient import client as tus_client
 
 pytest_plugins = ["s3_support"]
@@ -232,5 +234,33 @@ async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_clien
         response = await client.get(path)
         assert response.status == 200 and await response.read() == data
         assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+    finally:
+        endpoint.stop()
+
+
+async def test_termination_while_s3_is_down_leaves_nothing_once_it_is_back(make_client, aws_env):
+    endpoint = S3Endpoint(free_port())
+    endpoint.start()
+    try:
+        s3 = s3_client(endpoint.url)
+        bucket = "orphan-" + uuid.uuid4().hex[:12]
+        s3.create_bucket(Bucket=bucket)
+        client = await make_client(**s3_settings(endpoint, bucket), gone_retention=0)
+        data = payload(7 * MIB, seed=32)
+        path = await create_upload(client, 2 * len(data))
+        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert response.status == 204
+        await poll(lambda: len(multipart_uploads(s3, bucket)) == 1, "the multipart upload in S3")
+        endpoint.stop()
+        # For the client the upload is gone at once, though its bytes could not be deleted.
+        assert (await client.delete(path, headers=TUS)).status == 204
+        assert (await client.head(path, headers=TUS)).status == 410
+        endpoint.start()
+        assert multipart_uploads(s3, bucket) != []
+        # The sweep deletes the bytes again before it forgets the tombstone.
+        await sweep(client.app[CONTEXT])
+        assert multipart_uploads(s3, bucket) == []
+        assert object_keys(s3, bucket) == []
+        assert (await client.head(path, headers=TUS)).status == 404
     finally:
         endpoint.stop()

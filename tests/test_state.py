@@ -102,8 +102,10 @@ async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
         await store.mark_gone("old", TERMINATED)
         await store.mark_gone("new", EXPIRED)
         cutoff = time.time()
-        assert await store.forget_gone(cutoff - 3600) == 0
-        assert await store.forget_gone(cutoff + 1) == 2
+        assert await store.gone_before(cutoff - 3600, 10) == []
+        gone = await store.gone_before(cutoff + 1, 10)
+        assert sorted(upload.id for upload in gone) == ["new", "old"]
+        await store.forget([upload.id for upload in gone])
         assert await store.get("old") is None and await store.get("new") is None
         live = await store.get("live")
         assert live is not None and live.status == ACTIVE
