@@ -585,6 +585,9 @@ class S3Backend:
     def key(self, upload: StoredUpload) -> str:
         return str(upload.storage.get("key") or self.prefix + upload.id)
 
+    def locate(self, upload_id: str) -> dict[str, str]:
+        return {"bucket": self.bucket, "key": self.prefix + upload_id}
+
     def spool_directory(self, upload_id: str) -> Path:
         if "/" in upload_id or upload_id.startswith(".") or not upload_id:
             raise ValueError(f"not an upload id: {upload_id!r}")

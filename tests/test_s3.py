@@ -34,7 +34,7 @@ from s3_support import (
 from server.config import Settings
 from storage_backends.s3 import object_headers
 
-pytest_plugins = ["s3_support"]
+pytest_plugins = ["s3_support", "hooks_support"]
 
 
 def b64(text: str) -> str:
@@ -339,3 +339,16 @@ async def test_body_dropped_after_periodic_commits(make_client, s3_endpoint, buc
     assert (await patch(client, path, 3 * MIB, data[3 * MIB :])).status == 204
     assert object_bytes(s3, bucket, upload_id(path)) == data
     assert multipart_uploads(s3, bucket) == [] and spooled_files(data_dir) == []
+
+
+async def test_post_finish_hook_names_the_object(make_client, s3_endpoint, bucket, s3, receiver):
+    client = await make_client(
+        **s3_settings(s3_endpoint, bucket), s3_prefix="in/", hooks_url=receiver.url,
+        hooks_events="post-finish",
+    )
+    path = await create_upload(client, 1000)
+    assert (await patch(client, path, 0, payload(1000))).status == 204
+    (event,) = await receiver.wait_for_names("post-finish")
+    key = "in/" + upload_id(path)
+    assert event.json["upload"]["storage"] == {"type": "s3", "bucket": bucket, "key": key}
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == payload(1000)
