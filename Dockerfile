@@ -31,8 +31,9 @@ WORKDIR /data
 VOLUME /data
 EXPOSE 1080
 
-# No curl in the slim image: ask the tus endpoint for OPTIONS with Python.
+# No curl in the slim image: GET /healthz with Python (over TLS when AIOTUSD_TLS_CERT is set;
+# the certificate is for the public name, so it is not verified against 127.0.0.1).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import http.client, os, sys; base = '/' + os.environ.get('AIOTUSD_BASE_PATH', '/files/').strip('/'); c = http.client.HTTPConnection('127.0.0.1', int(os.environ.get('AIOTUSD_PORT', '1080')), timeout=4); c.request('OPTIONS', base); sys.exit(0 if c.getresponse().status == 204 else 1)"]
+    CMD ["python", "-c", "import http.client, os, ssl, sys; port = int(os.environ.get('AIOTUSD_PORT', '1080')); c = http.client.HTTPSConnection('127.0.0.1', port, timeout=4, context=ssl._create_unverified_context()) if os.environ.get('AIOTUSD_TLS_CERT') else http.client.HTTPConnection('127.0.0.1', port, timeout=4); c.request('GET', '/healthz'); sys.exit(0 if c.getresponse().status == 200 else 1)"]
 
 ENTRYPOINT ["aiotusd", "--host", "0.0.0.0", "--data-dir", "/data"]

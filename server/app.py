@@ -15,12 +15,17 @@ from storage_backends import make_backend
 from . import handlers
 from .config import Settings
 from .context import CONTEXT, Context
+from .cors import setup_cors
 from .errors import error_middleware, one_line
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .locks import UploadLocks
+from .logs import add_request_id, request_id_middleware
+from .metrics import Metrics
+from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
+from .proxy import PROXY, ProxyPolicy
 from .state import StateStore
 
 
@@ -34,7 +39,14 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     Raises :class:`~server.errors.ConfigError` when the hook settings cannot work.
     """
     transport = make_transport(settings, hooks)
-    app = web.Application(middlewares=[error_middleware])
+    metrics = Metrics()
+    observe, count_storage_errors = request_metrics(metrics)
+    app = web.Application()
+    cors = setup_cors(app, settings)
+    app.middlewares.extend(
+        [request_id_middleware, observe, *cors, error_middleware, count_storage_errors]
+    )
+    app[PROXY] = ProxyPolicy.from_settings(settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
@@ -42,7 +54,7 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
         store = await StateStore.open(settings.database_path)
         ctx = Context(
             settings, store, backend, UploadLocks(settings.lock_timeout),
-            Hooks(settings, transport, store, backend),
+            Hooks(settings, transport, store, backend), metrics=metrics,
         )
         app[CONTEXT] = ctx
         sweeper = asyncio.create_task(run_sweeper(ctx))
@@ -68,6 +80,12 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(release_uploads)
     app.on_response_prepare.append(_add_tus_resumable)
+    app.on_response_prepare.append(add_request_id)
+    # Before the uploads' routes, which with base_path "/" would take these paths as ids.
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if settings.metrics and not settings.metrics_port:
+        app.router.add_get("/metrics", metrics_endpoint(app))
     base = settings.base_path
     app.router.add_route("*", base, handlers.collection)
     if base != "/":

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from .app import AppRunner, create_app
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
 from .errors import ConfigError
 from .logs import AccessLogger, setup_logging
+from .ops import metrics_app
 from .outbox import IDLE_POLL
 from .state import HookEvent, SchemaTooNew, StateStore
 
@@ -134,8 +136,33 @@ async def hooks_command(
     return 0
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context with ``tls_cert`` and ``tls_key``; None without them."""
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not settings.tls_cert or not settings.tls_key:
+        raise ConfigError("tls_cert and tls_key must be set together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError:
+        raise ConfigError(
+            f"cannot load tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: they are "
+            "not a PEM certificate chain and its private key"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return context
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting and let uploads record their offsets."""
+    tls = tls_context(settings)
+    if settings.trusted_proxies and not settings.behind_proxy:
+        log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
     # Handlers first: a signal that comes while starting up (even once the port is
     # open) then ends in the same clean stop, never in death by the default action.
     stop = asyncio.Event()
@@ -147,19 +174,29 @@ async def serve(settings: Settings) -> None:
         app, access_log_class=AccessLogger, shutdown_timeout=settings.shutdown_timeout,
         handle_signals=False,
     )
+    metrics_runner = None
+    if settings.metrics and settings.metrics_port:
+        metrics_runner = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         # Inside the try: when the port cannot be bound, the state store and the
         # backend that setup() started are still closed properly.
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
         await site.start()
+        scheme = "https" if tls else "http"
         for sock in runner.addresses:
             host, port = sock[0], sock[1]
-            log.info("aiotusd listening on http://%s:%d%s", host, port, settings.base_path,
+            log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port, settings.base_path,
                      extra={"host": host, "port": port})
+        if metrics_runner is not None:
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
+            log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
         await stop.wait()
         log.info("shutting down")
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
     log.info("stopped")
 

@@ -9,6 +9,7 @@ all derived from that table, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import tomllib
@@ -132,6 +133,32 @@ def _parse_header_names(value: Any) -> str:
     return ",".join(names)
 
 
+def _parse_networks(value: Any) -> str:
+    """Comma-separated IP networks (``10.0.0.0/8``) or addresses, normalised."""
+    networks = []
+    for item in _comma_list(value):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or network such as 10.0.0.0/8"
+            ) from None
+    return ",".join(networks)
+
+
+def _parse_origins(value: Any) -> str:
+    """``*``, or comma-separated origins such as ``https://app.example.com``, normalised."""
+    origins = []
+    for item in _comma_list(value):
+        if item == "*":
+            return "*"
+        parts = urlsplit(item.lower().rstrip("/"))
+        if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"{item!r} is not an origin such as https://app.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return ",".join(origins)
+
+
 # Largest integer SQLite stores, and so the largest size an upload can have.
 _MAX_INTEGER = 2**63 - 1
 
@@ -210,6 +237,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hooks_retry_delay", _parse_float,
             "seconds before the first retry; doubles with each further one", minimum=0),
     Setting("hooks_concurrency", _parse_int, "events delivered at once", minimum=1),
+    Setting("behind_proxy", _parse_bool,
+            "build URLs from Forwarded / X-Forwarded-* headers of a reverse proxy"),
+    Setting("trusted_proxies", _parse_networks,
+            "comma-separated networks whose forwarded headers are believed (empty: any peer)"),
+    Setting("cors_origins", _parse_origins,
+            "origins browsers may upload from: * or a comma-separated list; empty: no CORS"),
+    Setting("cors_credentials", _parse_bool,
+            "let browsers send cookies and credentials (the origin is echoed instead of *)"),
+    Setting("metrics", _parse_bool, "serve Prometheus metrics at /metrics"),
+    Setting("metrics_port", _parse_int, "separate port for /metrics, 0 for the main port",
+            minimum=0, maximum=65535),
+    Setting("tls_cert", _parse_str, "PEM certificate chain file: serve HTTPS"),
+    Setting("tls_key", _parse_str, "PEM private key file of tls_cert"),
     Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
     Setting("log_level", _parse_str, "log level",
             choices=("debug", "info", "warning", "error")),
@@ -261,6 +301,14 @@ class Settings:
     hooks_max_age: int = 86400
     hooks_retry_delay: float = 1.0
     hooks_concurrency: int = 4
+    behind_proxy: bool = False
+    trusted_proxies: str = ""
+    cors_origins: str = "*"
+    cors_credentials: bool = False
+    metrics: bool = False
+    metrics_port: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
     log_format: str = "text"
     log_level: str = "info"
 

@@ -13,6 +13,7 @@ from storage_backends.base import StorageBackend, StoredUpload
 from .config import Settings
 from .hooks import Hooks
 from .locks import UploadLocks
+from .metrics import Metrics
 from .protocol import parse_metadata
 from .state import StateStore, Upload
 
@@ -26,6 +27,7 @@ class Context:
     hooks: Hooks
     assembly_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Serialises the assembly of final uploads, so that none is assembled twice."""
+    metrics: Metrics = field(default_factory=Metrics)
 
     def expires_at(self) -> float | None:
         """When an unfinished upload written to now expires, or None if never."""

@@ -43,10 +43,19 @@ _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 3986 ``uri-host [ ":" port ]``: an IP literal or a reg-name (unreserved,
+# pct-encoded and sub-delims). RFC 9112 section 3.2 wants 400 for anything else;
+# it also keeps a hostile Host (``a/b``, ``x@y``) out of the Location header.
+_HOST_RE = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
 
 
 def is_upload_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
+
+
+def is_host(value: str) -> bool:
+    """A ``Host`` header value: ``host``, ``host:port`` or ``[v6]:port`` (maybe empty)."""
+    return _HOST_RE.fullmatch(value) is not None
 
 
 def is_header_name(value: str) -> bool:
@@ -119,7 +128,8 @@ class Concat:
     parts: tuple[str, ...] = ()
 
 
-def parse_concat(value: str, base_path: str) -> Concat:
+def parse_concat(value: str, *base_paths: str) -> Concat:
+    """Parse ``Upload-Concat``; the parts' URLs may lie below any of ``base_paths``."""
     value = value.strip()
     if value == "partial":
         return Concat(final=False)
@@ -128,18 +138,19 @@ def parse_concat(value: str, base_path: str) -> Concat:
     urls = value[len("final;") :].split()
     if not urls:
         raise BadRequest("Upload-Concat final must name at least one partial upload")
-    return Concat(final=True, parts=tuple(_upload_id_from_url(url, base_path) for url in urls))
+    return Concat(final=True, parts=tuple(_upload_id_from_url(url, base_paths) for url in urls))
 
 
-def _upload_id_from_url(url: str, base_path: str) -> str:
-    """The upload id in an absolute or relative upload URL below ``base_path``."""
+def _upload_id_from_url(url: str, base_paths: tuple[str, ...]) -> str:
+    """The upload id in an absolute or relative upload URL below one of ``base_paths``."""
     try:
         path = urlsplit(url).path
     except ValueError:
         raise BadRequest(f"Upload-Concat names an invalid URL: {url[:100]}") from None
-    if not path.startswith(base_path) or not is_upload_id(path[len(base_path) :]):
-        raise BadRequest(f"Upload-Concat names no upload of this server: {url[:100]}")
-    return path[len(base_path) :]
+    for base_path in base_paths:
+        if path.startswith(base_path) and is_upload_id(path[len(base_path) :]):
+            return path[len(base_path) :]
+    raise BadRequest(f"Upload-Concat names no upload of this server: {url[:100]}")
 
 
 def parse_checksum(value: str) -> tuple[str, bytes]:

@@ -1,10 +1,186 @@
-"""The URLs clients see for this server's resources."""
+"""The URLs clients see for this server's resources, also behind a reverse proxy.
+
+Without ``behind_proxy`` a URL is built from the request as aiotusd received it: its
+scheme (``https`` with ``tls_cert``) and its ``Host``. Forwarded headers are then
+ignored, so that no client can point a ``Location`` elsewhere.
+
+With ``behind_proxy`` the proxy in front says what the client addressed, in either
+
+- ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Forwarded-Port``, read when the
+  request has ``X-Forwarded-Proto`` or ``X-Forwarded-Host``; or else
+- RFC 7239 ``Forwarded: proto=https;host=example.com``;
+
+and the path prefix under which the proxy mounts aiotusd, in ``X-Forwarded-Prefix``
+(``/uploads`` turns ``/files/{id}`` into ``/uploads/files/{id}``). Nearly every proxy
+sets (and overwrites) ``X-Forwarded-*`` but passes a client's ``Forwarded`` through, so
+that family goes first: behind such a proxy a client cannot smuggle a ``Forwarded`` in.
+A proxy that sets ``Forwarded`` must remove clients' ``X-Forwarded-*``; every proxy must
+set or remove ``X-Forwarded-Prefix`` (and ``X-Forwarded-Port``, with ``X-Forwarded-*``).
+
+Of a list of values (one per proxy hop) the last is used: the one the proxy next to
+aiotusd added, not one a client made up. With ``trusted_proxies`` the headers are
+believed only from peers in those networks, and a ``Forwarded`` chain is followed back
+past hops whose ``for=`` is trusted too. Malformed values are ignored.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from .protocol import is_host
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A path segment (RFC 3986 ``pchar``), percent-encoding included.
+_SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """Whether, and from whom, forwarded headers are believed."""
+
+    enabled: bool = False
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProxyPolicy:
+        networks = [item for item in settings.trusted_proxies.split(",") if item]
+        return cls(
+            settings.behind_proxy, tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        )
+
+    def trusts(self, address: str | None) -> bool:
+        """Whether a peer at ``address`` (an IP, maybe with a port) may forward."""
+        if not self.enabled:
+            return False
+        if not self.networks:
+            return True
+        ip = _ip_address(address)
+        return ip is not None and any(ip in net for net in self.networks)
+
+
+PROXY = web.AppKey("aiotusd.proxy", ProxyPolicy)
+
+
+@dataclass(frozen=True)
+class External:
+    """What the client addressed: ``{scheme}://{host}{prefix}{path}``."""
+
+    scheme: str
+    host: str
+    prefix: str
+
+
+_EXTERNAL = web.RequestKey("aiotusd.external", External)
 
 
 def external_url(request: web.Request, path: str) -> str:
     """The absolute URL of ``path`` on this server, as the client addressed it."""
-    return f"{request.scheme}://{request.host}{path}"
+    external = _external(request)
+    return f"{external.scheme}://{external.host}{external.prefix}{path}"
+
+
+def external_path(request: web.Request, path: str) -> str:
+    """``path`` as the client knows it: below the proxy's path prefix, if any."""
+    return _external(request).prefix + path
+
+
+def base_paths(request: web.Request, base_path: str) -> tuple[str, ...]:
+    """The paths under which a client may name this server's uploads in a request."""
+    prefixed = external_path(request, base_path)
+    return (base_path,) if prefixed == base_path else (prefixed, base_path)
+
+
+def _external(request: web.Request) -> External:
+    external = request.get(_EXTERNAL)
+    if external is None:
+        external = _from_request(request)
+        request[_EXTERNAL] = external
+    return external
+
+
+def _from_request(request: web.Request) -> External:
+    scheme, host = request.scheme, request.host
+    policy = request.app.get(PROXY)
+    if policy is None or not policy.trusts(request.remote):
+        return External(scheme, host, "")
+    headers = request.headers
+    proto, forwarded_host = _last(headers, "X-Forwarded-Proto"), _last(headers, "X-Forwarded-Host")
+    if proto or forwarded_host:
+        port = _last(headers, "X-Forwarded-Port")
+    else:
+        element = _forwarded_element(request.forwarded, policy)
+        proto, forwarded_host, port = element.get("proto", ""), element.get("host", ""), ""
+    if proto.lower() in _DEFAULT_PORTS:
+        scheme = proto.lower()
+    if forwarded_host and is_host(forwarded_host):
+        host = forwarded_host
+    if _PORT_RE.fullmatch(port) and 0 < int(port) < 65536:
+        host = _with_port(host, port)
+    if host.endswith(":" + _DEFAULT_PORTS[scheme]):
+        host = host.rsplit(":", 1)[0]
+    return External(scheme, host, _prefix(_last(headers, "X-Forwarded-Prefix")))
+
+
+def _forwarded_element(
+    elements: tuple[Mapping[str, str], ...], policy: ProxyPolicy
+) -> Mapping[str, str]:
+    """The ``Forwarded`` element that describes the client's request (empty if none).
+
+    Each proxy appends one; the last came from the proxy next to us. Going back,
+    an element is believed while the hop after it names a trusted proxy in ``for=``.
+    """
+    if not elements:
+        return {}
+    index = len(elements) - 1
+    while index > 0 and policy.networks and policy.trusts(elements[index].get("for")):
+        index -= 1
+    return elements[index]
+
+
+def _last(headers: CIMultiDictProxy[str], name: str) -> str:
+    """The last of the comma-separated values of a header (over all its lines)."""
+    values = [value for line in headers.getall(name, ()) for value in line.split(",")]
+    return values[-1].strip() if values else ""
+
+
+def _with_port(host: str, port: str) -> str:
+    hostname = host.rsplit(":", 1)[0] if host.rsplit("]", 1)[-1].count(":") else host
+    return f"{hostname}:{port}"
+
+
+def _prefix(value: str) -> str:
+    """``/uploads`` from ``uploads``, ``/uploads/`` or ``/uploads``; empty if invalid."""
+    segments = [segment for segment in value.split("/") if segment]
+    if any(s in (".", "..") or not _SEGMENT_RE.fullmatch(s) for s in segments):
+        return ""
+    return "".join("/" + segment for segment in segments)
+
+
+def _ip_address(node: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a peer address or an RFC 7239 node (``1.2.3.4:80``, ``[::1]:80``, ``::1``)."""
+    if not node:
+        return None
+    if node.startswith("["):
+        node = node[1 : node.find("]")]
+    elif node.count(":") == 1:
+        node = node.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(node.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

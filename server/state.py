@@ -334,6 +334,14 @@ class StateStore:
         ) as cursor:
             return [row[0] for row in await cursor.fetchall()]
 
+    async def count_unfinished(self) -> int:
+        """Active uploads still waiting for bytes (for metrics)."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM uploads WHERE status = ? AND completed_at IS NULL", (ACTIVE,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def gone_before(self, before: float, limit: int) -> list[Upload]:
         """Tombstones (terminated or expired uploads) last changed before ``before``."""
         async with self._db.execute(

@@ -71,6 +71,7 @@ async def remove(
 async def _remove(ctx: Context, upload: Upload, status: str, request: web.Request | None) -> None:
     events = await ctx.hooks.post(POST_TERMINATE, upload, request) if status == TERMINATED else ()
     await ctx.store.mark_gone(upload.id, status, events)
+    ctx.metrics.removed(status)
     upload.status = status
     try:
         await ctx.backend.delete(ctx.stored(upload))
@@ -98,6 +99,7 @@ async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
     upload.completed_at = time.time()
     upload.expires_at = None
     await ctx.store.save_progress(upload, await ctx.hooks.post(POST_FINISH, upload, request))
+    ctx.metrics.uploads_finished.inc()
     if upload.concat == "partial":
         for final_id in await ctx.store.finals_waiting_on(upload.id):
             try:

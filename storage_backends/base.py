@@ -114,3 +114,10 @@ class StorageLocator(Protocol):
     def locate(self, upload_id: str) -> dict[str, str]:
         """Where the upload's bytes are, for hooks: e.g. ``{"path": ...}`` or ``{"bucket": ...,
         "key": ...}``."""
+
+
+@runtime_checkable
+class HealthChecker(Protocol):
+    async def check(self) -> None:
+        """Raise :class:`StorageError` saying why when the store cannot take uploads right now
+        (for ``/readyz``); return quickly, and touch no upload."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .base import StoredUpload
+from .base import StorageError, StoredUpload
 
 READ_CHUNK = 1024 * 1024
 
@@ -76,6 +77,21 @@ class FilesystemBackend:
 
     async def stop(self) -> None:
         return None
+
+    async def check(self) -> None:
+        """The directory takes a new file (a name no upload id can have)."""
+
+        def probe() -> None:
+            fd, name = tempfile.mkstemp(prefix="aiotusd.readyz-", dir=self.directory)
+            os.close(fd)
+            os.unlink(name)
+
+        try:
+            await asyncio.to_thread(probe)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write to the data directory {self.directory}: {exc.strerror or exc}"
+            ) from None
 
     async def create(self, upload: StoredUpload) -> None:
         def create_file() -> None:

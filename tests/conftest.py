@@ -141,6 +141,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_listening(
+    process: subprocess.Popen[bytes], port: int, name: str, log: Callable[[], str],
+    timeout: float = 20,
+) -> None:
+    """Wait until ``process`` accepts connections on loopback ``port``; fail with its ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not start listening:\n{log()}")
+
+
 @dataclasses.dataclass
 class ServerProcess:
     """A real ``aiotusd`` process on loopback, restartable on the same port and data."""
@@ -164,16 +181,7 @@ class ServerProcess:
             env={k: v for k, v in os.environ.items() if not k.startswith("AIOTUSD_")},
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"aiotusd exited early:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"aiotusd did not start listening:\n{self.log_path.read_text()}")
+        wait_listening(self.process, self.port, "aiotusd", self.log_path.read_text, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig`` and wait for the exit; returns the exit code."""

@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, upload_id
+from conftest import free_port, upload_id, wait_listening
 from server import __version__
 from server.config import SETTINGS
 
@@ -129,19 +128,6 @@ def _request(port: int, method: str, path: str, headers: dict[str, str]) -> http
     return response
 
 
-def _wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"aiotusd exited early:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"aiotusd did not listen on {port}:\n{log.read_text()}")
-
-
 def _refuses(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -172,7 +158,7 @@ def test_real_process_takes_settings_from_file_environment_and_flag(tmp_path):
             stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
-        _wait_listening(process, flag_port, log)
+        wait_listening(process, flag_port, "aiotusd", log.read_text)
         assert _refuses(file_port) and _refuses(env_port)
 
         options = _request(flag_port, "OPTIONS", "/uploads/v1/", {})

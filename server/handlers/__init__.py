@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
-from ..protocol import TUS_VERSION, effective_method
+from ..protocol import TUS_VERSION, effective_method, is_host
 from . import create, delete, download, head, options, patch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,10 +36,6 @@ _SINGLE_HEADERS = (
     "Upload-Checksum",
     "Upload-Concat",
 )
-# RFC 3986 ``uri-host [ ":" port ]``: an IP literal or a reg-name (unreserved,
-# pct-encoded and sub-delims). RFC 9112 section 3.2 wants 400 for anything else;
-# it also keeps a hostile Host (``a/b``, ``x@y``) out of the Location header.
-_HOST_RE = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
 
 
 def _check_request_headers(request: web.Request) -> None:
@@ -48,7 +43,7 @@ def _check_request_headers(request: web.Request) -> None:
         if len(request.headers.getall(name, ())) > 1:
             raise BadRequest(f"{name} must be sent once")
     host = request.headers.get("Host")
-    if host is not None and not _HOST_RE.fullmatch(host):
+    if host is not None and not is_host(host):
         raise BadRequest("Host header is not a valid host")
 
 

@@ -13,7 +13,7 @@ from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, TooLarge, TusError
 from ..hooks import POST_CREATE, PRE_CREATE
 from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
-from ..proxy import external_url
+from ..proxy import base_paths, external_url
 from ..receive import append_body, check_content_type
 from ..state import ACTIVE, Upload
 from ..uploads import assemble_if_ready, concatenated_length, finish
@@ -65,13 +65,16 @@ async def _add(
     """Store a new upload; its post-create event is recorded with it."""
     await ctx.backend.create(ctx.stored(upload))
     await ctx.store.create(upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts))
+    ctx.metrics.uploads_created.inc()
 
 
 async def handle(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     settings = ctx.settings
     concat_header = request.headers.get("Upload-Concat")
-    concat = None if concat_header is None else parse_concat(concat_header, settings.base_path)
+    concat = None
+    if concat_header is not None:
+        concat = parse_concat(concat_header, *base_paths(request, settings.base_path))
     if concat is not None and not isinstance(ctx.backend, Concatenator):
         raise BadRequest("this server does not support concatenation")
     length, defer = _requested_length(request, concat)

@@ -7,15 +7,16 @@ from aiohttp import web
 from ..context import CONTEXT, Context
 from ..hooks import PRE_ACCESS
 from ..protocol import http_date
+from ..proxy import external_path
 from ..state import Upload
 from ..uploads import concatenated_length, finish_if_full, load, partials_of
 
 
-async def upload_headers(ctx: Context, upload: Upload) -> dict[str, str]:
+async def upload_headers(ctx: Context, upload: Upload, request: web.Request) -> dict[str, str]:
     headers = {"Cache-Control": "no-store"}
     length = upload.length
     if upload.is_final:
-        base = ctx.settings.base_path
+        base = external_path(request, ctx.settings.base_path)
         parts = await ctx.store.parts(upload.id)
         headers["Upload-Concat"] = "final;" + " ".join(base + part for part in parts)
         if length is None:
@@ -45,4 +46,4 @@ async def handle(request: web.Request) -> web.Response:
         async with ctx.locks.hold(upload_id):
             upload = await load(ctx, upload_id)
             await finish_if_full(ctx, upload, request)
-    return web.Response(status=200, headers=await upload_headers(ctx, upload))
+    return web.Response(status=200, headers=await upload_headers(ctx, upload, request))

@@ -1,0 +1,157 @@
+"""CORS: browser pages on other origins may use the tus endpoint and read its answers.
+
+``cors_origins`` names the origins (``*`` for any, the default; empty turns CORS off).
+A preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) from an
+allowed origin is answered here with ``204``, the tus methods and request headers, and a
+max-age; a tus ``OPTIONS`` (without ``Access-Control-Request-Method``) is answered by
+tus as ever. Every other response, errors included so that a page can read the reason,
+carries ``Access-Control-Allow-Origin`` and ``Access-Control-Expose-Headers`` listing
+every tus response header. With ``cors_credentials`` (or a list of origins) the
+request's origin is echoed instead of ``*``, with ``Vary: Origin``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from .protocol import is_header_name
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
+ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Tus-Resumable",
+    "Upload-Checksum",
+    "Upload-Concat",
+    "Upload-Defer-Length",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Offset",
+    "X-HTTP-Method-Override",
+    "X-Request-ID",
+    "X-Requested-With",
+)
+EXPOSE_HEADERS = ", ".join(
+    (
+        "Location",
+        "Upload-Offset",
+        "Upload-Length",
+        "Upload-Metadata",
+        "Upload-Defer-Length",
+        "Upload-Concat",
+        "Upload-Expires",
+        "Tus-Resumable",
+        "Tus-Version",
+        "Tus-Extension",
+        "Tus-Max-Size",
+        "Tus-Checksum-Algorithm",
+        "X-Request-ID",
+        "Content-Range",
+        "Accept-Ranges",
+        "Content-Disposition",
+        "ETag",
+        "Retry-After",
+        "Allow",
+    )
+)
+MAX_AGE = "86400"
+# Request headers a preflight may ask for beyond ALLOW_HEADERS (an uploader's own
+# authentication header, say): at most this many, each a valid header name.
+_MAX_EXTRA_HEADERS = 32
+_LOWER_ALLOWED = frozenset(name.lower() for name in ALLOW_HEADERS)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    origins: frozenset[str] | None
+    """The allowed origins, lower-case; None for any."""
+    credentials: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CorsPolicy | None:
+        """The policy, or None when ``cors_origins`` is empty (no CORS at all)."""
+        if not settings.cors_origins:
+            return None
+        origins = None if settings.cors_origins == "*" else settings.cors_origins.split(",")
+        return cls(None if origins is None else frozenset(origins), settings.cors_credentials)
+
+    @property
+    def echoes(self) -> bool:
+        """Whether the answer depends on the request's ``Origin``."""
+        return self.origins is not None or self.credentials
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        """The ``Access-Control-Allow-Origin`` for a request from ``origin``, or None."""
+        if not self.echoes:
+            return "*"
+        if origin is None or (self.origins is not None and origin.lower() not in self.origins):
+            return None
+        return origin
+
+    @web.middleware
+    async def preflight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer a preflight from an allowed origin; pass everything else on."""
+        if (
+            request.method != "OPTIONS"
+            or "Access-Control-Request-Method" not in request.headers
+            or self.allowed_origin(request.headers.get("Origin")) is None
+        ):
+            return await handler(request)
+        headers = {
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ", ".join(
+                (
+                    *ALLOW_HEADERS,
+                    *_extra_headers(request.headers.get("Access-Control-Request-Headers", "")),
+                )
+            ),
+            "Access-Control-Max-Age": MAX_AGE,
+        }
+        response = web.Response(status=204, headers=headers)
+        if self.echoes:
+            _vary(response, "Access-Control-Request-Method", "Access-Control-Request-Headers")
+        return response
+
+    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: the CORS headers of every response."""
+        if self.echoes:
+            _vary(response, "Origin")
+        allowed = self.allowed_origin(request.headers.get("Origin"))
+        if allowed is None:
+            return
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        if self.credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+
+
+def setup_cors(app: web.Application, settings: Settings) -> list[Middleware]:
+    """Hook CORS into ``app``; returns the middleware to add (none when CORS is off)."""
+    policy = CorsPolicy.from_settings(settings)
+    if policy is None:
+        return []
+    app.on_response_prepare.append(policy.add_headers)
+    return [policy.preflight]
+
+
+def _extra_headers(requested: str) -> list[str]:
+    names = [name.strip() for name in requested.split(",")]
+    extra = [n for n in names if is_header_name(n) and n.lower() not in _LOWER_ALLOWED]
+    return list(dict.fromkeys(name.lower() for name in extra))[:_MAX_EXTRA_HEADERS]
+
+
+def _vary(response: web.StreamResponse, *names: str) -> None:
+    present = [v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()]
+    lower = {v.lower() for v in present}
+    present += [name for name in names if name.lower() not in lower]
+    response.headers["Vary"] = ", ".join(present)

@@ -1,0 +1,92 @@
+"""Prometheus metrics of one server: what happened to uploads, requests and storage.
+
+Every app has its own registry (so that several apps in one process, as in the tests,
+count apart). Metrics are always counted, which costs a few counter increments per
+request and none per body chunk (:mod:`server.ops` counts requests and serves
+``/metrics`` when ``--metrics`` is on).
+
+Hook delivery is counted by whoever delivers: :meth:`Metrics.hook_delivery` for each
+attempt of a post-hook event and :meth:`Metrics.hook_outbox` for the outbox's depth.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Counters get no ``_created`` series: they double the output and nobody reads them.
+prometheus_client.disable_created_metrics()
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+# From a quick HEAD to a PATCH of a large chunk over a slow link.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, help, labels, registry=self.registry)
+
+        self.uploads_created = counter("aiotusd_uploads_created", "Uploads created.")
+        self.uploads_finished = counter(
+            "aiotusd_uploads_finished", "Uploads that received every byte (finals: assembled)."
+        )
+        self.uploads_terminated = counter(
+            "aiotusd_uploads_terminated", "Uploads terminated with DELETE."
+        )
+        self.uploads_expired = counter(
+            "aiotusd_uploads_expired", "Unfinished uploads removed because they expired."
+        )
+        self.received_bytes = counter(
+            "aiotusd_received_bytes", "Bytes of request bodies added to uploads."
+        )
+        self.storage_errors = counter(
+            "aiotusd_storage_errors", "Requests that failed because storage failed or was full."
+        )
+        self.hook_deliveries = counter(
+            "aiotusd_hook_deliveries",
+            "Delivery attempts of post-hook events, by event and outcome "
+            "(delivered, failed: retried later, dead: given up).",
+            ("event", "outcome"),
+        )
+        self.uploads_in_progress = Gauge(
+            "aiotusd_uploads_in_progress",
+            "Active uploads that are not finished yet.",
+            registry=self.registry,
+        )
+        self.hook_outbox_events = Gauge(
+            "aiotusd_hook_outbox_events",
+            "Post-hook events in the outbox, pending or dead.",
+            ("state",),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "aiotusd_request_duration_seconds",
+            "Time from a request's headers until its response was sent, by method and status.",
+            ("method", "status"),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.hook_outbox(0, 0)
+
+    def removed(self, status: str) -> None:
+        """An upload was terminated or expired (``status`` as in :mod:`server.state`)."""
+        if status == "terminated":
+            self.uploads_terminated.inc()
+        elif status == "expired":
+            self.uploads_expired.inc()
+
+    def hook_delivery(self, event: str, outcome: str) -> None:
+        """One delivery attempt of a post-hook ``event`` ended: ``delivered``, ``failed``
+        (to be retried) or ``dead``."""
+        self.hook_deliveries.labels(event, outcome).inc()
+
+    def hook_outbox(self, pending: int, dead: int) -> None:
+        """How many post-hook events wait in the outbox, and how many were given up on."""
+        self.hook_outbox_events.labels("pending").set(pending)
+        self.hook_outbox_events.labels("dead").set(dead)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)

@@ -1,0 +1,124 @@
+"""What operators ask of a running server: ``/healthz``, ``/readyz`` and ``/metrics``,
+and the middlewares that count requests for the metrics.
+
+The endpoints live outside ``base_path`` and answer plain text:
+
+- ``/healthz``: ``200`` while the process serves requests (a liveness probe);
+- ``/readyz``: ``200`` when the database answers a query and the storage takes writes
+  (a readiness probe), else ``503`` saying what is wrong;
+- ``/metrics``: Prometheus text (with ``--metrics``), on the main port or ``metrics_port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from storage_backends.base import HealthChecker, StorageError
+from storage_backends.filesystem import DataMissing
+
+from .context import CONTEXT
+from .errors import InsufficientStorage, one_line
+from .metrics import CONTENT_TYPE, Metrics
+from .protocol import effective_method
+from .receive import RECEIVED
+
+log = logging.getLogger("aiotusd")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+READY_TIMEOUT = 5.0
+"""Seconds each of the database and the storage get to answer ``/readyz``."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    problems = []
+    try:
+        await asyncio.wait_for(ctx.store.schema_version(), READY_TIMEOUT)
+    except Exception as exc:
+        problems.append(f"database: {_reason(exc)}")
+    if isinstance(ctx.backend, HealthChecker):
+        try:
+            await asyncio.wait_for(ctx.backend.check(), READY_TIMEOUT)
+        except Exception as exc:
+            problems.append(f"storage: {_reason(exc)}")
+    if problems:
+        reason = one_line("not ready: " + "; ".join(problems))
+        log.warning("%s", reason)
+        return web.Response(status=503, text=reason + "\n", headers={"Cache-Control": "no-store"})
+    return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {READY_TIMEOUT:g} s"
+    return str(exc) or type(exc).__name__
+
+
+def metrics_endpoint(app: web.Application) -> Handler:
+    """``GET /metrics`` of the server ``app`` (which may be another app than the caller's)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        ctx = app[CONTEXT]
+        ctx.metrics.uploads_in_progress.set(await ctx.store.count_unfinished())
+        return web.Response(body=ctx.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    return handle
+
+
+def metrics_app(app: web.Application) -> web.Application:
+    """A bare app that serves the metrics of ``app``, for ``metrics_port``."""
+    metrics = web.Application()
+    metrics.router.add_get("/metrics", metrics_endpoint(app))
+    return metrics
+
+
+def request_metrics(metrics: Metrics) -> tuple[Middleware, Middleware]:
+    """Two middlewares: the outer one (around the error middleware) observes every
+    request's latency, status and body bytes; the inner one counts storage failures
+    before the error middleware turns them into responses."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.monotonic()
+        status = "500"
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            return response
+        except (ConnectionError, asyncio.CancelledError):
+            status = "499"  # the client left before its answer: nginx's number for that
+            raise
+        finally:
+            method = effective_method(request)
+            metrics.request_duration.labels(
+                method if method in _METHODS else "other", status
+            ).observe(time.monotonic() - start)
+            received = request.get(RECEIVED, 0)
+            if received > 0:
+                metrics.received_bytes.inc(received)
+
+    @web.middleware
+    async def count_storage_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (StorageError, InsufficientStorage, DataMissing):
+            metrics.storage_errors.inc()
+            raise
+        except OSError as exc:
+            if not isinstance(exc, ConnectionError):
+                metrics.storage_errors.inc()
+            raise
+
+    return observe, count_storage_errors
