@@ -59,7 +59,7 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
         app[CONTEXT] = ctx
         sweeper = asyncio.create_task(run_sweeper(ctx))
         # Events left from an earlier run go out too, whatever hooks_events says now.
-        delivery = None if transport is None else Delivery(settings, ctx.hooks, store)
+        delivery = None if transport is None else Delivery(settings, ctx.hooks, store, metrics)
         if delivery is not None:
             delivery.start()
         try:

@@ -72,6 +72,7 @@ def metrics_endpoint(app: web.Application) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         ctx = app[CONTEXT]
         ctx.metrics.uploads_in_progress.set(await ctx.store.count_unfinished())
+        ctx.metrics.hook_outbox(*await ctx.store.count_events())
         return web.Response(body=ctx.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     return handle

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .errors import one_line
 from .hooks import HookCallError, Hooks
+from .metrics import Metrics
 from .state import HookEvent, StateStore
 
 if TYPE_CHECKING:
@@ -36,10 +37,13 @@ another process and cannot wake this one."""
 
 
 class Delivery:
-    def __init__(self, settings: Settings, hooks: Hooks, store: StateStore) -> None:
+    def __init__(
+        self, settings: Settings, hooks: Hooks, store: StateStore, metrics: Metrics
+    ) -> None:
         self._settings = settings
         self._hooks = hooks
         self._store = store
+        self._metrics = metrics
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         """Deliveries under way, by upload: one at a time per upload keeps its events in order."""
         self._runner: asyncio.Task[None] | None = None
@@ -95,8 +99,10 @@ class Delivery:
             if error:
                 self._schedule_retry(event, error)
                 await self._store.event_failed(event)
+                self._metrics.hook_delivery(event.type, "dead" if event.dead else "failed")
             else:
                 await self._store.event_delivered(event.seq)
+                self._metrics.hook_delivery(event.type, "delivered")
         except Exception:
             log.exception("delivering %s event %s failed", event.type, event.id)
         finally:

@@ -342,6 +342,14 @@ class StateStore:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def count_events(self) -> tuple[int, int]:
+        """Post-hook events in the outbox: pending, and dead (for metrics)."""
+        async with self._db.execute(
+            "SELECT COALESCE(SUM(NOT dead), 0), COALESCE(SUM(dead), 0) FROM hook_outbox"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def gone_before(self, before: float, limit: int) -> list[Upload]:
         """Tombstones (terminated or expired uploads) last changed before ``before``."""
         async with self._db.execute(

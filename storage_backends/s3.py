@@ -585,6 +585,10 @@ class S3Backend:
     def key(self, upload: StoredUpload) -> str:
         return str(upload.storage.get("key") or self.prefix + upload.id)
 
+    async def check(self) -> None:
+        """The bucket answers ``HeadBucket`` (for ``/readyz``)."""
+        await self.call(f"checking the bucket {self.bucket}", "head_bucket")
+
     def locate(self, upload_id: str) -> dict[str, str]:
         return {"bucket": self.bucket, "key": self.prefix + upload_id}
 

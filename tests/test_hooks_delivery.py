@@ -296,3 +296,35 @@ async def test_post_finish_survives_kill_9_while_the_receiver_is_down(
         assert event["upload"]["id"] == uid and event["upload"]["offset"] == 7
     finally:
         await receiver.stop()
+
+
+async def test_deliveries_and_the_outbox_are_in_the_metrics(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    refused: set[str] = set()
+
+    def respond(r: Received) -> web.Response:
+        taken = r.json["upload"]["size"] == 1 and r.id in refused
+        refused.add(r.id)
+        return web.Response(status=200 if taken else 500)
+
+    receiver.respond = respond
+    client = await make_client(
+        metrics=True, hooks_url=receiver.url, hooks_events="post-create", hooks_max_attempts=2,
+        **FAST_RETRIES,
+    )
+    await create_upload(client, 1)  # refused once, then taken
+    await create_upload(client, 2)  # refused twice: dead
+    await poll(lambda: _dead(client, 1), "the dead event")
+    await poll(lambda: len(receiver.received) == 4, "four delivery attempts")
+
+    async def scraped() -> str:
+        text = await (await client.get("/metrics")).text()
+        delivered = 'aiotusd_hook_deliveries_total{event="post-create",outcome="delivered"} 1.0'
+        return text if delivered in text else ""
+
+    text = await poll(scraped, "the delivery in the metrics")
+    assert 'aiotusd_hook_deliveries_total{event="post-create",outcome="failed"} 2.0' in text
+    assert 'aiotusd_hook_deliveries_total{event="post-create",outcome="dead"} 1.0' in text
+    assert 'aiotusd_hook_outbox_events{state="pending"} 0.0' in text
+    assert 'aiotusd_hook_outbox_events{state="dead"} 1.0' in text

@@ -165,6 +165,7 @@ async def test_s3_outage_answers_503_then_the_upload_completes(make_client, aws_
             return int(response.headers["Upload-Offset"])
 
         assert (await send(0, 6 * MIB)).status == 204
+        assert (await client.get("/readyz")).status == 200
         endpoint.stop()
         # A client goes on from the offset the server answers until S3's absence shows.
         statuses = []
@@ -192,6 +193,8 @@ async def test_s3_outage_answers_503_then_the_upload_completes(make_client, aws_
     response = await client.get(path)
     assert response.status == 503, await response.text()
     assert int(response.headers["Retry-After"]) > 0
+    response = await client.get("/readyz")
+    assert response.status == 503 and "storage" in await response.text()
 
 
 def test_missing_bucket_stops_start_up(server_process, s3_endpoint):
