@@ -106,7 +106,8 @@ def _print_events(events: list[HookEvent], dead_only: bool) -> None:
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for *cells, last_error in rows:
-        print("  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), last_error]))
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        print("  ".join([*padded, last_error]))
 
 
 async def hooks_command(

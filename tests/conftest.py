@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import random
-import re
 import signal
 import socket
 import subprocess

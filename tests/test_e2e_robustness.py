@@ -449,7 +449,9 @@ async def test_sigkill_during_long_patch_keeps_periodic_commits(server_process):
     sent_target = 3 * MIB + MIB // 2
     for start in range(0, sent_target, 256 * KIB):  # a slow client: 14 pieces
         await streaming.send(data[start : start + 256 * KIB])
-        await poll(lambda: file_size(stored) >= start + 256 * KIB, "the piece on disk")
+        await poll(
+            lambda target=start + 256 * KIB: file_size(stored) >= target, "the piece on disk"
+        )
 
     assert await asyncio.to_thread(server.stop, signal.SIGKILL) == -signal.SIGKILL
     await streaming.abort()

@@ -253,14 +253,14 @@ async def test_concatenation_streamed_when_parts_are_small(make_client, s3_endpo
             for data in datas
         ]
         if not before:
-            for path, data in zip(paths, datas):
+            for path, data in zip(paths, datas, strict=True):
                 assert (await patch(client, path, 0, data)).status == 204
         response = await client.post(
             "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(paths)}
         )
         assert response.status == 201
         if before:  # concatenation-unfinished: assembled when the last partial finishes
-            for path, data in zip(paths, datas):
+            for path, data in zip(paths, datas, strict=True):
                 assert (await patch(client, path, 0, data)).status == 204
         return response.headers["Location"].rsplit("/", 1)[1]
 
