@@ -16,6 +16,7 @@ from . import handlers
 from .config import Settings
 from .context import CONTEXT, Context
 from .cors import setup_cors
+from .demo import setup_demo
 from .errors import error_middleware, one_line
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
@@ -86,6 +87,8 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     app.router.add_get("/readyz", readyz)
     if settings.metrics and not settings.metrics_port:
         app.router.add_get("/metrics", metrics_endpoint(app))
+    if settings.demo:
+        setup_demo(app, settings.base_path)
     base = settings.base_path
     app.router.add_route("*", base, handlers.collection)
     if base != "/":

@@ -248,6 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics", _parse_bool, "serve Prometheus metrics at /metrics"),
     Setting("metrics_port", _parse_int, "separate port for /metrics, 0 for the main port",
             minimum=0, maximum=65535),
+    Setting("demo", _parse_bool, "serve a demo upload page (Uppy) at /"),
     Setting("tls_cert", _parse_str, "PEM certificate chain file: serve HTTPS"),
     Setting("tls_key", _parse_str, "PEM private key file of tls_cert"),
     Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
@@ -307,6 +308,7 @@ class Settings:
     cors_credentials: bool = False
     metrics: bool = False
     metrics_port: int = 0
+    demo: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     log_format: str = "text"
