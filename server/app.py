@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -101,6 +103,18 @@ class _OneLineErrorHandler(RequestHandler):
     """Answers requests aiohttp cannot parse (bad framing, oversized headers) like the app
     answers bad requests: a one-line plain-text reason, not aiohttp's multi-line page."""
 
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """Requests that are not valid HTTP, and clients gone before their answer, are the
+        client's doing: logged at debug level, not as errors with a traceback that any
+        client could flood the log with."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, ConnectionError) or (
+            isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500
+        ):
+            self.logger.debug(*args, **kwargs)
+        else:
+            super().log_exception(*args, **kwargs)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -117,6 +131,27 @@ class _OneLineErrorHandler(RequestHandler):
         return response
 
 
+def _one_line_http_errors(
+    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """Refusals raised outside the middlewares in one line too: aiohttp checks ``Expect``
+    before them, and answers ``Expect: nonsense`` with a bare ``Unknown Expect: ...``."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
+            # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
+            return web.Response(status=417, text=one_line(f"unknown Expect: {expect[:100]}") + "\n")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return web.Response(status=exc.status, text=one_line(exc.text or exc.reason) + "\n")
+
+    return handle
+
+
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
         return _OneLineErrorHandler(self, loop=self._loop, **self._kwargs)
@@ -128,7 +163,7 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         return _Server(
-            server.request_handler,
+            _one_line_http_errors(server.request_handler),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),

@@ -182,6 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", _parse_str, "storage backend", choices=("filesystem", "s3")),
     Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0,
             maximum=_MAX_INTEGER),
+    Setting("max_metadata_size", parse_size,
+            "longest Upload-Metadata header in bytes; longer ones are refused with 400",
+            minimum=1, maximum=_MAX_INTEGER),
+    Setting("max_concat_parts", _parse_int,
+            "most partial uploads one final upload may concatenate", minimum=1),
     Setting("expiration", _parse_int,
         "seconds an unfinished upload lives after its last write, 0 to keep forever", minimum=0,
     ),
@@ -267,6 +272,8 @@ class Settings:
     database: str = ""
     storage: str = "filesystem"
     max_size: int = 0
+    max_metadata_size: int = 4096
+    max_concat_parts: int = 100
     expiration: int = 604800
     expiry_interval: float = 60.0
     gone_retention: int = 604800

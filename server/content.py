@@ -37,7 +37,13 @@ def content_disposition(filename: str | None, inline: bool) -> str:
     kind = "inline" if inline else "attachment"
     if not filename:
         return kind
-    name = "".join(ch for ch in filename if unicodedata.category(ch)[0] != "C")
+    # Control, format and surrogate characters go; any other space (U+2028 LINE SEPARATOR
+    # too) becomes a plain one, so that no client shows the name broken across lines.
+    name = "".join(
+        " " if unicodedata.category(ch)[0] == "Z" else ch
+        for ch in filename
+        if unicodedata.category(ch)[0] != "C"
+    )
     name = name.replace("/", "_").replace("\\", "_").strip()
     if not name:
         return kind
@@ -59,6 +65,16 @@ def _position(digits: str) -> str:
     return str(2**63) if len(digits) > 19 else digits
 
 
+def _before(left: str, right: str) -> bool:
+    """Whether decimal ``left`` is less than ``right``, compared exactly without ``int()``.
+
+    Capped positions (see :func:`_position`) all look alike, so ``bytes=20...0-10...0``
+    (past 19 digits) is compared here, where ``last < first`` must ignore the header.
+    """
+    left, right = left.lstrip("0"), right.lstrip("0")
+    return (len(left), left) < (len(right), right)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The ``[start, end)`` of a single-range ``Range`` header, or None to send everything.
 
@@ -76,10 +92,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         if suffix == 0:
             return size, size
         return max(size - suffix, 0), size
+    if last != "" and _before(match.group(2), match.group(1)):
+        return None
     start = int(first)
     end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
-        return None
     if start >= size:
         return size, size
     return start, end

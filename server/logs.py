@@ -102,7 +102,12 @@ class AccessLogger(AbstractAccessLogger):
     """``method path status upload=<id> received=<bytes> duration=<seconds> request=<id>``."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        upload_id = request.match_info.get("upload_id", "-") if isinstance(request, web.Request) else "-"
+        try:
+            upload_id = request.match_info.get("upload_id", "-")  # type: ignore[attr-defined]
+        except (AttributeError, AssertionError):
+            # A request aiohttp could not parse is answered before routing: it has no match_info
+            # (asking raises), and raising here would turn its 400 into a 500.
+            upload_id = "-"
         received = request.get(RECEIVED, 0)
         request_id = request.get(REQUEST_ID, "-")
         self.logger.info(

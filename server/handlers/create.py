@@ -75,12 +75,21 @@ async def handle(request: web.Request) -> web.Response:
     concat = None
     if concat_header is not None:
         concat = parse_concat(concat_header, *base_paths(request, settings.base_path))
+        if len(concat.parts) > settings.max_concat_parts:
+            raise BadRequest(
+                f"Upload-Concat names {len(concat.parts)} partial uploads; "
+                f"at most {settings.max_concat_parts} are allowed"
+            )
     if concat is not None and not isinstance(ctx.backend, Concatenator):
         raise BadRequest("this server does not support concatenation")
     length, defer = _requested_length(request, concat)
     if defer and not isinstance(ctx.backend, LengthDeferrer):
         raise BadRequest("this server does not support deferred lengths")
     metadata = request.headers.get("Upload-Metadata", "")
+    if len(metadata.encode("utf-8", "surrogateescape")) > settings.max_metadata_size:
+        raise BadRequest(
+            f"Upload-Metadata is longer than the maximum of {settings.max_metadata_size} bytes"
+        )
     parse_metadata(metadata)
     has_body = request.body_exists
     if has_body:
