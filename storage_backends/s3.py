@@ -880,6 +880,18 @@ class S3Backend:
         directory = self.spool_directory(upload.id)
         parts = state["parts"]
         mpu = state.get("mpu")
+        spooled = [
+            directory / str(n) for n, part in enumerate(parts, 1) if part[1] is None and part[0]
+        ]
+        # A crash after the object was stored and the spool removed, but before the
+        # server recorded the finish: the object is the upload, nothing is left to send.
+        if (
+            not await asyncio.to_thread(lambda: all(path.exists() for path in spooled))
+            and await self._object_size(key) == upload.length
+        ):
+            state.update(done=True, mpu=None, parts=[])
+            self._seen.pop(upload.id, None)
+            return
         if not mpu:
             def gather() -> bytes:
                 return b"".join(

@@ -9,7 +9,13 @@ from ..hooks import PRE_ACCESS
 from ..protocol import http_date
 from ..proxy import external_path
 from ..state import Upload
-from ..uploads import concatenated_length, finish_if_full, load, partials_of
+from ..uploads import (
+    assemble_if_ready,
+    concatenated_length,
+    finish_if_full,
+    load,
+    partials_of,
+)
 
 
 async def upload_headers(ctx: Context, upload: Upload, request: web.Request) -> dict[str, str]:
@@ -46,4 +52,8 @@ async def handle(request: web.Request) -> web.Response:
         async with ctx.locks.hold(upload_id):
             upload = await load(ctx, upload_id)
             await finish_if_full(ctx, upload, request)
+            # A crash between the last part's finish and the assembly leaves a final whose
+            # parts are all finished but which nothing else would ever assemble.
+            if upload.is_final and await assemble_if_ready(ctx, upload_id, request):
+                upload = await load(ctx, upload_id)
     return web.Response(status=200, headers=await upload_headers(ctx, upload, request))
