@@ -80,7 +80,12 @@ class S3Endpoint(ThreadedMotoServer):
         self._server_ready_event.set()
         self._server.serve_forever()
 
+    @property
+    def running(self) -> bool:
+        return self._server_ready_event.is_set()
+
     def stop(self) -> None:
+        self._server_ready_event.clear()
         super().stop()
         assert self._server is not None
         self._server.server_close()

@@ -10,6 +10,7 @@ import io
 import signal
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,6 +37,19 @@ from server.expiration import sweep
 from tusclient import client as tus_client
 
 pytest_plugins = ["s3_support"]
+
+
+@pytest.fixture
+def own_endpoint(aws_env: None) -> Iterator[tuple[S3Endpoint, Any, str]]:
+    """An S3 endpoint of the test's own, which it may stop and start, with one bucket."""
+    endpoint = S3Endpoint(free_port())
+    endpoint.start()
+    s3 = s3_client(endpoint.url)
+    bucket = "own-" + uuid.uuid4().hex[:12]
+    s3.create_bucket(Bucket=bucket)
+    yield endpoint, s3, bucket
+    if endpoint.running:
+        endpoint.stop()
 
 
 def create(server: Any, length: int) -> str:
@@ -142,53 +156,47 @@ def test_termination_after_restart_leaves_nothing(server_process, s3_endpoint, b
     assert spooled_files(server.data_dir) == []
 
 
-async def test_s3_outage_answers_503_then_the_upload_completes(make_client, aws_env):
-    endpoint = S3Endpoint(free_port())
+async def test_s3_outage_answers_503_then_the_upload_completes(make_client, own_endpoint):
+    endpoint, s3, bucket = own_endpoint
+    client = await make_client(**s3_settings(endpoint, bucket))
+    data = payload(17 * MIB, seed=24)
+    path = await create_upload(client, len(data))
+
+    async def send(offset: int, size: int) -> Any:
+        return await client.patch(
+            path, data=data[offset : offset + size],
+            headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
+        )
+
+    async def offset_now() -> int:
+        response = await client.head(path, headers=TUS)
+        assert response.status == 200
+        return int(response.headers["Upload-Offset"])
+
+    assert (await send(0, 6 * MIB)).status == 204
+    assert (await client.get("/readyz")).status == 200
+    endpoint.stop()
+    # A client goes on from the offset the server answers until S3's absence shows.
+    statuses = []
+    for _ in range(4):
+        response = await send(await offset_now(), 5 * MIB)
+        statuses.append(response.status)
+        if response.status == 503:
+            assert int(response.headers["Retry-After"]) > 0
+            break
+    print("statuses while S3 is down:", statuses)
+    assert statuses[-1] == 503, statuses
     endpoint.start()
-    try:
-        s3 = s3_client(endpoint.url)
-        bucket = "outage-" + uuid.uuid4().hex[:12]
-        s3.create_bucket(Bucket=bucket)
-        client = await make_client(**s3_settings(endpoint, bucket))
-        data = payload(17 * MIB, seed=24)
-        path = await create_upload(client, len(data))
-
-        async def send(offset: int, size: int) -> Any:
-            return await client.patch(
-                path, data=data[offset : offset + size],
-                headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
-            )
-
-        async def offset_now() -> int:
-            response = await client.head(path, headers=TUS)
-            assert response.status == 200
-            return int(response.headers["Upload-Offset"])
-
-        assert (await send(0, 6 * MIB)).status == 204
-        assert (await client.get("/readyz")).status == 200
-        endpoint.stop()
-        # A client goes on from the offset the server answers until S3's absence shows.
-        statuses = []
-        for _ in range(4):
-            response = await send(await offset_now(), 5 * MIB)
-            statuses.append(response.status)
-            if response.status == 503:
-                assert int(response.headers["Retry-After"]) > 0
-                break
-        print("statuses while S3 is down:", statuses)
-        assert statuses[-1] == 503, statuses
-        endpoint.start()
-        offset = await offset_now()
-        while offset < len(data):
-            response = await send(offset, 5 * MIB)
-            assert response.status == 204, await response.text()
-            offset = int(response.headers["Upload-Offset"])
-        assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
-        response = await client.get(path)
-        assert await response.read() == data
-        assert multipart_uploads(s3, bucket) == []
-    finally:
-        endpoint.stop()
+    offset = await offset_now()
+    while offset < len(data):
+        response = await send(offset, 5 * MIB)
+        assert response.status == 204, await response.text()
+        offset = int(response.headers["Upload-Offset"])
+    assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+    response = await client.get(path)
+    assert await response.read() == data
+    assert multipart_uploads(s3, bucket) == []
+    endpoint.stop()
     # A download while the store is down is a clean 503, not a 200 that breaks off.
     response = await client.get(path)
     assert response.status == 503, await response.text()
@@ -212,58 +220,44 @@ def test_missing_credentials_stop_start_up(server_process, s3_endpoint, bucket, 
     assert "credentials" in str(failure.value)
 
 
-async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_client, aws_env):
-    endpoint = S3Endpoint(free_port())
+async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_client, own_endpoint):
+    endpoint, s3, bucket = own_endpoint
+    client = await make_client(**s3_settings(endpoint, bucket))
+    data = payload(MIB, seed=31)
+    path = await create_upload(client, len(data))
+    endpoint.stop()
+    # Every byte is stored (spooled), but the single PutObject of the finish cannot go.
+    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 503, await response.text()
+    response = await client.head(path, headers=TUS)
+    assert response.status == 503
+    assert (await client.get(path)).status == 409
     endpoint.start()
-    try:
-        s3 = s3_client(endpoint.url)
-        bucket = "finish-" + uuid.uuid4().hex[:12]
-        s3.create_bucket(Bucket=bucket)
-        client = await make_client(**s3_settings(endpoint, bucket))
-        data = payload(MIB, seed=31)
-        path = await create_upload(client, len(data))
-        endpoint.stop()
-        # Every byte is stored (spooled), but the single PutObject of the finish cannot go.
-        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-        assert response.status == 503, await response.text()
-        response = await client.head(path, headers=TUS)
-        assert response.status == 503
-        assert (await client.get(path)).status == 409
-        endpoint.start()
-        # Once the store is back, the HEAD a resuming client sends finishes the upload.
-        response = await client.head(path, headers=TUS)
-        assert response.status == 200
-        assert response.headers["Upload-Offset"] == str(len(data))
-        response = await client.get(path)
-        assert response.status == 200 and await response.read() == data
-        assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
-    finally:
-        endpoint.stop()
+    # Once the store is back, the HEAD a resuming client sends finishes the upload.
+    response = await client.head(path, headers=TUS)
+    assert response.status == 200
+    assert response.headers["Upload-Offset"] == str(len(data))
+    response = await client.get(path)
+    assert response.status == 200 and await response.read() == data
+    assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
 
 
-async def test_termination_while_s3_is_down_leaves_nothing_once_it_is_back(make_client, aws_env):
-    endpoint = S3Endpoint(free_port())
+async def test_termination_while_s3_is_down_leaves_nothing_once_it_is_back(make_client, own_endpoint):
+    endpoint, s3, bucket = own_endpoint
+    client = await make_client(**s3_settings(endpoint, bucket), gone_retention=0)
+    data = payload(7 * MIB, seed=32)
+    path = await create_upload(client, 2 * len(data))
+    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    await poll(lambda: len(multipart_uploads(s3, bucket)) == 1, "the multipart upload in S3")
+    endpoint.stop()
+    # For the client the upload is gone at once, though its bytes could not be deleted.
+    assert (await client.delete(path, headers=TUS)).status == 204
+    assert (await client.head(path, headers=TUS)).status == 410
     endpoint.start()
-    try:
-        s3 = s3_client(endpoint.url)
-        bucket = "orphan-" + uuid.uuid4().hex[:12]
-        s3.create_bucket(Bucket=bucket)
-        client = await make_client(**s3_settings(endpoint, bucket), gone_retention=0)
-        data = payload(7 * MIB, seed=32)
-        path = await create_upload(client, 2 * len(data))
-        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-        assert response.status == 204
-        await poll(lambda: len(multipart_uploads(s3, bucket)) == 1, "the multipart upload in S3")
-        endpoint.stop()
-        # For the client the upload is gone at once, though its bytes could not be deleted.
-        assert (await client.delete(path, headers=TUS)).status == 204
-        assert (await client.head(path, headers=TUS)).status == 410
-        endpoint.start()
-        assert multipart_uploads(s3, bucket) != []
-        # The sweep deletes the bytes again before it forgets the tombstone.
-        await sweep(client.app[CONTEXT])
-        assert multipart_uploads(s3, bucket) == []
-        assert object_keys(s3, bucket) == []
-        assert (await client.head(path, headers=TUS)).status == 404
-    finally:
-        endpoint.stop()
+    assert multipart_uploads(s3, bucket) != []
+    # The sweep deletes the bytes again before it forgets the tombstone.
+    await sweep(client.app[CONTEXT])
+    assert multipart_uploads(s3, bucket) == []
+    assert object_keys(s3, bucket) == []
+    assert (await client.head(path, headers=TUS)).status == 404
