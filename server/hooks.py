@@ -335,7 +335,8 @@ class Hooks:
         assert self._transport is not None
         timeout = self._settings.hooks_timeout
         try:
-            return await asyncio.wait_for(self._transport.call(event, hook_id, body), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._transport.call(event, hook_id, body)
         except TimeoutError:
             raise HookCallError(f"no answer within {timeout:g} s") from None
 

@@ -51,7 +51,8 @@ class UploadLocks:
             current.request_release()
             remaining = deadline - loop.time()
             try:
-                await asyncio.wait_for(current.released.wait(), max(remaining, 0))
+                async with asyncio.timeout(max(remaining, 0)):
+                    await current.released.wait()
             except TimeoutError:
                 raise Locked("upload is in use by another request; try again later") from None
         holder = Holder()

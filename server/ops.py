@@ -45,12 +45,14 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     problems = []
     try:
-        await asyncio.wait_for(ctx.store.schema_version(), READY_TIMEOUT)
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ctx.store.schema_version()
     except Exception as exc:
         problems.append(f"database: {_reason(exc)}")
     if isinstance(ctx.backend, HealthChecker):
         try:
-            await asyncio.wait_for(ctx.backend.check(), READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):
+                await ctx.backend.check()
         except Exception as exc:
             problems.append(f"storage: {_reason(exc)}")
     if problems:

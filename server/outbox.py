@@ -47,6 +47,7 @@ class Delivery:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         """Deliveries under way, by upload: one at a time per upload keeps its events in order."""
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run())
@@ -56,6 +57,7 @@ class Delivery:
 
         What they do not finish stays in the outbox and goes out after a restart.
         """
+        self._stopping = True
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -69,15 +71,18 @@ class Delivery:
 
     async def _run(self) -> None:
         changed = self._store.outbox_changed
-        while True:
+        while not self._stopping:
             changed.clear()
             try:
                 wait = await self._start_due()
             except Exception:
                 log.exception("reading the hook outbox failed")
                 wait = IDLE_POLL
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as
+            # the event is set, and stop() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await changed.wait()
 
     async def _start_due(self) -> float:
         """Start what is due; returns how long until something else may be."""

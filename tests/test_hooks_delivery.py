@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -29,8 +30,13 @@ from conftest import (
 from hooks_support import Received, Receiver
 from test_cli import run_cli
 
+from server.config import Settings
 from server.context import CONTEXT
+from server.hooks import Hooks, make_transport
+from server.metrics import Metrics
+from server.outbox import Delivery
 from server.state import MIGRATIONS, HookEvent, StateStore, Upload
+from storage_backends import make_backend
 
 FAST_RETRIES = {"hooks_retry_delay": 0.01}
 
@@ -198,6 +204,31 @@ async def test_an_event_is_recorded_only_with_its_state_change(tmp_path: Path) -
         await store.mark_gone("u1", "terminated", [HookEvent("e4", "u1", "post-terminate", b"{}")])
         assert [e.id for e in await store.hook_events()] == ["e1", "e3", "e4"]
     finally:
+        await store.close()
+
+
+async def test_stop_ends_the_worker_when_the_outbox_changes_as_it_is_cancelled(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    # The worker is cancelled in the same turn of the loop as its wake-up event is set:
+    # Python 3.11's asyncio.wait_for swallowed that cancellation and stop() never returned.
+    settings = dataclasses.replace(settings, hooks_url=receiver.url)
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    hooks = Hooks(settings, make_transport(settings), store, make_backend(settings))
+    delivery = Delivery(settings, hooks, store, Metrics())
+    stopping = None
+    try:
+        delivery.start()
+        await poll(lambda: store.outbox_changed._waiters, "the worker waiting for a change")
+        store.outbox_changed.set()
+        stopping = asyncio.create_task(delivery.stop())
+        done, _ = await asyncio.wait([stopping], timeout=3)
+        assert done, "Delivery.stop() did not return"
+    finally:
+        if stopping is not None and not stopping.done():
+            stopping.cancel()  # a second cancel reaches the worker
+            await asyncio.gather(stopping, return_exceptions=True)
+        await hooks.close()
         await store.close()
 
 
