@@ -505,7 +505,7 @@ class S3Writer:
 
 
 class FinishedWriter:
-    """The writer of an upload already stored as an object: it takes no more bytes."""
+    """The writer of an upload that takes no more bytes: stored as an object, or full."""
 
     def __init__(self, offset: int) -> None:
         self._offset = offset
@@ -708,7 +708,9 @@ class S3Backend:
 
     async def open_writer(self, upload: StoredUpload) -> S3Writer | FinishedWriter:
         state = upload.storage
-        if state.get("done"):
+        if state.get("done") or upload.offset == upload.length:
+            # Full: finish() takes it from here, and it alone may find that a crash came
+            # after the multipart upload was completed (which ListParts would call lost).
             return FinishedWriter(upload.offset)
         parts = cut_parts(state["parts"], upload.offset)
         if parts is None:
@@ -883,13 +885,15 @@ class S3Backend:
         spooled = [
             directory / str(n) for n, part in enumerate(parts, 1) if part[1] is None and part[0]
         ]
-        # A crash after the object was stored and the spool removed, but before the
-        # server recorded the finish: the object is the upload, nothing is left to send.
-        if (
-            not await asyncio.to_thread(lambda: all(path.exists() for path in spooled))
-            and await self._object_size(key) == upload.length
-        ):
+        # The object may already be the upload: this process (or one that crashed) stored
+        # it, but the finish was not recorded. Sending parts again would go to a multipart
+        # upload that is no more. Asked once per process, and whenever spool files are missing.
+        maybe_stored = upload.id not in self._seen or not await asyncio.to_thread(
+            lambda: all(path.exists() for path in spooled)
+        )
+        if maybe_stored and await self._object_size(key) == upload.length:
             state.update(done=True, mpu=None, parts=[])
+            await asyncio.to_thread(shutil.rmtree, directory, True)
             self._seen.pop(upload.id, None)
             return
         if not mpu:
@@ -984,6 +988,11 @@ class S3Backend:
         pieces = [(self.key(p), p.length or 0) for p in partials if p.length]
         total = sum(size for _, size in pieces)
         mpu = state.get("mpu")
+        if await self._object_size(key) == total:
+            # Assembled before a crash kept the server from recording it: the partials are
+            # immutable, so an object of their total length at this key is the final upload.
+            state.update(done=True, mpu=None, parts=[])
+            return
         if total == 0 or (not self._copyable(pieces) and total <= self.part_size):
             if mpu:
                 await self._abort(key, mpu)
@@ -993,6 +1002,8 @@ class S3Backend:
                     data += chunk
             await self._put(final, key, bytes(data))
         else:
+            # One that an earlier, crashed attempt started would never be completed.
+            await self._abort_strays(key, keep=mpu)
             if not mpu:
                 mpu = state["mpu"] = await self._create_multipart(key, final.metadata)
             if self._copyable(pieces):

@@ -490,9 +490,7 @@ async def _round(fleet: Fleet, rng: random.Random, server: Any, counts: Counts) 
             fleet.finals.remove(final)
 
 
-# CRASH_BACKENDS=filesystem,s3 adds S3. It is not in CI's default yet: after some kills the
-# S3 backend sends UploadPart to a multipart upload the store no longer knows (open bug).
-@pytest.fixture(params=os.environ.get("CRASH_BACKENDS", "filesystem").split(","))
+@pytest.fixture(params=os.environ.get("CRASH_BACKENDS", "filesystem,s3").split(","))
 def backend(request: pytest.FixtureRequest) -> tuple[list[str], Any]:
     """Server flags and a view of the stored bytes, per backend."""
     if request.param == "filesystem":

@@ -1,0 +1,233 @@
+"""The S3 backend after a crash at a chosen point, in a fixed order (no random timing).
+
+A crash is modelled by what it leaves: the state the server last committed to its
+database (a deep copy of ``StoredUpload.storage`` taken at that moment), the spool
+files on disk, and whatever S3 already holds. A new :class:`S3Backend`, as in a new
+process, then carries on from exactly that. tests/test_crash_random.py finds such
+points by chance; these pin the ones that went wrong once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.register_assert_rewrite("s3_support")
+
+from s3_support import (
+    MIB,
+    PART,
+    S3Endpoint,
+    multipart_uploads,
+    object_bytes,
+    payload,
+    s3_settings,
+)
+
+from server.config import Settings
+from storage_backends.base import StoredUpload
+from storage_backends.s3 import S3Backend
+
+pytest_plugins = ["s3_support"]
+
+
+@pytest.fixture
+def s3_backend_settings(settings: Settings, s3_endpoint: S3Endpoint, bucket: str) -> Settings:
+    return dataclasses.replace(settings, **s3_settings(s3_endpoint, bucket))
+
+
+BackendFactory = Callable[[], Any]
+
+
+@pytest.fixture
+def new_backend(s3_backend_settings: Settings) -> BackendFactory:
+    """``async with new_backend() as backend``: a started backend, as a new process has."""
+
+    @asynccontextmanager
+    async def make() -> AsyncIterator[S3Backend]:
+        backend = S3Backend(s3_backend_settings)
+        await backend.start()
+        try:
+            yield backend
+        finally:
+            await backend.stop()
+
+    return make
+
+
+def new_upload(length: int | None) -> StoredUpload:
+    return StoredUpload(id=uuid.uuid4().hex, length=length, offset=0)
+
+
+async def receive(backend: S3Backend, upload: StoredUpload, data: bytes) -> dict[str, Any]:
+    """One request's body, as the server appends it; returns the state committed after its
+    sync (the writer's close may record more in memory, which no commit saved)."""
+    writer = await backend.open_writer(upload)
+    try:
+        for start in range(0, len(data), 256 * 1024):
+            await writer.write(data[start : start + 256 * 1024])
+        upload.offset = await writer.sync()
+        committed = copy.deepcopy(upload.storage)
+    finally:
+        await writer.close()
+    return committed
+
+
+def after_crash(upload: StoredUpload, committed: dict[str, Any]) -> StoredUpload:
+    """The upload as a restarted server loads it from its database."""
+    return dataclasses.replace(upload, storage=copy.deepcopy(committed))
+
+
+def spool_of(backend: S3Backend, upload: StoredUpload) -> Path:
+    return backend.spool_directory(upload.id)
+
+
+@pytest.mark.parametrize("first_part_recorded", [True, False], ids=["part-1-recorded", "part-1-unrecorded"])
+@pytest.mark.parametrize("resumed_by", ["HEAD", "PATCH"])
+async def test_crash_after_the_multipart_upload_was_completed_with_the_spool_still_there(
+    new_backend: BackendFactory, s3: Any, bucket: str, tmp_path: Path,
+    first_part_recorded: bool, resumed_by: str,
+) -> None:
+    # The bug the random crash test found: the finish after the restart sent parts again,
+    # to a multipart upload S3 no longer knew, and the upload answered 503 for good.
+    data = payload(PART + 3 * MIB + 123)
+    async with new_backend() as first:
+        upload = new_upload(len(data))
+        await first.create(upload)
+        committed = await receive(first, upload, data)
+        # Part 1's upload may or may not have ended by the last commit.
+        committed["parts"][0][1] = upload.storage["parts"][0][1] if first_part_recorded else None
+        spool = spool_of(first, upload)
+        saved_spool = tmp_path / "spool-at-crash"
+        shutil.copytree(spool, saved_spool)
+        await first.finish(upload)  # CompleteMultipartUpload, then the crash before the record
+    shutil.copytree(saved_spool, spool)
+
+    async with new_backend() as second:
+        restarted = after_crash(upload, committed)
+        if resumed_by == "PATCH":  # an empty PATCH at the end: the writer, then the finish
+            writer = await second.open_writer(restarted)
+            assert await writer.sync() == len(data)
+            await writer.close()
+        await second.finish(restarted)  # what HEAD does for a full upload
+        assert restarted.storage["done"] is True
+        assert not spool.exists()
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+    assert multipart_uploads(s3, bucket) == []
+
+
+async def test_crash_after_the_spool_of_a_completed_upload_was_removed(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    data = payload(PART + MIB)
+    async with new_backend() as first:
+        upload = new_upload(len(data))
+        await first.create(upload)
+        committed = await receive(first, upload, data)
+        await first.finish(upload)
+    async with new_backend() as second:
+        restarted = after_crash(upload, committed)
+        await second.finish(restarted)
+        assert restarted.storage["done"] is True
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+
+
+async def test_a_part_stored_before_its_etag_was_committed_is_adopted(
+    new_backend: BackendFactory, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(2 * PART + MIB)
+    async with new_backend() as first:
+        upload = new_upload(len(data))
+        await first.create(upload)
+        committed = await receive(first, upload, data[: PART + MIB])
+        # The writer's close waited for part 1 to land; the crash came before a commit said so.
+        assert upload.storage["parts"][0][1] is not None
+        committed["parts"][0][1] = None
+    caplog.clear()
+    async with new_backend() as second:
+        restarted = after_crash(upload, committed)
+        await receive(second, restarted, data[PART + MIB :])
+        await second.finish(restarted)
+    # ListParts found part 1 with the MD5 of its spool file: adopted, not sent again.
+    requests = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    assert any("list-type" not in r and "part-number-marker" in r for r in requests), requests
+    assert not [r for r in requests if "PUT" in r and "partNumber=1 " in r], requests
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+    assert multipart_uploads(s3, bucket) == []
+
+
+async def test_a_vanished_multipart_upload_is_replaced_once_even_across_a_second_crash(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    data = payload(PART + 2 * MIB)
+    async with new_backend() as first:
+        upload = new_upload(len(data))
+        await first.create(upload)
+        committed = await receive(first, upload, data[: 3 * MIB])  # all of it still spooled
+    key = upload.storage["key"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=committed["mpu"])  # a lifecycle rule
+
+    async with new_backend() as second:
+        writer = await second.open_writer(after_crash(upload, committed))
+        await writer.close()  # a new multipart upload, never committed: the crash comes first
+    assert len(multipart_uploads(s3, bucket)) == 1
+
+    async with new_backend() as third:
+        restarted = after_crash(upload, committed)
+        await receive(third, restarted, data[3 * MIB :])
+        assert [u["UploadId"] for u in multipart_uploads(s3, bucket)] == [restarted.storage["mpu"]]
+        await third.finish(restarted)
+    assert object_bytes(s3, bucket, key) == data
+    assert multipart_uploads(s3, bucket) == []
+
+
+async def finished_partials(backend: S3Backend, pieces: list[bytes]) -> list[StoredUpload]:
+    partials = []
+    for piece in pieces:
+        partial = new_upload(len(piece))
+        await backend.create(partial)
+        await receive(backend, partial, piece)
+        await backend.finish(partial)
+        partials.append(partial)
+    return partials
+
+
+async def test_a_concatenation_completed_before_a_crash_is_recognised(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    pieces = [payload(PART, seed=1), payload(MIB, seed=2)]
+    async with new_backend() as first:
+        partials = await finished_partials(first, pieces)
+        final = new_upload(sum(map(len, pieces)))
+        await first.create(final)
+        committed = copy.deepcopy(final.storage)
+        await first.concatenate(final, partials)  # then the crash, before the record
+    async with new_backend() as second:
+        restarted = after_crash(final, committed)
+        await second.concatenate(restarted, partials)
+        assert restarted.storage["done"] is True
+    assert object_bytes(s3, bucket, final.storage["key"]) == b"".join(pieces)
+    assert multipart_uploads(s3, bucket) == []
+
+
+async def test_a_concatenation_aborts_a_multipart_upload_a_crashed_attempt_left(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    pieces = [payload(PART, seed=3), payload(MIB, seed=4)]
+    async with new_backend() as backend:
+        partials = await finished_partials(backend, pieces)
+        final = new_upload(sum(map(len, pieces)))
+        await backend.create(final)
+        key = final.storage["key"]
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
+        await backend.concatenate(final, partials)
+    assert object_bytes(s3, bucket, key) == b"".join(pieces)
+    assert multipart_uploads(s3, bucket) == []
