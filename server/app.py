@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,9 +20,10 @@ from .config import Settings
 from .context import CONTEXT, Context
 from .cors import setup_cors
 from .demo import setup_demo
-from .errors import error_middleware, one_line
+from .errors import Overloaded, error_middleware, error_response, one_line
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
+from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
 from .locks import UploadLocks
 from .logs import add_request_id, request_id_middleware
 from .metrics import Metrics
@@ -30,6 +32,8 @@ from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
 from .state import StateStore
+
+log = logging.getLogger("aiotusd")
 
 
 async def _add_tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
@@ -50,6 +54,7 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
         [request_id_middleware, observe, *cors, error_middleware, count_storage_errors]
     )
     app[PROXY] = ProxyPolicy.from_settings(settings)
+    app[LIMITS] = Limits(settings, metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
@@ -101,7 +106,36 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
 
 class _OneLineErrorHandler(RequestHandler):
     """Answers requests aiohttp cannot parse (bad framing, oversized headers) like the app
-    answers bad requests: a one-line plain-text reason, not aiohttp's multi-line page."""
+    answers bad requests: a one-line plain-text reason, not aiohttp's multi-line page.
+
+    With ``limits``, also counts its connection against ``max_connections``: one over it
+    gets :data:`~server.limits.REFUSAL_GRACE` seconds to send its request, which is
+    answered 503 (see :func:`_one_line_http_errors`), and one beyond even the
+    :data:`~server.limits.REFUSING_CONNECTIONS` is closed at once.
+    """
+
+    def __init__(self, manager: web.Server, limits: Limits | None, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._counted = False
+        self.admission = Admission.ADMITTED
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._limits is not None:
+            self.admission = self._limits.connection_opened()
+            self._counted = True
+            if self.admission is not Admission.ADMITTED:
+                self._keepalive_timeout = REFUSAL_GRACE
+                self._lingering_time = REFUSAL_GRACE
+        super().connection_made(transport)
+        if self.admission is Admission.DROPPED:
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._limits is not None and self._counted:
+            self._counted = False
+            self._limits.connection_closed(self.admission)
+        super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """Requests that are not valid HTTP, and clients gone before their answer, are the
@@ -135,9 +169,16 @@ def _one_line_http_errors(
     handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
 ) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
     """Refusals raised outside the middlewares in one line too: aiohttp checks ``Expect``
-    before them, and answers ``Expect: nonsense`` with a bare ``Unknown Expect: ...``."""
+    before them, and answers ``Expect: nonsense`` with a bare ``Unknown Expect: ...``.
+    Requests on a connection over ``max_connections`` are refused here, before the app."""
 
     async def handle(request: BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if (
+            isinstance(protocol, _OneLineErrorHandler)
+            and protocol.admission is not Admission.ADMITTED
+        ):
+            return await _over_connection_limit(request, handler)
         expect = request.headers.get("Expect")
         if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
             # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
@@ -152,20 +193,45 @@ def _one_line_http_errors(
     return handle
 
 
+async def _over_connection_limit(
+    request: BaseRequest, handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The answer on a connection over ``max_connections``, which then closes: 503, but
+    ``/healthz`` as ever, so that a liveness probe does not restart a server for being busy."""
+    if request.path == "/healthz":
+        response = await handler(request)
+    else:
+        response = error_response(Overloaded(
+            "too many connections; try again later", {"Retry-After": str(BUSY_RETRY_AFTER)}
+        ))
+        response.headers["Tus-Resumable"] = TUS_VERSION
+    response.force_close()
+    return response
+
+
 class _Server(web.Server):
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+
     def __call__(self) -> RequestHandler:
-        return _OneLineErrorHandler(self, loop=self._loop, **self._kwargs)
+        return _OneLineErrorHandler(self, self.limits, loop=self._loop, **self._kwargs)
 
 
 class AppRunner(web.AppRunner):
-    """aiohttp's runner, with protocol-level errors answered in one line."""
+    """aiohttp's runner, with protocol-level errors answered in one line and, for an app
+    of :func:`create_app`, ``max_connections`` kept."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        limits = self.app.get(LIMITS)
+        if limits is not None and (shortfall := limits.descriptor_shortfall()):
+            log.warning("%s", shortfall)
         return _Server(
             _one_line_http_errors(server.request_handler),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
+            limits=limits,
             **server._kwargs,
         )

@@ -207,6 +207,17 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.01),
     Setting("shutdown_timeout", _parse_float,
             "seconds in-flight requests get to finish on SIGTERM", minimum=0),
+    Setting("create_rate", _parse_float,
+            "uploads each client address may create per second, after create_burst; 0 for no "
+            "limit (beyond it: 429)", minimum=0),
+    Setting("create_burst", _parse_int,
+            "uploads each client address may create at once before create_rate applies",
+            minimum=1),
+    Setting("max_uploads_receiving", _parse_int,
+            "most request bodies (PATCH, POST with data) received at once; 0 for no limit "
+            "(beyond it: 503)", minimum=0),
+    Setting("max_connections", _parse_int,
+            "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0),
     Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),
     Setting("s3_prefix", _parse_str, "prefix of object keys in the bucket"),
     Setting("s3_endpoint", _parse_str, "S3 endpoint URL, for stores other than AWS"),
@@ -282,6 +293,10 @@ class Settings:
     commit_bytes: int = 8 * 1024 * 1024
     commit_seconds: float = 2.0
     shutdown_timeout: float = 10.0
+    create_rate: float = 20.0
+    create_burst: int = 3000
+    max_uploads_receiving: int = 200
+    max_connections: int = 600
     s3_bucket: str = ""
     s3_prefix: str = ""
     s3_endpoint: str = ""

@@ -9,7 +9,9 @@ answered with a generic 500 that carries no traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -74,12 +76,24 @@ class Locked(TusError):
     status = 423
 
 
+class TooManyRequests(TusError):
+    """A client went over a rate limit (``create_rate``); ``Retry-After`` says when it may again."""
+
+    status = 429
+
+
 class ChecksumMismatch(TusError):
     status = 460
 
 
 class InsufficientStorage(TusError):
     status = 507
+
+
+class Overloaded(TusError):
+    """The server is at a capacity limit (bodies being received, connections): try again later."""
+
+    status = 503
 
 
 class HookFailed(TusError):
@@ -97,6 +111,14 @@ class HookRejected(TusError):
         self.body = body
 
 
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the disk or the quota is full: ``ENOSPC`` or ``EDQUOT`` from
+    the data files, or SQLite's "database or disk is full" from the database."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+
+
 class ConfigError(Exception):
     """A setting is unknown or has a bad value; the message names the key."""
 
@@ -111,7 +133,7 @@ async def error_middleware(
     except HookRejected as exc:
         return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
     except TusError as exc:
-        return _plain(exc.status, exc.reason, exc.headers)
+        return error_response(exc)
     except StorageUnavailable as exc:
         log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
         return _plain(503, "storage is unavailable; try again later",
@@ -122,7 +144,10 @@ async def error_middleware(
         return _plain(exc.status, exc.reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {})
     except ConnectionError:
         raise
-    except Exception:
+    except Exception as exc:
+        if storage_full(exc):
+            log.warning("%s %s: storage is full: %s", request.method, request.path, exc)
+            return _plain(InsufficientStorage.status, "storage is full; try again later")
         log.exception("%s %s failed", request.method, request.path)
         return _plain(500, "internal server error")
 
@@ -138,6 +163,11 @@ def one_line(reason: str) -> str:
     if not line.isprintable():
         line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
     return line or "error"
+
+
+def error_response(exc: TusError) -> web.Response:
+    """The answer to a refusal: its status, headers and one-line plain-text reason."""
+    return _plain(exc.status, exc.reason, exc.headers)
 
 
 def _plain(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -20,6 +20,8 @@ prometheus_client.disable_created_metrics()
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 # From a quick HEAD to a PATCH of a large chunk over a slow link.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Why :mod:`server.limits` refused a request or a connection.
+REFUSAL_REASONS = ("create_rate", "uploads_receiving", "connections")
 
 
 class Metrics:
@@ -51,6 +53,14 @@ class Metrics:
             "(delivered, failed: retried later, dead: given up).",
             ("event", "outcome"),
         )
+        self.refusals = counter(
+            "aiotusd_refusals",
+            "Requests and connections refused at a limit, by reason (create_rate: 429, "
+            "uploads_receiving and connections: 503).",
+            ("reason",),
+        )
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
         self.uploads_in_progress = Gauge(
             "aiotusd_uploads_in_progress",
             "Active uploads that are not finished yet.",
@@ -87,6 +97,10 @@ class Metrics:
         """How many post-hook events wait in the outbox, and how many were given up on."""
         self.hook_outbox_events.labels("pending").set(pending)
         self.hook_outbox_events.labels("dead").set(dead)
+
+    def refused(self, reason: str) -> None:
+        """A limit refused a request or a connection (``reason`` of :data:`REFUSAL_REASONS`)."""
+        self.refusals.labels(reason).inc()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -67,7 +67,7 @@ class ProxyPolicy:
             return False
         if not self.networks:
             return True
-        ip = _ip_address(address)
+        ip = ip_address_of(address)
         return ip is not None and any(ip in net for net in self.networks)
 
 
@@ -169,7 +169,7 @@ def _prefix(value: str) -> str:
     return "".join("/" + segment for segment in segments)
 
 
-def _ip_address(node: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_address_of(node: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP of a peer address or an RFC 7239 node (``1.2.3.4:80``, ``[::1]:80``, ``::1``)."""
     if not node:
         return None

@@ -12,7 +12,6 @@ so cannot be verified, is discarded and the offset stays where it was.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from .errors import (
     TooLarge,
     TusError,
     UnsupportedMediaType,
+    storage_full,
 )
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
@@ -85,10 +85,19 @@ def room_left(ctx: Context, upload: Upload) -> int:
 async def _commit(
     ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
 ) -> None:
-    """Record the synced offset; a due post-receive event rides along in the same write."""
+    """Record the synced offset; a due post-receive event rides along in the same write.
+
+    When the write fails (a full disk under the database), ``upload`` keeps the offset
+    and expiry that stay recorded, so that nothing reports bytes the database lost.
+    """
+    recorded = upload.offset, upload.expires_at
     upload.offset = await writer.sync()
     upload.expires_at = ctx.expires_at()
-    await ctx.store.save_progress(upload, await ctx.hooks.progress(upload, request))
+    try:
+        await ctx.store.save_progress(upload, await ctx.hooks.progress(upload, request))
+    except Exception:
+        upload.offset, upload.expires_at = recorded
+        raise
 
 
 async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: int) -> None:
@@ -198,10 +207,17 @@ async def append_body(
             await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         except Exception:
             log.exception("recording the offset of cancelled upload %s failed", upload.id)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        if not storage_full(exc):
             raise
-        await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
+        try:
+            await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
+        except Exception as again:
+            # The disk under the database is full too, or the data file could not be
+            # synced: the recorded offset stays where it was, below what the file holds.
+            if not storage_full(again):
+                raise
+            log.warning("upload %s keeps offset %d: %s", upload.id, upload.offset, again)
         broke_off = InsufficientStorage("storage is full; try again later")
     finally:
         watchdog.cancel()

@@ -35,6 +35,7 @@ class FileWriter:
         self._fd = fd
         self._start = offset
         self._offset = offset
+        self._sync_failed: OSError | None = None
 
     @property
     def offset(self) -> int:
@@ -48,8 +49,16 @@ class FileWriter:
             view = view[written:]
 
     async def sync(self) -> int:
+        # Linux reports a failed writeback (ENOSPC on NFS, EIO) to one fdatasync only; the
+        # next one succeeds with the bytes lost. So a failed sync fails every later one.
+        if self._sync_failed is not None:
+            raise OSError(self._sync_failed.errno, self._sync_failed.strerror)
         offset = self._offset
-        await asyncio.to_thread(os.fdatasync, self._fd)
+        try:
+            await asyncio.to_thread(os.fdatasync, self._fd)
+        except OSError as exc:
+            self._sync_failed = exc
+            raise
         return offset
 
     async def discard(self) -> None:

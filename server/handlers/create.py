@@ -11,7 +11,8 @@ from storage_backends.base import Concatenator, LengthDeferrer
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, TooLarge, TusError
-from ..hooks import POST_CREATE, PRE_CREATE
+from ..hooks import POST_CREATE, PRE_ACCESS, PRE_CREATE
+from ..limits import LIMITS
 from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
 from ..proxy import base_paths, external_url
 from ..receive import append_body, check_content_type
@@ -43,8 +44,12 @@ def _requested_length(request: web.Request, concat: Concat | None) -> tuple[int 
     return parse_non_negative(length_header, "Upload-Length"), False
 
 
-async def _final_length(ctx: Context, concat: Concat) -> int | None:
-    """Check the parts of a final upload; its length once all part lengths are known."""
+async def _final_length(ctx: Context, request: web.Request, concat: Concat) -> int | None:
+    """Check the parts of a final upload; its length once all part lengths are known.
+
+    Naming a partial upload in a final one gives access to its bytes, so each part is
+    put to the pre-access hook, as a HEAD or GET of it would be.
+    """
     found = await ctx.store.get_many(concat.parts)
     partials: list[Upload | None] = []
     for part_id in concat.parts:
@@ -55,6 +60,7 @@ async def _final_length(ctx: Context, concat: Concat) -> int | None:
             raise BadRequest(f"partial upload {part_id} was {partial.status}")
         if partial.concat != "partial":
             raise BadRequest(f"upload {part_id} was not created with Upload-Concat: partial")
+        await ctx.hooks.before(PRE_ACCESS, partial, request)
         partials.append(partial)
     return concatenated_length(partials)
 
@@ -62,13 +68,33 @@ async def _final_length(ctx: Context, concat: Concat) -> int | None:
 async def _add(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
 ) -> None:
-    """Store a new upload; its post-create event is recorded with it."""
+    """Store a new upload; its post-create event is recorded with it.
+
+    When the database refuses the row (its disk is full), the storage made for the
+    upload goes again: no client will ever know its id.
+    """
     await ctx.backend.create(ctx.stored(upload))
-    await ctx.store.create(upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts))
+    try:
+        await ctx.store.create(
+            upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
+        )
+    except Exception:
+        await ctx.backend.delete(ctx.stored(upload))
+        raise
     ctx.metrics.uploads_created.inc()
 
 
 async def handle(request: web.Request) -> web.Response:
+    """Create an upload, within the limits: a request with a body needs one of the
+    receiving slots (else 503), then every request a token of its client's (else 429).
+    In this order, so that a client retrying a 503 does not use up its tokens."""
+    limits = request.app[LIMITS]
+    with limits.receiving(request):
+        limits.check_creation(request)
+        return await _create(request)
+
+
+async def _create(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     settings = ctx.settings
     concat_header = request.headers.get("Upload-Concat")
@@ -99,7 +125,7 @@ async def handle(request: web.Request) -> web.Response:
     checksum_header = request.headers.get("Upload-Checksum")
     checksum = ExpectedChecksum(checksum_header) if checksum_header and has_body else None
     if concat is not None and concat.final:
-        length = await _final_length(ctx, concat)
+        length = await _final_length(ctx, request, concat)
     if settings.max_size and length is not None and length > settings.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {settings.max_size}")
 

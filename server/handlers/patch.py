@@ -10,6 +10,7 @@ from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, Forbidden, TooLarge
 from ..hooks import PRE_ACCESS
+from ..limits import LIMITS
 from ..protocol import http_date, parse_non_negative
 from ..receive import append_body, check_content_type
 from ..state import Upload
@@ -34,6 +35,13 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
 
 
 async def handle(request: web.Request) -> web.Response:
+    """Append the body, if one of the receiving slots is free (else 503, before the upload's
+    lock is taken or its state read)."""
+    with request.app[LIMITS].receiving(request):
+        return await _append(request)
+
+
+async def _append(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     upload_id = request.match_info["upload_id"]
     check_content_type(request)
