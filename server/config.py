@@ -199,6 +199,10 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("idle_timeout", _parse_float,
             "seconds a request body may stall before the connection is closed", minimum=0.01),
+    Setting("fsync", _parse_str,
+            "always: data is fdatasync'd before the offset that covers it is recorded (survives "
+            "a power loss); none: the OS writes it back (survives a crash of aiotusd only)",
+            choices=("always", "none")),
     Setting("commit_bytes", parse_size,
             "during a long PATCH, make the offset durable after this many bytes", minimum=1,
             maximum=_MAX_INTEGER),
@@ -290,6 +294,7 @@ class Settings:
     gone_retention: int = 604800
     lock_timeout: float = 3.0
     idle_timeout: float = 60.0
+    fsync: str = "always"
     commit_bytes: int = 8 * 1024 * 1024
     commit_seconds: float = 2.0
     shutdown_timeout: float = 10.0

@@ -12,6 +12,7 @@ so cannot be verified, is discarded and the offset stays where it was.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -100,6 +101,59 @@ async def _commit(
         raise
 
 
+class _PeriodicCommit:
+    """The commits made while a long body arrives: one at a time, in the background.
+
+    Receiving goes on while the data file syncs (a sync that held up the body would
+    cost a third of a single large PATCH's throughput), so a commit records the bytes
+    written when its sync began, never more. Every other step of the body waits for
+    the commit under way first (:meth:`wait`, :meth:`settle`).
+    """
+
+    def __init__(
+        self, ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
+    ) -> None:
+        self._commit = functools.partial(_commit, ctx, request, upload, writer)
+        self._task: asyncio.Task[None] | None = None
+        self.began_at = upload.offset
+        """The offset written when the last commit began."""
+
+    def start_if_free(self, offset: int) -> bool:
+        """Begin a commit unless one is under way; raise what the last one raised."""
+        if self._task is not None:
+            if not self._task.done():
+                return False
+            task, self._task = self._task, None
+            task.result()
+        self.began_at = offset
+        self._task = asyncio.create_task(self._commit())
+        return True
+
+    async def wait(self) -> None:
+        """Let the commit under way end; raise what it raised."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._task = None
+
+    async def settle(self) -> None:
+        """Let the commit under way end, come what may: the caller commits (or drops)
+        the body next, and that reports whatever is still wrong. A cancellation while
+        waiting leaves the commit to the next call (``append_body`` has one in ``finally``),
+        so the writer is never synced twice at once nor closed under a sync."""
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait([task])
+        self._task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("a periodic commit of an upload failed: %s", exc)
+
+
 async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: int) -> None:
     """Forget the whole body, including what periodic commits already recorded of it.
 
@@ -167,6 +221,7 @@ async def append_body(
     holder.on_release_request(stop_receiving)
     limit = start + room
     committed_at = loop.time()
+    commits = _PeriodicCommit(ctx, request, upload, writer)
     broke_off: TusError | asyncio.CancelledError | None = None
     try:
         while True:
@@ -180,22 +235,28 @@ async def append_body(
                 break
             watchdog.touch()
             if writer.offset + len(chunk) > limit:
+                await commits.settle()
                 await _drop_body(ctx, upload, writer, start)
                 raise TooLarge(f"body exceeds the {room} bytes left in the upload")
             if checksum is not None:
                 checksum.hasher.update(chunk)
             await writer.write(chunk)
-            if checksum is None and (
-                writer.offset - upload.offset >= settings.commit_bytes
-                or watchdog.last - committed_at >= settings.commit_seconds
+            if (
+                checksum is None
+                and (
+                    writer.offset - commits.began_at >= settings.commit_bytes
+                    or watchdog.last - committed_at >= settings.commit_seconds
+                )
+                and commits.start_if_free(writer.offset)
             ):
-                await _commit(ctx, request, upload, writer)
                 committed_at = watchdog.last
+        await commits.wait()
         if checksum is not None and not checksum.matches():
             await _drop_body(ctx, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
         await _commit(ctx, request, upload, writer)
     except BodyInterrupted as exc:
+        await commits.settle()
         await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         broke_off = exc
     except asyncio.CancelledError as exc:
@@ -204,6 +265,7 @@ async def append_body(
         # runs out. What arrived is recorded all the same, then the cancellation goes on.
         broke_off = exc
         try:
+            await commits.settle()
             await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         except Exception:
             log.exception("recording the offset of cancelled upload %s failed", upload.id)
@@ -211,6 +273,7 @@ async def append_body(
         if not storage_full(exc):
             raise
         try:
+            await commits.settle()
             await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
         except Exception as again:
             # The disk under the database is full too, or the data file could not be
@@ -220,6 +283,7 @@ async def append_body(
             log.warning("upload %s keeps offset %d: %s", upload.id, upload.offset, again)
         broke_off = InsufficientStorage("storage is full; try again later")
     finally:
+        await commits.settle()
         watchdog.cancel()
         holder.on_release_request(None)
         request[RECEIVED] = upload.offset - start

@@ -17,4 +17,4 @@ def make_backend(settings: Settings) -> StorageBackend:
         from .s3 import S3Backend
 
         return S3Backend(settings)
-    return FilesystemBackend(settings.data_dir)
+    return FilesystemBackend(settings.data_dir, fsync=settings.fsync == "always")

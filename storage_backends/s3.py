@@ -368,7 +368,8 @@ class S3Writer:
             path = self._directory / str(number)
             if not self._directory.exists():
                 self._directory.mkdir(parents=True, exist_ok=True)
-                _fsync_path(self._directory.parent)
+                if self._backend.fsync:
+                    _fsync_path(self._directory.parent)
             self._new_files = self._new_files or not path.exists()
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         return self._fd
@@ -422,39 +423,44 @@ class S3Writer:
                 parts[number - 1][1] = etag
 
     async def sync(self) -> int:
+        """Make what was written so far durable. Writes may go on while it runs: what it
+        returns and records is what was written when it began."""
         self._record_results(self._parts)
-        unsynced = [self._directory / str(number) for number in sorted(self._unsynced)]
+        offset = self._offset
+        parts = [list(part) for part in self._parts]
+        unsynced, self._unsynced = self._unsynced, set()
+        new_files, self._new_files = self._new_files, False
         obsolete = [
             self._directory / str(number)
             for number in self._stored_at_last_sync
             if number != self._opening_number
         ]
-        new_files = self._new_files
-        fd = self._fd
         directory = self._directory
-        open_name = str(len(self._parts))
+        fsync = self._backend.fsync
 
         def make_durable() -> None:
-            for path in unsynced:
-                if fd is not None and path.name == open_name:
-                    os.fdatasync(fd)
-                else:
-                    _fsync_path(path)
-            if new_files:
-                _fsync_path(directory)
+            if fsync:
+                # By path: the part open now may be closed by a write while this runs.
+                for number in sorted(unsynced):
+                    _fsync_path(directory / str(number))
+                if new_files:
+                    _fsync_path(directory)
             for path in obsolete:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-        await asyncio.to_thread(make_durable)
-        self._unsynced.clear()
-        self._new_files = False
+        try:
+            await asyncio.to_thread(make_durable)
+        except BaseException:
+            self._unsynced |= unsynced
+            self._new_files = self._new_files or new_files
+            raise
         # Files of parts stored as of this sync may go once its state is committed: at the next sync.
         self._stored_at_last_sync = {
-            number for number, part in enumerate(self._parts, 1) if part[1] is not None
+            number for number, part in enumerate(parts, 1) if part[1] is not None
         }
-        self._state["parts"] = [list(part) for part in self._parts]
-        return self._offset
+        self._state["parts"] = parts
+        return offset
 
     async def discard(self) -> None:
         """Forget every byte written since the writer was opened, synced or not."""
@@ -543,6 +549,7 @@ class S3Backend:
         self.concurrency = max(settings.s3_concurrency, 1)
         self.equal_parts = settings.s3_equal_parts
         self.spool = Path(settings.data_dir) / "s3-spool"
+        self.fsync = settings.fsync == "always"
         # While the length is unknown, parts double in size every ``_growth_step`` parts,
         # so that max_parts parts hold ~255 times the first step's bytes.
         self._growth_step = max(1, self.max_parts // 8)

@@ -139,7 +139,8 @@ def test_kill_9_in_the_middle_of_a_patch_then_resume(server_process, s3_endpoint
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     server.start()
     offset = head_offset(url)
-    assert 2 * 5 * MIB <= offset <= sent
+    # Over 10 MiB had arrived; commits run behind receiving, by about one commit_bytes.
+    assert 5 * MIB < offset <= sent
     assert patch(url, offset, data[offset:]).status_code == 204
     assert_stored_once(s3, bucket, url, data, server)
 
