@@ -16,7 +16,8 @@ and the exit code is 1 if anything was corrupt, lost or failed to complete.
     python bench/soak.py                      # 1,000 uploads on fs, then on s3 (moto)
     python bench/soak.py --backends fs --uploads 200 --concurrency 16
 
-S3 runs against moto's server on loopback (``moto[server]``, a test dependency).
+S3 runs against moto's server on loopback (``moto[server]``, a test dependency), started
+as bench/run.py starts it (``harness.s3.moto``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,29 +37,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from harness.common import KIB, MIB, REPO, free_port, parse_size
+from harness.s3 import moto
+from harness.targets import S3_CREDENTIALS
 
-ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * KIB
 TUS = {"Tus-Resumable": "1.0.0"}
-BUCKET = "soak"
 MAX_ATTEMPTS = 200
 """Requests one upload may try before it counts as failed."""
 REQUEST_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 async def spawn(args: list[str], log: Path) -> asyncio.subprocess.Process:
     """Start ``args`` with stdout and stderr appended to ``log``."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        return await asyncio.create_subprocess_exec(*args, stdout=fd, stderr=fd, cwd=ROOT)
+        return await asyncio.create_subprocess_exec(*args, stdout=fd, stderr=fd, cwd=REPO)
     finally:
         os.close(fd)
 
@@ -300,50 +293,28 @@ class Soak:
         return int(2 ** self.rng.uniform(10, self.args.max_size.bit_length() - 1))
 
 
-async def start_moto(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    process = await spawn([moto, "-H", HOST, "-p", str(port)], workdir / "moto.log")
-    await wait_listening(port, process)
-    endpoint = f"http://{HOST}:{port}"
-    async with aiohttp.ClientSession() as session, session.put(f"{endpoint}/{BUCKET}") as response:
-        response.raise_for_status()
-    return process, endpoint
-
-
 async def soak(backend: str, args: argparse.Namespace) -> Tally:
     workdir = Path(tempfile.mkdtemp(prefix=f"aiotusd-soak-{backend}-"))
-    moto: asyncio.subprocess.Process | None = None
     server_args = ["--commit-bytes", "256KiB", "--idle-timeout", "10"]
     try:
-        if backend == "s3":
-            moto, endpoint = await start_moto(workdir)
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "soak")
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "soak")
-            server_args += [
-                "--storage", "s3", "--s3-endpoint", endpoint, "--s3-bucket", BUCKET,
-                "--s3-region", "us-east-1", "--s3-path-style", "true", "--s3-part-size", "5MiB",
-            ]
-        server = Server(workdir / "data", server_args)
-        await server.start()
-        try:
-            return await Soak(args, server, random.Random(args.seed)).run()
-        finally:
-            await server.stop()
+        async with contextlib.AsyncExitStack() as stack:
+            if backend == "s3":
+                place = await stack.enter_async_context(moto(workdir / "moto.log"))
+                os.environ.update(S3_CREDENTIALS)
+                server_args += [
+                    "--storage", "s3", "--s3-endpoint", place.endpoint, "--s3-bucket",
+                    place.bucket, "--s3-region", "us-east-1", "--s3-path-style", "true",
+                    "--s3-part-size", "5MiB",
+                ]
+            server = Server(workdir / "data", server_args)
+            await server.start()
+            try:
+                return await Soak(args, server, random.Random(args.seed)).run()
+            finally:
+                await server.stop()
     finally:
-        if moto is not None:
-            moto.terminate()
-            await moto.wait()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def parse_size(text: str) -> int:
-    units = {"k": KIB, "m": MIB, "g": 1024 * MIB}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def main() -> int:

@@ -189,7 +189,10 @@ async def test_a_vanished_multipart_upload_is_replaced_once_even_across_a_second
     assert multipart_uploads(s3, bucket) == []
 
 
-async def finished_partials(backend: S3Backend, pieces: list[bytes]) -> list[StoredUpload]:
+async def concatenation(
+    backend: S3Backend, pieces: list[bytes]
+) -> tuple[StoredUpload, list[StoredUpload]]:
+    """A created final upload of finished partial uploads holding ``pieces``, and those."""
     partials = []
     for piece in pieces:
         partial = new_upload(len(piece))
@@ -197,7 +200,9 @@ async def finished_partials(backend: S3Backend, pieces: list[bytes]) -> list[Sto
         await receive(backend, partial, piece)
         await backend.finish(partial)
         partials.append(partial)
-    return partials
+    final = new_upload(sum(map(len, pieces)))
+    await backend.create(final)
+    return final, partials
 
 
 async def test_a_concatenation_completed_before_a_crash_is_recognised(
@@ -205,9 +210,7 @@ async def test_a_concatenation_completed_before_a_crash_is_recognised(
 ) -> None:
     pieces = [payload(PART, seed=1), payload(MIB, seed=2)]
     async with new_backend() as first:
-        partials = await finished_partials(first, pieces)
-        final = new_upload(sum(map(len, pieces)))
-        await first.create(final)
+        final, partials = await concatenation(first, pieces)
         committed = copy.deepcopy(final.storage)
         await first.concatenate(final, partials)  # then the crash, before the record
     async with new_backend() as second:
@@ -223,9 +226,7 @@ async def test_a_concatenation_aborts_a_multipart_upload_a_crashed_attempt_left(
 ) -> None:
     pieces = [payload(PART, seed=3), payload(MIB, seed=4)]
     async with new_backend() as backend:
-        partials = await finished_partials(backend, pieces)
-        final = new_upload(sum(map(len, pieces)))
-        await backend.create(final)
+        final, partials = await concatenation(backend, pieces)
         key = final.storage["key"]
         s3.create_multipart_upload(Bucket=bucket, Key=key)
         await backend.concatenate(final, partials)

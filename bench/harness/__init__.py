@@ -1,0 +1,1 @@
+"""The parts of ``bench/run.py``: targets, processes, load generator, workloads, report."""
