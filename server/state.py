@@ -272,19 +272,18 @@ class StateStore:
             )
 
     async def get(self, upload_id: str) -> Upload | None:
-        async with self._db.execute(
+        # One trip to the database thread, not three (execute, fetch, close): HEAD is mostly this.
+        rows = await self._db.execute_fetchall(
             f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return Upload.from_row(row) if row else None
+        )
+        return next((Upload.from_row(row) for row in rows), None)
 
     async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
         unique = tuple(set(upload_ids))
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             f"SELECT {_COLUMNS} FROM uploads WHERE id IN ({', '.join('?' * len(unique))})",
             unique,
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return {row[0]: Upload.from_row(row) for row in rows}
 
     async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:

@@ -24,8 +24,9 @@ def _first_line(argv: list[str], cwd: Path = REPO) -> str:
                               check=False)
     except OSError:
         return "not found"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if lines else "?"
+    # Some tools print their version on stderr; a failure is no version at all.
+    lines = (done.stdout or done.stderr).strip().splitlines() if done.returncode == 0 else []
+    return lines[0] if lines else "unknown"
 
 
 def _proc_field(path: str, name: str) -> str:

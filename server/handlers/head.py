@@ -47,8 +47,12 @@ async def handle(request: web.Request) -> web.Response:
     upload_id = request.match_info["upload_id"]
     upload = await load(ctx, upload_id)
     await ctx.hooks.before(PRE_ACCESS, upload, request)
-    if not upload.is_complete:
-        # Taking the lock makes a stale PATCH on this upload record its bytes first.
+    if not upload.is_complete and (
+        ctx.locks.is_held(upload_id) or upload.is_final or upload.offset == upload.length
+    ):
+        # Taking the lock makes a PATCH on this upload (a stale one, maybe) record its bytes
+        # first. Without one, the row just read is current, and only a full upload or a
+        # final one has anything left to do.
         async with ctx.locks.hold(upload_id):
             upload = await load(ctx, upload_id)
             await finish_if_full(ctx, upload, request)
