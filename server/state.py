@@ -300,12 +300,19 @@ class StateStore:
         )
 
     async def mark_gone(
-        self, upload_id: str, status: str, events: Sequence[HookEvent] = ()
+        self,
+        upload_id: str,
+        status: str,
+        events: Sequence[HookEvent] = (),
+        also: Sequence[str] = (),
     ) -> None:
-        """Keep a terminated or expired upload as a tombstone, so it answers 410."""
+        """Keep a terminated or expired upload as a tombstone, so it answers 410; the
+        uploads ``also`` names (the finals that go with a partial) in the same transaction."""
+        ids = (upload_id, *also)
         await self._write(
-            "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL WHERE id = ?",
-            (status, time.time(), upload_id),
+            "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
+            f"WHERE id IN ({', '.join('?' * len(ids))})",
+            (status, time.time(), *ids),
             events,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from .context import Context
 from .errors import Gone, NotFound, TusError
 from .hooks import POST_FINISH, POST_TERMINATE, PRE_FINISH
 from .protocol import is_upload_id
-from .state import ACTIVE, EXPIRED, TERMINATED, Upload
+from .state import ACTIVE, EXPIRED, TERMINATED, HookEvent, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -50,35 +51,46 @@ async def remove(
     file, never a live upload whose bytes are gone.
 
     Unfinished final uploads that wait on a removed partial can never be
-    completed, so they go with it (with the same status). Partials are removed
-    under the assembly lock, so that no final is assembled from a part whose
-    bytes are being deleted.
+    completed, so they go with it (with the same status), in the same
+    transaction: a crash must not leave a final that waits for ever. Partials
+    are removed under the assembly lock, so that no final is assembled from a
+    part whose bytes are being deleted, nor created with it (see
+    :func:`server.handlers.create`).
 
     Every upload terminated here, a final that goes with its partial included,
     gets a post-terminate event; expired ones get none.
     """
     if upload.concat != "partial":
-        await _remove(ctx, upload, status, request)
+        await _remove(ctx, [upload], status, request)
         return
     async with ctx.assembly_lock:
-        await _remove(ctx, upload, status, request)
-        for final_id in await ctx.store.finals_waiting_on(upload.id):
-            final = await ctx.store.get(final_id)
-            if final is not None and final.status == ACTIVE and not final.is_complete:
-                await _remove(ctx, final, status, request)
+        waiting = await ctx.store.get_many(tuple(await ctx.store.finals_waiting_on(upload.id)))
+        finals = [
+            final for final in waiting.values()
+            if final.status == ACTIVE and not final.is_complete
+        ]
+        await _remove(ctx, [upload, *finals], status, request)
 
 
-async def _remove(ctx: Context, upload: Upload, status: str, request: web.Request | None) -> None:
-    events = await ctx.hooks.post(POST_TERMINATE, upload, request) if status == TERMINATED else ()
-    await ctx.store.mark_gone(upload.id, status, events)
-    ctx.metrics.removed(status)
-    upload.status = status
-    try:
-        await ctx.backend.delete(ctx.stored(upload))
-    except StorageError as exc:
-        # The upload is gone for clients all the same; the sweep deletes its bytes
-        # again before it forgets the tombstone (see expiration.forget_tombstones).
-        log.warning("deleting the bytes of upload %s failed: %s", upload.id, exc)
+async def _remove(
+    ctx: Context, uploads: list[Upload], status: str, request: web.Request | None
+) -> None:
+    """Tombstones for all of ``uploads`` in one transaction, then their bytes."""
+    events: list[HookEvent] = []
+    if status == TERMINATED:
+        for upload in uploads:
+            events += await ctx.hooks.post(POST_TERMINATE, upload, request)
+    first, *others = uploads
+    await ctx.store.mark_gone(first.id, status, events, also=[u.id for u in others])
+    for upload in uploads:
+        ctx.metrics.removed(status)
+        upload.status = status
+        try:
+            await ctx.backend.delete(ctx.stored(upload))
+        except StorageError as exc:
+            # The upload is gone for clients all the same; the sweep deletes its bytes
+            # again before it forgets the tombstone (see expiration.forget_tombstones).
+            log.warning("deleting the bytes of upload %s failed: %s", upload.id, exc)
 
 
 async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
@@ -122,7 +134,7 @@ async def partials_of(ctx: Context, final: Upload) -> list[Upload | None]:
     return [found.get(part_id) for part_id in part_ids]
 
 
-def concatenated_length(partials: list[Upload | None]) -> int | None:
+def concatenated_length(partials: Sequence[Upload | None]) -> int | None:
     """The length of a final upload, once every part's length is known."""
     total = 0
     for partial in partials:
@@ -142,7 +154,16 @@ async def assemble_if_ready(ctx: Context, final_id: str, request: web.Request) -
         if final.is_complete:
             return True
         partials = await partials_of(ctx, final)
-        ready = [p for p in partials if p is not None and p.status == ACTIVE and p.is_complete]
+        gone = [p for p in partials if p is None or p.status != ACTIVE]
+        if gone:
+            # Left by an older aiotusd, which removed a partial and its finals one at a time:
+            # a crash in between left a final that could never be finished. It goes now.
+            status = gone[0].status if gone[0] is not None else TERMINATED
+            log.warning("final upload %s waits on a partial upload that is %s: removing it",
+                        final.id, status)
+            await _remove(ctx, [final], status, request)
+            return False
+        ready = [p for p in partials if p is not None and p.is_complete]
         if len(ready) != len(partials):
             return False
         final.length = concatenated_length(partials)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+from typing import Any
 
 import pytest
-
 from conftest import (
     PATCH_HEADERS,
     TUS,
@@ -16,8 +18,11 @@ from conftest import (
     upload_id,
     wait_until_past,
 )
+
+from server.app import create_app
 from server.context import CONTEXT
 from server.expiration import sweep
+from server.state import TERMINATED, StateStore, Upload
 
 
 async def partial(client, data: bytes | None = None, length: int | None = None, **headers: str) -> str:
@@ -357,3 +362,40 @@ async def test_expired_partial_takes_waiting_final(make_client, settings):
     assert response.status == 410
     assert "Upload-Offset" not in response.headers
     assert (await client.head(b, headers=TUS)).status == 200
+
+
+async def test_a_final_created_while_its_partial_is_terminated_is_refused(aiohttp_client, settings):
+    """The partial is checked, then terminated while a pre-create hook holds the POST:
+    the final must not be created, or it would wait for ever for a part that is gone."""
+    in_hook, go_on = asyncio.Event(), asyncio.Event()
+
+    async def hooks(event: dict[str, Any]) -> None:
+        if event["type"] == "pre-create" and event["upload"]["partial_uploads"]:
+            in_hook.set()
+            await go_on.wait()
+
+    client = await aiohttp_client(
+        create_app(dataclasses.replace(settings, hooks_events="pre-create"), hooks=hooks)
+    )
+    part = await partial(client, b"abc")
+    posting = asyncio.create_task(create_final(client, part))
+    await asyncio.wait_for(in_hook.wait(), 10)
+    deleted = await client.delete(part, headers=TUS)
+    assert deleted.status == 204
+    go_on.set()
+    response = await posting
+    assert response.status == 400
+    assert "was terminated" in await response.text()
+    assert "Location" not in response.headers
+
+
+async def test_a_partial_and_its_waiting_finals_are_marked_gone_in_one_transaction(tmp_path):
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        for upload_id_, concat in (("p", "partial"), ("f1", "final"), ("f2", "final")):
+            await store.create(Upload(id=upload_id_, length=1, concat=concat))
+        await store.mark_gone("p", TERMINATED, also=["f1", "f2"])
+        found = await store.get_many(("p", "f1", "f2"))
+        assert {u.id: u.status for u in found.values()} == dict.fromkeys(("p", "f1", "f2"), TERMINATED)
+    finally:
+        await store.close()

@@ -44,15 +44,11 @@ def _requested_length(request: web.Request, concat: Concat | None) -> tuple[int 
     return parse_non_negative(length_header, "Upload-Length"), False
 
 
-async def _final_length(ctx: Context, request: web.Request, concat: Concat) -> int | None:
-    """Check the parts of a final upload; its length once all part lengths are known.
-
-    Naming a partial upload in a final one gives access to its bytes, so each part is
-    put to the pre-access hook, as a HEAD or GET of it would be.
-    """
-    found = await ctx.store.get_many(concat.parts)
-    partials: list[Upload | None] = []
-    for part_id in concat.parts:
+async def _partials(ctx: Context, part_ids: tuple[str, ...]) -> list[Upload]:
+    """The partial uploads a final upload names, all active; 400 otherwise."""
+    found = await ctx.store.get_many(part_ids)
+    partials: list[Upload] = []
+    for part_id in part_ids:
         partial = found.get(part_id)
         if partial is None:
             raise BadRequest(f"partial upload {part_id} does not exist")
@@ -60,8 +56,19 @@ async def _final_length(ctx: Context, request: web.Request, concat: Concat) -> i
             raise BadRequest(f"partial upload {part_id} was {partial.status}")
         if partial.concat != "partial":
             raise BadRequest(f"upload {part_id} was not created with Upload-Concat: partial")
-        await ctx.hooks.before(PRE_ACCESS, partial, request)
         partials.append(partial)
+    return partials
+
+
+async def _final_length(ctx: Context, request: web.Request, concat: Concat) -> int | None:
+    """Check the parts of a final upload; its length once all part lengths are known.
+
+    Naming a partial upload in a final one gives access to its bytes, so each part is
+    put to the pre-access hook, as a HEAD or GET of it would be.
+    """
+    partials = await _partials(ctx, concat.parts)
+    for partial in partials:
+        await ctx.hooks.before(PRE_ACCESS, partial, request)
     return concatenated_length(partials)
 
 
@@ -73,6 +80,20 @@ async def _add(
     When the database refuses the row (its disk is full), the storage made for the
     upload goes again: no client will ever know its id.
     """
+    if parts:
+        # A partial may have been terminated since it was checked: look again, where no
+        # termination can come between the look and the insert (uploads.remove).
+        async with ctx.assembly_lock:
+            await _partials(ctx, parts)
+            await _store(ctx, request, upload, parts)
+    else:
+        await _store(ctx, request, upload, parts)
+    ctx.metrics.uploads_created.inc()
+
+
+async def _store(
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+) -> None:
     await ctx.backend.create(ctx.stored(upload))
     try:
         await ctx.store.create(
@@ -81,7 +102,6 @@ async def _add(
     except Exception:
         await ctx.backend.delete(ctx.stored(upload))
         raise
-    ctx.metrics.uploads_created.inc()
 
 
 async def handle(request: web.Request) -> web.Response:

@@ -58,6 +58,8 @@ async def handle(request: web.Request) -> web.Response:
             await finish_if_full(ctx, upload, request)
             # A crash between the last part's finish and the assembly leaves a final whose
             # parts are all finished but which nothing else would ever assemble.
-            if upload.is_final and await assemble_if_ready(ctx, upload_id, request):
+            # And a final one of whose parts is gone is removed (410).
+            if upload.is_final:
+                await assemble_if_ready(ctx, upload_id, request)
                 upload = await load(ctx, upload_id)
     return web.Response(status=200, headers=await upload_headers(ctx, upload, request))
