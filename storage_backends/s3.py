@@ -257,7 +257,7 @@ class _Uploads:
     def __init__(self, backend: S3Backend, key: str, mpu: str, concurrency: int) -> None:
         self._backend = backend
         self._key = key
-        self._mpu = mpu
+        self.mpu = mpu
         self._slots = asyncio.Semaphore(concurrency)
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.results: dict[int, str] = {}
@@ -282,7 +282,7 @@ class _Uploads:
                     md5 = (await asyncio.to_thread(_digest, data))[1]
                 response = await self._backend.call(
                     f"uploading part {number} of {self._key}", "upload_part",
-                    Key=self._key, UploadId=self._mpu, PartNumber=number, Body=data,
+                    Key=self._key, UploadId=self.mpu, PartNumber=number, Body=data,
                     ContentMD5=md5,
                 )
                 self.results[number] = response["ETag"]
@@ -300,11 +300,15 @@ class _Uploads:
                 return_when=asyncio.FIRST_COMPLETED,
             )
 
-    async def drain(self) -> None:
-        """Wait for every upload; raise the first error."""
+    async def wait_all(self) -> None:
+        """Wait for every upload; their errors stay in :attr:`error`."""
         tasks = list(self.tasks.values())
         if tasks:
             await asyncio.wait(tasks)
+
+    async def drain(self) -> None:
+        """Wait for every upload; raise the first error."""
+        await self.wait_all()
         if self.error is not None:
             raise self.error
 
@@ -500,12 +504,11 @@ class S3Writer:
             self._fd = None
         if self._uploads is None:
             return
-        try:
-            running = [task for task in self._uploads.tasks.values() if not task.done()]
-            if running and self._uploads.error is None:
-                # Let the parts in flight land, so the next request or finish() need not resend them.
-                await asyncio.wait(running)
-        finally:
+        if self._uploads.error is None and self._uploads.unfinished:
+            # The parts in flight go on landing after the request; the next writer or
+            # finish() takes them over, so receiving the next PATCH overlaps with them.
+            self._backend.carry_over(self._upload.id, self._uploads)
+        else:
             await self._uploads.stop()
         self._record_results(self._state["parts"])
 
@@ -556,6 +559,8 @@ class S3Backend:
         self._client: Any = None
         self._exit = contextlib.AsyncExitStack()
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._carried: dict[str, _Uploads] = {}
+        """Part uploads that went on after the request that started them, by upload id."""
 
     # -- plumbing
 
@@ -667,8 +672,23 @@ class S3Backend:
             raise
 
     async def stop(self) -> None:
+        carried, self._carried = self._carried, {}
+        for uploads in carried.values():
+            await uploads.stop()
         await self._exit.aclose()
         self._client = None
+
+    def carry_over(self, upload_id: str, uploads: _Uploads) -> None:
+        """Keep the part uploads of an ended request for the upload's next writer."""
+        self._carried[upload_id] = uploads
+
+    async def _take_over(self, upload_id: str, mpu: str | None) -> _Uploads | None:
+        """The part uploads an earlier request of the upload left running, if still of use."""
+        carried = self._carried.pop(upload_id, None)
+        if carried is not None and (carried.error is not None or carried.mpu != mpu):
+            await carried.stop()
+            return None
+        return carried
 
     # -- uploads
 
@@ -729,7 +749,14 @@ class S3Backend:
         directory = self.spool_directory(upload.id)
         key = self.key(upload)
         mpu = state.get("mpu")
-        pending = [n for n, part in enumerate(parts[:-1], 1) if part[1] is None]
+        carried = await self._take_over(upload.id, mpu)
+        if carried is not None:
+            # Parts from the open tail on were cut back (a body dropped): theirs go again.
+            await carried.cancel(lambda number: number >= len(parts))
+        pending = [
+            n for n, part in enumerate(parts[:-1], 1)
+            if part[1] is None and (carried is None or n not in carried.tasks)
+        ]
         first = upload.id not in self._seen
         check = bool(mpu) and (first or bool(pending))
         digests = await asyncio.to_thread(
@@ -742,10 +769,13 @@ class S3Backend:
         if first:
             await self._abort_strays(key, keep=mpu)
         self._remember(upload.id)
-        uploads = _Uploads(self, key, mpu, self.concurrency) if mpu else None
+        if carried is not None and carried.mpu != mpu:  # a new multipart upload, after all
+            await carried.stop()
+            carried = None
+        uploads = carried or (_Uploads(self, key, mpu, self.concurrency) if mpu else None)
         if uploads is not None:
             for number, part in enumerate(parts[:-1], 1):
-                if part[1] is None:
+                if part[1] is None and number not in uploads.tasks:
                     uploads.submit(number, (directory / str(number), part[0]))
         return S3Writer(self, upload, parts, committed_stored, uploads)
 
@@ -912,6 +942,13 @@ class S3Backend:
 
             await self._put(upload, key, await asyncio.to_thread(gather))
         else:
+            carried = await self._take_over(upload.id, mpu)
+            if carried is not None:
+                await carried.wait_all()
+                for number, etag in carried.results.items():
+                    if number <= len(parts) and parts[number - 1][1] is None:
+                        parts[number - 1][1] = etag
+                await carried.stop()
             uploads = _Uploads(self, key, mpu, self.concurrency)
             for number, part in enumerate(parts, 1):
                 if part[1] is None and part[0]:
@@ -980,6 +1017,9 @@ class S3Backend:
     async def delete(self, upload: StoredUpload) -> None:
         key = self.key(upload)
         mpu = upload.storage.get("mpu")
+        carried = self._carried.pop(upload.id, None)
+        if carried is not None:
+            await carried.stop()
         if mpu:
             await self._abort(key, mpu)
         await self._abort_strays(key, keep=None)

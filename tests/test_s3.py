@@ -80,10 +80,16 @@ async def test_upload_in_1mib_patches(make_client, s3_endpoint, bucket, s3, data
         assert int(response.headers["Upload-Offset"]) == offset
         assert await head_offset(client, path) == offset
         if offset == 6 * MIB:
-            # The first part is in S3 while the upload goes on; its tail is in the spool.
+            # The first part goes to S3 in the background while the upload goes on (after
+            # the PATCH that filled it ended); the tail is in the spool.
             (upload,) = multipart_uploads(s3, bucket)
-            parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])["Parts"]
-            assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, PART)]
+
+            def stored_parts() -> list[tuple[int, int]]:
+                listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+                return [(p["PartNumber"], p["Size"]) for p in listed.get("Parts", [])]
+
+            await asyncio.to_thread(wait_for, stored_parts, 30, "part 1 in S3")
+            assert stored_parts() == [(1, PART)]
             assert sum(p.stat().st_size for p in spooled_files(data_dir)) >= MIB
     response = await client.get(path)
     assert response.status == 200 and await response.read() == data

@@ -9,6 +9,7 @@ points by chance; these pin the ones that went wrong once.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import shutil
@@ -30,6 +31,7 @@ from s3_support import (
     object_bytes,
     payload,
     s3_settings,
+    wait_for,
 )
 
 from server.config import Settings
@@ -81,6 +83,20 @@ async def receive(backend: S3Backend, upload: StoredUpload, data: bytes) -> dict
     return committed
 
 
+async def parts_in_s3(s3: Any, bucket: str, upload: StoredUpload, count: int) -> dict[int, str]:
+    """The ETags of the upload's parts in S3, once ``count`` of them are there (parts go on
+    landing in the background after the request that closed them)."""
+
+    def listed() -> dict[int, str]:
+        response = s3.list_parts(
+            Bucket=bucket, Key=upload.storage["key"], UploadId=upload.storage["mpu"]
+        )
+        found = {p["PartNumber"]: p["ETag"] for p in response.get("Parts", [])}
+        return found if len(found) >= count else {}
+
+    return dict(await asyncio.to_thread(wait_for, listed, 30, f"{count} parts in S3"))
+
+
 def after_crash(upload: StoredUpload, committed: dict[str, Any]) -> StoredUpload:
     """The upload as a restarted server loads it from its database."""
     return dataclasses.replace(upload, storage=copy.deepcopy(committed))
@@ -104,7 +120,8 @@ async def test_crash_after_the_multipart_upload_was_completed_with_the_spool_sti
         await first.create(upload)
         committed = await receive(first, upload, data)
         # Part 1's upload may or may not have ended by the last commit.
-        committed["parts"][0][1] = upload.storage["parts"][0][1] if first_part_recorded else None
+        etag = (await parts_in_s3(s3, bucket, upload, 1))[1]
+        committed["parts"][0][1] = etag if first_part_recorded else None
         spool = spool_of(first, upload)
         saved_spool = tmp_path / "spool-at-crash"
         shutil.copytree(spool, saved_spool)
@@ -148,8 +165,8 @@ async def test_a_part_stored_before_its_etag_was_committed_is_adopted(
         upload = new_upload(len(data))
         await first.create(upload)
         committed = await receive(first, upload, data[: PART + MIB])
-        # The writer's close waited for part 1 to land; the crash came before a commit said so.
-        assert upload.storage["parts"][0][1] is not None
+        # Part 1 landed; the crash came before a commit said so.
+        await parts_in_s3(s3, bucket, upload, 1)
         committed["parts"][0][1] = None
     caplog.clear()
     async with new_backend() as second:
