@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,7 +24,7 @@ from storage_backends.base import HealthChecker, StorageError
 from storage_backends.filesystem import DataMissing
 
 from .context import CONTEXT
-from .errors import InsufficientStorage, one_line
+from .errors import InsufficientStorage, one_line, storage_full
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import effective_method
 from .receive import RECEIVED
@@ -121,6 +122,10 @@ def request_metrics(metrics: Metrics) -> tuple[Middleware, Middleware]:
             raise
         except OSError as exc:
             if not isinstance(exc, ConnectionError):
+                metrics.storage_errors.inc()
+            raise
+        except sqlite3.Error as exc:
+            if storage_full(exc):  # the database's disk is full
                 metrics.storage_errors.inc()
             raise
 

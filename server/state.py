@@ -197,7 +197,14 @@ class StateStore:
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
+            try:
+                await self._db.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that failed on SQLITE_BUSY or a deferred constraint leaves the
+                # transaction open, and every later BEGIN would fail; a full disk rolls back.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
         if events:
             self.outbox_changed.set()
 

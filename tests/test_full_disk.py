@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def disk_server(tmp_path: Path) -> Iterator[StartServer]:
         options = f"size={DISK_SIZE}" + (f",nr_inodes={inodes}" if inodes else "")
         command = [
             sys.executable, "-m", "server", "--port", str(port := free_port()),
-            "--data-dir", str(mount_point / "data"), "--expiry-interval", "3600",
+            "--data-dir", str(mount_point / "data"), "--expiry-interval", "3600", "--metrics", "true",
         ]
         if database_on_disk:
             command += ["--database", str(tmp_path / "aiotusd.sqlite3")]
@@ -338,6 +339,9 @@ def test_a_database_on_the_full_disk_answers_507_and_never_records_lost_bytes(
     assert_full(requests.post(server.url, headers={**TUS, "Upload-Length": "1"}, timeout=30))
     assert server.upload_files() == files
     assert "Traceback" not in server.log()
+    # Both refusals count as storage errors.
+    metrics = requests.get(url.split("/files/")[0] + "/metrics", timeout=30).text
+    assert re.search(r"^aiotusd_storage_errors_total 2\.0$", metrics, re.MULTILINE), metrics
 
     server.free()
     resumed = patch(url, offset, data[offset:])

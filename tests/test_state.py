@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
-from server.state import ACTIVE, EXPIRED, SCHEMA_VERSION, TERMINATED, SchemaTooNew, StateStore, Upload
+from server.state import (
+    ACTIVE,
+    EXPIRED,
+    SCHEMA_VERSION,
+    TERMINATED,
+    SchemaTooNew,
+    StateStore,
+    Upload,
+)
 
 
 async def test_new_database_is_wal_with_current_schema(tmp_path: Path) -> None:
@@ -109,5 +118,25 @@ async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
         assert await store.get("old") is None and await store.get("new") is None
         live = await store.get("live")
         assert live is not None and live.status == ACTIVE
+    finally:
+        await store.close()
+
+
+async def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    # A deferred foreign key fails at COMMIT and, unlike a full disk, leaves the transaction
+    # open: the next write must still get a transaction of its own.
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store._db.execute("PRAGMA foreign_keys = ON")
+        await store._db.execute(
+            "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store._transaction() as db:
+                await db.execute("INSERT INTO dangling VALUES ('nowhere')")
+        assert not store._db.in_transaction
+        await store.create(Upload(id="after", length=1))
+        assert (await store.get("after")) is not None
     finally:
         await store.close()
