@@ -215,6 +215,14 @@ def assert_full(response: requests.Response) -> None:
     assert response.text == FULL_REASON
 
 
+def assert_resumes_once_freed(server: DiskServer, url: str, offset: int, data: bytes) -> None:
+    """With space free again, the rest of ``data`` goes up from ``offset`` and all is stored."""
+    server.free()
+    resumed = patch(url, offset, data[offset:])
+    assert resumed.status_code == 204, resumed.text
+    assert_stored(server, url, data)
+
+
 def assert_stored(server: DiskServer, url: str, data: bytes) -> None:
     """The upload is finished and holds exactly ``data``: by HEAD, by GET and on disk."""
     response = requests.head(url, headers=TUS, timeout=30)
@@ -275,10 +283,7 @@ def test_creation_with_upload_on_a_full_disk_answers_507_with_its_location(
     assert 0 < offset <= 128 * KIB
     assert assert_kept_prefix(server, url, data) == offset
 
-    server.free()
-    resumed = patch(url, offset, data[offset:])
-    assert resumed.status_code == 204, resumed.text
-    assert_stored(server, url, data)
+    assert_resumes_once_freed(server, url, offset, data)
 
 
 def test_an_empty_upload_is_created_on_a_full_disk_and_its_first_byte_gets_507(
@@ -343,10 +348,7 @@ def test_a_database_on_the_full_disk_answers_507_and_never_records_lost_bytes(
     metrics = requests.get(url.split("/files/")[0] + "/metrics", timeout=30).text
     assert re.search(r"^aiotusd_storage_errors_total 2\.0$", metrics, re.MULTILINE), metrics
 
-    server.free()
-    resumed = patch(url, offset, data[offset:])
-    assert resumed.status_code == 204, resumed.text
-    assert_stored(server, url, data)
+    assert_resumes_once_freed(server, url, offset, data)
 
 
 def test_creation_with_upload_when_the_database_fills_up_answers_507_with_its_offset(
