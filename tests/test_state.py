@@ -140,3 +140,50 @@ async def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> Non
         assert (await store.get("after")) is not None
     finally:
         await store.close()
+
+
+async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_it(
+    tmp_path: Path,
+) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store.create(Upload(id="a", length=10))
+        other = Upload(id="b", length=10)
+        await store.create(other)
+        other.offset = 7
+        statement: asyncio.Task[None] | None = None
+        with pytest.raises(RuntimeError):
+            async with store._transaction() as db:
+                await db.execute('UPDATE uploads SET "offset" = 5 WHERE id = ?', ("a",))
+                statement = asyncio.create_task(store.save_progress(other))
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                assert not statement.done()
+                raise RuntimeError("roll back")
+        assert statement is not None
+        await asyncio.wait_for(statement, 5)
+        found = await store.get_many(("a", "b"))
+        assert (found["a"].offset, found["b"].offset) == (0, 7)
+    finally:
+        await store.close()
+
+
+async def test_a_transaction_waits_for_the_statements_under_way(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        uploads = [Upload(id=f"u{n}", length=10) for n in range(20)]
+        for upload in uploads:
+            await store.create(upload)
+            upload.offset = 3
+        statements = [asyncio.create_task(store.save_progress(u)) for u in uploads]
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            async with store._transaction() as db:
+                # Every statement begun before the transaction has landed, outside it.
+                assert all(task.done() for task in statements)
+                await db.execute('UPDATE uploads SET "offset" = 9')
+                raise RuntimeError("roll back")
+        found = await store.get_many(tuple(u.id for u in uploads))
+        assert {u.offset for u in found.values()} == {3}
+    finally:
+        await store.close()

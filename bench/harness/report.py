@@ -136,7 +136,7 @@ def write_chart(path: Path, workloads: list[str], records: list[Record],
                 targets: list[Target]) -> bool:
     """One panel per figure: medians as bars, the spread over rounds as error bars.
 
-    False when matplotlib is not installed (the smoke test's environment).
+    False when matplotlib is not installed (the smoke test's environment) or no run succeeded.
     """
     try:
         import matplotlib
@@ -148,6 +148,8 @@ def write_chart(path: Path, workloads: list[str], records: list[Record],
         return False
     panels = [(w, k) for w in workloads for k in WORKLOADS[w].table
               if any(summarize(records, t.name, k) for t in targets)]
+    if not panels:
+        return False
     columns = 3
     figure, axes = plt.subplots((len(panels) + columns - 1) // columns, columns, squeeze=False,
                                 figsize=(5.5 * columns, 2.6 * ((len(panels) + 2) // columns)))

@@ -54,7 +54,8 @@ class Target:
 def _aiotusd(fsync: str) -> Callable[[Launch], Command]:
     def command(launch: Launch) -> Command:
         argv = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(launch.port),
-                "--data-dir", str(launch.data_dir), "--log-level", "warning", "--fsync", fsync]
+                "--data-dir", str(launch.data_dir), "--log-level", "warning", "--fsync", fsync,
+                "--create-rate", "0"]
         if launch.s3 is not None:
             argv += ["--storage", "s3", "--s3-endpoint", launch.s3.endpoint,
                      "--s3-bucket", launch.s3.bucket, "--s3-region", "us-east-1",
