@@ -187,3 +187,17 @@ async def test_a_transaction_waits_for_the_statements_under_way(tmp_path: Path) 
         assert {u.offset for u in found.values()} == {3}
     finally:
         await store.close()
+
+
+async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store.create(Upload(id="a", length=10))
+        store._reader.close()  # type: ignore[union-attr]
+        # A reader on a database without the table fails as a busy or broken one would.
+        store._reader = sqlite3.connect(tmp_path / "other.sqlite3")
+        found = await store.get("a")
+        assert found is not None and found.length == 10
+        assert set(await store.get_many(("a", "b"))) == {"a"}
+    finally:
+        await store.close()
