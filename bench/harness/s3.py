@@ -44,13 +44,22 @@ async def s3_client(endpoint: str) -> AsyncIterator[Any]:
         yield client
 
 
+MOTO_BUFFER = 2 * 1024**3
+"""moto keeps objects up to this size in memory (W6 objects are 256 MiB by default)."""
+
+
 @asynccontextmanager
 async def moto(log: Path) -> AsyncIterator[S3Place]:
-    """A fresh moto S3 endpoint (its own process) with an empty bucket."""
+    """A fresh moto S3 endpoint (its own process) with an empty bucket.
+
+    It keeps every object in memory: by default moto spills anything above 5 MiB to temporary
+    files on the disk under test, where a remote S3 would write nothing, and its writeback
+    then slows the spool syncs of the server measured.
+    """
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     command = Command([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                      clean_env(), REPO)
+                      clean_env(MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=str(MOTO_BUFFER)), REPO)
     async with running(command, endpoint + "/", log):
         async with s3_client(endpoint) as client:
             await client.create_bucket(Bucket=BUCKET)
