@@ -212,6 +212,8 @@ class _WriteGate:
                 )
             finally:
                 self._transactions_waiting -= 1
+                # A cancelled waiter no longer holds back the statements that yielded to it.
+                self._changed.notify_all()
             self._transaction = True
         try:
             yield

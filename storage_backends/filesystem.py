@@ -214,6 +214,9 @@ class FilesystemBackend:
         def copy() -> None:
             with open(self.path(final.id), "wb") as target:
                 for partial in partials:
+                    if partial.offset == 0:
+                        # Nothing to copy, and an empty file need not have survived a power cut.
+                        continue
                     with open(self.path(partial.id), "rb") as source:
                         shutil.copyfileobj(source, target, READ_CHUNK)
                 if self._fsync:

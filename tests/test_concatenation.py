@@ -121,6 +121,16 @@ async def test_empty_partials(client):
     assert response.headers["Upload-Length"] == "0"
 
 
+async def test_an_empty_partial_whose_file_a_power_cut_took_still_concatenates(client):
+    # An empty upload's file is never synced (it holds nothing to lose): it may be gone.
+    empty = await partial(client, b"")
+    full = await partial(client, b"xyz")
+    data_file(client.app[CONTEXT].settings, empty).unlink()
+    response = await create_final(client, empty, full)
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"xyz"
+
+
 async def test_patch_on_final_is_403(client):
     a = await partial(client, b"ab")
     final = path_of(await create_final(client, a))
