@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -19,6 +20,13 @@ from server.state import (
     StateStore,
     Upload,
 )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
+    opened = await StateStore.open(tmp_path / "state.sqlite3")
+    yield opened
+    await opened.close()
 
 
 async def test_new_database_is_wal_with_current_schema(tmp_path: Path) -> None:
@@ -83,23 +91,20 @@ async def test_a_failed_creation_leaves_the_store_usable(tmp_path: Path) -> None
         await store.close()
 
 
-async def test_concurrent_progress_writes_all_land(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        uploads = [Upload(id=f"u{n}", length=100) for n in range(20)]
-        for upload in uploads:
-            await store.create(upload)
+async def test_concurrent_progress_writes_all_land(store: StateStore) -> None:
+    uploads = [Upload(id=f"u{n}", length=100) for n in range(20)]
+    for upload in uploads:
+        await store.create(upload)
 
-        async def progress(upload: Upload) -> None:
-            upload.offset = 42
-            await store.save_progress(upload)
+    async def progress(upload: Upload) -> None:
+        upload.offset = 42
+        await store.save_progress(upload)
 
-        await asyncio.gather(*(progress(upload) for upload in uploads))
-        for upload in uploads:
-            stored = await store.get(upload.id)
-            assert stored is not None and stored.offset == 42
-    finally:
-        await store.close()
+    await asyncio.gather(*(progress(upload) for upload in uploads))
+    for upload in uploads:
+        stored = await store.get(upload.id)
+        assert stored is not None and stored.offset == 42
+
 
 
 async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
@@ -142,62 +147,50 @@ async def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_it(
-    tmp_path: Path,
-) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        await store.create(Upload(id="a", length=10))
-        other = Upload(id="b", length=10)
-        await store.create(other)
-        other.offset = 7
-        statement: asyncio.Task[None] | None = None
-        with pytest.raises(RuntimeError):
-            async with store._transaction() as db:
-                await db.execute('UPDATE uploads SET "offset" = 5 WHERE id = ?', ("a",))
-                statement = asyncio.create_task(store.save_progress(other))
-                for _ in range(20):
-                    await asyncio.sleep(0)
-                assert not statement.done()
-                raise RuntimeError("roll back")
-        assert statement is not None
-        await asyncio.wait_for(statement, 5)
-        found = await store.get_many(("a", "b"))
-        assert (found["a"].offset, found["b"].offset) == (0, 7)
-    finally:
-        await store.close()
+async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_it(store: StateStore) -> None:
+    await store.create(Upload(id="a", length=10))
+    other = Upload(id="b", length=10)
+    await store.create(other)
+    other.offset = 7
+    statement: asyncio.Task[None] | None = None
+    with pytest.raises(RuntimeError):
+        async with store._transaction() as db:
+            await db.execute('UPDATE uploads SET "offset" = 5 WHERE id = ?', ("a",))
+            statement = asyncio.create_task(store.save_progress(other))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not statement.done()
+            raise RuntimeError("roll back")
+    assert statement is not None
+    await asyncio.wait_for(statement, 5)
+    found = await store.get_many(("a", "b"))
+    assert (found["a"].offset, found["b"].offset) == (0, 7)
 
 
-async def test_a_transaction_waits_for_the_statements_under_way(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        uploads = [Upload(id=f"u{n}", length=10) for n in range(20)]
-        for upload in uploads:
-            await store.create(upload)
-            upload.offset = 3
-        statements = [asyncio.create_task(store.save_progress(u)) for u in uploads]
-        await asyncio.sleep(0)
-        with pytest.raises(RuntimeError):
-            async with store._transaction() as db:
-                # Every statement begun before the transaction has landed, outside it.
-                assert all(task.done() for task in statements)
-                await db.execute('UPDATE uploads SET "offset" = 9')
-                raise RuntimeError("roll back")
-        found = await store.get_many(tuple(u.id for u in uploads))
-        assert {u.offset for u in found.values()} == {3}
-    finally:
-        await store.close()
+
+async def test_a_transaction_waits_for_the_statements_under_way(store: StateStore) -> None:
+    uploads = [Upload(id=f"u{n}", length=10) for n in range(20)]
+    for upload in uploads:
+        await store.create(upload)
+        upload.offset = 3
+    statements = [asyncio.create_task(store.save_progress(u)) for u in uploads]
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        async with store._transaction() as db:
+            # Every statement begun before the transaction has landed, outside it.
+            assert all(task.done() for task in statements)
+            await db.execute('UPDATE uploads SET "offset" = 9')
+            raise RuntimeError("roll back")
+    found = await store.get_many(tuple(u.id for u in uploads))
+    assert {u.offset for u in found.values()} == {3}
 
 
-async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        await store.create(Upload(id="a", length=10))
-        store._reader.close()  # type: ignore[union-attr]
-        # A reader on a database without the table fails as a busy or broken one would.
-        store._reader = sqlite3.connect(tmp_path / "other.sqlite3")
-        found = await store.get("a")
-        assert found is not None and found.length == 10
-        assert set(await store.get_many(("a", "b"))) == {"a"}
-    finally:
-        await store.close()
+
+async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: StateStore, tmp_path: Path) -> None:
+    await store.create(Upload(id="a", length=10))
+    store._reader.close()  # type: ignore[union-attr]
+    # A reader on a database without the table fails as a busy or broken one would.
+    store._reader = sqlite3.connect(tmp_path / "other.sqlite3")
+    found = await store.get("a")
+    assert found is not None and found.length == 10
+    assert set(await store.get_many(("a", "b"))) == {"a"}
