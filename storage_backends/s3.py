@@ -13,6 +13,13 @@ what is either in a completed part or in a spool file. The last, partly
 filled part is the *tail*: it stays in its spool file, survives a restart,
 and the next request appends to it until it fills up.
 
+With ``fsync always``, the file of a part stored in S3 is not removed but kept
+as a *spare* (at most ``SPARE_FILES`` per upload), and a later part is written
+over it: an fdatasync of blocks already on disk commits no journal, where one of
+appended bytes does (1.1 against 1.7 ms per MiB on the benchmark's disk), and no
+part-sized file is freed on the way. So a spool file may be longer than its
+part: its first bytes, as many as the state says, are the part.
+
 Where state lives
 -----------------
 ``StoredUpload.storage`` (saved by the server in SQLite together with the
@@ -95,6 +102,9 @@ _THROTTLING = frozenset(
         "RequestTimeTooSkewed", "ServiceUnavailable", "InternalError",
     }
 )
+SPARE_FILES = 2
+"""Spare spool files kept per upload. A part's file is given up at the second sync after
+its upload ended, when the part after it has often begun: the one after that finds it."""
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
@@ -224,12 +234,31 @@ def object_headers(metadata: dict[str, bytes]) -> dict[str, Any]:
 # --- the local spool -------------------------------------------------------------------
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: Path, *, data_only: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
+
+
+def _give_up_file(path: Path, spares: tuple[Path, ...]) -> None:
+    """Keep a spool file that is no longer needed as a spare, or remove it."""
+    for spare in spares:
+        if not spare.exists():
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(spare)
+            return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _take_spare(path: Path, spares: tuple[Path, ...]) -> None:
+    """Make a spare file ``path``, if there is one."""
+    for spare in spares:
+        with contextlib.suppress(FileNotFoundError):
+            spare.rename(path)
+            return
 
 
 def _read_part(path: Path, size: int) -> tuple[bytes, str, str]:
@@ -322,6 +351,14 @@ class _Uploads:
                 await self.tasks.pop(number)
             self.results.pop(number, None)
 
+    def forget(self, numbers: Iterable[int]) -> None:
+        """Drop the finished uploads of these parts: their ETags are recorded."""
+        for number in numbers:
+            task = self.tasks.get(number)
+            if task is not None and task.done():
+                del self.tasks[number]
+                self.results.pop(number, None)
+
     async def stop(self) -> None:
         """Stop the uploads still running; keep the results of those that finished."""
         await self.cancel(lambda number: not self.tasks[number].done())
@@ -354,9 +391,16 @@ class S3Writer:
         self._opening_number = len(parts)
         self._stored_at_last_sync = committed_stored
         self._uploads = uploads
+        self._given_up: set[int] = set()
+        """Stored parts whose files this writer removed or made spares."""
+        self._spares = tuple(
+            self._directory / f"spare-{n}" for n in range(1, SPARE_FILES + 1)
+        ) if backend.fsync else ()
         self._fd: int | None = None
         self._unsynced: set[int] = set()
         self._new_files = False
+        self._spool_known = True
+        """Whether the spool files hold exactly the bytes of ``_parts`` (no failed write or cut)."""
         self._closed = False
 
     @property
@@ -374,8 +418,12 @@ class S3Writer:
                 self._directory.mkdir(parents=True, exist_ok=True)
                 if self._backend.fsync:
                     _fsync_path(self._directory.parent)
-            self._new_files = self._new_files or not path.exists()
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            if not path.exists():
+                self._new_files = True
+                _take_spare(path, self._spares)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+            os.lseek(fd, self._parts[-1][0], os.SEEK_SET)
+            self._fd = fd
         return self._fd
 
     async def write(self, data: bytes) -> None:
@@ -394,8 +442,10 @@ class S3Writer:
             try:
                 _write_all(fd, view[:size])
             except OSError:
+                self._spool_known = False
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, part[0])
+                    os.lseek(fd, part[0], os.SEEK_SET)
                 raise
             part[0] += size
             self._offset += size
@@ -434,24 +484,24 @@ class S3Writer:
         parts = [list(part) for part in self._parts]
         unsynced, self._unsynced = self._unsynced, set()
         new_files, self._new_files = self._new_files, False
-        obsolete = [
-            self._directory / str(number)
-            for number in self._stored_at_last_sync
-            if number != self._opening_number
-        ]
+        obsolete = self._stored_at_last_sync - self._given_up - {self._opening_number}
         directory = self._directory
         fsync = self._backend.fsync
+        spares = self._spares
 
         def make_durable() -> None:
             if fsync:
                 # By path: the part open now may be closed by a write while this runs.
                 for number in sorted(unsynced):
-                    _fsync_path(directory / str(number))
+                    _fsync_path(directory / str(number), data_only=True)
                 if new_files:
                     _fsync_path(directory)
-            for path in obsolete:
+            if obsolete:
+                # Writers before this one gave up most of them already.
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    present = set(os.listdir(directory))
+                    for number in obsolete & {int(name) for name in present if name.isdigit()}:
+                        _give_up_file(directory / str(number), spares)
 
         try:
             await asyncio.to_thread(make_durable)
@@ -459,6 +509,7 @@ class S3Writer:
             self._unsynced |= unsynced
             self._new_files = self._new_files or new_files
             raise
+        self._given_up |= obsolete
         # Files of parts stored as of this sync may go once its state is committed: at the next sync.
         self._stored_at_last_sync = {
             number for number, part in enumerate(parts, 1) if part[1] is not None
@@ -486,7 +537,9 @@ class S3Writer:
             if path.exists():
                 os.truncate(path, open_size)
 
+        self._spool_known = False
         await asyncio.to_thread(cut_back)
+        self._spool_known = True
         self._parts = [list(part) for part in opening]
         self._record_results(self._parts)
         self._offset = self._start
@@ -502,11 +555,15 @@ class S3Writer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._spool_known:
+            self._backend.remember_spool(self._upload.id, [part[0] for part in self._parts])
         if self._uploads is None:
             return
-        if self._uploads.error is None and self._uploads.unfinished:
+        if self._uploads.error is None:
             # The parts in flight go on landing after the request; the next writer or
             # finish() takes them over, so receiving the next PATCH overlaps with them.
+            # Finished ones go along too: their ETags are not recorded yet, and the next
+            # writer would otherwise have to ask ListParts for them.
             self._backend.carry_over(self._upload.id, self._uploads)
         else:
             await self._uploads.stop()
@@ -558,7 +615,10 @@ class S3Backend:
         self._growth_step = max(1, self.max_parts // 8)
         self._client: Any = None
         self._exit = contextlib.AsyncExitStack()
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, list[int] | None] = collections.OrderedDict()
+        """Uploads this process has opened, each with the sizes of its spool files when
+        its last writer closed, if known: a spool that matches the committed state needs no
+        reconciliation."""
         self._carried: dict[str, _Uploads] = {}
         """Part uploads that went on after the request that started them, by upload id."""
 
@@ -609,8 +669,8 @@ class S3Backend:
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self.spool / upload_id
 
-    def _remember(self, upload_id: str) -> None:
-        self._seen[upload_id] = None
+    def _remember(self, upload_id: str, spool: list[int] | None = None) -> None:
+        self._seen[upload_id] = spool
         self._seen.move_to_end(upload_id)
         while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
@@ -677,6 +737,12 @@ class S3Backend:
             await uploads.stop()
         await self._exit.aclose()
         self._client = None
+
+    def remember_spool(self, upload_id: str, sizes: list[int]) -> None:
+        """The spool files of ``upload_id`` now hold parts of these sizes, and nothing else
+        wrote to them."""
+        if upload_id in self._seen:
+            self._remember(upload_id, sizes)
 
     def carry_over(self, upload_id: str, uploads: _Uploads) -> None:
         """Keep the part uploads of an ended request for the upload's next writer."""
@@ -759,10 +825,15 @@ class S3Backend:
         ]
         first = upload.id not in self._seen
         check = bool(mpu) and (first or bool(pending))
-        digests = await asyncio.to_thread(
+        # Nothing to reconcile when the last writer left the spool as committed (the files
+        # of parts stored since then go at the new writer's first sync).
+        spool_matches = self._seen.get(upload.id) == [part[0] for part in parts]
+        digests = {} if spool_matches and not check else await asyncio.to_thread(
             self._reconcile_spool, upload.id, directory, parts, pending if check else []
         )
         committed_stored = {n for n, part in enumerate(parts, 1) if part[1] is not None}
+        if carried is not None:
+            carried.forget(committed_stored)
         if check:
             mpu = await self._reconcile_parts(upload, key, parts, digests)
             state["mpu"] = mpu

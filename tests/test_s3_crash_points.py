@@ -4,7 +4,8 @@ A crash is modelled by what it leaves: the state the server last committed to it
 database (a deep copy of ``StoredUpload.storage`` taken at that moment), the spool
 files on disk, and whatever S3 already holds. A new :class:`S3Backend`, as in a new
 process, then carries on from exactly that. tests/test_crash_random.py finds such
-points by chance; these pin the ones that went wrong once.
+points by chance; these pin the ones that went wrong once, and the spool's own
+shortcuts (spare part files, a writer that trusts what the last one left).
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ def s3_backend_settings(settings: Settings, s3_endpoint: S3Endpoint, bucket: str
     return dataclasses.replace(settings, **s3_settings(s3_endpoint, bucket))
 
 
-BackendFactory = Callable[[], Any]
+BackendFactory = Callable[..., Any]
 
 
 @pytest.fixture
 def new_backend(s3_backend_settings: Settings) -> BackendFactory:
-    """``async with new_backend() as backend``: a started backend, as a new process has."""
+    """``async with new_backend(fsync="none") as backend``: a started backend, as a new
+    process has, with changed settings."""
 
     @asynccontextmanager
-    async def make() -> AsyncIterator[S3Backend]:
-        backend = S3Backend(s3_backend_settings)
+    async def make(**changes: Any) -> AsyncIterator[S3Backend]:
+        backend = S3Backend(dataclasses.replace(s3_backend_settings, **changes))
         await backend.start()
         try:
             yield backend
@@ -249,3 +251,109 @@ async def test_a_concatenation_aborts_a_multipart_upload_a_crashed_attempt_left(
         await backend.concatenate(final, partials)
     assert object_bytes(s3, bucket, key) == b"".join(pieces)
     assert multipart_uploads(s3, bucket) == []
+
+
+def list_parts_requests(caplog: pytest.LogCaptureFixture) -> list[str]:
+    requests = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    return [r for r in requests if "GET" in r and "part-number-marker" in r]
+
+
+async def receive_in_mib(
+    backend: S3Backend, upload: StoredUpload, data: bytes, s3: Any, bucket: str
+) -> dict[str, Any]:
+    """``data`` in 1 MiB requests, each waiting until the parts it closed are in S3, so
+    that a part's file is given up two requests later; returns the last committed state."""
+    committed: dict[str, Any] = {}
+    for start in range(0, len(data), MIB):
+        committed = await receive(backend, upload, data[start : start + MIB])
+        closed = len(upload.storage["parts"]) - 1
+        if closed:
+            await parts_in_s3(s3, bucket, upload, closed)
+    return committed
+
+
+@pytest.mark.parametrize("fsync", ["always", "none"])
+async def test_the_file_of_a_stored_part_is_written_over_by_a_later_part(
+    new_backend: BackendFactory, s3: Any, bucket: str, fsync: str
+) -> None:
+    # With fsync always, part 3 is written over part 1's file (a spare): overwriting blocks
+    # already on disk syncs faster than appending. The spare is longer than what part 3
+    # holds so far, and longer than the last part: its old bytes must never show.
+    data = payload(2 * PART + 2 * MIB + 7)
+    async with new_backend(fsync=fsync) as backend:
+        upload = new_upload(len(data))
+        await backend.create(upload)
+        await receive_in_mib(backend, upload, data[: 2 * PART + MIB], s3, bucket)
+        spool = spool_of(backend, upload)
+        expected = PART if fsync == "always" else MIB
+        assert (spool / "3").stat().st_size == expected
+        assert (spool / "1").exists() is False
+        await receive(backend, upload, data[2 * PART + MIB :])
+        await backend.finish(upload)
+        assert not spool.exists()
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+
+
+async def test_a_spare_file_longer_than_its_part_after_a_crash(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    data = payload(2 * PART + 3 * MIB)
+    async with new_backend() as first:
+        upload = new_upload(len(data))
+        await first.create(upload)
+        committed = await receive_in_mib(first, upload, data[: 2 * PART + MIB], s3, bucket)
+        spool = spool_of(first, upload)
+        assert (spool / "3").stat().st_size == PART  # part 3 holds 1 MiB of it
+    async with new_backend() as second:
+        restarted = after_crash(upload, committed)
+        await receive(second, restarted, data[2 * PART + MIB :])
+        await second.finish(restarted)
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+    assert multipart_uploads(s3, bucket) == []
+
+
+async def test_a_part_stored_after_the_last_commit_of_a_request_needs_no_list_parts(
+    new_backend: BackendFactory, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Part 1's upload ends after the request's last sync but before it ends: its ETag is in
+    # no commit. The next request takes the finished upload over instead of asking S3.
+    data = payload(PART + 2 * MIB)
+    async with new_backend() as backend:
+        upload = new_upload(len(data))
+        await backend.create(upload)
+        writer = await backend.open_writer(upload)
+        await writer.write(data[: PART + MIB])
+        upload.offset = await writer.sync()
+        committed = copy.deepcopy(upload.storage)
+        committed["parts"][0][1] = None
+        etag = (await parts_in_s3(s3, bucket, upload, 1))[1]
+        await asyncio.wait(writer._uploads.tasks.values(), timeout=30)
+        await writer.close()
+        caplog.clear()
+        restarted = after_crash(upload, committed)
+        recorded = await receive(backend, restarted, data[PART + MIB :])
+        assert recorded["parts"][0][1] == etag
+        await backend.finish(restarted)
+    assert list_parts_requests(caplog) == []
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
+
+
+async def test_bytes_no_commit_recorded_are_cut_by_the_next_writer(
+    new_backend: BackendFactory, s3: Any, bucket: str
+) -> None:
+    # The writer's sync worked but the commit after it failed: the database keeps the
+    # older offset, and the next writer, in the same process, must not trust the spool.
+    data = payload(3 * MIB)  # one part: no multipart upload
+    async with new_backend() as backend:
+        upload = new_upload(len(data))
+        await backend.create(upload)
+        committed = await receive(backend, upload, data[:MIB])
+        uncommitted = dataclasses.replace(upload, storage=copy.deepcopy(committed))
+        await receive(backend, uncommitted, payload(3 * MIB, seed=9))
+        spool = spool_of(backend, upload)
+        assert (spool / "1").stat().st_size == 4 * MIB
+        resumed = after_crash(upload, committed)
+        await receive(backend, resumed, data[MIB:])
+        assert (spool / "1").stat().st_size == 3 * MIB
+        await backend.finish(resumed)
+    assert object_bytes(s3, bucket, upload.storage["key"]) == data
