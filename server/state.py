@@ -249,8 +249,8 @@ class StateStore:
         self, events: Sequence[HookEvent] = ()
     ) -> AsyncIterator[aiosqlite.Connection]:
         async with self._gate.transaction():
-            await self._db.execute("BEGIN")
             try:
+                await self._db.execute("BEGIN")
                 yield self._db
                 if events:
                     await self._db.executemany(
@@ -263,7 +263,10 @@ class StateStore:
                         ],
                     )
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # Also when awaiting BEGIN was cancelled: aiosqlite runs it all the same, and
+                # this ROLLBACK, queued after it, ends it. A full disk may have rolled back.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._db.execute("ROLLBACK")
                 raise
             try:
                 await self._db.execute("COMMIT")

@@ -39,6 +39,10 @@ class DirectorySync:
     A file needs a directory sync that began after the file was made. Syncs that
     many uploads ask for at once share one fsync (and one journal commit) instead of
     queueing one each.
+
+    A failed sync may have dropped the entries it was writing, and Linux reports that
+    once: a later sync that succeeds says nothing of them. So the files made before a
+    sync failed fail every later wait; files made after it wait for a sync of their own.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -46,13 +50,20 @@ class DirectorySync:
         self._started = 0
         self._done = 0
         self._running: asyncio.Future[None] | None = None
+        self._failed: tuple[int, OSError] | None = None
+        """The ticket up to which files may have lost their entries, and why."""
 
     def ticket(self) -> int:
         """Taken once the file exists: a sync numbered above it covers the file."""
         return self._started
 
     async def wait(self, ticket: int) -> None:
-        while self._done <= ticket:
+        while True:
+            if self._failed is not None and ticket <= self._failed[0]:
+                error = self._failed[1]
+                raise OSError(error.errno, f"syncing the directory failed: {error.strerror}")
+            if self._done > ticket:
+                return
             if self._running is None:
                 number = self._started = self._started + 1
                 self._running = asyncio.ensure_future(self._sync(number))
@@ -62,6 +73,10 @@ class DirectorySync:
         try:
             await asyncio.to_thread(_fsync_directory, self._directory)
             self._done = max(self._done, number)
+        except OSError as exc:
+            # Files made while it ran (ticket ``number``) may have been in it too.
+            self._failed = (number, exc)
+            self._started = number + 1
         finally:
             self._running = None
 

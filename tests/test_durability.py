@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import stat
@@ -121,6 +122,33 @@ async def test_files_made_before_a_directory_sync_began_share_it(
     await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert synced == [tmp_path, tmp_path]
     await directory_sync.wait(during[0])
+    assert len(synced) == 2
+
+
+async def test_files_made_before_a_failed_directory_sync_are_never_counted_as_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[OSError | None] = [OSError(errno.EIO, "Input/output error"), None]
+    synced: list[Path] = []
+
+    def flaky_sync(directory: Path) -> None:
+        synced.append(directory)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(filesystem, "_fsync_directory", flaky_sync)
+    directory_sync = filesystem.DirectorySync(tmp_path)
+    before = directory_sync.ticket()
+    with pytest.raises(OSError, match="Input/output error"):
+        await directory_sync.wait(before)
+    after = directory_sync.ticket()
+    await directory_sync.wait(after)  # a sync of its own, which works
+    assert synced == [tmp_path, tmp_path]
+    # It says nothing of the entries the failed one may have dropped.
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        await directory_sync.wait(before)
+    assert raised.value.errno == errno.EIO
     assert len(synced) == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -184,6 +185,28 @@ async def test_a_transaction_waits_for_the_statements_under_way(store: StateStor
     found = await store.get_many(tuple(u.id for u in uploads))
     assert {u.offset for u in found.values()} == {3}
 
+
+
+async def test_a_transaction_cancelled_as_it_begins_leaves_none_open(
+    store: StateStore, tmp_path: Path
+) -> None:
+    upload = Upload(id="a", length=10)
+    await store.create(upload)
+
+    async def transaction() -> None:
+        async with store._transaction() as db:
+            await db.execute('UPDATE uploads SET "offset" = 9')
+
+    task = asyncio.create_task(transaction())
+    await asyncio.sleep(0)  # it awaits its BEGIN now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    upload.offset = 4
+    await store.save_progress(upload)
+    # Committed, not inside a transaction nobody ends: another connection sees it.
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as other:
+        assert other.execute('SELECT "offset" FROM uploads').fetchone() == (4,)
 
 
 async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: StateStore, tmp_path: Path) -> None:
