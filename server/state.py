@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+log = logging.getLogger("aiotusd")
 
 ACTIVE = "active"
 TERMINATED = "terminated"
@@ -167,6 +170,28 @@ def _open_reader(path: Path) -> sqlite3.Connection:
     return reader
 
 
+async def _to_the_end(db: aiosqlite.Connection, statement: Awaitable[Any]) -> None:
+    """Await ``statement``; when the caller is cancelled meanwhile, raise that only once the
+    statement has run.
+
+    aiosqlite runs a statement whose caller stopped waiting all the same. Left to itself,
+    a cancelled request's last offset could land after the request released the upload's
+    lock: unseen by the next request's lookup (another connection), and over its write.
+    The connection's thread runs statements in order, so one queued after it, once
+    answered, says that it has run.
+    """
+    try:
+        await statement
+    except asyncio.CancelledError:
+        barrier = asyncio.ensure_future(db.execute("SELECT 1"))
+        while not barrier.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([barrier])
+        if not barrier.cancelled() and barrier.exception() is not None:
+            log.warning("waiting for a cancelled request's write failed: %s", barrier.exception())
+        raise
+
+
 class SchemaTooNew(Exception):
     """The database was written by a newer aiotusd than this one."""
 
@@ -269,12 +294,14 @@ class StateStore:
                     await self._db.execute("ROLLBACK")
                 raise
             try:
-                await self._db.execute("COMMIT")
-            except BaseException:
+                await _to_the_end(self._db, self._db.execute("COMMIT"))
+            except BaseException as exc:
                 # A COMMIT that failed on SQLITE_BUSY or a deferred constraint leaves the
                 # transaction open, and every later BEGIN would fail; a full disk rolls back.
                 if self._db.in_transaction:
                     await self._db.execute("ROLLBACK")
+                elif events and isinstance(exc, asyncio.CancelledError):
+                    self.outbox_changed.set()  # committed all the same
                 raise
         if events:
             self.outbox_changed.set()
@@ -287,7 +314,7 @@ class StateStore:
                 await db.execute(sql, parameters)
             return
         async with self._gate.statement():
-            await self._db.execute(sql, parameters)
+            await _to_the_end(self._db, self._db.execute(sql, parameters))
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:

@@ -209,6 +209,31 @@ async def test_a_transaction_cancelled_as_it_begins_leaves_none_open(
         assert other.execute('SELECT "offset" FROM uploads').fetchone() == (4,)
 
 
+async def test_a_save_whose_caller_is_cancelled_lands_before_the_cancellation_goes_on(
+    store: StateStore,
+) -> None:
+    upload = Upload(id="a", length=10)
+    await store.create(upload)
+    # The connection's thread is busy with this first, so the save waits in its queue.
+    busy = asyncio.create_task(store._db.execute_fetchall(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) "
+        "SELECT COUNT(*) FROM n"
+    ))
+    await asyncio.sleep(0)
+    upload.offset = 6
+    save = asyncio.create_task(store.save_progress(upload))
+    await asyncio.sleep(0)
+    save.cancel()
+    await asyncio.sleep(0)
+    save.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await save
+    # The caller would release the upload's lock now: the next request reads the offset.
+    found = await store.get("a")
+    assert found is not None and found.offset == 6
+    assert await asyncio.wait_for(busy, 30) == [(1000000,)]
+
+
 async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: StateStore, tmp_path: Path) -> None:
     await store.create(Upload(id="a", length=10))
     store._reader.close()  # type: ignore[union-attr]
