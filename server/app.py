@@ -31,6 +31,7 @@ from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
+from .receive import close_after_unasked_body, defer_continue, expects_continue
 from .state import StateStore
 
 log = logging.getLogger("aiotusd")
@@ -89,6 +90,7 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     app.on_shutdown.append(release_uploads)
     app.on_response_prepare.append(_add_tus_resumable)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(close_after_unasked_body)
     # Before the uploads' routes, which with base_path "/" would take these paths as ids.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -97,10 +99,15 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     if settings.demo:
         setup_demo(app, settings.base_path)
     base = settings.base_path
-    app.router.add_route("*", base, handlers.collection)
+    app.router.add_route("*", base, handlers.collection, expect_handler=defer_continue)
     if base != "/":
-        app.router.add_route("*", base.rstrip("/"), handlers.collection)
-    app.router.add_route("*", base + "{upload_id:" + ID_PATTERN + "}", handlers.upload)
+        app.router.add_route(
+            "*", base.rstrip("/"), handlers.collection, expect_handler=defer_continue
+        )
+    app.router.add_route(
+        "*", base + "{upload_id:" + ID_PATTERN + "}", handlers.upload,
+        expect_handler=defer_continue,
+    )
     return app
 
 
@@ -180,7 +187,7 @@ def _one_line_http_errors(
         ):
             return await _over_connection_limit(request, handler)
         expect = request.headers.get("Expect")
-        if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
+        if expect and request.version == HttpVersion11 and not expects_continue(request):
             # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
             return web.Response(status=417, text=one_line(f"unknown Expect: {expect[:100]}") + "\n")
         try:

@@ -16,7 +16,7 @@ import functools
 import logging
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from storage_backends.base import UploadWriter
 
@@ -29,6 +29,7 @@ from .errors import (
     TooLarge,
     TusError,
     UnsupportedMediaType,
+    one_line,
     storage_full,
 )
 from .locks import Holder
@@ -40,6 +41,48 @@ log = logging.getLogger("aiotusd")
 
 RECEIVED = web.RequestKey("aiotusd.received", int)
 """Bytes of the body appended to the upload, for the access log."""
+CONTINUED = web.RequestKey("aiotusd.continued", bool)
+"""Whether the client was told ``100 Continue``."""
+
+
+def expects_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version == HttpVersion11
+        and request.headers.get("Expect", "").lower() == "100-continue"
+    )
+
+
+async def defer_continue(request: web.Request) -> None:
+    """The routes' ``Expect`` handler: ``100 Continue`` waits for :func:`continue_body`.
+
+    aiohttp would send it before any check, and a client refused with 404, 409, 413,
+    429 or 503 would have sent its whole body for nothing. An unknown expectation is
+    refused (417) as aiohttp's own handler does.
+    """
+    if request.version == HttpVersion11 and not expects_continue(request):
+        expect = request.headers["Expect"]
+        raise web.HTTPExpectationFailed(text=one_line(f"unknown Expect: {expect[:100]}") + "\n")
+
+
+async def continue_body(request: web.Request) -> None:
+    """Tell a client that waits for ``100 Continue`` to send the body: it will be read."""
+    if expects_continue(request) and not request.get(CONTINUED):
+        request[CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
+async def close_after_unasked_body(request: web.Request, response: web.StreamResponse) -> None:
+    """A request refused before its body was asked for ends its connection.
+
+    The client may send the body or not (RFC 9110, section 10.1.1); either way, the
+    next request on the connection cannot be told from it. ``Connection: close`` says
+    so; aiohttp still reads what does come for a while, so that the close resets nothing.
+    """
+    if expects_continue(request) and request.body_exists and not request.get(CONTINUED):
+        response.force_close()
+        # The headers were made before this hook: say it there too.
+        response.headers["Connection"] = "close"
 
 
 class BodyInterrupted(BadRequest):
@@ -204,6 +247,7 @@ async def append_body(
     room = room_left(ctx, upload)
     if request.content_length is not None and request.content_length > room:
         raise TooLarge(f"body of {request.content_length} bytes exceeds the {room} bytes left")
+    await continue_body(request)
     start = upload.offset
     settings = ctx.settings
     loop = asyncio.get_running_loop()
