@@ -255,6 +255,13 @@ async def test_pre_create_changes_id_and_metadata(
     invalid = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
     assert invalid.status == 503
     assert "invalid answer" in await invalid.text()
+    # Metadata from a hook is held to max_metadata_size as the client's is.
+    receiver.respond = lambda r: web.json_response(
+        {"change": {"metadata": {"note": "x" * settings.max_metadata_size}}}
+    )
+    too_long = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    await assert_one_line_error(too_long, 503)
+    assert "change.metadata is longer than the maximum" in await too_long.text()
     assert data_files(settings) == ["invoice-42"]
 
 

@@ -10,7 +10,7 @@ from storage_backends.base import Concatenator, LengthDeferrer
 
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
-from ..errors import BadRequest, Conflict, TooLarge, TusError
+from ..errors import BadRequest, Conflict, HookFailed, TooLarge, TusError
 from ..hooks import POST_CREATE, PRE_ACCESS, PRE_CREATE
 from ..limits import LIMITS
 from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
@@ -23,6 +23,12 @@ from ..uploads import assemble_if_ready, concatenated_length, finish
 def new_upload_id() -> str:
     """128 random bits, hex: URL-safe, and safe as a file name on any filesystem."""
     return secrets.token_hex(16)
+
+
+def _too_long(metadata: str, limit: int) -> bool:
+    """Whether ``Upload-Metadata`` (as the client sent it, or as a hook replaced it) is over
+    ``max_metadata_size``: it is stored and echoed on every HEAD."""
+    return len(metadata.encode("utf-8", "surrogateescape")) > limit
 
 
 def _requested_length(request: web.Request, concat: Concat | None) -> tuple[int | None, bool]:
@@ -132,7 +138,7 @@ async def _create(request: web.Request) -> web.Response:
     if defer and not isinstance(ctx.backend, LengthDeferrer):
         raise BadRequest("this server does not support deferred lengths")
     metadata = request.headers.get("Upload-Metadata", "")
-    if len(metadata.encode("utf-8", "surrogateescape")) > settings.max_metadata_size:
+    if _too_long(metadata, settings.max_metadata_size):
         raise BadRequest(
             f"Upload-Metadata is longer than the maximum of {settings.max_metadata_size} bytes"
         )
@@ -162,6 +168,11 @@ async def _create(request: web.Request) -> web.Response:
     parts = concat.parts if concat is not None else ()
     change = await ctx.hooks.before(PRE_CREATE, upload, request, parts)
     if change.metadata is not None:
+        if _too_long(change.metadata, settings.max_metadata_size):
+            raise HookFailed(
+                f"{PRE_CREATE} hook gave an invalid answer: change.metadata is longer than "
+                f"the maximum of {settings.max_metadata_size} bytes"
+            )
         upload.metadata = change.metadata
     if change.id is None:
         await _add(ctx, request, upload, parts)
