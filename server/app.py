@@ -25,7 +25,7 @@ from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
 from .locks import UploadLocks
-from .logs import add_request_id, request_id_middleware
+from .request_ids import add_request_id, request_id_middleware
 from .metrics import Metrics
 from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery

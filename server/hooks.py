@@ -45,6 +45,7 @@ from .protocol import (
     metadata_text,
     parse_metadata,
 )
+from .request_ids import REQUEST_ID
 from .state import HookEvent, StateStore, Upload
 
 if TYPE_CHECKING:
@@ -419,6 +420,7 @@ class Hooks:
             if values:
                 headers[name] = ", ".join(values)
         return {
+            "id": request.get(REQUEST_ID),
             "method": effective_method(request),
             "uri": request.raw_path,
             "remote_addr": request.remote,

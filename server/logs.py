@@ -1,68 +1,30 @@
-"""Logging set-up: text or JSON lines, one access-log line per request, and request ids.
+"""Logging set-up: text or JSON lines, one access-log line per request.
 
-Every request gets an id: the client's (or proxy's) ``X-Request-ID`` when it sends one
-(its characters ``A-Za-z0-9._~:/+=@-``, at most 128 of them), else a fresh one. The response carries it
-back in ``X-Request-ID``; the access-log line and, in JSON logs, every line logged while
-the request runs carry it as ``request_id``.
+The access-log line and, in JSON logs, every line logged while a request runs carry the
+request's id (see :mod:`server.request_ids`) as ``request_id``.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import re
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .receive import RECEIVED
+from .request_ids import REQUEST_ID, current_request_id
 
 _STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-REQUEST_ID = web.RequestKey("aiotusd.request_id", str)
-MAX_REQUEST_ID = 128
-_NOT_IN_REQUEST_ID = re.compile(r"[^A-Za-z0-9._~:/+=@-]")
-_current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "aiotusd_request_id", default=None
-)
-
-
-def request_id_of(header: str | None) -> str:
-    """The id of a request with this ``X-Request-ID``: its safe characters, or a new id."""
-    kept = _NOT_IN_REQUEST_ID.sub("", header or "")[:MAX_REQUEST_ID]
-    return kept or uuid.uuid4().hex
-
-
-@web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request_id = request_id_of(request.headers.get("X-Request-ID"))
-    request[REQUEST_ID] = request_id
-    token = _current_request_id.set(request_id)
-    try:
-        return await handler(request)
-    finally:
-        _current_request_id.reset(token)
-
-
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the request id goes back to the client."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers["X-Request-ID"] = request_id
 
 
 class _RequestIdFilter(logging.Filter):
     """Gives records logged while a request runs its ``request_id``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        request_id = _current_request_id.get()
+        request_id = current_request_id()
         if request_id is not None and not hasattr(record, "request_id"):
             record.request_id = request_id
         return True

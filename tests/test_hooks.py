@@ -74,6 +74,7 @@ async def test_every_event_fires_with_its_payload_and_signed_headers(
         },
     )
     assert response.status == 201
+    creation_request_id = response.headers["X-Request-ID"]
     path = path_of(response)
     uid = upload_id(path)
     for offset, chunk in ((0, b"0123"), (4, b"456789")):
@@ -141,6 +142,10 @@ async def test_every_event_fires_with_its_payload_and_signed_headers(
             },
         }
         request = document["request"]
+        # The id of the request in the logs and in its response's X-Request-ID.
+        if r.name in ("pre-create", "post-create"):
+            assert request["id"] == creation_request_id
+        assert len(request["id"]) == 32
         assert request["remote_addr"] == "127.0.0.1"
         assert request["uri"] == (
             "/files/" if r.name == "pre-create" or r.name == "post-create" else path
