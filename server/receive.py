@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import HttpVersion11, web
 
-from storage_backends.base import UploadWriter
+from storage_backends.base import Finisher, UploadWriter
 
 from .checksum import ExpectedChecksum
 from .context import Context
@@ -32,10 +32,11 @@ from .errors import (
     one_line,
     storage_full,
 )
+from .hooks import PRE_FINISH
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
-from .uploads import finish_if_full
+from .uploads import complete, finish_if_full, finished
 
 log = logging.getLogger("aiotusd")
 
@@ -127,21 +128,40 @@ def room_left(ctx: Context, upload: Upload) -> int:
 
 
 async def _commit(
-    ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
-) -> None:
+    ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter, *, last: bool = False
+) -> bool:
     """Record the synced offset; a due post-receive event rides along in the same write.
+
+    The ``last`` commit of a body that fills the upload also records it complete, when
+    nothing is left to do first (no :class:`Finisher` backend, no pre-finish hook to
+    ask): one write instead of two. Returns whether it did; then
+    :func:`~server.uploads.finished` is due.
 
     When the write fails (a full disk under the database), ``upload`` keeps the offset
     and expiry that stay recorded, so that nothing reports bytes the database lost.
     """
-    recorded = upload.offset, upload.expires_at
+    recorded = upload.offset, upload.expires_at, upload.completed_at
     upload.offset = await writer.sync()
     upload.expires_at = ctx.expires_at()
+    events = await ctx.hooks.progress(upload, request)
+    if last and _completes_with_its_bytes(ctx, upload):
+        events += await complete(ctx, upload, request)
     try:
-        await ctx.store.save_progress(upload, await ctx.hooks.progress(upload, request))
+        await ctx.store.save_progress(upload, events)
     except Exception:
-        upload.offset, upload.expires_at = recorded
+        upload.offset, upload.expires_at, upload.completed_at = recorded
         raise
+    return upload.is_complete
+
+
+def _completes_with_its_bytes(ctx: Context, upload: Upload) -> bool:
+    return (
+        upload.offset == upload.length
+        and not upload.is_complete
+        and not upload.is_final
+        and not isinstance(ctx.backend, Finisher)
+        and PRE_FINISH not in ctx.hooks.events
+    )
 
 
 class _PeriodicCommit:
@@ -157,7 +177,7 @@ class _PeriodicCommit:
         self, ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
     ) -> None:
         self._commit = functools.partial(_commit, ctx, request, upload, writer)
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[bool] | None = None
         self.began_at = upload.offset
         """The offset written when the last commit began."""
 
@@ -267,6 +287,7 @@ async def append_body(
     committed_at = loop.time()
     commits = _PeriodicCommit(ctx, request, upload, writer)
     broke_off: TusError | asyncio.CancelledError | None = None
+    completed = False
     try:
         while True:
             try:
@@ -298,7 +319,7 @@ async def append_body(
         if checksum is not None and not checksum.matches():
             await _drop_body(ctx, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
-        await _commit(ctx, request, upload, writer)
+        completed = await _commit(ctx, request, upload, writer, last=True)
     except BodyInterrupted as exc:
         await commits.settle()
         await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
@@ -332,9 +353,12 @@ async def append_body(
         holder.on_release_request(None)
         request[RECEIVED] = upload.offset - start
         await writer.close()
-    # Also after a break-off: the connection may drop once the last byte is in, and
-    # an upload whose offset reached its length must not wait for a PATCH that never comes.
-    await finish_if_full(ctx, upload, request)
+    if completed:
+        await finished(ctx, upload, request)
+    else:
+        # Also after a break-off: the connection may drop once the last byte is in, and
+        # an upload whose offset reached its length must not wait for a PATCH that never comes.
+        await finish_if_full(ctx, upload, request)
     if broke_off is not None:
         raise broke_off
 

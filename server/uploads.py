@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, StorageError
+from storage_backends.base import Concatenator, Finisher, StorageError
 
 from .context import Context
 from .errors import Gone, NotFound, TusError
@@ -101,16 +101,30 @@ async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
     gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
     hook again (see :func:`finish_if_full`).
     """
+    await ctx.store.save_progress(upload, await complete(ctx, upload, request))
+    await finished(ctx, upload, request)
+
+
+async def complete(
+    ctx: Context, upload: Upload, request: web.Request
+) -> tuple[HookEvent, ...]:
+    """The steps of :func:`finish` before its write: the pre-finish hook, the backend's
+    finish, and ``upload`` marked complete. Returns the post-finish events of that write."""
     if not upload.is_final:
         try:
             await ctx.hooks.before(PRE_FINISH, upload, request)
         except TusError as exc:
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
-    await ctx.backend.finish(ctx.stored(upload))
+    if isinstance(ctx.backend, Finisher):
+        await ctx.backend.finish(ctx.stored(upload))
     upload.completed_at = time.time()
     upload.expires_at = None
-    await ctx.store.save_progress(upload, await ctx.hooks.post(POST_FINISH, upload, request))
+    return await ctx.hooks.post(POST_FINISH, upload, request)
+
+
+async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """The steps of :func:`finish` after its write: count it, assemble finals waiting on it."""
     ctx.metrics.uploads_finished.inc()
     if upload.concat == "partial":
         for final_id in await ctx.store.finals_waiting_on(upload.id):

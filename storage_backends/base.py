@@ -78,14 +78,21 @@ class StorageBackend(Protocol):
     async def open_writer(self, upload: StoredUpload) -> UploadWriter:
         """A writer that appends at ``upload.offset``; bytes stored past it are dropped."""
 
-    async def finish(self, upload: StoredUpload) -> None:
-        """Called once when ``upload.offset == upload.length``."""
-
     def read(self, upload: StoredUpload, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes ``[start, end)`` of a finished upload, in bounded chunks."""
 
     async def delete(self, upload: StoredUpload) -> None:
         """Remove every byte of the upload; deleting a missing upload is not an error."""
+
+
+@runtime_checkable
+class Finisher(Protocol):
+    async def finish(self, upload: StoredUpload) -> None:
+        """Called once ``upload.offset == upload.length`` is recorded, before the upload is
+        recorded complete; it may change ``upload.storage``.
+
+        A backend without it has nothing left to do when the last byte is stored: the
+        server then records the upload complete in the same write as its last offset."""
 
 
 @runtime_checkable

@@ -198,9 +198,6 @@ class FilesystemBackend:
         )
         return FileWriter(fd, upload.offset, self._fsync, directory)
 
-    async def finish(self, upload: StoredUpload) -> None:
-        return None
-
     async def read(self, upload: StoredUpload, start: int, end: int) -> AsyncIterator[bytes]:
         if start >= end:
             # Nothing to read, and an empty upload's file need not have survived a power cut.

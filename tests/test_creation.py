@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, data_files, path_of, upload_id
+from server.context import CONTEXT
 
 
 # --- creation -----------------------------------------------------------------------------
@@ -258,3 +259,28 @@ async def test_post_with_body_and_checksum(client):
     await assert_one_line_error(response, 460)
     response = await client.head(path_of(response), headers=TUS)
     assert response.headers["Upload-Offset"] == "0"
+
+
+# --- the writes of an upload ------------------------------------------------------------
+
+
+async def test_an_upload_filled_by_its_body_is_recorded_complete_in_the_same_write(client):
+    """With the filesystem backend, nothing is left to do once the last bytes are synced:
+    their offset and the completion go to the database in one statement."""
+    statements: list[str] = []
+    await client.app[CONTEXT].store._db.set_trace_callback(statements.append)
+    created = await client.post(
+        "/files/", data=b"hello", headers={**PATCH_HEADERS, "Upload-Length": "5"}
+    )
+    assert created.status == 201 and created.headers["Upload-Offset"] == "5"
+    path = await create_upload(client, 5)
+    patched = await client.patch(path, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert patched.status == 204
+    await client.app[CONTEXT].store._db.set_trace_callback(None)
+    writes = [s.split()[0] for s in statements if s.startswith(("INSERT", "UPDATE", "BEGIN"))]
+    # Each upload: its row, then its last offset together with its completion.
+    assert writes == ["INSERT", "UPDATE", "INSERT", "UPDATE"]
+    for filled in (upload_id(path_of(created)), upload_id(path)):
+        upload = await client.app[CONTEXT].store.get(filled)
+        assert upload is not None and upload.is_complete and upload.offset == 5
+    assert await (await client.get(path)).read() == b"world"
