@@ -25,13 +25,13 @@ from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
 from .locks import UploadLocks
-from .request_ids import add_request_id, request_id_middleware
 from .metrics import Metrics
 from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
 from .receive import close_after_unasked_body, defer_continue, expects_continue
+from .request_ids import add_request_id, request_id_middleware
 from .state import StateStore
 
 log = logging.getLogger("aiotusd")

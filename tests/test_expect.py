@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-
 from conftest import PATCH_HEADERS, ClientFactory, create_upload, head_offset
 from test_malformed import RawResponse, parse_response
 

@@ -13,7 +13,13 @@ from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, HookFailed, TooLarge, TusError
 from ..hooks import POST_CREATE, PRE_ACCESS, PRE_CREATE
 from ..limits import LIMITS
-from ..protocol import Concat, http_date, parse_concat, parse_metadata, parse_non_negative
+from ..protocol import (
+    Concat,
+    http_date,
+    parse_concat,
+    parse_metadata,
+    parse_non_negative,
+)
 from ..proxy import base_paths, external_url
 from ..receive import append_body, check_content_type
 from ..state import ACTIVE, Upload
