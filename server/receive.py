@@ -32,7 +32,7 @@ from .errors import (
     one_line,
     storage_full,
 )
-from .hooks import PRE_FINISH
+from .hooks import POST_RECEIVE, PRE_FINISH
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
@@ -217,16 +217,20 @@ class _PeriodicCommit:
             log.warning("a periodic commit of an upload failed: %s", exc)
 
 
-async def _drop_body(ctx: Context, upload: Upload, writer: UploadWriter, start: int) -> None:
+async def _drop_body(
+    ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter, start: int
+) -> None:
     """Forget the whole body, including what periodic commits already recorded of it.
 
     The recorded offset goes back first, then the bytes: a crash in between leaves
     bytes past the offset, which the next writer drops, never an offset past the bytes.
+    Periodic commits may have told post-receive hooks of bytes that are gone now: the
+    offset that stands goes out with a post-receive of its own.
     """
     rolled_back = upload.offset != start
     if rolled_back:
         upload.offset = start
-        await ctx.store.save_progress(upload)
+        await ctx.store.save_progress(upload, await ctx.hooks.post(POST_RECEIVE, upload, request))
     await writer.discard()
     if rolled_back:
         # The backend's record in ``upload.storage`` went back with the discard.
@@ -243,7 +247,7 @@ async def _keep_what_arrived(
 ) -> None:
     """After a body broke off: commit what arrived, or drop it when it cannot be verified."""
     if checksum is not None:
-        await _drop_body(ctx, upload, writer, start)
+        await _drop_body(ctx, request, upload, writer, start)
     else:
         await _commit(ctx, request, upload, writer)
 
@@ -301,7 +305,7 @@ async def append_body(
             watchdog.touch()
             if writer.offset + len(chunk) > limit:
                 await commits.settle()
-                await _drop_body(ctx, upload, writer, start)
+                await _drop_body(ctx, request, upload, writer, start)
                 raise TooLarge(f"body exceeds the {room} bytes left in the upload")
             if checksum is not None:
                 checksum.hasher.update(chunk)
@@ -317,7 +321,7 @@ async def append_body(
                 committed_at = watchdog.last
         await commits.wait()
         if checksum is not None and not checksum.matches():
-            await _drop_body(ctx, upload, writer, start)
+            await _drop_body(ctx, request, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
         completed = await _commit(ctx, request, upload, writer, last=True)
     except BodyInterrupted as exc:

@@ -329,6 +329,36 @@ async def test_pre_finish_rejection_keeps_the_bytes_unfinished(
     assert [r.name for r in receiver.received] == ["pre-finish", "pre-finish", "post-finish"]
 
 
+async def test_a_body_dropped_after_periodic_commits_is_corrected_by_a_post_receive(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    """A chunked body too long for the upload is dropped whole (413), also the part of it
+    that periodic commits had recorded and reported: a post-receive then reports the
+    offset that stands."""
+    client = await make_client(
+        hooks_url=receiver.url, hooks_events="post-receive", hooks_progress_interval=0,
+        commit_bytes=1,
+    )
+    path = await create_upload(client, 10)
+
+    async def body():
+        yield b"12345"
+        # The excess goes once the first chunk's commit has been reported.
+        await receiver.wait(lambda: receiver.named("post-receive"), "the first post-receive")
+        yield b"67890X"
+
+    response = await client.patch(path, data=body(), headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    await assert_one_line_error(response, 413)
+    events = await receiver.wait(
+        lambda: [r for r in receiver.named("post-receive") if r.json["upload"]["offset"] == 0],
+        "a post-receive at offset 0",
+    )
+    assert len(events) == 1
+    offsets = [r.json["upload"]["offset"] for r in receiver.named("post-receive")]
+    assert offsets[0] == 5 and offsets[-1] == 0
+    assert (await client.head(path, headers=TUS)).headers["Upload-Offset"] == "0"
+
+
 async def test_pre_terminate_rejection_keeps_the_upload(
     make_client: ClientFactory, receiver: Receiver
 ) -> None:
