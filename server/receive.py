@@ -129,29 +129,37 @@ def room_left(ctx: Context, upload: Upload) -> int:
 
 async def _commit(
     ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter, *, last: bool = False
-) -> bool:
+) -> None:
     """Record the synced offset; a due post-receive event rides along in the same write.
 
     The ``last`` commit of a body that fills the upload also records it complete, when
     nothing is left to do first (no :class:`Finisher` backend, no pre-finish hook to
-    ask): one write instead of two. Returns whether it did; then
-    :func:`~server.uploads.finished` is due.
+    ask): one write instead of two; :func:`~server.uploads.finished` is then due.
 
     When the write fails (a full disk under the database), ``upload`` keeps the offset
     and expiry that stay recorded, so that nothing reports bytes the database lost.
+    When it is cancelled, it has run all the same (see :mod:`server.state`) but may
+    have failed: ``upload`` takes its completion from the row, so that what follows
+    neither skips the steps after a completion nor records one without its event.
     """
     recorded = upload.offset, upload.expires_at, upload.completed_at
     upload.offset = await writer.sync()
     upload.expires_at = ctx.expires_at()
     events = await ctx.hooks.progress(upload, request)
-    if last and _completes_with_its_bytes(ctx, upload):
+    completing = last and _completes_with_its_bytes(ctx, upload)
+    if completing:
         events += await complete(ctx, upload, request)
     try:
         await ctx.store.save_progress(upload, events)
+    except asyncio.CancelledError:
+        if completing:
+            row = await ctx.store.get(upload.id)
+            if row is not None:
+                upload.expires_at, upload.completed_at = row.expires_at, row.completed_at
+        raise
     except Exception:
         upload.offset, upload.expires_at, upload.completed_at = recorded
         raise
-    return upload.is_complete
 
 
 def _completes_with_its_bytes(ctx: Context, upload: Upload) -> bool:
@@ -177,7 +185,7 @@ class _PeriodicCommit:
         self, ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter
     ) -> None:
         self._commit = functools.partial(_commit, ctx, request, upload, writer)
-        self._task: asyncio.Task[bool] | None = None
+        self._task: asyncio.Task[None] | None = None
         self.began_at = upload.offset
         """The offset written when the last commit began."""
 
@@ -291,7 +299,7 @@ async def append_body(
     committed_at = loop.time()
     commits = _PeriodicCommit(ctx, request, upload, writer)
     broke_off: TusError | asyncio.CancelledError | None = None
-    completed = False
+    was_complete = upload.is_complete
     try:
         while True:
             try:
@@ -323,7 +331,7 @@ async def append_body(
         if checksum is not None and not checksum.matches():
             await _drop_body(ctx, request, upload, writer, start)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
-        completed = await _commit(ctx, request, upload, writer, last=True)
+        await _commit(ctx, request, upload, writer, last=True)
     except BodyInterrupted as exc:
         await commits.settle()
         await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
@@ -357,7 +365,7 @@ async def append_body(
         holder.on_release_request(None)
         request[RECEIVED] = upload.offset - start
         await writer.close()
-    if completed:
+    if upload.is_complete and not was_complete:
         await finished(ctx, upload, request)
     else:
         # Also after a break-off: the connection may drop once the last byte is in, and

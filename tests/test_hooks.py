@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -357,6 +359,44 @@ async def test_a_body_dropped_after_periodic_commits_is_corrected_by_a_post_rece
     offsets = [r.json["upload"]["offset"] for r in receiver.named("post-receive")]
     assert offsets[0] == 5 and offsets[-1] == 0
     assert (await client.head(path, headers=TUS)).headers["Upload-Offset"] == "0"
+
+
+@pytest.mark.parametrize("took", [True, False], ids=["write took", "write failed"])
+async def test_a_completing_write_whose_request_is_cancelled_is_followed_through(
+    make_client: ClientFactory, receiver: Receiver, took: bool
+) -> None:
+    """The last offset and the completion are one write (filesystem, no pre-finish hook).
+    When the request is cancelled in it, the write has run, but it may have failed: the
+    upload ends complete with exactly one post-finish event, and counted once, either way."""
+    client = await make_client(hooks_url=receiver.url, hooks_events="post-finish")
+    ctx = client.app[CONTEXT]
+    path = await create_upload(client, 5)
+    real_save = ctx.store.save_progress
+    cancelled = []
+
+    async def save_then_cancel(upload, events=()):
+        if upload.is_complete and not cancelled:
+            cancelled.append(upload.id)
+            if took:
+                await real_save(upload, events)
+            raise asyncio.CancelledError
+        await real_save(upload, events)
+
+    ctx.store.save_progress = save_then_cancel
+    with contextlib.suppress(aiohttp.ClientError):
+        await client.patch(path, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert cancelled == [upload_id(path)]
+    (finish,) = await receiver.wait(lambda: receiver.named("post-finish"), "post-finish")
+    assert finish.json["upload"]["offset"] == 5
+    upload = await ctx.store.get(upload_id(path))
+    assert upload is not None and upload.is_complete and upload.offset == 5
+    assert ctx.metrics.registry.get_sample_value("aiotusd_uploads_finished_total") == 1
+    # Once the outbox is empty, no second post-finish is on its way.
+    async def outbox_empty() -> bool:
+        return await ctx.store.hook_events() == []
+
+    await poll(outbox_empty, "an empty outbox")
+    assert len(receiver.named("post-finish")) == 1
 
 
 async def test_pre_terminate_rejection_keeps_the_upload(
