@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -30,7 +30,7 @@ from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
-from .receive import close_after_unasked_body, defer_continue, expects_continue
+from .receive import close_after_unasked_body, defer_continue, unknown_expectation
 from .request_ids import add_request_id, request_id_middleware
 from .state import StateStore
 
@@ -186,10 +186,9 @@ def _one_line_http_errors(
             and protocol.admission is not Admission.ADMITTED
         ):
             return await _over_connection_limit(request, handler)
-        expect = request.headers.get("Expect")
-        if expect and request.version == HttpVersion11 and not expects_continue(request):
+        if (reason := unknown_expectation(request)) is not None:
             # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
-            return web.Response(status=417, text=one_line(f"unknown Expect: {expect[:100]}") + "\n")
+            return web.Response(status=417, text=reason)
         try:
             return await handler(request)
         except web.HTTPException as exc:

@@ -53,6 +53,14 @@ def expects_continue(request: web.BaseRequest) -> bool:
     )
 
 
+def unknown_expectation(request: web.BaseRequest) -> str | None:
+    """Why an ``Expect`` other than ``100-continue`` is refused (417), or None."""
+    expect = request.headers.get("Expect")
+    if expect and request.version == HttpVersion11 and not expects_continue(request):
+        return one_line(f"unknown Expect: {expect[:100]}") + "\n"
+    return None
+
+
 async def defer_continue(request: web.Request) -> None:
     """The routes' ``Expect`` handler: ``100 Continue`` waits for :func:`continue_body`.
 
@@ -60,9 +68,8 @@ async def defer_continue(request: web.Request) -> None:
     429 or 503 would have sent its whole body for nothing. An unknown expectation is
     refused (417) as aiohttp's own handler does.
     """
-    if request.version == HttpVersion11 and not expects_continue(request):
-        expect = request.headers["Expect"]
-        raise web.HTTPExpectationFailed(text=one_line(f"unknown Expect: {expect[:100]}") + "\n")
+    if (reason := unknown_expectation(request)) is not None:
+        raise web.HTTPExpectationFailed(text=reason)
 
 
 async def continue_body(request: web.Request) -> None:
