@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import HttpVersion11, web
 
-from storage_backends.base import Finisher, UploadWriter
+from storage_backends.base import UploadWriter
 
 from .checksum import ExpectedChecksum
 from .context import Context
@@ -174,7 +174,7 @@ def _completes_with_its_bytes(ctx: Context, upload: Upload) -> bool:
         upload.offset == upload.length
         and not upload.is_complete
         and not upload.is_final
-        and not isinstance(ctx.backend, Finisher)
+        and ctx.finisher is None
         and PRE_FINISH not in ctx.hooks.events
     )
 

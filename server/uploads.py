@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, Finisher, StorageError
+from storage_backends.base import Concatenator, StorageError
 
 from .context import Context
 from .errors import Gone, NotFound, TusError
@@ -116,8 +116,8 @@ async def complete(
         except TusError as exc:
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
-    if isinstance(ctx.backend, Finisher):
-        await ctx.backend.finish(ctx.stored(upload))
+    if ctx.finisher is not None:
+        await ctx.finisher.finish(ctx.stored(upload))
     upload.completed_at = time.time()
     upload.expires_at = None
     return await ctx.hooks.post(POST_FINISH, upload, request)
