@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 pytest.register_assert_rewrite("s3_support")
 
@@ -133,6 +134,64 @@ async def test_small_and_empty_uploads_are_single_objects(make_client, s3_endpoi
     assert object_bytes(s3, bucket, upload_id(empty)) == b""
     assert (await client.get(empty)).status == 200
     assert multipart_uploads(s3, bucket) == []
+
+
+class FailingOnce:
+    """A reverse proxy in front of the S3 endpoint that answers the first attempt at every
+    part and object body with S3's 500 InternalError, once it has read the whole body."""
+
+    def __init__(self, upstream: str) -> None:
+        self._upstream = upstream
+        self.bodies: list[tuple[str, int, str]] = []
+        """(what, status answered, MD5 of the body) of every UploadPart and PutObject."""
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        query = request.rel_url.query
+        if request.method == "PUT" and "x-amz-copy-source" not in request.headers:
+            what = f"part {query['partNumber']}" if "partNumber" in query else request.path
+            digest = hashlib.md5(body).hexdigest()
+            status = 200 if any(seen[0] == what for seen in self.bodies) else 500
+            self.bodies.append((what, status, digest))
+            if status == 500:
+                return web.Response(status=500, content_type="application/xml", body=(
+                    b"<Error><Code>InternalError</Code>"
+                    b"<Message>We encountered an internal error.</Message></Error>"
+                ))
+        async with aiohttp.ClientSession(auto_decompress=False) as session, session.request(
+            request.method, self._upstream + str(request.rel_url), data=body,
+            headers={k: v for k, v in request.headers.items() if k.lower() != "transfer-encoding"},
+        ) as answer:
+            return web.Response(
+                status=answer.status, body=await answer.read(),
+                headers={k: v for k, v in answer.headers.items()
+                         if k.lower() not in ("content-length", "transfer-encoding")},
+            )
+
+
+async def test_a_body_that_s3_failed_is_sent_again_whole(
+    make_client, aiohttp_server, s3_endpoint, bucket, s3
+):
+    proxy = FailingOnce(s3_endpoint.url)
+    app = web.Application(client_max_size=2 * PART)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    proxy.url = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+    client = await make_client(**s3_settings(proxy, bucket))
+    big, small = payload(12 * MIB, seed=40), payload(1000, seed=41)
+    big_path, small_path = await create_upload(client, len(big)), await create_upload(client, 1000)
+    assert (await patch(client, big_path, 0, big)).status == 204
+    assert (await patch(client, small_path, 0, small)).status == 204
+    assert object_bytes(s3, bucket, upload_id(big_path)) == big
+    assert object_bytes(s3, bucket, upload_id(small_path)) == small
+    expected = {
+        "part 1": big[:PART], "part 2": big[PART : 2 * PART], "part 3": big[2 * PART :],
+        f"/{bucket}/{upload_id(small_path)}": small,
+    }
+    assert sorted(proxy.bodies) == sorted(
+        (what, status, hashlib.md5(data).hexdigest())
+        for what, data in expected.items() for status in (200, 500)
+    )
 
 
 async def test_defer_length(make_client, s3_endpoint, bucket, s3):
