@@ -18,7 +18,7 @@ from storage_backends import make_backend
 from . import handlers
 from .config import Settings
 from .context import CONTEXT, Context
-from .cors import setup_cors
+from .cors import CORS, CorsPolicy, setup_cors
 from .demo import setup_demo
 from .errors import Overloaded, error_middleware, error_response, one_line
 from .expiration import run_sweeper
@@ -174,10 +174,12 @@ class _OneLineErrorHandler(RequestHandler):
 
 def _one_line_http_errors(
     handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    cors: CorsPolicy | None,
 ) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
     """Refusals raised outside the middlewares in one line too: aiohttp checks ``Expect``
     before them, and answers ``Expect: nonsense`` with a bare ``Unknown Expect: ...``.
-    Requests on a connection over ``max_connections`` are refused here, before the app."""
+    Requests on a connection over ``max_connections`` are refused here, before the app.
+    Both refusals carry the CORS headers, so that a browser's client can read them."""
 
     async def handle(request: BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
@@ -185,16 +187,22 @@ def _one_line_http_errors(
             isinstance(protocol, _OneLineErrorHandler)
             and protocol.admission is not Admission.ADMITTED
         ):
-            return await _over_connection_limit(request, handler)
-        if (reason := unknown_expectation(request)) is not None:
+            response = await _over_connection_limit(request, handler)
+        elif (reason := unknown_expectation(request)) is not None:
             # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
-            return web.Response(status=417, text=reason)
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return web.Response(status=exc.status, text=one_line(exc.text or exc.reason) + "\n")
+            response = web.Response(status=417, text=reason)
+        else:
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                return web.Response(
+                    status=exc.status, text=one_line(exc.text or exc.reason) + "\n"
+                )
+        if cors is not None:
+            await cors.add_headers(request, response)
+        return response
 
     return handle
 
@@ -234,7 +242,7 @@ class AppRunner(web.AppRunner):
         if limits is not None and (shortfall := limits.descriptor_shortfall()):
             log.warning("%s", shortfall)
         return _Server(
-            _one_line_http_errors(server.request_handler),
+            _one_line_http_errors(server.request_handler, self.app.get(CORS)),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_request import BaseRequest
 
 from .protocol import is_header_name
 
@@ -122,7 +123,7 @@ class CorsPolicy:
             _vary(response, "Access-Control-Request-Method", "Access-Control-Request-Headers")
         return response
 
-    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def add_headers(self, request: BaseRequest, response: web.StreamResponse) -> None:
         """``on_response_prepare``: the CORS headers of every response."""
         if self.echoes:
             _vary(response, "Origin")
@@ -135,11 +136,17 @@ class CorsPolicy:
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
 
 
+CORS = web.AppKey("cors", CorsPolicy)
+"""The app's policy, for the answers made before the app sees a request (see
+:func:`server.app.AppRunner`): they get no ``on_response_prepare``."""
+
+
 def setup_cors(app: web.Application, settings: Settings) -> list[Middleware]:
     """Hook CORS into ``app``; returns the middleware to add (none when CORS is off)."""
     policy = CorsPolicy.from_settings(settings)
     if policy is None:
         return []
+    app[CORS] = policy
     app.on_response_prepare.append(policy.add_headers)
     return [policy.preflight]
 

@@ -420,6 +420,41 @@ async def test_max_uploads_receiving_0_is_no_limit(make_client, connections):
 # --- Connections, against a real server process.
 
 
+async def test_refusals_made_before_the_app_carry_cors_headers(server_process, connections):
+    """A browser's client can read a refusal only with CORS headers: the 503 over
+    ``max_connections`` and the 417 for an unknown ``Expect`` are made outside the app."""
+    origin = "https://app.example"
+    server = server_process("--max-connections", "1", "--cors-origins", origin)
+    admitted: list[Connection] = []
+
+    async def admit() -> bool:
+        # The start-up probe's connection may not be counted out yet.
+        connection = await Connection.open(server.port)
+        connections.append(connection)
+        if (await connection.request("OPTIONS", "/files/", TUS)).status == 204:
+            admitted.append(connection)
+        return bool(admitted)
+
+    await poll(admit, "a connection to be admitted", timeout=TIMEOUT)
+
+    for sent, allowed in ((origin, origin), ("https://elsewhere.example", None)):
+        over = await Connection.open(server.port)
+        connections.append(over)
+        refused = await over.request("GET", "/files/abc", {**TUS, "Origin": sent})
+        assert refused.status == 503
+        assert refused.headers.get("Access-Control-Allow-Origin") == allowed
+        assert "Origin" in refused.headers["Vary"]
+        if allowed is not None:
+            exposed = refused.headers["Access-Control-Expose-Headers"].split(", ")
+            assert {"Retry-After", "Tus-Resumable"} <= set(exposed)
+
+    expectation = await admitted[0].request(
+        "POST", "/files/", {**TUS, "Origin": origin, "Upload-Length": "1", "Expect": "nonsense"}
+    )
+    assert expectation.status == 417
+    assert expectation.headers["Access-Control-Allow-Origin"] == origin
+
+
 async def test_connections_over_the_limit_get_503_and_the_others_are_served(
     server_process, connections
 ):
