@@ -36,7 +36,7 @@ from .hooks import POST_RECEIVE, PRE_FINISH
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
-from .uploads import complete, finish_if_full, finished
+from .uploads import complete, finish_if_full, finished, is_full
 
 log = logging.getLogger("aiotusd")
 
@@ -170,13 +170,7 @@ async def _commit(
 
 
 def _completes_with_its_bytes(ctx: Context, upload: Upload) -> bool:
-    return (
-        upload.offset == upload.length
-        and not upload.is_complete
-        and not upload.is_final
-        and ctx.finisher is None
-        and PRE_FINISH not in ctx.hooks.events
-    )
+    return is_full(upload) and ctx.finisher is None and PRE_FINISH not in ctx.hooks.events
 
 
 class _PeriodicCommit:

@@ -134,10 +134,17 @@ async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
                 log.exception("assembling final upload %s failed", final_id)
 
 
+def is_full(upload: Upload) -> bool:
+    """Whether every byte of an upload that takes bytes is stored, and it is not finished yet.
+
+    A final upload takes none: it is finished by its assembly."""
+    return not upload.is_complete and not upload.is_final and upload.offset == upload.length
+
+
 async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> None:
     """Finish an upload all of whose bytes are stored: right after its last byte arrived,
     or later, when finishing failed the first time (the store was down)."""
-    if not upload.is_complete and not upload.is_final and upload.offset == upload.length:
+    if is_full(upload):
         await finish(ctx, upload, request)
 
 
