@@ -8,6 +8,7 @@ before the offset was written (see :mod:`server.receive`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -197,7 +198,7 @@ class SchemaTooNew(Exception):
 
 
 class _WriteGate:
-    """Single statements side by side, a transaction alone.
+    """Single statements side by side, a transaction alone, each in its turn.
 
     The one connection's thread runs what it is given in order. Single statements
     (autocommit) need not wait for each other's round trip: queued back to back, the
@@ -205,47 +206,78 @@ class _WriteGate:
     transaction must run alone, so that no other request's statement slips into it (and
     is rolled back with it): it waits for the statements under way, and statements that
     come after it wait for it.
+
+    Turns go in the order of arrival: neither a stream of statements nor one of
+    transactions (every creation with a post-create hook is one) keeps the other out.
     """
 
     def __init__(self) -> None:
-        self._changed = asyncio.Condition()
         self._statements = 0
         self._transaction = False
-        self._transactions_waiting = 0
+        self._waiting: collections.deque[tuple[bool, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        """Who waits for a turn, first come first: (is a transaction, woken when in)."""
 
     @contextlib.asynccontextmanager
     async def statement(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: not self._transaction and not self._transactions_waiting
-            )
-            self._statements += 1
+        await self._enter(transaction=False)
         try:
             yield
         finally:
-            async with self._changed:
-                self._statements -= 1
-                self._changed.notify_all()
+            self._leave(transaction=False)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        async with self._changed:
-            self._transactions_waiting += 1
-            try:
-                await self._changed.wait_for(
-                    lambda: not self._transaction and not self._statements
-                )
-            finally:
-                self._transactions_waiting -= 1
-                # A cancelled waiter no longer holds back the statements that yielded to it.
-                self._changed.notify_all()
-            self._transaction = True
+        await self._enter(transaction=True)
         try:
             yield
         finally:
-            async with self._changed:
-                self._transaction = False
-                self._changed.notify_all()
+            self._leave(transaction=True)
+
+    def _may_enter(self, transaction: bool) -> bool:
+        return not self._transaction and not (transaction and self._statements)
+
+    def _let_in(self, transaction: bool) -> None:
+        if transaction:
+            self._transaction = True
+        else:
+            self._statements += 1
+
+    async def _enter(self, transaction: bool) -> None:
+        if not self._waiting and self._may_enter(transaction):
+            self._let_in(transaction)
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((transaction, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.cancelled():
+                # Its place is given up: those behind it may now go in.
+                self._wake()
+            else:
+                self._leave(transaction)  # let in, but cancelled before it could go on
+            raise
+
+    def _leave(self, transaction: bool) -> None:
+        if transaction:
+            self._transaction = False
+        else:
+            self._statements -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            transaction, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                self._waiting.popleft()
+                continue
+            if not self._may_enter(transaction):
+                return
+            self._waiting.popleft()
+            self._let_in(transaction)
+            turn.set_result(None)
 
 
 class StateStore:

@@ -187,6 +187,87 @@ async def test_a_transaction_waits_for_the_statements_under_way(store: StateStor
 
 
 
+async def test_turns_go_in_order_of_arrival_so_transactions_do_not_starve_a_statement(
+    store: StateStore,
+) -> None:
+    upload = Upload(id="a", length=10)
+    await store.create(upload)
+    order: list[str] = []
+    inside, first_may_end = asyncio.Event(), asyncio.Event()
+
+    async def transaction(name: str) -> None:
+        async with store._transaction() as db:
+            order.append(name)
+            inside.set()
+            if name == "first":
+                await asyncio.wait_for(first_may_end.wait(), 5)
+            await db.execute("SELECT 1")
+
+    async def statement() -> None:
+        upload.offset = 4
+        await store.save_progress(upload)
+        order.append("statement")
+
+    first = asyncio.create_task(transaction("first"))
+    await asyncio.wait_for(inside.wait(), 5)
+    waiting = [asyncio.create_task(statement())]
+    await asyncio.sleep(0)
+    waiting.append(asyncio.create_task(transaction("second")))
+    await asyncio.sleep(0)
+    first_may_end.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
+    assert order == ["first", "statement", "second"]
+
+
+async def test_a_statement_behind_a_cancelled_transaction_goes_on(store: StateStore) -> None:
+    upload = Upload(id="a", length=10)
+    await store.create(upload)
+
+    async def transaction() -> None:
+        async with store._transaction() as db:
+            await db.execute('UPDATE uploads SET "offset" = 9')
+
+    async with store._gate.statement():  # under way: the transaction waits for it
+        queued = asyncio.create_task(transaction())
+        await asyncio.sleep(0)
+        upload.offset = 3
+        behind = asyncio.create_task(store.save_progress(upload))
+        await asyncio.sleep(0)
+        assert not behind.done()
+        queued.cancel()
+        await asyncio.wait_for(behind, 5)
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    found = await store.get("a")
+    assert found is not None and found.offset == 3
+
+
+async def test_a_transaction_let_in_but_cancelled_before_it_goes_on_leaves_the_gate_open(
+    store: StateStore,
+) -> None:
+    upload = Upload(id="a", length=10)
+    await store.create(upload)
+    ran = False
+
+    async def transaction() -> None:
+        nonlocal ran
+        async with store._transaction():
+            ran = True
+
+    async with store._gate.statement():
+        queued = asyncio.create_task(transaction())
+        await asyncio.sleep(0)
+    # The statement's end let the transaction in; it is cancelled before it could go on.
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert not ran
+    upload.offset = 5
+    await asyncio.wait_for(store.save_progress(upload), 5)
+    found = await store.get("a")
+    assert found is not None and found.offset == 5
+
+
 async def test_a_transaction_cancelled_as_it_begins_leaves_none_open(
     store: StateStore, tmp_path: Path
 ) -> None:
