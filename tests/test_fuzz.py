@@ -1,8 +1,9 @@
 """A bounded request fuzzer against a real aiotusd process.
 
 A few hundred requests, generated from a fixed seed, go byte by byte over raw loopback
-sockets: random methods (and ``X-HTTP-Method-Override``), tus headers with hostile
-values, random bodies and paths, and malformed HTTP framing. Every answer must be below
+sockets to a server on each storage backend: random methods (and
+``X-HTTP-Method-Override``), tus headers with hostile values, random bodies and paths,
+and malformed HTTP framing. Every answer must be below
 500, free of traceback text and, for a 4xx, one line. Afterwards the server must still be
 up, have logged no traceback, and take a clean upload byte for byte.
 """
@@ -17,7 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import pytest
+
+pytest.register_assert_rewrite("s3_support")
+
 from conftest import PATCH_HEADERS, TUS, ServerProcess
+from s3_support import object_keys, s3_args
+
+pytest_plugins = ["s3_support"]
 
 SEED = 20261125
 COUNT = 400
@@ -389,8 +397,17 @@ async def clean_upload(session: aiohttp.ClientSession, url: str) -> None:
         assert hashlib.sha256(await response.read()).digest() == hashlib.sha256(data).digest()
 
 
-async def test_fuzzed_requests_never_5xx_and_the_server_survives(server_process):
+@pytest.mark.parametrize("storage", ["filesystem", "s3"])
+async def test_fuzzed_requests_never_5xx_and_the_server_survives(
+    server_process, request: pytest.FixtureRequest, storage: str
+):
+    on_storage = (
+        s3_args(request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket"))
+        if storage == "s3"
+        else []
+    )
     server: ServerProcess = server_process(
+        *on_storage,
         "--idle-timeout",
         "1",
         "--lock-timeout",
@@ -434,6 +451,8 @@ async def test_fuzzed_requests_never_5xx_and_the_server_survives(server_process)
 
         assert server.process is not None and server.process.poll() is None
         await clean_upload(session, server.url)
+    if storage == "s3":
+        assert object_keys(request.getfixturevalue("s3"), request.getfixturevalue("bucket"))
     assert "Traceback" not in server.log(), server.log()[-5000:]
     assert time.monotonic() - started < TIME_LIMIT
 
