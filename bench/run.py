@@ -96,7 +96,8 @@ def _targets(servers: str, workloads: list[str]) -> tuple[list[Target], dict[str
 
 
 async def _run_one(workload: Workload, target: Target, bench: Bench, number: int) -> Record:
-    """One fresh run in its own directory, removed afterwards; a failure is the record's error."""
+    """One fresh run in its own directory, removed afterwards unless the workload keeps it
+    (the whole work directory goes at the end); a failure is the record's error."""
     record = Record(workload.id, number, target.name)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{workload.id}-{target.name}-", dir=bench.work))
     started = time.perf_counter()
@@ -107,7 +108,8 @@ async def _run_one(workload: Workload, target: Target, bench: Bench, number: int
     except Exception as exc:  # noqa: BLE001 - a failing peer is a finding, not the end
         record.error = f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not workload.keeps_run_dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
         os.sync()  # no write-back of this run's data during the next one
     record.seconds = time.perf_counter() - started
     return record
