@@ -63,6 +63,11 @@ def setup_logging(log_format: str, level: str) -> None:
 class AccessLogger(AbstractAccessLogger):
     """``method path status upload=<id> received=<bytes> duration=<seconds> request=<id>``."""
 
+    @property
+    def enabled(self) -> bool:
+        """aiohttp skips :meth:`log` when this is false: below ``info`` nothing is built."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         try:
             upload_id = request.match_info.get("upload_id", "-")  # type: ignore[attr-defined]
