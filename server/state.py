@@ -200,9 +200,10 @@ class SchemaTooNew(Exception):
 class _WriteGate:
     """Single statements side by side, a transaction alone, each in its turn.
 
-    The one connection's thread runs what it is given in order. Single statements
-    (autocommit) need not wait for each other's round trip: queued back to back, the
-    thread never idles between them, which is what makes many small uploads fast. A
+    The one connection's thread runs what it is given in order. Single statements need
+    not wait for each other: those that come in one turn of the event loop go to the
+    thread together (:class:`_StatementBatch`), which is what makes many small uploads
+    fast. A
     transaction must run alone, so that no other request's statement slips into it (and
     is rolled back with it): it waits for the statements under way, and statements that
     come after it wait for it.
@@ -280,6 +281,85 @@ class _WriteGate:
             turn.set_result(None)
 
 
+def _run_together(
+    connection: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]
+) -> list[Exception | None]:
+    """Run ``statements`` in one transaction; when one fails, each alone: every statement
+    gets its own outcome, as if it had been sent by itself. On the connection's thread."""
+    if len(statements) > 1:
+        try:
+            connection.execute("BEGIN")
+            for sql, parameters in statements:
+                connection.execute(sql, parameters)
+            connection.execute("COMMIT")
+            return [None] * len(statements)
+        except Exception:
+            # A full disk may have rolled back already; a failed COMMIT may have not.
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+    outcomes: list[Exception | None] = []
+    for sql, parameters in statements:
+        try:
+            connection.execute(sql, parameters)
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+class _StatementBatch:
+    """Single statements that come within one turn of the event loop go to the connection's
+    thread together, as one call, and are committed together.
+
+    A round trip to that thread costs far more CPU than an UPDATE by key (measured: 83 us
+    against 11 us a statement when 32 go together); many small uploads make two writes
+    each. A statement is answered once its batch is committed.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._waiting: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
+
+    async def run(self, sql: str, parameters: tuple[Any, ...]) -> None:
+        """Run one statement; a cancelled caller waits for it to have run all the same
+        (see :func:`_to_the_end`)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._send)
+        self._waiting.append((sql, parameters, done))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            while not done.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([done])
+            raise
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        statements = [(sql, parameters) for sql, parameters, _ in batch]
+        sent = asyncio.ensure_future(
+            self._connection._execute(_run_together, self._connection._connection, statements)
+        )
+
+        def answer(sent: asyncio.Future[list[Exception | None]]) -> None:
+            if sent.cancelled():  # the loop is closing
+                for _, _, done in batch:
+                    done.cancel()
+                return
+            failure = sent.exception()
+            outcomes = sent.result() if failure is None else [failure] * len(batch)
+            for (_, _, done), outcome in zip(batch, outcomes):
+                if outcome is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(outcome)
+
+        sent.add_done_callback(answer)
+
+
 class StateStore:
     """All reads and writes of upload state.
 
@@ -298,6 +378,7 @@ class StateStore:
         self._db = connection
         self._reader = reader
         self._gate = _WriteGate()
+        self._batch = _StatementBatch(connection)
         self.outbox_changed = asyncio.Event()
         """Set whenever events were committed to the outbox (the delivery worker waits on it)."""
 
@@ -346,7 +427,7 @@ class StateStore:
                 await db.execute(sql, parameters)
             return
         async with self._gate.statement():
-            await _to_the_end(self._db, self._db.execute(sql, parameters))
+            await self._batch.run(sql, parameters)
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:

@@ -108,6 +108,24 @@ async def test_concurrent_progress_writes_all_land(store: StateStore) -> None:
 
 
 
+async def test_a_failing_statement_sent_with_others_fails_alone(store: StateStore) -> None:
+    await store.create(Upload(id="taken", length=10))
+    uploads = [Upload(id=f"u{n}", length=10) for n in range(5)]
+    # Queued in one turn of the loop: they go to the database together.
+    outcomes = await asyncio.gather(
+        *(store.create(u) for u in uploads[:2]),
+        store.create(Upload(id="taken", length=99)),
+        *(store.create(u) for u in uploads[2:]),
+        return_exceptions=True,
+    )
+    assert [type(o) for o in outcomes] == [
+        type(None), type(None), sqlite3.IntegrityError, type(None), type(None), type(None)
+    ]
+    found = await store.get_many(("taken", *(u.id for u in uploads)))
+    assert set(found) == {"taken", *(u.id for u in uploads)}
+    assert found["taken"].length == 10
+
+
 async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
     store = await StateStore.open(tmp_path / "state.sqlite3")
     try:
