@@ -293,11 +293,13 @@ def _run_together(
                 connection.execute(sql, parameters)
             connection.execute("COMMIT")
             return [None] * len(statements)
-        except Exception:
+        except Exception as exc:
             # A full disk may have rolled back already; a failed COMMIT may have not.
             if connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+                try:
                     connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    return [exc] * len(statements)  # none of them may go into that one
     outcomes: list[Exception | None] = []
     for sql, parameters in statements:
         try:
@@ -368,8 +370,9 @@ class StateStore:
 
     The writes that change an upload take the post-hook ``events`` the change
     causes and insert them into the outbox in the same transaction: an event is
-    recorded if and only if its change is. Without events they cost what they
-    did before hooks existed: one statement, no transaction.
+    recorded if and only if its change is. Without events they are single
+    statements, sent to the database together with those of other requests
+    (:class:`_StatementBatch`).
     """
 
     def __init__(

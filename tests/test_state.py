@@ -126,6 +126,30 @@ async def test_a_failing_statement_sent_with_others_fails_alone(store: StateStor
     assert found["taken"].length == 10
 
 
+async def test_a_batch_whose_commit_fails_is_run_again_one_by_one(tmp_path: Path) -> None:
+    # The deferred foreign key fails only at the batch's COMMIT, which leaves it open.
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    try:
+        await store._db.execute("PRAGMA foreign_keys = ON")
+        await store._db.execute(
+            "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        outcomes = await asyncio.gather(
+            store.create(Upload(id="a", length=1)),
+            store._write("INSERT INTO dangling VALUES ('nowhere')", ()),
+            store.create(Upload(id="b", length=1)),
+            return_exceptions=True,
+        )
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], sqlite3.IntegrityError)
+        assert not store._db.in_transaction
+        assert set(await store.get_many(("a", "b"))) == {"a", "b"}
+        assert await store._db.execute_fetchall("SELECT * FROM dangling") == []
+    finally:
+        await store.close()
+
+
 async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
     store = await StateStore.open(tmp_path / "state.sqlite3")
     try:
