@@ -30,6 +30,19 @@ async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
     await opened.close()
 
 
+@pytest.fixture
+async def store_checked_at_commit(store: StateStore) -> StateStore:
+    """``store`` with a table ``dangling`` whose foreign key is checked only at COMMIT: a
+    row that points nowhere fails there and, unlike a full disk, leaves the transaction
+    open."""
+    await store._db.execute("PRAGMA foreign_keys = ON")
+    await store._db.execute(
+        "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
+        "DEFERRABLE INITIALLY DEFERRED)"
+    )
+    return store
+
+
 async def test_new_database_is_wal_with_current_schema(tmp_path: Path) -> None:
     store = await StateStore.open(tmp_path / "nested" / "state.sqlite3")
     try:
@@ -126,28 +139,21 @@ async def test_a_failing_statement_sent_with_others_fails_alone(store: StateStor
     assert found["taken"].length == 10
 
 
-async def test_a_batch_whose_commit_fails_is_run_again_one_by_one(tmp_path: Path) -> None:
-    # The deferred foreign key fails only at the batch's COMMIT, which leaves it open.
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        await store._db.execute("PRAGMA foreign_keys = ON")
-        await store._db.execute(
-            "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-        outcomes = await asyncio.gather(
-            store.create(Upload(id="a", length=1)),
-            store._write("INSERT INTO dangling VALUES ('nowhere')", ()),
-            store.create(Upload(id="b", length=1)),
-            return_exceptions=True,
-        )
-        assert outcomes[0] is None and outcomes[2] is None
-        assert isinstance(outcomes[1], sqlite3.IntegrityError)
-        assert not store._db.in_transaction
-        assert set(await store.get_many(("a", "b"))) == {"a", "b"}
-        assert await store._db.execute_fetchall("SELECT * FROM dangling") == []
-    finally:
-        await store.close()
+async def test_a_batch_whose_commit_fails_is_run_again_one_by_one(
+    store_checked_at_commit: StateStore,
+) -> None:
+    store = store_checked_at_commit
+    outcomes = await asyncio.gather(
+        store.create(Upload(id="a", length=1)),
+        store._write("INSERT INTO dangling VALUES ('nowhere')", ()),
+        store.create(Upload(id="b", length=1)),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert not store._db.in_transaction
+    assert set(await store.get_many(("a", "b"))) == {"a", "b"}
+    assert await store._db.execute_fetchall("SELECT * FROM dangling") == []
 
 
 async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
@@ -170,24 +176,17 @@ async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
-    # A deferred foreign key fails at COMMIT and, unlike a full disk, leaves the transaction
-    # open: the next write must still get a transaction of its own.
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        await store._db.execute("PRAGMA foreign_keys = ON")
-        await store._db.execute(
-            "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-        with pytest.raises(sqlite3.IntegrityError):
-            async with store._transaction() as db:
-                await db.execute("INSERT INTO dangling VALUES ('nowhere')")
-        assert not store._db.in_transaction
-        await store.create(Upload(id="after", length=1))
-        assert (await store.get("after")) is not None
-    finally:
-        await store.close()
+async def test_a_failed_commit_leaves_no_transaction_open(
+    store_checked_at_commit: StateStore,
+) -> None:
+    # The next write must still get a transaction of its own.
+    store = store_checked_at_commit
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store._transaction() as db:
+            await db.execute("INSERT INTO dangling VALUES ('nowhere')")
+    assert not store._db.in_transaction
+    await store.create(Upload(id="after", length=1))
+    assert (await store.get("after")) is not None
 
 
 async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_it(store: StateStore) -> None:
