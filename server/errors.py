@@ -9,14 +9,16 @@ answered with a generic 500 that carries no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 from aiohttp import web
 
-from storage_backends.base import StorageUnavailable
+from storage_backends.base import StorageError, StorageUnavailable
 
 log = logging.getLogger("aiotusd")
 
@@ -127,29 +129,65 @@ class ConfigError(Exception):
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Answer every refusal with its status and a one-line plain-text reason."""
+    """Answer every refusal with its status and a one-line plain-text reason.
+
+    A failure after the response began (a download whose stored bytes turn out to be
+    missing, or whose S3 stream breaks) cannot be answered any more: see
+    :func:`abort_response`.
+    """
     try:
         return await handler(request)
-    except HookRejected as exc:
-        return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
-    except TusError as exc:
-        return error_response(exc)
-    except StorageUnavailable as exc:
-        log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
-        return _plain(503, "storage is unavailable; try again later",
-                      {"Retry-After": str(exc.retry_after)})
+    except (ConnectionError, asyncio.CancelledError):
+        raise
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if request.writer.output_size > 0:
+            abort_response(request, exc)
         return _plain(exc.status, exc.reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {})
-    except ConnectionError:
-        raise
     except Exception as exc:
-        if storage_full(exc):
-            log.warning("%s %s: storage is full: %s", request.method, request.path, exc)
-            return _plain(InsufficientStorage.status, "storage is full; try again later")
-        log.exception("%s %s failed", request.method, request.path)
-        return _plain(500, "internal server error")
+        if request.writer.output_size > 0:
+            abort_response(request, exc)
+        return _answer(request, exc)
+
+
+def _answer(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, HookRejected):
+        return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
+    if isinstance(exc, TusError):
+        return error_response(exc)
+    if isinstance(exc, StorageUnavailable):
+        log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
+        return _plain(503, "storage is unavailable; try again later",
+                      {"Retry-After": str(exc.retry_after)})
+    if storage_full(exc):
+        log.warning("%s %s: storage is full: %s", request.method, request.path, exc)
+        return _plain(InsufficientStorage.status, "storage is full; try again later")
+    log.exception("%s %s failed", request.method, request.path)
+    return _plain(500, "internal server error")
+
+
+class ResponseAborted(ConnectionResetError):
+    """The response had begun when its request failed, so its connection was cut."""
+
+
+def abort_response(request: web.Request, exc: BaseException) -> NoReturn:
+    """End a request that failed after its status line went out: cut the connection.
+
+    A second response written into the body of the first would reach the client as
+    data under a ``200``, with the right ``Content-Length`` at that, and leave the
+    connection out of step for whoever uses it next (a proxy reuses upstream
+    connections). A connection reset is the one thing every client and proxy reads as
+    "this response is broken". aiohttp takes the :class:`ConnectionResetError` raised
+    here for a client that left, and writes nothing more.
+    """
+    expected = isinstance(exc, (TusError, StorageError, OSError, web.HTTPException))
+    log.warning("%s %s failed after its response began; connection closed: %s",
+                request.method, request.path, one_line(str(exc) or type(exc).__name__),
+                exc_info=None if expected else exc)
+    if request.transport is not None:
+        request.transport.abort()
+    raise ResponseAborted("the response was cut off") from exc
 
 
 def one_line(reason: str) -> str:

@@ -21,7 +21,7 @@ from .base import StorageError, StoredUpload
 READ_CHUNK = 1024 * 1024
 
 
-class DataMissing(Exception):
+class DataMissing(StorageError):
     """The file holds fewer bytes than the recorded offset: storage lost data."""
 
 

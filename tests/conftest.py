@@ -113,6 +113,27 @@ def payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+async def raw_get(port: int, path: str, timeout: float = 5.0) -> tuple[bytes, bytes, bool]:
+    """GET ``path`` on a fresh connection: (status line and headers, body bytes, whether the
+    server ended the connection), reading for at most ``timeout`` seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    received = bytearray()
+    ended = True
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        ended = False
+    finally:
+        writer.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    return head, body, ended
+
+
 async def poll(
     probe: Callable[[], Awaitable[T] | T], what: str, timeout: float = 10.0, interval: float = 0.02
 ) -> T:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 
 import pytest
 
-from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, path_of
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    assert_one_line_error,
+    create_upload,
+    data_file,
+    path_of,
+    raw_get,
+)
 
 DATA = b"0123456789"
 
@@ -250,3 +259,22 @@ async def test_final_upload_download(client):
     assert response.status == 206
     assert await response.read() == b"ca"
     assert response.headers["Content-Range"] == "bytes 2-3/6"
+
+
+async def test_a_download_that_fails_midway_cuts_the_connection(client, settings):
+    """The stored file is shorter than the upload: the 200 went out with the full
+    Content-Length, so the connection is cut after what could be read, and no error
+    response is written into the body."""
+    data = os.urandom(3 * 1024 * 1024)
+    path = await finished(client, data)
+    os.truncate(data_file(settings, path), len(data) // 2)
+    head, body, ended = await raw_get(client.port, path)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert f"Content-Length: {len(data)}".encode() in head
+    assert len(body) < len(data)
+    assert body == data[: len(body)]
+    assert b"HTTP/1." not in body and b"internal server error" not in body
+    assert ended
+    # The server goes on serving.
+    response = await client.get(path, headers={"Range": "bytes=0-9"})
+    assert response.status == 206 and await response.read() == data[:10]

@@ -19,7 +19,7 @@ from aiohttp import web
 
 pytest.register_assert_rewrite("s3_support")
 
-from conftest import PATCH_HEADERS, TUS, create_upload
+from conftest import PATCH_HEADERS, TUS, create_upload, raw_get
 from s3_support import (
     MIB,
     PART,
@@ -192,6 +192,55 @@ async def test_a_body_that_s3_failed_is_sent_again_whole(
         (what, status, hashlib.md5(data).hexdigest())
         for what, data in expected.items() for status in (200, 500)
     )
+
+
+class CutsDownloads:
+    """A reverse proxy in front of the S3 endpoint that breaks off every GetObject: it
+    sends the status, the headers and ``keep`` bytes of the body, then resets."""
+
+    def __init__(self, upstream: str, keep: int) -> None:
+        self._upstream = upstream
+        self._keep = keep
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "transfer-encoding"}
+        async with aiohttp.ClientSession(auto_decompress=False) as session, session.request(
+            request.method, self._upstream + str(request.rel_url), data=body, headers=headers,
+        ) as answer:
+            data = await answer.read()
+            response = web.StreamResponse(status=answer.status, headers={
+                k: v for k, v in answer.headers.items() if k.lower() != "transfer-encoding"
+            })
+            await response.prepare(request)
+            if request.method != "GET" or "Range" not in request.headers:
+                await response.write(data)
+                return response
+            await response.write(data[: self._keep])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+
+
+async def test_an_s3_download_that_breaks_off_cuts_the_connection(
+    make_client, aiohttp_server, s3_endpoint, bucket
+):
+    """The 200 went out when S3's stream broke: the client's connection is cut, and no
+    error response is written into the body."""
+    proxy = CutsDownloads(s3_endpoint.url, keep=2 * MIB)
+    app = web.Application(client_max_size=2 * PART)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    proxy.url = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+    client = await make_client(**s3_settings(proxy, bucket))
+    data = payload(4 * MIB, seed=42)
+    path = await create_upload(client, len(data))
+    assert (await patch(client, path, 0, data)).status == 204
+    head, body, ended = await raw_get(client.port, path)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(body) < len(data) and body == data[: len(body)]
+    assert b"HTTP/1." not in body
+    assert ended
 
 
 async def test_defer_length(make_client, s3_endpoint, bucket, s3):
