@@ -20,6 +20,8 @@ from aiohttp import web
 
 from storage_backends.base import StorageError, StorageUnavailable
 
+from .state import UploadGone
+
 log = logging.getLogger("aiotusd")
 
 
@@ -156,6 +158,8 @@ def _answer(request: web.Request, exc: Exception) -> web.Response:
         return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
     if isinstance(exc, TusError):
         return error_response(exc)
+    if isinstance(exc, UploadGone):
+        return _plain(Gone.status, "upload was removed while this request was under way")
     if isinstance(exc, StorageUnavailable):
         log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
         return _plain(503, "storage is unavailable; try again later",

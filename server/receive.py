@@ -235,15 +235,19 @@ async def _drop_body(
     bytes past the offset, which the next writer drops, never an offset past the bytes.
     Periodic commits may have told post-receive hooks of bytes that are gone now: the
     offset that stands goes out with a post-receive of its own.
+
+    The expiry moves on all the same: the upload was receiving until now, and a body
+    with a checksum records nothing while it arrives, so the expiry recorded may have
+    passed meanwhile (a request that takes over from this one must find it alive).
     """
     rolled_back = upload.offset != start
+    upload.expires_at = ctx.expires_at()
     if rolled_back:
         upload.offset = start
         await ctx.store.save_progress(upload, await ctx.hooks.post(POST_RECEIVE, upload, request))
     await writer.discard()
-    if rolled_back:
-        # The backend's record in ``upload.storage`` went back with the discard.
-        await ctx.store.save_progress(upload)
+    # The backend's record in ``upload.storage`` went back with the discard.
+    await ctx.store.save_progress(upload)
 
 
 async def _keep_what_arrived(

@@ -78,6 +78,14 @@ _COLUMNS = (
 )
 
 
+class _NothingChanged(Exception):
+    """Rolls back a transaction whose statement changed no row."""
+
+
+class UploadGone(Exception):
+    """The upload a write was for is not active (any more): nothing was recorded."""
+
+
 @dataclass
 class Upload:
     id: str
@@ -283,16 +291,16 @@ class _WriteGate:
 
 def _run_together(
     connection: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]
-) -> list[Exception | None]:
+) -> list[Exception | int]:
     """Run ``statements`` in one transaction; when one fails, each alone: every statement
-    gets its own outcome, as if it had been sent by itself. On the connection's thread."""
+    gets its own outcome, as if it had been sent by itself: the rows it changed, or its
+    exception. On the connection's thread."""
     if len(statements) > 1:
         try:
             connection.execute("BEGIN")
-            for sql, parameters in statements:
-                connection.execute(sql, parameters)
+            changed = [connection.execute(sql, values).rowcount for sql, values in statements]
             connection.execute("COMMIT")
-            return [None] * len(statements)
+            return changed
         except Exception as exc:
             # A full disk may have rolled back already; a failed COMMIT may have not.
             if connection.in_transaction:
@@ -300,11 +308,10 @@ def _run_together(
                     connection.execute("ROLLBACK")
                 except sqlite3.Error:
                     return [exc] * len(statements)  # none of them may go into that one
-    outcomes: list[Exception | None] = []
+    outcomes: list[Exception | int] = []
     for sql, parameters in statements:
         try:
-            connection.execute(sql, parameters)
-            outcomes.append(None)
+            outcomes.append(connection.execute(sql, parameters).rowcount)
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
@@ -321,18 +328,18 @@ class _StatementBatch:
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._connection = connection
-        self._waiting: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
+        self._waiting: list[tuple[str, tuple[Any, ...], asyncio.Future[int]]] = []
 
-    async def run(self, sql: str, parameters: tuple[Any, ...]) -> None:
-        """Run one statement; a cancelled caller waits for it to have run all the same
-        (see :func:`_to_the_end`)."""
+    async def run(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        """Run one statement and return how many rows it changed; a cancelled caller waits
+        for it to have run all the same (see :func:`_to_the_end`)."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._send)
         self._waiting.append((sql, parameters, done))
         try:
-            await asyncio.shield(done)
+            return await asyncio.shield(done)
         except asyncio.CancelledError:
             while not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
@@ -346,7 +353,7 @@ class _StatementBatch:
             self._connection._execute(_run_together, self._connection._connection, statements)
         )
 
-        def answer(sent: asyncio.Future[list[Exception | None]]) -> None:
+        def answer(sent: asyncio.Future[list[Exception | int]]) -> None:
             if sent.cancelled():  # the loop is closing
                 for _, _, done in batch:
                     done.cancel()
@@ -354,10 +361,10 @@ class _StatementBatch:
             failure = sent.exception()
             outcomes = sent.result() if failure is None else [failure] * len(batch)
             for (_, _, done), outcome in zip(batch, outcomes):
-                if outcome is None:
-                    done.set_result(None)
-                else:
+                if isinstance(outcome, Exception):
                     done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
 
         sent.add_done_callback(answer)
 
@@ -424,13 +431,22 @@ class StateStore:
 
     async def _write(
         self, sql: str, parameters: tuple[Any, ...], events: Sequence[HookEvent] = ()
-    ) -> None:
+    ) -> int:
+        """Run one writing statement, with ``events`` in its transaction; the rows it changed.
+
+        A statement that changed no row changed nothing that ``events`` could report:
+        they are not recorded either."""
         if events:
-            async with self._transaction(events) as db:
-                await db.execute(sql, parameters)
-            return
+            try:
+                async with self._transaction(events) as db:
+                    cursor = await db.execute(sql, parameters)
+                    if not cursor.rowcount:
+                        raise _NothingChanged
+                    return cursor.rowcount
+            except _NothingChanged:
+                return 0
         async with self._gate.statement():
-            await self._batch.run(sql, parameters)
+            return await self._batch.run(sql, parameters)
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:
@@ -519,17 +535,23 @@ class StateStore:
         return {row[0]: Upload.from_row(row) for row in rows}
 
     async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
-        """Write offset, length, expiry, completion and storage info of ``upload``."""
+        """Write offset, length, expiry, completion and storage info of ``upload``.
+
+        Raises :class:`UploadGone` (and records nothing) when the upload is no longer
+        active: a request must never be told its bytes are kept by an upload that was
+        terminated or expired meanwhile."""
         upload.updated_at = time.time()
-        await self._write(
+        changed = await self._write(
             'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
-            "storage = ?, updated_at = ? WHERE id = ?",
+            "storage = ?, updated_at = ? WHERE id = ? AND status = ?",
             (
                 upload.offset, upload.length, upload.expires_at, upload.completed_at,
-                json.dumps(upload.storage), upload.updated_at, upload.id,
+                json.dumps(upload.storage), upload.updated_at, upload.id, ACTIVE,
             ),
             events,
         )
+        if not changed:
+            raise UploadGone(upload.id)
 
     async def mark_gone(
         self,

@@ -27,8 +27,13 @@ def is_expired(upload: Upload, now: float | None = None) -> bool:
     )
 
 
-async def load(ctx: Context, upload_id: str) -> Upload:
-    """The active upload ``upload_id``, or 404 / 410 with a reason."""
+async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
+    """The active upload ``upload_id``, or 404 / 410 with a reason.
+
+    An upload past its expiry is removed here, under its lock: ``held`` says that the
+    caller holds it. One that another request holds is alive, whatever its clock says:
+    that request is receiving its bytes, and its commit moves the expiry on.
+    """
     if not is_upload_id(upload_id):
         raise NotFound("no such upload")
     upload = await ctx.store.get(upload_id)
@@ -37,6 +42,11 @@ async def load(ctx: Context, upload_id: str) -> Upload:
     if upload.status != ACTIVE:
         raise Gone(f"upload was {upload.status}")
     if is_expired(upload):
+        if not held:
+            if ctx.locks.is_held(upload_id):
+                return upload
+            async with ctx.locks.hold(upload_id):
+                return await load(ctx, upload_id, held=True)
         await remove(ctx, upload, EXPIRED)
         raise Gone("upload was expired")
     return upload

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import email.utils
+import hashlib
 import re
 import time
 from datetime import datetime, timezone
 
-from conftest import PATCH_HEADERS, TUS, create_upload, data_file, path_of, upload_id, wait_until_past
+import aiohttp
+
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    create_upload,
+    data_file,
+    path_of,
+    poll,
+    upload_id,
+    wait_until_past,
+)
 from server.context import CONTEXT
 from server.expiration import sweep
 
@@ -184,3 +199,70 @@ async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settin
     assert data_file(settings, path).exists()
     assert await sweep(ctx) == 1
     assert not data_file(settings, path).exists()
+
+
+async def _checksummed_patch_past_its_expiry(client, settings, path, data, go_on):
+    """Start a PATCH with ``Upload-Checksum`` whose body stops halfway until ``go_on`` is
+    set; return its task once the first half is stored and the recorded expiry passed."""
+    half = len(data) // 2
+
+    async def body():
+        yield data[:half]
+        await go_on.wait()
+        yield data[half:]
+
+    digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    patching = asyncio.create_task(client.patch(path, data=body(), headers={
+        **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}",
+    }))
+    file = data_file(settings, path)
+    await poll(lambda: file.exists() and file.stat().st_size == half, "the first half")
+    stored = await client.app[CONTEXT].store.get(upload_id(path))
+    await wait_until_past(stored.expires_at)
+    return patching
+
+
+async def test_an_upload_receiving_a_body_does_not_expire(make_client, settings):
+    """A checksummed PATCH records nothing until its body ends, so the upload's recorded
+    expiry passes while it is under way: a GET and the sweep meanwhile leave it alone, and
+    the PATCH completes it."""
+    client = await make_client(expiration=1)
+    data = b"0123456789" * 100_000
+    path = await create_upload(client, len(data))
+    go_on = asyncio.Event()
+    patching = await _checksummed_patch_past_its_expiry(client, settings, path, data, go_on)
+    try:
+        assert (await client.get(path)).status == 409
+        assert await sweep(client.app[CONTEXT]) == 0
+    finally:
+        go_on.set()
+    response = await patching
+    assert response.status == 204, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    response = await client.get(path)
+    assert response.status == 200
+    assert await response.read() == data
+
+
+async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_client, settings):
+    """A HEAD takes over from a PATCH under way (a stale one, maybe): the PATCH stops, its
+    unverifiable half is dropped, and the upload lives on from that moment, however old
+    its recorded expiry was, so that the client resumes it."""
+    client = await make_client(expiration=1)
+    data = b"0123456789" * 100_000
+    path = await create_upload(client, len(data))
+    go_on = asyncio.Event()
+    patching = await _checksummed_patch_past_its_expiry(client, settings, path, data, go_on)
+    try:
+        response = await client.head(path, headers=TUS)
+        assert response.status == 200
+        assert response.headers["Upload-Offset"] == "0"
+        assert parse_expires(response.headers["Upload-Expires"]) > time.time()
+    finally:
+        go_on.set()
+    with contextlib.suppress(aiohttp.ClientError):
+        response = await patching
+        assert response.status != 204
+    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    assert await (await client.get(path)).read() == data

@@ -17,9 +17,11 @@ from server.state import (
     EXPIRED,
     SCHEMA_VERSION,
     TERMINATED,
+    HookEvent,
     SchemaTooNew,
     StateStore,
     Upload,
+    UploadGone,
 )
 
 
@@ -364,3 +366,27 @@ async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: S
     found = await store.get("a")
     assert found is not None and found.length == 10
     assert set(await store.get_many(("a", "b"))) == {"a"}
+
+
+async def test_progress_of_an_upload_that_is_gone_is_refused_with_its_events(
+    store: StateStore,
+) -> None:
+    """A write for an upload terminated or expired meanwhile records nothing, and says so:
+    no request may be told that its bytes are kept by an upload that is gone."""
+    gone = Upload(id="gone", length=10)
+    await store.create(gone)
+    await store.mark_gone("gone", TERMINATED)
+    gone.offset = 5
+    with pytest.raises(UploadGone):
+        await store.save_progress(gone)
+    with pytest.raises(UploadGone):
+        await store.save_progress(gone, [HookEvent("e1", "gone", "post-receive", b"{}")])
+    row = await store.get("gone")
+    assert row is not None and row.status == TERMINATED and row.offset == 0
+    assert await store.count_events() == (0, 0)
+    alive = Upload(id="alive", length=10)
+    await store.create(alive)
+    alive.offset = 5
+    await store.save_progress(alive, [HookEvent("e2", "alive", "post-receive", b"{}")])
+    assert (await store.get("alive")).offset == 5
+    assert await store.count_events() == (1, 0)

@@ -18,6 +18,6 @@ async def handle(request: web.Request) -> web.Response:
     await ctx.hooks.before(PRE_ACCESS, upload, request)
     await ctx.hooks.before(PRE_TERMINATE, upload, request)
     async with ctx.locks.hold(upload_id):
-        upload = await load(ctx, upload_id)
+        upload = await load(ctx, upload_id, held=True)
         await remove(ctx, upload, TERMINATED, request)
     return web.Response(status=204)

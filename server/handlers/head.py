@@ -54,12 +54,12 @@ async def handle(request: web.Request) -> web.Response:
         # first. Without one, the row just read is current, and only a full upload or a
         # final one has anything left to do.
         async with ctx.locks.hold(upload_id):
-            upload = await load(ctx, upload_id)
+            upload = await load(ctx, upload_id, held=True)
             await finish_if_full(ctx, upload, request)
             # A crash between the last part's finish and the assembly leaves a final whose
             # parts are all finished but which nothing else would ever assemble.
             # And a final one of whose parts is gone is removed (410).
             if upload.is_final:
                 await assemble_if_ready(ctx, upload_id, request)
-                upload = await load(ctx, upload_id)
+                upload = await load(ctx, upload_id, held=True)
     return web.Response(status=200, headers=await upload_headers(ctx, upload, request))

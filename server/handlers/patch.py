@@ -58,7 +58,7 @@ async def _append(request: web.Request) -> web.Response:
         # Outside the lock: a hook that takes its time must not hold up the upload's requests.
         await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
     async with ctx.locks.hold(upload_id) as holder:
-        upload = await load(ctx, upload_id)
+        upload = await load(ctx, upload_id, held=True)
         if upload.is_final:
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
