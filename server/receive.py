@@ -227,9 +227,15 @@ class _PeriodicCommit:
 
 
 async def _drop_body(
-    ctx: Context, request: web.Request, upload: Upload, writer: UploadWriter, start: int
+    ctx: Context,
+    request: web.Request,
+    upload: Upload,
+    writer: UploadWriter,
+    start: int,
+    recorded_length: int | None,
 ) -> None:
-    """Forget the whole body, including what periodic commits already recorded of it.
+    """Forget the whole body, including what periodic commits already recorded of it, and
+    the ``Upload-Length`` that came with it (``recorded_length`` is the one before).
 
     The recorded offset goes back first, then the bytes: a crash in between leaves
     bytes past the offset, which the next writer drops, never an offset past the bytes.
@@ -242,6 +248,7 @@ async def _drop_body(
     """
     rolled_back = upload.offset != start
     upload.expires_at = ctx.expires_at()
+    upload.length = recorded_length
     if rolled_back:
         upload.offset = start
         await ctx.store.save_progress(upload, await ctx.hooks.post(POST_RECEIVE, upload, request))
@@ -257,10 +264,11 @@ async def _keep_what_arrived(
     writer: UploadWriter,
     checksum: ExpectedChecksum | None,
     start: int,
+    recorded_length: int | None,
 ) -> None:
     """After a body broke off: commit what arrived, or drop it when it cannot be verified."""
     if checksum is not None:
-        await _drop_body(ctx, request, upload, writer, start)
+        await _drop_body(ctx, request, upload, writer, start, recorded_length)
     else:
         await _commit(ctx, request, upload, writer)
 
@@ -271,8 +279,13 @@ async def append_body(
     upload: Upload,
     holder: Holder,
     checksum: ExpectedChecksum | None,
+    recorded_length: int | None,
 ) -> None:
     """Append the request body to ``upload`` and commit its new offset.
+
+    ``upload.length`` may have been declared by this request (``Upload-Length`` on a
+    PATCH): ``recorded_length`` is the length recorded before, which stays when the body
+    is refused.
 
     Raises a 4xx :class:`~server.errors.TusError` for a body that is too long
     or fails its checksum (nothing of it is kept), 507 when storage is full
@@ -318,7 +331,7 @@ async def append_body(
             watchdog.touch()
             if writer.offset + len(chunk) > limit:
                 await commits.settle()
-                await _drop_body(ctx, request, upload, writer, start)
+                await _drop_body(ctx, request, upload, writer, start, recorded_length)
                 raise TooLarge(f"body exceeds the {room} bytes left in the upload")
             if checksum is not None:
                 checksum.hasher.update(chunk)
@@ -334,12 +347,12 @@ async def append_body(
                 committed_at = watchdog.last
         await commits.wait()
         if checksum is not None and not checksum.matches():
-            await _drop_body(ctx, request, upload, writer, start)
+            await _drop_body(ctx, request, upload, writer, start, recorded_length)
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
         await _commit(ctx, request, upload, writer, last=True)
     except BodyInterrupted as exc:
         await commits.settle()
-        await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
+        await _keep_what_arrived(ctx, request, upload, writer, checksum, start, recorded_length)
         broke_off = exc
     except asyncio.CancelledError as exc:
         # Not cut off but cancelled: aiohttp cancels the handler of a client that left
@@ -348,7 +361,7 @@ async def append_body(
         broke_off = exc
         try:
             await commits.settle()
-            await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
+            await _keep_what_arrived(ctx, request, upload, writer, checksum, start, recorded_length)
         except Exception:
             log.exception("recording the offset of cancelled upload %s failed", upload.id)
     except Exception as exc:
@@ -356,7 +369,7 @@ async def append_body(
             raise
         try:
             await commits.settle()
-            await _keep_what_arrived(ctx, request, upload, writer, checksum, start)
+            await _keep_what_arrived(ctx, request, upload, writer, checksum, start, recorded_length)
         except Exception as again:
             # The disk under the database is full too, or the data file could not be
             # synced: the recorded offset stays where it was, below what the file holds.

@@ -26,6 +26,8 @@ log = logging.getLogger("aiotusd")
 ACTIVE = "active"
 TERMINATED = "terminated"
 EXPIRED = "expired"
+REFUSED = "refused"
+"""A final upload whose parts add up to more than ``max_size``: it is never assembled."""
 
 # Each entry moves the schema from version N to N+1; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (

@@ -14,7 +14,7 @@ from .context import Context
 from .errors import Gone, NotFound, TusError
 from .hooks import POST_FINISH, POST_TERMINATE, PRE_FINISH
 from .protocol import is_upload_id
-from .state import ACTIVE, EXPIRED, TERMINATED, HookEvent, Upload
+from .state import ACTIVE, EXPIRED, REFUSED, TERMINATED, HookEvent, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -39,6 +39,8 @@ async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
     upload = await ctx.store.get(upload_id)
     if upload is None:
         raise NotFound("no such upload")
+    if upload.status == REFUSED:
+        raise Gone("upload was refused: its parts add up to more than the maximum size")
     if upload.status != ACTIVE:
         raise Gone(f"upload was {upload.status}")
     if is_expired(upload):
@@ -175,6 +177,12 @@ def concatenated_length(partials: Sequence[Upload | None]) -> int | None:
     return total
 
 
+def least_concatenated_length(partials: Sequence[Upload]) -> int:
+    """What a final upload's length is at least: a part of a deferred length will hold
+    at least the bytes it holds now."""
+    return sum(p.offset if p.length is None else p.length for p in partials)
+
+
 async def assemble_if_ready(ctx: Context, final_id: str, request: web.Request) -> bool:
     """Concatenate a final upload if all its parts are finished; True once it is."""
     assert isinstance(ctx.backend, Concatenator)
@@ -194,10 +202,18 @@ async def assemble_if_ready(ctx: Context, final_id: str, request: web.Request) -
                         final.id, status)
             await _remove(ctx, [final], status, request)
             return False
+        length = concatenated_length(partials)
+        if length is not None and ctx.settings.max_size and length > ctx.settings.max_size:
+            # A part's length was deferred when the final was created: it is known now, and
+            # nothing may be assembled beyond max_size.
+            log.warning("final upload %s would hold %d bytes, over max_size: refusing it",
+                        final.id, length)
+            await _remove(ctx, [final], REFUSED, request)
+            return False
         ready = [p for p in partials if p is not None and p.is_complete]
         if len(ready) != len(partials):
             return False
-        final.length = concatenated_length(partials)
+        final.length = length
         await ctx.backend.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
         final.offset = final.length or 0
         await finish(ctx, final, request)

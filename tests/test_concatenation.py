@@ -92,16 +92,20 @@ async def test_order_of_parts_is_kept(client):
     assert await (await client.get(path_of(response))).read() == b"EEEEEDDDDCCCBBA"
 
 
-async def test_same_partial_twice_and_in_two_finals(client):
+async def test_a_partial_named_twice_in_a_final_is_400_but_may_be_in_two_finals(client):
+    """A partial named again and again in one final would have one POST copy its bytes
+    as often (up to max_concat_parts times): refused. Two finals may share a partial."""
     a = await partial(client, b"ab")
     b = await partial(client, b"CD")
     response = await create_final(client, a, b, a)
+    await assert_one_line_error(response, 400)
+    response = await create_final(client, a, b)
     assert response.status == 201
     final = path_of(response)
     response = await client.head(final, headers=TUS)
-    assert response.headers["Upload-Length"] == "6"
-    assert response.headers["Upload-Offset"] == "6"
-    assert await (await client.get(final)).read() == b"abCDab"
+    assert response.headers["Upload-Length"] == "4"
+    assert response.headers["Upload-Offset"] == "4"
+    assert await (await client.get(final)).read() == b"abCD"
     response = await create_final(client, b, a)
     assert response.status == 201
     assert await (await client.get(path_of(response))).read() == b"CDab"
@@ -109,8 +113,9 @@ async def test_same_partial_twice_and_in_two_finals(client):
 
 async def test_empty_partials(client):
     empty = await partial(client, b"")
+    other_empty = await partial(client, b"")
     full = await partial(client, b"xyz")
-    response = await create_final(client, empty, full, empty)
+    response = await create_final(client, empty, full, other_empty)
     assert response.status == 201
     final = path_of(response)
     assert await (await client.get(final)).read() == b"xyz"
@@ -304,10 +309,10 @@ async def test_two_finals_waiting_on_one_partial(client):
     a = await partial(client, length=2)
     b = await partial(client, b"XY")
     first = path_of(await create_final(client, a, b))
-    second = path_of(await create_final(client, b, a, a))
+    second = path_of(await create_final(client, b, a))
     await client.patch(a, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert await (await client.get(first)).read() == b"abXY"
-    assert await (await client.get(second)).read() == b"XYabab"
+    assert await (await client.get(second)).read() == b"XYab"
 
 
 async def test_partial_terminated_before_final_finished_takes_the_final(client, settings):
@@ -409,3 +414,48 @@ async def test_a_partial_and_its_waiting_finals_are_marked_gone_in_one_transacti
         assert {u.id: u.status for u in found.values()} == dict.fromkeys(("p", "f1", "f2"), TERMINATED)
     finally:
         await store.close()
+
+
+async def deferred_partial(client, data: bytes = b"") -> str:
+    """A partial upload created with Upload-Defer-Length, holding ``data`` so far."""
+    path = await create_upload(client, None, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
+    if data:
+        response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert response.status == 204
+    return path
+
+
+async def test_a_final_over_max_size_once_a_deferred_length_is_known_is_refused(
+    make_client, settings
+):
+    """A final of a partial whose length was deferred is accepted while its length is
+    unknown; once the part's length is known and the total is over max_size, the final
+    is refused (410 with the reason) and nothing is assembled."""
+    client = await make_client(max_size=100)
+    deferred = await deferred_partial(client)
+    known = await partial(client, b"k" * 60)
+    response = await create_final(client, deferred, known)
+    assert response.status == 201
+    final = path_of(response)
+    response = await client.patch(deferred, data=b"d" * 80, headers={
+        **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "80",
+    })
+    assert response.status == 204
+    response = await client.head(final, headers=TUS)
+    assert response.status == 410
+    response = await client.get(final)
+    await assert_one_line_error(response, 410)
+    assert "maximum size" in await response.text()
+    assert not data_file(settings, final).exists() or data_file(settings, final).stat().st_size == 0
+    # The partials themselves are fine, and a final within the limit is made of them.
+    response = await create_final(client, deferred)
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"d" * 80
+
+
+async def test_a_final_whose_parts_already_hold_more_than_max_size_is_413(make_client):
+    client = await make_client(max_size=100)
+    deferred = await deferred_partial(client, b"d" * 50)
+    known = await partial(client, b"k" * 60)
+    response = await create_final(client, deferred, known)
+    await assert_one_line_error(response, 413)

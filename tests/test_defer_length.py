@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
+import pytest
 from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, path_of
 
 
@@ -179,3 +183,35 @@ async def test_deferred_partial_upload(client):
     assert response.status == 201
     response = await client.get(path_of(response))
     assert await response.read() == b"part"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_patch_refused_for_its_body_records_no_length(make_client, chunked):
+    """Upload-Length comes with the PATCH's bytes: a PATCH refused with 413 or 460 leaves
+    the length deferred, and a later PATCH may declare another."""
+    client = await make_client()
+    path = await create_upload(client, None, **{"Upload-Defer-Length": "1"})
+
+    async def chunks(data: bytes):
+        yield data
+
+    def body(data: bytes):
+        return chunks(data) if chunked else data
+
+    response = await client.patch(path, data=body(b"0123456789"), headers={
+        **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "5",
+    })
+    await assert_one_line_error(response, 413)
+    response = await client.patch(path, data=body(b"01234"), headers={
+        **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "5",
+        "Upload-Checksum": "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode(),
+    })
+    await assert_one_line_error(response, 460)
+    response = await client.head(path, headers=TUS)
+    assert response.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in response.headers
+    response = await client.patch(path, data=body(b"0123456"), headers={
+        **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "7",
+    })
+    assert response.status == 204
+    assert await (await client.get(path)).read() == b"0123456"

@@ -23,7 +23,12 @@ from ..protocol import (
 from ..proxy import base_paths, external_url
 from ..receive import append_body, check_content_type
 from ..state import ACTIVE, Upload
-from ..uploads import assemble_if_ready, concatenated_length, finish
+from ..uploads import (
+    assemble_if_ready,
+    concatenated_length,
+    finish,
+    least_concatenated_length,
+)
 
 
 def new_upload_id() -> str:
@@ -81,6 +86,10 @@ async def _final_length(ctx: Context, request: web.Request, concat: Concat) -> i
     partials = await _partials(ctx, concat.parts)
     for partial in partials:
         await ctx.hooks.before(PRE_ACCESS, partial, request)
+    limit = ctx.settings.max_size
+    if limit and (least := least_concatenated_length(partials)) > limit:
+        raise TooLarge(f"the partial uploads add up to {least} bytes or more, over the "
+                       f"maximum size of {limit}")
     return concatenated_length(partials)
 
 
@@ -138,6 +147,9 @@ async def _create(request: web.Request) -> web.Response:
                 f"Upload-Concat names {len(concat.parts)} partial uploads; "
                 f"at most {settings.max_concat_parts} are allowed"
             )
+        if len(set(concat.parts)) != len(concat.parts):
+            # One request would have the server copy the same bytes again and again.
+            raise BadRequest("Upload-Concat names a partial upload more than once")
     if concat is not None and not isinstance(ctx.backend, Concatenator):
         raise BadRequest("this server does not support concatenation")
     length, defer = _requested_length(request, concat)
@@ -200,7 +212,7 @@ async def _create(request: web.Request) -> web.Response:
                 # A body on an empty upload must still be refused (413), so this comes first;
                 # append_body finishes an upload whose body fills it, Upload-Length: 0 included.
                 async with ctx.locks.hold(upload.id) as holder:
-                    await append_body(ctx, request, upload, holder, checksum)
+                    await append_body(ctx, request, upload, holder, checksum, upload.length)
             else:
                 await finish(ctx, upload, request)
         except TusError as exc:

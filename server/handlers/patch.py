@@ -18,7 +18,10 @@ from ..uploads import load
 
 
 async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
-    """Apply ``Upload-Length`` sent on a PATCH; it may set a deferred length once."""
+    """Apply ``Upload-Length`` sent on a PATCH; it may set a deferred length once.
+
+    The length is recorded with the PATCH's bytes (see :func:`~server.receive.append_body`),
+    so that a PATCH refused for its body records none of it."""
     if upload.length is not None:
         if length != upload.length:
             raise BadRequest("Upload-Length cannot be changed once known")
@@ -31,7 +34,6 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.max_size}")
     await ctx.backend.declare_length(ctx.stored(upload), length)
     upload.length = length
-    await ctx.store.save_progress(upload)
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -63,9 +65,10 @@ async def _append(request: web.Request) -> web.Response:
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
             raise Conflict(f"Upload-Offset {offset} does not match the upload's offset {upload.offset}")
+        recorded_length = upload.length
         if length is not None:
             await declare_length(ctx, upload, length)
-        await append_body(ctx, request, upload, holder, checksum)
+        await append_body(ctx, request, upload, holder, checksum, recorded_length)
 
     headers = {"Upload-Offset": str(upload.offset)}
     if upload.expires_at is not None and not upload.is_complete:
