@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ from storage_backends.base import Finisher, StorageBackend, StoredUpload
 
 from .config import Settings
 from .hooks import Hooks
-from .locks import UploadLocks
+from .locks import ConcatLocks, UploadLocks
 from .metrics import Metrics
 from .protocol import parse_metadata
 from .state import StateStore, Upload
@@ -25,8 +24,7 @@ class Context:
     backend: StorageBackend
     locks: UploadLocks
     hooks: Hooks
-    assembly_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Serialises the assembly of final uploads, so that none is assembled twice."""
+    concat_locks: ConcatLocks = field(default_factory=ConcatLocks)
     metrics: Metrics = field(default_factory=Metrics)
     finisher: Finisher | None = field(init=False)
     """The backend, if it has work to do once an upload's last byte is stored.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from .errors import Locked
 
@@ -75,3 +75,44 @@ class UploadLocks:
         self._closing = True
         for holder in list(self._holders.values()):
             holder.request_release()
+
+
+class ConcatLocks:
+    """Locks on uploads for concatenation: a final upload's assembly holds the final and
+    its partial uploads, a partial's removal and a final's creation hold the partials.
+
+    So no final is assembled twice, no partial's bytes are deleted while they are
+    copied, and no final is created with a partial that is being removed, while the
+    concatenations of unrelated uploads go on side by side. Unlike :class:`UploadLocks`
+    these are held as long as the work takes (a copy has the storage's own deadlines)
+    and nobody asks a holder to let go. Several ids are taken in sorted order, so that
+    two holders of overlapping sets cannot wait on each other.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_ids: Iterable[str]) -> AsyncIterator[None]:
+        ordered = sorted(set(upload_ids))
+        for upload_id in ordered:
+            self._users[upload_id] = self._users.get(upload_id, 0) + 1
+            self._locks.setdefault(upload_id, asyncio.Lock())
+        taken: list[asyncio.Lock] = []
+        try:
+            for upload_id in ordered:
+                await self._locks[upload_id].acquire()
+                taken.append(self._locks[upload_id])
+            yield
+        finally:
+            for lock in reversed(taken):
+                lock.release()
+            for upload_id in ordered:
+                self._users[upload_id] -= 1
+                if not self._users[upload_id]:
+                    del self._users[upload_id], self._locks[upload_id]
+
+    def any_held(self, upload_ids: Iterable[str]) -> bool:
+        """Whether some request holds or waits for one of ``upload_ids``."""
+        return any(upload_id in self._users for upload_id in upload_ids)

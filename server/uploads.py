@@ -64,10 +64,10 @@ async def remove(
 
     Unfinished final uploads that wait on a removed partial can never be
     completed, so they go with it (with the same status), in the same
-    transaction: a crash must not leave a final that waits for ever. Partials
-    are removed under the assembly lock, so that no final is assembled from a
-    part whose bytes are being deleted, nor created with it (see
-    :func:`server.handlers.create`).
+    transaction: a crash must not leave a final that waits for ever. A partial
+    is removed under its concatenation lock, so that no final is assembled from
+    a part whose bytes are being deleted, nor created with it (see
+    :class:`~server.locks.ConcatLocks`).
 
     Every upload terminated here, a final that goes with its partial included,
     gets a post-terminate event; expired ones get none.
@@ -75,7 +75,7 @@ async def remove(
     if upload.concat != "partial":
         await _remove(ctx, [upload], status, request)
         return
-    async with ctx.assembly_lock:
+    async with ctx.concat_locks.hold([upload.id]):
         waiting = await ctx.store.get_many(tuple(await ctx.store.finals_waiting_on(upload.id)))
         finals = [
             final for final in waiting.values()
@@ -183,16 +183,28 @@ def least_concatenated_length(partials: Sequence[Upload]) -> int:
     return sum(p.offset if p.length is None else p.length for p in partials)
 
 
-async def assemble_if_ready(ctx: Context, final_id: str, request: web.Request) -> bool:
-    """Concatenate a final upload if all its parts are finished; True once it is."""
+async def assemble_if_ready(
+    ctx: Context, final_id: str, request: web.Request, *, wait: bool = True
+) -> bool:
+    """Concatenate a final upload if all its parts are finished; True once it is.
+
+    Without ``wait``, a final or partial that another request is working on is left to
+    it: that one sees the state this caller would (a HEAD changes nothing), whereas a
+    partial that just finished must wait its turn, or a final whose assembly looked
+    at the partial a moment too early would never be assembled.
+    """
     assert isinstance(ctx.backend, Concatenator)
-    async with ctx.assembly_lock:
+    part_ids = await ctx.store.parts(final_id)
+    if not wait and ctx.concat_locks.any_held([final_id, *part_ids]):
+        return False
+    async with ctx.concat_locks.hold([final_id, *part_ids]):
         final = await ctx.store.get(final_id)
         if final is None or final.status != ACTIVE:
             return False
         if final.is_complete:
             return True
-        partials = await partials_of(ctx, final)
+        found = await ctx.store.get_many(part_ids)
+        partials = [found.get(part_id) for part_id in part_ids]
         gone = [p for p in partials if p is None or p.status != ACTIVE]
         if gone:
             # Left by an older aiotusd, which removed a partial and its finals one at a time:

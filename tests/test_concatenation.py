@@ -15,6 +15,7 @@ from conftest import (
     create_upload,
     data_file,
     path_of,
+    poll,
     upload_id,
     wait_until_past,
 )
@@ -459,3 +460,48 @@ async def test_a_final_whose_parts_already_hold_more_than_max_size_is_413(make_c
     known = await partial(client, b"k" * 60)
     response = await create_final(client, deferred, known)
     await assert_one_line_error(response, 413)
+
+
+async def test_a_long_assembly_holds_up_no_unrelated_upload(client):
+    """While one final's assembly is under way (held here at its copy), an unrelated final
+    is created and assembled, another partial finishes, and a HEAD of the final being
+    assembled answers at once; the held final is assembled once let go."""
+    backend = client.app[CONTEXT].backend
+    concatenate = backend.concatenate
+    held: list[str] = []
+    go_on = asyncio.Event()
+    big = [await partial(client, b"A" * 1000), await partial(client, b"B" * 1000)]
+
+    async def held_concatenate(final, partials):
+        if partials[0].id == upload_id(big[0]):
+            held.append(final.id)
+            await go_on.wait()
+        await concatenate(final, partials)
+
+    backend.concatenate = held_concatenate
+    small = [await partial(client, b"x"), await partial(client, b"y")]
+    waiting = await partial(client, length=3)
+    creating = asyncio.create_task(create_final(client, *big))
+    try:
+        async with asyncio.timeout(5):
+            await poll(lambda: held, "the held assembly")
+            # A partial being copied is removed only once the copy is done.
+            deleting = asyncio.create_task(client.delete(big[0], headers=TUS))
+            response = await create_final(client, *small)
+            assert response.status == 201
+            head = await client.head(path_of(response), headers=TUS)
+            assert head.headers["Upload-Offset"] == "2"
+            response = await client.patch(
+                waiting, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"}
+            )
+            assert response.status == 204
+            head = await client.head(f"/files/{held[0]}", headers=TUS)
+            assert head.status == 200 and "Upload-Offset" not in head.headers
+        assert not creating.done() and not deleting.done()
+    finally:
+        go_on.set()
+    response = await creating
+    assert response.status == 201
+    assert await (await client.get(path_of(response))).read() == b"A" * 1000 + b"B" * 1000
+    assert (await deleting).status == 204
+    assert (await client.head(big[0], headers=TUS)).status == 410

@@ -104,7 +104,7 @@ async def _add(
     if parts:
         # A partial may have been terminated since it was checked: look again, where no
         # termination can come between the look and the insert (uploads.remove).
-        async with ctx.assembly_lock:
+        async with ctx.concat_locks.hold(parts):
             await _partials(ctx, parts)
             await _store(ctx, request, upload, parts)
     else:

@@ -60,6 +60,6 @@ async def handle(request: web.Request) -> web.Response:
             # parts are all finished but which nothing else would ever assemble.
             # And a final one of whose parts is gone is removed (410).
             if upload.is_final:
-                await assemble_if_ready(ctx, upload_id, request)
+                await assemble_if_ready(ctx, upload_id, request, wait=False)
                 upload = await load(ctx, upload_id, held=True)
     return web.Response(status=200, headers=await upload_headers(ctx, upload, request))
