@@ -5,9 +5,11 @@ to ``hooks_url``, a program (``hooks_command``) that reads it on stdin, or an
 async Python callable in this process.
 
 Blocking events (``pre-*``) are asked while the request waits; the answer may
-reject the request with a status, body and headers of the hook's choosing,
-and ``pre-create`` may change the new upload's id and metadata. A hook that
-cannot be asked fails the request with 503, unless ``hooks_fail_open``.
+reject the request with an error status (400 to 599), body and headers of the
+hook's choosing, and ``pre-create`` may change the new upload's id and metadata.
+A hook that cannot be asked fails the request with 503, unless ``hooks_fail_open``;
+an answer that has not exactly one meaning always does, since letting the
+request through could allow what the hook meant to refuse.
 
 Post events (``post-*``) are not sent here: :meth:`Hooks.post` turns them into
 outbox rows that the state store commits together with the change they
@@ -23,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -69,11 +72,21 @@ EVENTS = (
 PythonHook = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 """In-process hooks: called with the event document, answers like an HTTP receiver's JSON."""
 
-# Headers of a rejection that describe the hook's own message framing, not the answer.
-_FRAMING_HEADERS = frozenset(
+# Headers of a rejection that aiotusd sets itself: the framing of the response and the
+# connection's (a hook's would contradict the body sent or break the connection), and
+# tus's own (Tus-*, Upload-*), which must tell the client the server's state.
+_SERVER_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive",
-     "upgrade", "trailer", "te"}
+     "proxy-connection", "upgrade", "trailer", "te"}
 )
+_SERVER_HEADER_PREFIXES = ("tus-", "upload-")
+MAX_ANSWER_SIZE = 1024 * 1024
+"""Bytes of a hook's answer that are read at most: the answer is held in memory."""
+# What a command hook wrote to stderr is kept for its last line only.
+_STDERR_TAIL = 4096
+# Header values a hook may set: visible ASCII, spaces and tabs (RFC 9110 field-vchar
+# without obs-text, which clients decode differently or refuse).
+_FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e]*")
 # post-receive throttling remembers uploads by id; past this many it forgets the idle ones.
 _PROGRESS_ENTRIES = 10_000
 
@@ -90,9 +103,17 @@ class HookCallError(Exception):
 
 @dataclass(frozen=True)
 class Reply:
+    """What a transport got back; for post events only the status matters."""
+
     status: int
     body: bytes
     content_type: str | None = None
+    problem: str = ""
+    """Why the answer cannot be read, when the transport found out: too long, not JSON."""
+
+
+def _too_long() -> str:
+    return f"longer than {MAX_ANSWER_SIZE} bytes"
 
 
 class Transport(Protocol):
@@ -127,8 +148,11 @@ class HttpTransport:
             async with self._session.post(
                 self._url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                return Reply(response.status, await response.read(),
-                             response.headers.get("Content-Type"))
+                answer = await _read_capped(response.content)
+                content_type = response.headers.get("Content-Type")
+                if answer is None:
+                    return Reply(response.status, b"", content_type, _too_long())
+                return Reply(response.status, answer, content_type)
         except aiohttp.ClientError as exc:
             reason = exc or type(exc).__name__
             raise HookCallError(f"{self._url} cannot be reached: {reason}") from None
@@ -157,8 +181,16 @@ class CommandTransport:
             )
         except OSError as exc:
             raise HookCallError(f"{self._command} cannot be run: {exc.strerror}") from None
+        assert process.stdin and process.stdout and process.stderr
         try:
-            stdout, stderr = await process.communicate(body)
+            # Read to the end (within hooks_timeout) but keep a bounded part: a program
+            # stopped for writing too much would look as if it had crashed.
+            _, (stdout, too_long), (stderr, _) = await asyncio.gather(
+                _feed(process.stdin, body),
+                _drain(process.stdout, MAX_ANSWER_SIZE),
+                _drain(process.stderr, _STDERR_TAIL, tail=True),
+            )
+            await process.wait()
         finally:
             if process.returncode is None:  # timed out, or the server is stopping
                 process.kill()
@@ -169,10 +201,45 @@ class CommandTransport:
                 f"{self._command} exited with status {process.returncode}"
                 + (f": {last_line[0]}" if last_line else "")
             )
-        return Reply(200, stdout)
+        return Reply(200, b"", problem=_too_long()) if too_long else Reply(200, stdout)
 
     async def close(self) -> None:
         return None
+
+
+async def _read_capped(stream: aiohttp.StreamReader) -> bytes | None:
+    """A response body of at most :data:`MAX_ANSWER_SIZE` bytes; None if it is longer
+    (read no further than that: the rest may never end)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER_SIZE:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _feed(stdin: asyncio.StreamWriter, body: bytes) -> None:
+    """Write the event to a command; one that exits without reading it all may still answer."""
+    try:
+        stdin.write(body)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    stdin.close()
+
+
+async def _drain(stream: asyncio.StreamReader, keep: int, tail: bool = False) -> tuple[bytes, bool]:
+    """Read ``stream`` to its end; its first (or last) ``keep`` bytes, and whether there were more."""
+    kept = b""
+    more = False
+    while chunk := await stream.read(65536):
+        kept += chunk
+        if len(kept) > keep:
+            more = True
+            kept = kept[-keep:] if tail else kept[:keep]
+    return kept, more
 
 
 class PythonTransport:
@@ -182,9 +249,20 @@ class PythonTransport:
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
         try:
             answer = await self._hook(json.loads(body))
-            return Reply(200, b"" if answer is None else json.dumps(answer).encode())
         except Exception as exc:
             raise HookCallError(f"the Python hook raised {type(exc).__name__}: {exc}") from None
+        if answer is None:
+            return Reply(200, b"")
+        # Read as the JSON answer of the other transports. What has no JSON form
+        # (sets, NaN, cycles, too deep) is an answer that cannot be read, not a failure
+        # to answer: it must not be let through by hooks_fail_open.
+        try:
+            encoded = json.dumps(answer, allow_nan=False).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            return Reply(200, b"", problem=f"no JSON form: {exc}")
+        if len(encoded) > MAX_ANSWER_SIZE:
+            return Reply(200, b"", problem=_too_long())
+        return Reply(200, encoded)
 
     async def close(self) -> None:
         return None
@@ -238,12 +316,86 @@ class Change:
     """As an ``Upload-Metadata`` header."""
 
 
+class _Unreadable(Exception):
+    """A JSON answer without one meaning: a key twice in an object, NaN or Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys differ: which of two values the hook meant is unknowable."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _Unreadable(f"key {key[:40]!r} appears twice in an object")
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unreadable(f"{name} is not JSON")
+
+
+def _document(event: str, body: bytes) -> dict[str, Any] | None:
+    """The JSON object a hook answered (None for an empty answer), or :class:`HookFailed`."""
+    if not body.strip():
+        return None
+    try:
+        document = json.loads(
+            body.decode(), object_pairs_hook=_unique_keys, parse_constant=_no_constant
+        )
+    except _Unreadable as exc:
+        raise _invalid(event, str(exc)) from None
+    except UnicodeDecodeError:
+        raise _invalid(event, "not UTF-8") from None
+    except RecursionError:
+        raise _invalid(event, "JSON nested too deeply") from None
+    except ValueError:  # not JSON, or a number of more digits than Python converts
+        raise _invalid(event, "not JSON") from None
+    if not isinstance(document, dict):
+        raise _invalid(event, "not a JSON object")
+    return document
+
+
+def _is_text(value: Any) -> bool:
+    """A string that UTF-8 encodes: JSON's ``\\ud800`` escapes make lone surrogates, which don't."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_header_value(value: Any) -> bool:
-    return isinstance(value, str) and "\r" not in value and "\n" not in value
+    return isinstance(value, str) and _FIELD_VALUE_RE.fullmatch(value) is not None
+
+
+def _is_error_status(status: Any) -> bool:
+    """The statuses a hook may refuse with: 4xx and 5xx, whose meaning every client knows
+    (a refusal). 1xx, 2xx and 3xx would tell the client that the request went on, was
+    done, or should be sent elsewhere; 600 and above are not HTTP."""
+    return type(status) is int and 400 <= status <= 599
 
 
 def _invalid(event: str, why: str) -> HookFailed:
     return HookFailed(f"{event} hook gave an invalid answer: {why}")
+
+
+def _response_headers(event: str, headers: Any) -> dict[str, str]:
+    """A rejection's headers as they are sent: valid, each once, those aiotusd sets left out."""
+    if not isinstance(headers, dict) or not all(
+        is_header_name(name) and _is_header_value(value) for name, value in headers.items()
+    ):
+        raise _invalid(
+            event, "reject.headers must map header names to values of visible ASCII characters"
+        )
+    if len({name.lower() for name in headers}) != len(headers):
+        raise _invalid(event, "reject.headers names a header twice")
+    return {
+        name: value for name, value in headers.items()
+        if name.lower() not in _SERVER_HEADERS
+        and not name.lower().startswith(_SERVER_HEADER_PREFIXES)
+    }
 
 
 def _rejection(event: str, reject: Any) -> HookRejected:
@@ -251,20 +403,25 @@ def _rejection(event: str, reject: Any) -> HookRejected:
         raise _invalid(event, "reject must be an object")
     status = reject.get("status", 403)
     body = reject.get("body", "")
-    headers = reject.get("headers", {})
-    if type(status) is not int or not 400 <= status <= 599:
+    if not _is_error_status(status):
         raise _invalid(event, "reject.status must be an integer from 400 to 599")
-    if not isinstance(body, str):
-        raise _invalid(event, "reject.body must be a string")
-    if not isinstance(headers, dict) or not all(
-        isinstance(name, str) and is_header_name(name) and _is_header_value(value)
-        for name, value in headers.items()
-    ):
-        raise _invalid(event, "reject.headers must map header names to one-line strings")
-    kept = {name: value for name, value in headers.items() if name.lower() not in _FRAMING_HEADERS}
+    if not _is_text(body):
+        raise _invalid(event, "reject.body must be a string of Unicode characters")
+    kept = _response_headers(event, reject.get("headers", {}))
     if body and not any(name.lower() == "content-type" for name in kept):
         kept["Content-Type"] = "text/plain; charset=utf-8"
     return HookRejected(status, body.encode(), kept)
+
+
+def _refusal(event: str, reply: Reply) -> HookRejected:
+    """A webhook's non-2xx HTTP answer, passed on with its body and ``Content-Type``."""
+    if not _is_error_status(reply.status):
+        raise _invalid(event, f"HTTP status {reply.status} is neither 2xx nor 400 to 599")
+    if reply.content_type is None:
+        return HookRejected(reply.status, reply.body, {})
+    if not _is_header_value(reply.content_type):
+        raise _invalid(event, "its Content-Type is not visible ASCII characters")
+    return HookRejected(reply.status, reply.body, {"Content-Type": reply.content_type})
 
 
 def _change(change: Any) -> Change:
@@ -276,9 +433,7 @@ def _change(change: Any) -> Change:
     metadata = change.get("metadata")
     if metadata is None:
         return Change(new_id)
-    if not isinstance(metadata, dict) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
-    ):
+    if not isinstance(metadata, dict) or not all(_is_text(value) for value in metadata.values()):
         raise _invalid(PRE_CREATE, "change.metadata must map keys to strings")
     try:
         return Change(new_id, format_metadata(metadata))
@@ -287,18 +442,18 @@ def _change(change: Any) -> Change:
 
 
 def _answer(event: str, reply: Reply) -> Change:
-    """Read a blocking hook's reply: nothing, a change, or a rejection (raised)."""
+    """Read a blocking hook's reply: nothing, a change, or a rejection (raised).
+
+    Whatever the hook sent is understood or refused here with :class:`HookFailed`
+    (503): no answer reaches the client as anything but a 4xx or 5xx.
+    """
+    if reply.problem:
+        raise _invalid(event, reply.problem)
     if not 200 <= reply.status < 300:
-        content_type = {"Content-Type": reply.content_type} if reply.content_type else {}
-        raise HookRejected(reply.status, reply.body, content_type)
-    if not reply.body.strip():
+        raise _refusal(event, reply)
+    document = _document(event, reply.body)
+    if document is None:
         return Change()
-    try:
-        document = json.loads(reply.body)
-    except ValueError:
-        raise _invalid(event, "not JSON") from None
-    if not isinstance(document, dict):
-        raise _invalid(event, "not a JSON object")
     if document.get("reject") is not None:
         raise _rejection(event, document["reject"])
     if event == PRE_CREATE and document.get("change") is not None:

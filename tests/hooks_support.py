@@ -105,6 +105,59 @@ class Receiver:
         return await self.wait(probe, f"events {names}", timeout)
 
 
+RawAnswer = bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawReceiver:
+    """A webhook receiver on 127.0.0.1 that answers each request with ``answer``: exact
+    bytes, or a coroutine that writes them. For answers an aiohttp app will not send."""
+
+    def __init__(self) -> None:
+        self.answer: RawAnswer = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/hook"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = next(
+                int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await asyncio.wait_for(reader.readexactly(length), 10)
+            self.requests += 1
+            if isinstance(self.answer, bytes):
+                writer.write(self.answer)
+                await writer.drain()
+            else:
+                await self.answer(writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the server hung up: what some answers are for
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_receiver() -> AsyncIterator[RawReceiver]:
+    receiver = RawReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()

@@ -1,0 +1,355 @@
+"""Every answer a blocking hook can give is understood or refused with 503 "invalid answer":
+statuses that are no refusal, JSON without one meaning, answers too long to hold, headers
+that would break the response; over HTTP (real receivers on loopback), commands and
+in-process hooks. The tus client never gets a status other than a 4xx or 5xx from a hook,
+and nothing is created for an invalid answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+pytest.register_assert_rewrite("hooks_support")
+
+from conftest import (
+    PATCH_HEADERS,
+    TUS,
+    ClientFactory,
+    assert_one_line_error,
+    create_upload,
+    data_files,
+    upload_id,
+)
+from hooks_support import RawReceiver, Receiver
+
+from server.app import create_app
+from server.config import Settings
+from server.context import CONTEXT
+from server.hooks import MAX_ANSWER_SIZE
+
+pytest_plugins = ["hooks_support"]  # the receiver fixtures
+
+CREATE = {**TUS, "Upload-Length": "3"}
+
+
+def http_answer(status_line: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"HTTP/1.1 {status_line}", *headers, "Connection: close"]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def assert_invalid_and_nothing_created(
+    response: aiohttp.ClientResponse, client: Any, settings: Settings, why: str = ""
+) -> None:
+    await assert_one_line_error(response, 503)
+    text = await response.text()
+    assert "invalid answer" in text and why in text, text
+    assert data_files(settings) == []
+    assert await client.app[CONTEXT].store.hook_events() == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        http_answer("101 Switching Protocols", "Upgrade: websocket"),
+        http_answer("302 Found", "Location: http://127.0.0.1:1/elsewhere"),
+        http_answer("304 Not Modified"),
+        http_answer("399 Whatever", body=b"odd"),
+        http_answer("600 Beyond", body=b"odd"),
+        http_answer("999 Beyond", body=b"odd"),
+    ],
+    ids=["101", "302", "304", "399", "600", "999"],
+)
+@pytest.mark.parametrize("fail_open", [False, True], ids=["closed", "fail_open"])
+async def test_a_webhook_status_that_is_no_refusal_is_an_invalid_answer(
+    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings,
+    answer: bytes, fail_open: bool,
+) -> None:
+    raw_receiver.answer = answer
+    client = await make_client(hooks_url=raw_receiver.url, hooks_fail_open=fail_open)
+    response = await client.post("/files/", headers=CREATE)
+    status = answer.split(b" ")[1].decode()
+    await assert_invalid_and_nothing_created(
+        response, client, settings, f"HTTP status {status} is neither 2xx nor 400 to 599"
+    )
+    assert raw_receiver.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "answer_to"),
+    [("pre-access", "HEAD"), ("pre-access", "GET"), ("pre-finish", "PATCH"),
+     ("pre-terminate", "DELETE")],
+)
+async def test_every_blocking_event_refuses_a_redirect_as_invalid(
+    make_client: ClientFactory, raw_receiver: RawReceiver, event: str, answer_to: str
+) -> None:
+    client = await make_client(hooks_url=raw_receiver.url, hooks_events=event)
+    path = await create_upload(client, 3)
+    raw_receiver.answer = http_answer("302 Found", "Location: http://127.0.0.1:1/x")
+    response = await client.request(
+        answer_to, path, data=b"abc" if answer_to == "PATCH" else None,
+        headers={**PATCH_HEADERS, "Upload-Offset": "0"} if answer_to == "PATCH" else TUS,
+    )
+    assert response.status == 503
+    if answer_to != "HEAD":
+        assert f"{event} hook gave an invalid answer" in await response.text()
+    upload = await client.app[CONTEXT].store.get(upload_id(path))
+    assert upload is not None and not upload.is_complete
+
+
+async def test_a_refusal_is_passed_on_with_a_content_type_only_if_it_is_a_header_value(
+    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings
+) -> None:
+    client = await make_client(hooks_url=raw_receiver.url)
+    raw_receiver.answer = http_answer(
+        "451 Unavailable", "Content-Type: text/x-reason", body=b"not here"
+    )
+    response = await client.post("/files/", headers=CREATE)
+    assert response.status == 451 and await response.read() == b"not here"
+    assert response.headers["Content-Type"] == "text/x-reason"
+    for content_type in (b"text/plain; x=\xff\xfe", b"text/plain; x=\xc3\xa9"):
+        raw_receiver.answer = (
+            b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 2\r\n"
+            b"Content-Type: " + content_type + b"\r\n\r\nno"
+        )
+        response = await client.post("/files/", headers=CREATE)
+        await assert_invalid_and_nothing_created(response, client, settings, "Content-Type")
+
+
+def nested(depth: int) -> bytes:
+    return b'{"reject": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (nested(200_000), "nested too deeply"),
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+        (b"[]", "not a JSON object"),
+        (b'"go on"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b"12", "not a JSON object"),
+        (b"{", "not JSON"),
+        (b"{} {}", "not JSON"),
+        (b'{"reject": NaN}', "NaN is not JSON"),
+        (b'{"reject": {"status": Infinity}}', "Infinity is not JSON"),
+        (b'{"reject": {"status": -Infinity}}', "-Infinity is not JSON"),
+        (b'{"reject": {"status": 403}, "reject": null}', "'reject' appears twice"),
+        (b'{"change": {"id": "a", "id": "b"}}', "'id' appears twice"),
+        (b'{"reject": {"body": "\xff\xfe"}}', "not UTF-8"),
+        ('{"reject": {"body": "x"}}'.encode("utf-16"), "not UTF-8"),
+        (b'\xef\xbb\xbf{"reject": {}}', "not JSON"),
+        (b'{"reject": {"body": "\\ud800"}}', "reject.body must be a string"),
+        (b'{"change": {"metadata": {"name": "\\udfff"}}}', "change.metadata must map"),
+        (b'{"reject": {"status": ' + b"4" * 5000 + b"}}", "not JSON"),
+        (b'{"reject": {"status": 1e999}}', "reject.status must be an integer from 400 to 599"),
+        (b'{"reject": {"status": 403.0}}', "reject.status must be an integer"),
+        (b'{"reject": {"status": true}}', "reject.status must be an integer"),
+        (b'{"reject": {"status": "403"}}', "reject.status must be an integer"),
+        (b'{"reject": {"status": 200}}', "reject.status must be an integer from 400 to 599"),
+        (b'{"reject": {"status": 101}}', "reject.status must be an integer from 400 to 599"),
+        (b'{"reject": {"status": 302}}', "reject.status must be an integer from 400 to 599"),
+        (b'{"reject": {"status": 600}}', "reject.status must be an integer from 400 to 599"),
+        (b'{"reject": {"body": 5}}', "reject.body must be a string"),
+        (b'{"reject": []}', "reject must be an object"),
+        (b'{"reject": {"headers": []}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": 5}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": "a\\r\\nX-B: b"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": "a\\u0000b"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": "caf\\u00e9"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": "\\ud800"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"Bad Name": "x"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"": "x"}}}', "reject.headers must map"),
+        (b'{"reject": {"headers": {"X-A": "1", "x-a": "2"}}}', "names a header twice"),
+        (b'{"change": []}', "change must be an object"),
+        (b'{"change": {"id": 7}}', "change.id is not a valid upload id"),
+        (b'{"change": {"metadata": {"a b": "x"}}}', "Upload-Metadata keys"),
+        (b'{"change": {"metadata": {"name": 1}}}', "change.metadata must map"),
+        (b'{"pad": "' + b"x" * MAX_ANSWER_SIZE + b'"}', f"longer than {MAX_ANSWER_SIZE} bytes"),
+    ],
+)
+async def test_a_json_answer_without_one_meaning_is_invalid(
+    make_client: ClientFactory, receiver: Receiver, settings: Settings, body: bytes, why: str
+) -> None:
+    receiver.respond = lambda r: web.Response(body=body, content_type="application/json")
+    client = await make_client(hooks_url=receiver.url, hooks_fail_open=True)
+    response = await client.post("/files/", headers=CREATE)
+    await assert_invalid_and_nothing_created(response, client, settings, why)
+
+
+async def test_an_endless_answer_is_read_no_further_than_its_bound(
+    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings
+) -> None:
+    """A valid JSON answer that never ends: the server stops reading after the bound."""
+    sent = 0
+    chunk = b"x" * 65536
+    hung_up = asyncio.Event()
+
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b'Transfer-Encoding: chunked\r\n\r\n11\r\n{"pad": "xxxxxxx\r\n')
+        try:
+            for _ in range(4096):  # 256 MiB at most
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            hung_up.set()
+            raise
+
+    raw_receiver.answer = endless
+    client = await make_client(hooks_url=raw_receiver.url)
+    response = await client.post("/files/", headers=CREATE)
+    await assert_invalid_and_nothing_created(
+        response, client, settings, f"longer than {MAX_ANSWER_SIZE} bytes"
+    )
+    await asyncio.wait_for(hung_up.wait(), 10)
+    assert sent < 64 * MAX_ANSWER_SIZE
+
+
+async def test_headers_that_aiotusd_sets_itself_are_left_out_of_a_rejection(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    """Framing, connection and tus headers from a hook would contradict the response."""
+    client = await make_client(hooks_url=receiver.url, hooks_events="pre-finish")
+    path = await create_upload(client, 3)
+    own = {
+        "Content-Length": "999", "Transfer-Encoding": "chunked", "Connection": "close",
+        "Keep-Alive": "timeout=1", "Upgrade": "h2c", "TE": "trailers", "Trailer": "X-T",
+        "Content-Encoding": "gzip", "Proxy-Connection": "close",
+        "Tus-Resumable": "0.2.2", "tus-version": "0.2.2", "Upload-Offset": "999",
+        "upload-length": "999",
+    }
+    receiver.respond = lambda r: web.json_response(
+        {"reject": {"status": 422, "body": "virus found",
+                    "headers": {**own, "Retry-After": "5", "X-Scan": "eicar"}}}
+    )
+    # The second PATCH (no bytes, at the end) asks pre-finish again on the same connection.
+    for offset, chunk in ((0, b"abc"), (3, b"")):
+        patched = await client.patch(
+            path, data=chunk, headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}
+        )
+        assert patched.status == 422 and await patched.read() == b"virus found"
+        assert patched.headers["Retry-After"] == "5" and patched.headers["X-Scan"] == "eicar"
+        assert patched.headers["Tus-Resumable"] == "1.0.0"
+        assert patched.headers.getall("Upload-Offset") == ["3"]
+        assert patched.headers["Content-Length"] == str(len(b"virus found"))
+        for name in ("Transfer-Encoding", "Keep-Alive", "Upgrade", "TE", "Trailer",
+                     "Content-Encoding", "Proxy-Connection", "Tus-Version", "Upload-Length"):
+            assert name not in patched.headers, name
+        assert patched.headers.get("Connection", "keep-alive").lower() == "keep-alive"
+    head = await client.head(path, headers=TUS)
+    assert head.headers["Upload-Offset"] == "3"
+
+
+def command_hook(tmp_path: Path) -> str:
+    """A command hook whose answer is chosen by the upload's filename metadata."""
+    script = tmp_path / "hook.py"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "event = json.load(sys.stdin)\n"
+        "name = event['upload']['metadata'].get('filename')\n"
+        "if name == 'flood':\n"
+        f"    sys.stdout.write(json.dumps({{'pad': 'x' * {2 * MAX_ANSWER_SIZE}}}))\n"
+        "elif name == 'deep':\n"
+        "    sys.stdout.write('[' * 200000 + ']' * 200000)\n"
+        "elif name == 'nan':\n"
+        "    sys.stdout.write('{\"reject\": {\"status\": NaN}}')\n"
+        "elif name == 'redirect':\n"
+        "    sys.stdout.write('{\"reject\": {\"status\": 302}}')\n"
+        "elif name == 'noisy':\n"
+        f"    sys.stderr.write('x' * {4 * MAX_ANSWER_SIZE} + '\\nthe last word\\n')\n"
+        "    sys.exit(3)\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    ("filename", "status", "why"),
+    [
+        ("flood", 503, f"invalid answer: longer than {MAX_ANSWER_SIZE} bytes"),
+        ("deep", 503, "invalid answer: JSON nested too deeply"),
+        ("nan", 503, "invalid answer: NaN is not JSON"),
+        ("redirect", 503, "invalid answer: reject.status must be an integer from 400 to 599"),
+        ("noisy", 201, ""),  # fails open: it did not answer; its stderr is bounded
+    ],
+)
+async def test_command_hook_answers_are_bounded_and_checked(
+    make_client: ClientFactory, tmp_path: Path, settings: Settings,
+    filename: str, status: int, why: str,
+) -> None:
+    client = await make_client(
+        hooks_command=command_hook(tmp_path), hooks_events="pre-create", hooks_fail_open=True
+    )
+    value = base64.b64encode(filename.encode()).decode()
+    response = await client.post(
+        "/files/", headers={**CREATE, "Upload-Metadata": f"filename {value}"}
+    )
+    assert response.status == status, await response.text()
+    if status == 503:
+        await assert_invalid_and_nothing_created(response, client, settings, why)
+
+
+async def test_a_failing_command_is_named_by_the_last_line_of_a_long_stderr(
+    make_client: ClientFactory, tmp_path: Path, settings: Settings
+) -> None:
+    client = await make_client(hooks_command=command_hook(tmp_path), hooks_events="pre-create")
+    value = base64.b64encode(b"noisy").decode()
+    response = await client.post(
+        "/files/", headers={**CREATE, "Upload-Metadata": f"filename {value}"}
+    )
+    await assert_one_line_error(response, 503)
+    assert (await response.text()).endswith("exited with status 3: the last word\n")
+    assert data_files(settings) == []
+
+
+def deep_dict(depth: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for _ in range(depth):
+        document = {"a": document}
+    return document
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ({"reject": {"status": 302}}, "reject.status must be an integer from 400 to 599"),
+        ({"reject": {"status": 101}}, "reject.status must be an integer from 400 to 599"),
+        ({"reject": {"status": math.nan}}, "no JSON form"),
+        ({"reject": {"body": "\ud800"}}, "reject.body must be a string"),
+        ({"reject": {"headers": {"Set-Cookie": "a=\nb"}}}, "reject.headers must map"),
+        ({"change": {"metadata": {"name": "\udcff"}}}, "change.metadata must map"),
+        ({"change": {"metadata": {1: "x", "1": "y"}}}, "'1' appears twice"),
+        ({"reject": {1, 2}}, "no JSON form"),
+        ({"reject": b"bytes"}, "no JSON form"),
+        (deep_dict(100_000), "no JSON form"),
+        (["reject"], "not a JSON object"),
+        ("go on", "not a JSON object"),
+        ({"pad": "x" * MAX_ANSWER_SIZE}, f"longer than {MAX_ANSWER_SIZE} bytes"),
+    ],
+)
+async def test_python_hook_answers_are_checked_and_never_let_through(
+    aiohttp_client: Any, settings: Settings, answer: Any, why: str
+) -> None:
+    """Even with hooks_fail_open: an answer is not a failure to answer."""
+
+    async def hook(event: dict[str, Any]) -> Any:
+        return answer if event["type"] == "pre-create" else None
+
+    app = create_app(dataclasses.replace(settings, hooks_fail_open=True), hooks=hook)
+    client = await aiohttp_client(app)
+    response = await client.post("/files/", headers=CREATE)
+    await assert_invalid_and_nothing_created(response, client, settings, why)
