@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,10 +44,13 @@ _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# RFC 3986 ``uri-host [ ":" port ]``: an IP literal or a reg-name (unreserved,
+# RFC 3986 ``uri-host [ ":" port ]``: an IPv6 literal or a reg-name (unreserved,
 # pct-encoded and sub-delims). RFC 9112 section 3.2 wants 400 for anything else;
 # it also keeps a hostile Host (``a/b``, ``x@y``) out of the Location header.
-_HOST_RE = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
+_HOST_RE = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)"
+    r"(?::(?P<port>[0-9]{0,5}))?"
+)
 
 
 def is_upload_id(value: str) -> bool:
@@ -54,8 +58,20 @@ def is_upload_id(value: str) -> bool:
 
 
 def is_host(value: str) -> bool:
-    """A ``Host`` header value: ``host``, ``host:port`` or ``[v6]:port`` (maybe empty)."""
-    return _HOST_RE.fullmatch(value) is not None
+    """A host that URLs of this server can name: ``host``, ``host:port`` or ``[v6]:port``.
+
+    Not empty: RFC 9110 section 4.2.1 makes an ``http`` URL with an empty host
+    invalid. The port is 1 to 65535, or empty (RFC 3986: the scheme's default).
+    """
+    match = _HOST_RE.fullmatch(value)
+    if match is None:
+        return False
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return False
+    return not match["port"] or 0 < int(match["port"]) < 65536
 
 
 def is_header_name(value: str) -> bool:

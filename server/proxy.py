@@ -1,7 +1,10 @@
 """The URLs clients see for this server's resources, also behind a reverse proxy.
 
 Without ``behind_proxy`` a URL is built from the request as aiotusd received it: its
-scheme (``https`` with ``tls_cert``) and its ``Host``. Forwarded headers are then
+scheme (``https`` with ``tls_cert``) and the host the client addressed: the authority
+of an absolute-form request target (``POST http://host:port/files/``), which RFC 9112
+section 3.2.2 puts before ``Host``; else ``Host``; else (HTTP/1.0 has no ``Host``) the
+address and port of the socket the request came in on. Forwarded headers are then
 ignored, so that no client can point a ``Location`` elsewhere.
 
 With ``behind_proxy`` the proxy in front says what the client addressed, in either
@@ -30,10 +33,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from .errors import BadRequest
 from .protocol import is_host
 
 if TYPE_CHECKING:
@@ -112,10 +117,49 @@ def _external(request: web.Request) -> External:
 
 
 def _from_request(request: web.Request) -> External:
-    scheme, host = request.scheme, request.host
+    scheme, host, prefix = request.scheme, _addressed_host(request), ""
     policy = request.app.get(PROXY)
-    if policy is None or not policy.trusts(request.remote):
-        return External(scheme, host, "")
+    if policy is not None and policy.trusts(request.remote):
+        scheme, host, prefix = _forwarded(request, policy, scheme, host)
+    host = host.rstrip(":")  # an empty port is the default one (RFC 3986 section 3.2.3)
+    if host.endswith(":" + _DEFAULT_PORTS[scheme]):
+        host = host.rsplit(":", 1)[0]
+    return External(scheme, host, prefix)
+
+
+def target_authority(request: web.Request) -> str | None:
+    """The ``host[:port]`` of an absolute-form request target (``userinfo@`` included, to be
+    refused); None for the usual origin-form (``/files/``)."""
+    if request.raw_path.startswith("/"):
+        return None
+    try:
+        return urlsplit(request.raw_path).netloc
+    except ValueError:  # such as an unclosed "[" (aiohttp's parser refuses most of them)
+        return ""
+
+
+def _addressed_host(request: web.Request) -> str:
+    """The first valid one of the request target's authority, ``Host`` and the local address.
+
+    The tus handlers refuse an invalid authority or ``Host`` (400) before any URL is
+    built; other pages (the demo) still get a usable URL.
+    """
+    for host in (target_authority(request), request.headers.get("Host")):
+        if host is not None and is_host(host):
+            return host
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple):
+        raise BadRequest("a Host header is needed to name this server")
+    address, port = sockname[0], sockname[1]
+    if ":" in address:  # IPv6, maybe with a zone: RFC 6874 writes its "%" as "%25"
+        address = "[" + address.replace("%", "%25") + "]"
+    return f"{address}:{port}"
+
+
+def _forwarded(
+    request: web.Request, policy: ProxyPolicy, scheme: str, host: str
+) -> tuple[str, str, str]:
+    """Scheme, host and path prefix as a trusted proxy says the client addressed them."""
     headers = request.headers
     proto, forwarded_host = _last(headers, "X-Forwarded-Proto"), _last(headers, "X-Forwarded-Host")
     if proto or forwarded_host:
@@ -129,9 +173,7 @@ def _from_request(request: web.Request) -> External:
         host = forwarded_host
     if _PORT_RE.fullmatch(port) and 0 < int(port) < 65536:
         host = _with_port(host, port)
-    if host.endswith(":" + _DEFAULT_PORTS[scheme]):
-        host = host.rsplit(":", 1)[0]
-    return External(scheme, host, _prefix(_last(headers, "X-Forwarded-Prefix")))
+    return scheme, host, _prefix(_last(headers, "X-Forwarded-Prefix"))
 
 
 def _forwarded_element(

@@ -234,29 +234,89 @@ async def test_repeated_tus_headers_on_post_are_400(client, settings, headers):
     assert data_files(settings) == []
 
 
-@pytest.mark.parametrize(
-    "host", [b"\xff\xfe", b"a b", b"x/y", b"a@b", b"[::1", b"evil.org/path?", b"a\\b", b"h:p0rt"]
-)
-async def test_invalid_host_is_400_and_never_reaches_location(client, settings, host):
-    response = await raw(
-        client,
-        b"POST /files/ HTTP/1.1\r\nHost: " + host + b"\r\nTus-Resumable: 1.0.0\r\n"
-        b"Upload-Length: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+def creation(target: bytes = b"/files/", version: bytes = b"1.1", *headers: bytes) -> bytes:
+    return b"\r\n".join(
+        [b"POST " + target + b" HTTP/" + version, *headers, b"Tus-Resumable: 1.0.0",
+         b"Upload-Length: 1", b"Content-Length: 0", b"Connection: close", b"", b""]
     )
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"\xff\xfe", b"a b", b"x/y", b"a@b", b"[::1", b"evil.org/path?", b"a\\b", b"h:p0rt",
+        b"", b":80", b"h:0", b"h:65536", b"h:99999", b"h:" + b"9" * 30, b"user@h",
+        b"user:pw@h:80", b"::1", b"[::1]x", b"[zz::1]", b"[v1.x]", b"[::1%25eth0]", b"%zz.example",
+        b"h:80:80",
+    ],
+)
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+async def test_invalid_host_is_400_and_never_reaches_location(client, settings, host, version):
+    response = await raw(client, creation(b"/files/", version, b"Host: " + host))
     assert_one_line_4xx(response, 400)
     assert "location" not in response.headers
     assert data_files(settings) == []
 
 
-@pytest.mark.parametrize("host", [b"uploads.example.org", b"127.0.0.1:8080", b"[::1]:1080", b"xn--bcher-kva.example"])
-async def test_valid_host_is_used_in_location(client, host):
-    response = await raw(
-        client,
-        b"POST /files/ HTTP/1.1\r\nHost: " + host + b"\r\nTus-Resumable: 1.0.0\r\n"
-        b"Upload-Length: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        (b"uploads.example.org", "uploads.example.org"),
+        (b"127.0.0.1:8080", "127.0.0.1:8080"),
+        (b"[::1]:1080", "[::1]:1080"),
+        (b"[::1]", "[::1]"),
+        (b"[::ffff:127.0.0.1]:8080", "[::ffff:127.0.0.1]:8080"),
+        (b"xn--bcher-kva.example", "xn--bcher-kva.example"),
+        (b"h:65535", "h:65535"),
+        (b"h:", "h"),  # an empty port is the default one
+        (b"h:80", "h"),
+    ],
+)
+async def test_valid_host_is_used_in_location(client, host, origin):
+    response = await raw(client, creation(b"/files/", b"1.1", b"Host: " + host))
     assert response.status == 201
-    assert response.headers["location"].startswith("http://" + host.decode() + "/files/")
+    assert response.headers["location"].startswith(f"http://{origin}/files/")
+
+
+async def test_http_1_0_without_host_gets_the_address_and_port_it_connected_to(client):
+    response = await raw(client, creation(b"/files/", b"1.0"))
+    assert response.status == 201, response.body
+    location = response.headers["location"]
+    assert location == f"http://127.0.0.1:{client.port}/files/{upload_id(location)}"
+    assert (await client.head(f"/files/{upload_id(location)}", headers=TUS)).status == 200
+
+
+async def test_http_1_1_without_host_is_400(client, settings):
+    response = await raw(client, creation(b"/files/", b"1.1"))
+    assert response.status == 400
+    assert "location" not in response.headers
+    assert data_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "origin"),
+    [
+        (b"http://up.example:8080/files/", "up.example:8080"),
+        (b"http://[::1]:8080/files/", "[::1]:8080"),
+        (b"http://up.example/files/", "up.example"),
+        (b"https://up.example:80/files/", "up.example"),  # the scheme is the one served
+    ],
+)
+async def test_an_absolute_form_target_names_the_host_over_the_host_header(
+    client, target, origin
+):
+    response = await raw(client, creation(target, b"1.1", b"Host: other.example:81"))
+    assert response.status == 201, response.body
+    assert response.headers["location"].startswith(f"http://{origin}/files/")
+
+
+@pytest.mark.parametrize(
+    "target", [b"http://user@up.example/files/", b"http://user:pw@up.example:81/files/"]
+)
+async def test_an_absolute_form_target_with_userinfo_is_400(client, settings, target):
+    response = await raw(client, creation(target, b"1.1", b"Host: up.example"))
+    assert_one_line_4xx(response, 400)
+    assert data_files(settings) == []
 
 
 async def test_two_host_headers_are_400(client):

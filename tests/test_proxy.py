@@ -122,6 +122,28 @@ async def test_malformed_forwarded_values_are_ignored(make_client):
     assert url == own(client) + upload_id(url)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": ""},
+        {"X-Forwarded-Host": "", "X-Forwarded-Proto": "http"},
+        {"X-Forwarded-Host": ":80"},
+        {"X-Forwarded-Host": ":"},
+        {"X-Forwarded-Host": "up.example:99999"},
+        {"X-Forwarded-Host": "up.example:0"},
+        {"X-Forwarded-Host": "user@up.example"},
+        {"X-Forwarded-Host": "::1"},
+        {"X-Forwarded-Host": "[zz::1]"},
+        {"Forwarded": 'host=""'},
+        {"Forwarded": 'host=":80"'},
+    ],
+)
+async def test_a_forwarded_host_that_names_no_host_is_ignored(make_client, headers):
+    client = await make_client(behind_proxy=True)
+    url = await location(client, **headers)
+    assert url == own(client) + upload_id(url)
+
+
 async def test_trusted_proxies_limit_whose_headers_are_believed(make_client):
     untrusted = await make_client(behind_proxy=True, trusted_proxies="10.0.0.0/8,::1")
     url = await location(untrusted, **FORGED)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from ..protocol import TUS_VERSION, effective_method, is_host
+from ..proxy import target_authority
 from . import create, delete, download, head, options, patch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,9 +43,23 @@ def _check_request_headers(request: web.Request) -> None:
     for name in _SINGLE_HEADERS:
         if len(request.headers.getall(name, ())) > 1:
             raise BadRequest(f"{name} must be sent once")
+    _check_host(request)
+
+
+def _check_host(request: web.Request) -> None:
+    """RFC 9112 section 3.2: 400 for an HTTP/1.1 request without ``Host`` (older aiohttp
+    releases let it through) and for an invalid one, empty included: URLs handed out
+    name this host. HTTP/1.0 may leave ``Host`` out (see :mod:`server.proxy`)."""
     host = request.headers.get("Host")
+    if host is None and request.version >= HttpVersion11:
+        raise BadRequest("Host header is required in HTTP/1.1")
+    if host == "":
+        raise BadRequest("Host header is empty")
     if host is not None and not is_host(host):
         raise BadRequest("Host header is not a valid host")
+    authority = target_authority(request)
+    if authority is not None and not is_host(authority):
+        raise BadRequest("request target has no valid host (or has userinfo)")
 
 
 def _dispatch(handlers: dict[str, Handler]) -> Handler:
