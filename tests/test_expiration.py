@@ -201,9 +201,16 @@ async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settin
     assert not data_file(settings, path).exists()
 
 
-async def _checksummed_patch_past_its_expiry(client, settings, path, data, go_on):
-    """Start a PATCH with ``Upload-Checksum`` whose body stops halfway until ``go_on`` is
-    set; return its task once the first half is stored and the recorded expiry passed."""
+DATA = b"0123456789" * 100_000
+
+
+async def _checksummed_patch_past_its_expiry(make_client, settings, go_on):
+    """A client, an upload and a PATCH with ``Upload-Checksum`` whose body stops halfway
+    until ``go_on`` is set: its task, once the first half is stored and the upload's
+    recorded expiry passed."""
+    client = await make_client(expiration=1)
+    data = DATA
+    path = await create_upload(client, len(data))
     half = len(data) // 2
 
     async def body():
@@ -219,18 +226,15 @@ async def _checksummed_patch_past_its_expiry(client, settings, path, data, go_on
     await poll(lambda: file.exists() and file.stat().st_size == half, "the first half")
     stored = await client.app[CONTEXT].store.get(upload_id(path))
     await wait_until_past(stored.expires_at)
-    return patching
+    return client, path, patching
 
 
 async def test_an_upload_receiving_a_body_does_not_expire(make_client, settings):
     """A checksummed PATCH records nothing until its body ends, so the upload's recorded
     expiry passes while it is under way: a GET and the sweep meanwhile leave it alone, and
     the PATCH completes it."""
-    client = await make_client(expiration=1)
-    data = b"0123456789" * 100_000
-    path = await create_upload(client, len(data))
     go_on = asyncio.Event()
-    patching = await _checksummed_patch_past_its_expiry(client, settings, path, data, go_on)
+    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, settings, go_on)
     try:
         assert (await client.get(path)).status == 409
         assert await sweep(client.app[CONTEXT]) == 0
@@ -238,21 +242,18 @@ async def test_an_upload_receiving_a_body_does_not_expire(make_client, settings)
         go_on.set()
     response = await patching
     assert response.status == 204, await response.text()
-    assert response.headers["Upload-Offset"] == str(len(data))
+    assert response.headers["Upload-Offset"] == str(len(DATA))
     response = await client.get(path)
     assert response.status == 200
-    assert await response.read() == data
+    assert await response.read() == DATA
 
 
 async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_client, settings):
     """A HEAD takes over from a PATCH under way (a stale one, maybe): the PATCH stops, its
     unverifiable half is dropped, and the upload lives on from that moment, however old
     its recorded expiry was, so that the client resumes it."""
-    client = await make_client(expiration=1)
-    data = b"0123456789" * 100_000
-    path = await create_upload(client, len(data))
     go_on = asyncio.Event()
-    patching = await _checksummed_patch_past_its_expiry(client, settings, path, data, go_on)
+    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, settings, go_on)
     try:
         response = await client.head(path, headers=TUS)
         assert response.status == 200
@@ -263,6 +264,6 @@ async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_cli
     with contextlib.suppress(aiohttp.ClientError):
         response = await patching
         assert response.status != 204
-    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    response = await client.patch(path, data=DATA, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert response.status == 204
-    assert await (await client.get(path)).read() == data
+    assert await (await client.get(path)).read() == DATA
