@@ -80,9 +80,17 @@ def is_header_name(value: str) -> bool:
 
 
 def effective_method(request: web.Request) -> str:
-    """The request method, or the one ``X-HTTP-Method-Override`` names instead."""
+    """The request method, or for a ``POST`` the one ``X-HTTP-Method-Override`` names.
+
+    Only a ``POST``: the header is for clients that can send nothing but ``GET`` and
+    ``POST``, and any other method keeps its meaning for the connection. A ``HEAD``
+    served as a ``GET`` would send a body that the client does not read, and the
+    connection would be out of step from there on.
+    """
     override = request.headers.get("X-HTTP-Method-Override")
-    return override.strip().upper() if override else request.method
+    if override and request.method == "POST":
+        return override.strip().upper()
+    return request.method
 
 
 def parse_non_negative(value: str, header: str) -> int:

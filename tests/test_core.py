@@ -391,6 +391,28 @@ async def test_method_override_needs_tus_resumable(client):
     assert await head_offset(client, path) == "0"
 
 
+async def test_method_override_only_overrides_a_post(client):
+    """A HEAD that names GET stays a HEAD: the answer has no body, and the next response
+    on the same connection is read as that response, not as leftover upload bytes."""
+    path = await create_upload(client, 10)
+    response = await client.patch(path, data=b"HTTP/1.1 x", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+            f"X-HTTP-Method-Override: GET\r\n\r\n"
+            f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            received = await reader.read()
+    finally:
+        writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Upload-Offset: 10" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b"\r\n\r\nok\n")
+
+
 async def test_method_override_unknown_method_is_405(client):
     path = await create_upload(client, 5)
     response = await client.post(path, headers={**TUS, "X-HTTP-Method-Override": "FROB"})

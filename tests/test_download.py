@@ -254,10 +254,12 @@ async def test_non_utf8_filename_bytes(client):
 async def test_final_upload_download(client):
     a = await create_upload(client, 3, **{"Upload-Concat": "partial"})
     await client.patch(a, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-    response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {a}"})
+    b = await create_upload(client, 3, **{"Upload-Concat": "partial"})
+    await client.patch(b, data=b"def", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
     response = await client.get(path_of(response), headers={"Range": "bytes=2-3"})
     assert response.status == 206
-    assert await response.read() == b"ca"
+    assert await response.read() == b"cd"
     assert response.headers["Content-Range"] == "bytes 2-3/6"
 
 
