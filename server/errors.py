@@ -167,6 +167,9 @@ def _answer(request: web.Request, exc: Exception) -> web.Response:
     if storage_full(exc):
         log.warning("%s %s: storage is full: %s", request.method, request.path, exc)
         return _plain(InsufficientStorage.status, "storage is full; try again later")
+    if isinstance(exc, StorageError):
+        log.error("%s %s: storage failed: %s", request.method, request.path, exc)
+        return _plain(500, "storage failed")
     log.exception("%s %s failed", request.method, request.path)
     return _plain(500, "internal server error")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 from .errors import Locked
 
@@ -77,42 +78,89 @@ class UploadLocks:
             holder.request_release()
 
 
-class ConcatLocks:
-    """Locks on uploads for concatenation: a final upload's assembly holds the final and
-    its partial uploads, a partial's removal and a final's creation hold the partials.
+@dataclass(frozen=True)
+class _Claim:
+    """Upload ids one holder of :class:`ConcatLocks` takes, alone or with other readers."""
 
-    So no final is assembled twice, no partial's bytes are deleted while they are
-    copied, and no final is created with a partial that is being removed, while the
-    concatenations of unrelated uploads go on side by side. Unlike :class:`UploadLocks`
-    these are held as long as the work takes (a copy has the storage's own deadlines)
-    and nobody asks a holder to let go. Several ids are taken in sorted order, so that
-    two holders of overlapping sets cannot wait on each other.
+    exclusive: frozenset[str]
+    shared: frozenset[str]
+
+    def conflicts(self, other: _Claim) -> bool:
+        return bool(
+            self.exclusive & (other.exclusive | other.shared) or self.shared & other.exclusive
+        )
+
+
+class ConcatLocks:
+    """Locks on uploads for concatenation, exclusive or shared.
+
+    A final upload's assembly holds the final alone and its partial uploads shared; a
+    final's creation holds the partials it names shared; removing a partial holds it
+    (and the finals that go with it) alone, and so does removing a final. So no final
+    is assembled twice or removed while assembled, no partial's bytes are deleted while
+    they are copied, and no final is created with a partial that is being removed,
+    while unrelated concatenations, and those that only read the same partial, go on
+    side by side.
+
+    Unlike :class:`UploadLocks` these are held as long as the work takes (a copy has
+    the storage's own deadlines), and nobody asks a holder to let go. A claim is taken
+    whole or not at all, so that no waiter holds a part of one; a waiter is let in in
+    order of arrival among those it conflicts with, so that readers cannot starve a
+    removal.
     """
 
     def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
+        self._held: list[_Claim] = []
+        self._waiting: list[tuple[_Claim, asyncio.Future[None]]] = []
 
     @contextlib.asynccontextmanager
-    async def hold(self, upload_ids: Iterable[str]) -> AsyncIterator[None]:
-        ordered = sorted(set(upload_ids))
-        for upload_id in ordered:
-            self._users[upload_id] = self._users.get(upload_id, 0) + 1
-            self._locks.setdefault(upload_id, asyncio.Lock())
-        taken: list[asyncio.Lock] = []
+    async def hold(
+        self, exclusive: Iterable[str] = (), shared: Iterable[str] = ()
+    ) -> AsyncIterator[None]:
+        claim = _Claim(frozenset(exclusive), frozenset(shared) - frozenset(exclusive))
+        if self.is_free(claim.exclusive, claim.shared):
+            self._held.append(claim)
+        else:
+            await self._wait(claim)
         try:
-            for upload_id in ordered:
-                await self._locks[upload_id].acquire()
-                taken.append(self._locks[upload_id])
             yield
         finally:
-            for lock in reversed(taken):
-                lock.release()
-            for upload_id in ordered:
-                self._users[upload_id] -= 1
-                if not self._users[upload_id]:
-                    del self._users[upload_id], self._locks[upload_id]
+            self._held.remove(claim)
+            self._let_in()
 
-    def any_held(self, upload_ids: Iterable[str]) -> bool:
-        """Whether some request holds or waits for one of ``upload_ids``."""
-        return any(upload_id in self._users for upload_id in upload_ids)
+    def is_free(self, exclusive: Iterable[str] = (), shared: Iterable[str] = ()) -> bool:
+        """Whether a claim on these ids would be taken at once."""
+        claim = _Claim(frozenset(exclusive), frozenset(shared))
+        return not any(claim.conflicts(other) for other in self._held) and not any(
+            claim.conflicts(other) for other, _ in self._waiting
+        )
+
+    async def _wait(self, claim: _Claim) -> None:
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((claim, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # let in, but cancelled before it went on
+                self._held.remove(claim)
+                self._let_in()
+            else:
+                if (claim, turn) in self._waiting:
+                    self._waiting.remove((claim, turn))
+                self._let_in()  # a later waiter may no longer wait behind this one
+            raise
+
+    def _let_in(self) -> None:
+        still_waiting: list[tuple[_Claim, asyncio.Future[None]]] = []
+        for claim, turn in self._waiting:
+            if turn.done():
+                continue
+            blocked = any(claim.conflicts(other) for other in self._held) or any(
+                claim.conflicts(other) for other, _ in still_waiting
+            )
+            if blocked:
+                still_waiting.append((claim, turn))
+            else:
+                self._held.append(claim)
+                turn.set_result(None)
+        self._waiting = still_waiting

@@ -563,12 +563,15 @@ class StateStore:
         also: Sequence[str] = (),
     ) -> None:
         """Keep a terminated or expired upload as a tombstone, so it answers 410; the
-        uploads ``also`` names (the finals that go with a partial) in the same transaction."""
+        uploads ``also`` names (the finals that go with a partial) in the same transaction.
+
+        Only active uploads: one that is gone already keeps its tombstone, and when none
+        of them was active, ``events`` are not recorded either."""
         ids = (upload_id, *also)
         await self._write(
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
-            f"WHERE id IN ({', '.join('?' * len(ids))})",
-            (status, time.time(), *ids),
+            f"WHERE id IN ({', '.join('?' * len(ids))}) AND status = ?",
+            (status, time.time(), *ids, ACTIVE),
             events,
         )
 

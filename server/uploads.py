@@ -64,24 +64,36 @@ async def remove(
 
     Unfinished final uploads that wait on a removed partial can never be
     completed, so they go with it (with the same status), in the same
-    transaction: a crash must not leave a final that waits for ever. A partial
-    is removed under its concatenation lock, so that no final is assembled from
-    a part whose bytes are being deleted, nor created with it (see
-    :class:`~server.locks.ConcatLocks`).
+    transaction: a crash must not leave a final that waits for ever.
+
+    A partial or final upload is removed under its concatenation lock (see
+    :class:`~server.locks.ConcatLocks`): not while a final is assembled from it or
+    created with it, nor, for a final, while it is assembled. It may be gone by the
+    time the lock is had (it went with a partial): then there is nothing left to do.
 
     Every upload terminated here, a final that goes with its partial included,
     gets a post-terminate event; expired ones get none.
     """
-    if upload.concat != "partial":
+    if upload.concat is None:
         await _remove(ctx, [upload], status, request)
         return
-    async with ctx.concat_locks.hold([upload.id]):
-        waiting = await ctx.store.get_many(tuple(await ctx.store.finals_waiting_on(upload.id)))
-        finals = [
-            final for final in waiting.values()
-            if final.status == ACTIVE and not final.is_complete
-        ]
-        await _remove(ctx, [upload, *finals], status, request)
+    async with ctx.concat_locks.hold(exclusive=[upload.id]):
+        current = await ctx.store.get(upload.id)
+        if current is None or current.status != ACTIVE:
+            return
+        # No final can be created with this partial now: the set is complete.
+        final_ids = []
+        if upload.concat == "partial":
+            final_ids = await ctx.store.finals_waiting_on(upload.id)
+        # Taken after the partial: the one nesting of these locks. Whoever holds a final
+        # waits for no partial while holding it (an assembly takes its claim whole).
+        async with ctx.concat_locks.hold(exclusive=final_ids):
+            waiting = await ctx.store.get_many(tuple(final_ids))
+            finals = [
+                final for final in waiting.values()
+                if final.status == ACTIVE and not final.is_complete
+            ]
+            await _remove(ctx, [current, *finals], status, request)
 
 
 async def _remove(
@@ -195,9 +207,9 @@ async def assemble_if_ready(
     """
     assert isinstance(ctx.backend, Concatenator)
     part_ids = await ctx.store.parts(final_id)
-    if not wait and ctx.concat_locks.any_held([final_id, *part_ids]):
+    if not wait and not ctx.concat_locks.is_free([final_id], part_ids):
         return False
-    async with ctx.concat_locks.hold([final_id, *part_ids]):
+    async with ctx.concat_locks.hold(exclusive=[final_id], shared=part_ids):
         final = await ctx.store.get(final_id)
         if final is None or final.status != ACTIVE:
             return False

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 from pathlib import Path
 
 from .base import StorageError, StoredUpload
@@ -23,6 +24,17 @@ READ_CHUNK = 1024 * 1024
 
 class DataMissing(StorageError):
     """The file holds fewer bytes than the recorded offset: storage lost data."""
+
+
+def _copy_exactly(source: BinaryIO, target: BinaryIO, size: int, upload_id: str) -> None:
+    """Copy the first ``size`` bytes of ``source``; a file that holds fewer lost data."""
+    left = size
+    while left > 0:
+        chunk = source.read(min(READ_CHUNK, left))
+        if not chunk:
+            raise DataMissing(f"upload {upload_id} ends at {size - left}, expected {size}")
+        target.write(chunk)
+        left -= len(chunk)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -223,6 +235,9 @@ class FilesystemBackend:
             pass
 
     async def concatenate(self, final: StoredUpload, partials: list[StoredUpload]) -> None:
+        """Copy the partials' bytes into the final's file: each partial's ``offset`` bytes,
+        which its file must hold (else :class:`DataMissing`, and no final is made)."""
+
         def copy() -> None:
             with open(self.path(final.id), "wb") as target:
                 for partial in partials:
@@ -230,7 +245,7 @@ class FilesystemBackend:
                         # Nothing to copy, and an empty file need not have survived a power cut.
                         continue
                     with open(self.path(partial.id), "rb") as source:
-                        shutil.copyfileobj(source, target, READ_CHUNK)
+                        _copy_exactly(source, target, partial.offset, partial.id)
                 if self._fsync:
                     os.fdatasync(target.fileno())
             if self._fsync:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -473,7 +474,7 @@ async def test_a_long_assembly_holds_up_no_unrelated_upload(client):
     big = [await partial(client, b"A" * 1000), await partial(client, b"B" * 1000)]
 
     async def held_concatenate(final, partials):
-        if partials[0].id == upload_id(big[0]):
+        if not held:
             held.append(final.id)
             await go_on.wait()
         await concatenate(final, partials)
@@ -497,11 +498,90 @@ async def test_a_long_assembly_holds_up_no_unrelated_upload(client):
             assert response.status == 204
             head = await client.head(f"/files/{held[0]}", headers=TUS)
             assert head.status == 200 and "Upload-Offset" not in head.headers
-        assert not creating.done() and not deleting.done()
+            # Another final may read a partial that is being copied.
+            response = await create_final(client, big[1])
+            assert response.status == 201
+            head = await client.head(path_of(response), headers=TUS)
+            assert head.headers["Upload-Offset"] == "1000"
+            # The final being assembled is removed once its assembly is done.
+            deleting_final = asyncio.create_task(client.delete(f"/files/{held[0]}", headers=TUS))
+            await client.head(waiting, headers=TUS)
+        assert not creating.done() and not deleting.done() and not deleting_final.done()
     finally:
         go_on.set()
     response = await creating
     assert response.status == 201
-    assert await (await client.get(path_of(response))).read() == b"A" * 1000 + b"B" * 1000
     assert (await deleting).status == 204
+    assert (await deleting_final).status == 204
     assert (await client.head(big[0], headers=TUS)).status == 410
+    assert (await client.head(path_of(response), headers=TUS)).status == 410
+    assert not data_file(client.app[CONTEXT].settings, path_of(response)).exists()
+
+
+async def test_a_final_removed_with_its_partial_and_by_itself_is_terminated_once(
+    aiohttp_client, settings
+):
+    """DELETE of a partial takes its waiting final with it; a DELETE of that final at the
+    same moment must not terminate it a second time (a second post-terminate event)."""
+    arrived: list[str] = []
+    both_in = asyncio.Event()
+    terminated: list[str] = []
+
+    async def hooks(event: dict[str, Any]) -> None:
+        if event["type"] == "pre-terminate":
+            arrived.append(event["upload"]["id"])
+            if len(arrived) % 2 == 0:
+                both_in.set()
+            await both_in.wait()
+        elif event["type"] == "post-terminate":
+            terminated.append(event["upload"]["id"])
+
+    client = await aiohttp_client(create_app(
+        dataclasses.replace(settings, hooks_events="pre-terminate,post-terminate"), hooks=hooks
+    ))
+    store = client.app[CONTEXT].store
+    for _ in range(5):
+        both_in.clear()
+        part = await partial(client, length=3)
+        final = path_of(await create_final(client, part))
+        answers = await asyncio.gather(
+            client.delete(part, headers=TUS), client.delete(final, headers=TUS)
+        )
+        assert sorted(answer.status for answer in answers) in ([204, 204], [204, 410])
+        await poll(lambda: _outbox_empty(store), "the post-terminate deliveries")
+        assert terminated.count(upload_id(part)) == 1
+        assert terminated.count(upload_id(final)) == 1
+
+
+async def _outbox_empty(store: StateStore) -> bool:
+    return await store.count_events() == (0, 0)
+
+
+async def test_a_final_of_an_expired_partial_not_yet_swept_is_400(make_client):
+    client = await make_client(expiration=1)
+    part = await partial(client, length=10)
+    response = await client.patch(part, data=b"12345", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    stored = await client.app[CONTEXT].store.get(upload_id(part))
+    await wait_until_past(stored.expires_at)
+    response = await create_final(client, part)
+    await assert_one_line_error(response, 400)
+    assert "expired" in await response.text()
+
+
+async def test_a_partial_whose_file_lost_bytes_makes_no_final(client, settings):
+    """Storage lost bytes of a finished partial: the final is created (it exists, and
+    its client gets its Location) but never assembled from the short file, so it never
+    serves wrong bytes."""
+    first = await partial(client, b"hello")
+    second = await partial(client, b"world")
+    os.truncate(data_file(settings, first), 2)
+    response = await create_final(client, first, second)
+    assert response.status == 201
+    assert "Upload-Offset" not in response.headers
+    final = path_of(response)
+    await assert_one_line_error(await client.get(final), 409)
+    await assert_one_line_error(await client.get(final, headers={"Range": "bytes=2-6"}), 409)
+    response = await client.head(final, headers=TUS)
+    assert response.status == 500
+    assert "Upload-Offset" not in response.headers

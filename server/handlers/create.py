@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, LengthDeferrer
+from storage_backends.base import Concatenator, LengthDeferrer, StorageError
 
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
@@ -27,9 +28,12 @@ from ..uploads import (
     assemble_if_ready,
     concatenated_length,
     finish,
+    is_expired,
     least_concatenated_length,
 )
 
+
+log = logging.getLogger("aiotusd")
 
 def new_upload_id() -> str:
     """128 random bits, hex: URL-safe, and safe as a file name on any filesystem."""
@@ -71,6 +75,9 @@ async def _partials(ctx: Context, part_ids: tuple[str, ...]) -> list[Upload]:
             raise BadRequest(f"partial upload {part_id} does not exist")
         if partial.status != ACTIVE:
             raise BadRequest(f"partial upload {part_id} was {partial.status}")
+        if is_expired(partial):
+            # Not swept yet, but gone for its own client: a final must not outlive it.
+            raise BadRequest(f"partial upload {part_id} was expired")
         if partial.concat != "partial":
             raise BadRequest(f"upload {part_id} was not created with Upload-Concat: partial")
         partials.append(partial)
@@ -104,7 +111,7 @@ async def _add(
     if parts:
         # A partial may have been terminated since it was checked: look again, where no
         # termination can come between the look and the insert (uploads.remove).
-        async with ctx.concat_locks.hold(parts):
+        async with ctx.concat_locks.hold(shared=parts):
             await _partials(ctx, parts)
             await _store(ctx, request, upload, parts)
     else:
@@ -123,6 +130,20 @@ async def _store(
     except Exception:
         await ctx.backend.delete(ctx.stored(upload))
         raise
+
+
+async def _assemble_new_final(ctx: Context, final: Upload, request: web.Request) -> bool:
+    """Assemble a final upload just created, if its parts are finished; whether it is.
+
+    The final exists once stored, so a failed assembly still answers 201 with its
+    ``Location`` (without ``Upload-Offset``: not finished). A HEAD of it tries again;
+    an error here would leave an upload that no client could ever name.
+    """
+    try:
+        return await assemble_if_ready(ctx, final.id, request)
+    except StorageError as exc:
+        log.warning("final upload %s was created but not assembled: %s", final.id, exc)
+        return False
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -204,7 +225,7 @@ async def _create(request: web.Request) -> web.Response:
     headers = {"Location": external_url(request, settings.base_path + upload.id)}
 
     if concat is not None and concat.final:
-        if await assemble_if_ready(ctx, upload.id, request):
+        if await _assemble_new_final(ctx, upload, request):
             upload = await ctx.store.get(upload.id) or upload
     elif has_body or upload.length == 0:
         try:
