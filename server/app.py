@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -118,7 +118,8 @@ class _OneLineErrorHandler(RequestHandler):
     With ``limits``, also counts its connection against ``max_connections``: one over it
     gets :data:`~server.limits.REFUSAL_GRACE` seconds to send its request, which is
     answered 503 (see :func:`_one_line_http_errors`), and one beyond even the
-    :data:`~server.limits.REFUSING_CONNECTIONS` is closed at once.
+    :data:`~server.limits.REFUSING_CONNECTIONS` is closed at once. And it closes a
+    connection whose request headers do not come whole within ``header_timeout``.
     """
 
     def __init__(self, manager: web.Server, limits: Limits | None, **kwargs: Any) -> None:
@@ -126,23 +127,68 @@ class _OneLineErrorHandler(RequestHandler):
         self._limits = limits
         self._counted = False
         self.admission = Admission.ADMITTED
+        self._header_timeout = 0.0 if limits is None else limits.settings.header_timeout
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._raw_transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._limits is not None:
             self.admission = self._limits.connection_opened()
             self._counted = True
             if self.admission is not Admission.ADMITTED:
-                self._keepalive_timeout = REFUSAL_GRACE
-                self._lingering_time = REFUSAL_GRACE
+                self._header_timeout = min(self._header_timeout, REFUSAL_GRACE)
+                self._lingering_time = min(self._lingering_time, REFUSAL_GRACE)
         super().connection_made(transport)
+        self._raw_transport = cast(asyncio.Transport, transport)
         if self.admission is Admission.DROPPED:
             self.force_close()
+        else:
+            self._start_header_clock()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_header_clock()
+        self._raw_transport = None
         if self._limits is not None and self._counted:
             self._counted = False
             self._limits.connection_closed(self.admission)
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Stops the header clock once a request's headers are in, and starts it when the
+        first byte of a request comes on a connection that was idle between requests
+        (the idle wait itself is ``keepalive_timeout``'s). Body chunks pass two tests."""
+        super().data_received(data)
+        if self._messages:
+            self._stop_header_clock()
+        elif self._waiter is not None and data:
+            self._start_header_clock()
+
+    def _start_header_clock(self) -> None:
+        if self._header_timeout and self._header_deadline is None:
+            self._header_deadline = self._loop.call_later(
+                self._header_timeout, self._header_timed_out
+            )
+
+    def _stop_header_clock(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_timed_out(self) -> None:
+        self._header_deadline = None
+        if self._limits is not None:
+            self._limits.cut_off(
+                "header_timeout",
+                f"header_timeout = {self._header_timeout:g} s: a connection sent no complete "
+                "request headers in time; it is closed",
+            )
+        self._abort()
+
+    def _abort(self) -> None:
+        """Close the connection now: ``close`` would wait for the client to take what is
+        still to be sent."""
+        if self._raw_transport is not None:
+            self._raw_transport.abort()
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """Requests that are not valid HTTP, and clients gone before their answer, are the
@@ -234,18 +280,24 @@ class _Server(web.Server):
 
 class AppRunner(web.AppRunner):
     """aiohttp's runner, with protocol-level errors answered in one line and, for an app
-    of :func:`create_app`, ``max_connections`` kept."""
+    of :func:`create_app`, ``max_connections``, ``header_timeout`` and
+    ``keepalive_timeout`` kept."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         limits = self.app.get(LIMITS)
         if limits is not None and (shortfall := limits.descriptor_shortfall()):
             log.warning("%s", shortfall)
+        kwargs = dict(server._kwargs)
+        if limits is not None:
+            # The rest of a refused body is read and dropped for as long as headers may take.
+            kwargs["keepalive_timeout"] = limits.settings.keepalive_timeout
+            kwargs["lingering_time"] = limits.settings.header_timeout
         return _Server(
             _one_line_http_errors(server.request_handler, self.app.get(CORS)),
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
             limits=limits,
-            **server._kwargs,
+            **kwargs,
         )

@@ -199,6 +199,12 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("idle_timeout", _parse_float,
             "seconds a request body may stall before the connection is closed", minimum=0.01),
+    Setting("header_timeout", _parse_float,
+            "seconds a client gets to send a request's headers (from the connection's start or "
+            "the request's first byte), and the rest of a refused body; then the connection is "
+            "closed", minimum=0.01),
+    Setting("keepalive_timeout", _parse_float,
+            "seconds an idle connection is kept open for the client's next request", minimum=0.01),
     Setting("fsync", _parse_str,
             "always: data is fdatasync'd before the offset that covers it is recorded (survives "
             "a power loss); none: the OS writes it back (survives a crash of aiotusd only)",
@@ -294,6 +300,8 @@ class Settings:
     gone_retention: int = 604800
     lock_timeout: float = 3.0
     idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
     fsync: str = "always"
     commit_bytes: int = 8 * 1024 * 1024
     commit_seconds: float = 2.0

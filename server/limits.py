@@ -11,6 +11,9 @@
   (``/healthz`` is still answered, so that a full server is not restarted by its
   liveness probe); further ones are closed at once, which bounds the descriptors a
   flood of connections can take.
+- ``header_timeout`` (kept by :class:`~server.app.AppRunner`): the connection of a silent
+  client is closed, so that it does not hold a connection for long; counted by
+  :meth:`Limits.cut_off`.
 
 Every refusal is counted in :meth:`Metrics.refused <server.metrics.Metrics.refused>` and
 logged at debug level; the first of each kind is a warning, and so is the next one once
@@ -274,6 +277,13 @@ class Limits:
             f"and max_uploads_receiving = {self.bodies.limit} may take {needed} file "
             "descriptors: raise the limit or lower those settings"
         )
+
+    def cut_off(self, reason: str, detail: str) -> None:
+        """Count a connection closed because its client took too long (``reason``: which
+        timeout), and log it at debug level only: silent connections from scanners and
+        browsers' spare ones are everyday, and the count in the metrics shows when not."""
+        self._metrics.refused(reason)
+        log.debug("closed (%s): %s", reason, detail, extra={"refusal": reason})
 
     def _refused(self, reason: str, detail: str) -> None:
         self._metrics.refused(reason)

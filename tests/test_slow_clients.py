@@ -1,0 +1,248 @@
+"""Slow and silent clients cannot hold connections: the header timeout and the keep-alive
+timeout, against real servers on loopback driven over raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from conftest import PATCH_HEADERS, TUS, free_port, poll
+
+from server.app import AppRunner, create_app
+from server.config import ConfigError, Settings, load_settings
+from server.limits import LIMITS, Limits
+
+HOST = "127.0.0.1"
+DEADLINE = 10.0
+"""Longest any one wait of these tests may take."""
+
+
+@dataclasses.dataclass
+class Served:
+    """An app of :func:`create_app` behind :class:`AppRunner`, on a loopback port."""
+
+    runner: AppRunner
+    port: int
+    settings: Settings
+
+    @property
+    def app(self) -> web.Application:
+        return self.runner.app
+
+    @property
+    def limits(self) -> Limits:
+        return self.app[LIMITS]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+@pytest.fixture
+async def serve(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    """``await serve(header_timeout=1)``: the app as ``aiotusd`` serves it, in this process."""
+    runners: list[AppRunner] = []
+
+    async def start(**changes: Any) -> Served:
+        changed = dataclasses.replace(settings, **changes)
+        runner = AppRunner(create_app(changed), handle_signals=False)
+        runners.append(runner)
+        await runner.setup()
+        site = web.TCPSite(runner, HOST, 0)
+        await site.start()
+        return Served(runner, site.port, changed)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with asyncio.timeout(DEADLINE):
+        return await asyncio.open_connection(HOST, port)
+
+
+def head_of(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """The status and the (lower-case) headers of a response without a body."""
+    async with asyncio.timeout(DEADLINE):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *lines = head.rstrip("\r\n").split("\r\n")
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
+    length = int(headers.get("content-length", "0"))
+    async with asyncio.timeout(DEADLINE):
+        await reader.readexactly(length)
+    return int(status_line.split()[1]), headers
+
+
+async def seconds_until_closed(reader: asyncio.StreamReader, since: float) -> float:
+    """Read (and drop) until the server closes the connection; the seconds since ``since``."""
+    async with asyncio.timeout(DEADLINE):
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    return time.monotonic() - since
+
+
+async def still_open_after(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the connection stays open, and silent, for ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await reader.read(1)
+    except TimeoutError:
+        return True
+    return False
+
+
+DRIBBLED = b"PATCH /files/abc HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"x" * 200
+"""The start of a request whose headers never end."""
+
+
+async def dribble(writer: asyncio.StreamWriter, interval: float, data: bytes = DRIBBLED) -> None:
+    """Send ``data`` a byte each ``interval`` seconds, until the server hangs up."""
+    for index in range(len(data)):
+        try:
+            writer.write(data[index : index + 1])
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(interval)
+
+
+async def refusals(served: Served, reason: str) -> float:
+    async with ClientSession() as session, session.get(served.url + "/metrics") as response:
+        text = await response.text()
+    match = re.search(rf'^aiotusd_refusals_total{{reason="{reason}"}} (\S+)$', text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+async def options(port: int) -> int:
+    """The status of ``OPTIONS`` on a new connection, which is then closed."""
+    reader, writer = await connect(port)
+    try:
+        writer.write(head_of("OPTIONS", "/files/", TUS))
+        return (await read_head(reader))[0]
+    finally:
+        writer.close()
+
+
+# --- The settings.
+
+
+def test_the_defaults_protect_a_server_without_a_proxy():
+    settings = load_settings()
+    assert settings.header_timeout == 10.0
+    assert settings.keepalive_timeout == 75.0
+    changed = load_settings(environ={
+        "AIOTUSD_HEADER_TIMEOUT": "2.5", "AIOTUSD_KEEPALIVE_TIMEOUT": "5",
+    })
+    assert (changed.header_timeout, changed.keepalive_timeout) == (2.5, 5)
+    for name, value in [("header_timeout", "0"), ("keepalive_timeout", "-1")]:
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: value})
+
+
+# --- Request headers: from the connection's start, or the first byte of the next request.
+
+
+async def test_a_silent_connection_is_closed_at_the_header_timeout(server_process):
+    metrics_port = free_port()
+    server = server_process(
+        "--header-timeout", "1", "--metrics", "true", "--metrics-port", str(metrics_port)
+    )
+    reader, writer = await connect(server.port)
+    waited = await seconds_until_closed(reader, time.monotonic())
+    writer.close()
+    assert 0.8 <= waited < 4, waited
+    metrics_url = f"http://{HOST}:{metrics_port}/metrics"
+
+    async def counted() -> bool:
+        async with ClientSession() as session, session.get(metrics_url) as response:
+            return 'aiotusd_refusals_total{reason="header_timeout"} 1.0' in await response.text()
+
+    await poll(counted, "the closed connection in the metrics", timeout=DEADLINE)
+
+
+async def test_a_client_dribbling_its_headers_is_closed_at_the_header_timeout(serve):
+    served = await serve(header_timeout=1.0)
+    reader, writer = await connect(served.port)
+    started = time.monotonic()
+    writer.write(DRIBBLED[:40])
+    sending = asyncio.create_task(dribble(writer, 0.05, DRIBBLED[40:]))  # 10 s, if let
+    waited = await seconds_until_closed(reader, started)
+    await sending
+    writer.close()
+    assert 0.8 <= waited < 3, waited
+
+
+async def test_the_header_clock_of_a_next_request_starts_with_its_first_byte(serve):
+    """Between requests the wait is ``keepalive_timeout``'s; the headers then get
+    ``header_timeout`` from their first byte, however slowly they come."""
+    served = await serve(header_timeout=1.0, keepalive_timeout=6.0)
+
+    async def idle_until_closed() -> float:
+        reader, writer = await connect(served.port)
+        writer.write(head_of("OPTIONS", "/files/", TUS))
+        assert (await read_head(reader))[0] == 204
+        waited = await seconds_until_closed(reader, time.monotonic())
+        writer.close()
+        return waited
+
+    async def idle_then_dribble() -> float:
+        reader, writer = await connect(served.port)
+        writer.write(head_of("OPTIONS", "/files/", TUS))
+        assert (await read_head(reader))[0] == 204
+        assert await still_open_after(reader, 2.0)  # past header_timeout: idle is not late
+        first_byte = time.monotonic()
+        sending = asyncio.create_task(dribble(writer, 0.05))
+        waited = await seconds_until_closed(reader, first_byte)
+        await sending
+        writer.close()
+        return waited
+
+    idle, dribbled = await asyncio.gather(idle_until_closed(), idle_then_dribble())
+    assert 5.5 <= idle < 9, idle
+    assert 0.8 <= dribbled < 2.5, dribbled
+
+
+async def test_silent_connections_at_max_connections_are_closed_and_others_served(serve):
+    served = await serve(max_connections=3, header_timeout=1.0, metrics=True)
+    silent = [await connect(served.port) for _ in range(3)]
+    opened = time.monotonic()
+    await poll(lambda: served.limits.connections.in_use == 3, "the silent connections counted")
+    assert await options(served.port) == 503
+    for reader, writer in silent:
+        assert await seconds_until_closed(reader, opened) < 4
+        writer.close()
+    await poll(lambda: served.limits.connections.in_use == 0, "the silent connections gone")
+    assert await options(served.port) == 204
+    assert await refusals(served, "header_timeout") == 3
+
+
+async def test_a_refused_body_is_waited_for_no_longer_than_the_header_timeout(serve):
+    """Refused before its body was asked for (``Expect: 100-continue``), a client that
+    neither sends the body nor closes is closed once ``header_timeout`` is up."""
+    served = await serve(header_timeout=1.0)
+    reader, writer = await connect(served.port)
+    writer.write(head_of("PATCH", "/files/0123456789abcdef", {
+        **PATCH_HEADERS, "Upload-Offset": "0", "Content-Length": "1000", "Expect": "100-continue",
+    }))
+    status, headers = await read_head(reader)
+    assert (status, headers["connection"]) == (404, "close")
+    waited = await seconds_until_closed(reader, time.monotonic())
+    writer.close()
+    assert waited < 3, waited
