@@ -199,6 +199,11 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("idle_timeout", _parse_float,
             "seconds a request body may stall before the connection is closed", minimum=0.01),
+    Setting("body_min_rate", parse_size,
+            "least bytes per second a request body must bring over each body_rate_window, or "
+            "the connection is closed; 0 for no minimum", minimum=0, maximum=_MAX_INTEGER),
+    Setting("body_rate_window", _parse_float,
+            "seconds over which body_min_rate is measured", minimum=0.01),
     Setting("header_timeout", _parse_float,
             "seconds a client gets to send a request's headers (from the connection's start or "
             "the request's first byte), and the rest of a refused body; then the connection is "
@@ -300,6 +305,8 @@ class Settings:
     gone_retention: int = 604800
     lock_timeout: float = 3.0
     idle_timeout: float = 60.0
+    body_min_rate: int = 1024
+    body_rate_window: float = 30.0
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     fsync: str = "always"

@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Callable
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, StreamReader, web
 
 from storage_backends.base import UploadWriter
 
 from .checksum import ExpectedChecksum
+from .config import Settings
 from .context import Context
 from .errors import (
     BadRequest,
@@ -33,6 +35,7 @@ from .errors import (
     storage_full,
 )
 from .hooks import POST_RECEIVE, PRE_FINISH
+from .limits import LIMITS
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
 from .state import Upload
@@ -94,32 +97,62 @@ async def close_after_unasked_body(request: web.Request, response: web.StreamRes
 
 
 class BodyInterrupted(BadRequest):
-    """The body stopped before its end: disconnect, bad chunk, idle timeout or take-over."""
+    """The body stopped before its end: disconnect, bad chunk, stall or take-over."""
 
 
-class _IdleWatchdog:
-    """Calls ``on_idle`` once no :meth:`touch` came for ``timeout`` seconds.
+class _BodyWatchdog:
+    """Calls ``on_stall`` with the reason once a body stalls: no chunk came for
+    ``idle_timeout`` seconds, or less than ``body_min_rate`` bytes a second arrived over a
+    ``body_rate_window``, so that a drip cannot hold a receiving slot for ever.
 
-    One timer per request, re-armed lazily, so that ``touch`` is a single
-    assignment: cheap enough for every body chunk.
+    One timer per request, re-armed lazily, so that ``touch`` is a single assignment:
+    cheap enough for every body chunk. What arrived is the reader's own count. A window
+    in which the server did not keep up (bytes arrived but not written yet) blames no
+    one: a slow disk or store holds the client back, not the other way round.
     """
 
-    def __init__(self, timeout: float, on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reader: StreamReader,
+        written: Callable[[], int],
+        on_stall: Callable[[str], None],
+    ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        self._on_idle = on_idle
+        self._idle = settings.idle_timeout
+        self._window = settings.body_rate_window
+        self._rate = settings.body_min_rate
+        self._reader = reader
+        self._written = written
+        self._on_stall = on_stall
         self.last = self._loop.time()
-        self._handle = self._loop.call_later(timeout, self._check)
+        self._window_end = self.last + self._window if self._rate else math.inf
+        self._window_start = reader.total_bytes
+        self._handle = self._loop.call_at(self._next_check(), self._check)
 
     def touch(self) -> None:
         self.last = self._loop.time()
 
+    def _next_check(self) -> float:
+        return min(self.last + self._idle, self._window_end)
+
     def _check(self) -> None:
-        idle = self._loop.time() - self.last
-        if idle >= self._timeout:
-            self._on_idle()
-        else:
-            self._handle = self._loop.call_later(self._timeout - idle, self._check)
+        now = self._loop.time()
+        if now - self.last >= self._idle:
+            self._on_stall(f"no byte of the body came for {self._idle:g} s (idle_timeout)")
+            return
+        if now >= self._window_end:
+            arrived = self._reader.total_bytes
+            came = arrived - self._window_start
+            if came < self._rate * self._window and arrived <= self._written():
+                self._on_stall(
+                    f"{came} bytes of the body came in {self._window:g} s "
+                    f"(body_min_rate = {self._rate} bytes a second)"
+                )
+                return
+            self._window_start = arrived
+            self._window_end = now + self._window
+        self._handle = self._loop.call_at(self._next_check(), self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -310,8 +343,13 @@ async def append_body(
         if transport is not None and not reader.is_eof():
             transport.close()
 
+    def stalled(reason: str) -> None:
+        if not reader.is_eof():
+            request.app[LIMITS].cut_off("body_timeout", f"upload {upload.id}: {reason}")
+        stop_receiving()
+
     writer = await ctx.backend.open_writer(ctx.stored(upload))
-    watchdog = _IdleWatchdog(settings.idle_timeout, stop_receiving)
+    watchdog = _BodyWatchdog(settings, reader, lambda: writer.offset - start, stalled)
     holder.on_release_request(stop_receiving)
     limit = start + room
     committed_at = loop.time()

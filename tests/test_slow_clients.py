@@ -1,5 +1,6 @@
-"""Slow and silent clients cannot hold connections: the header timeout and the keep-alive
-timeout, against real servers on loopback driven over raw sockets."""
+"""Slow and silent clients cannot hold connections or receiving slots: the header timeout,
+the keep-alive timeout and the least body rate, against real servers on loopback driven
+over raw sockets."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from conftest import PATCH_HEADERS, TUS, free_port, poll
+from conftest import PATCH_HEADERS, TUS, data_file, free_port, payload, poll
 
 from server.app import AppRunner, create_app
 from server.config import ConfigError, Settings, load_settings
@@ -147,11 +148,16 @@ def test_the_defaults_protect_a_server_without_a_proxy():
     settings = load_settings()
     assert settings.header_timeout == 10.0
     assert settings.keepalive_timeout == 75.0
+    assert (settings.body_min_rate, settings.body_rate_window) == (1024, 30.0)
     changed = load_settings(environ={
         "AIOTUSD_HEADER_TIMEOUT": "2.5", "AIOTUSD_KEEPALIVE_TIMEOUT": "5",
+        "AIOTUSD_BODY_MIN_RATE": "2KiB", "AIOTUSD_BODY_RATE_WINDOW": "10",
     })
     assert (changed.header_timeout, changed.keepalive_timeout) == (2.5, 5)
-    for name, value in [("header_timeout", "0"), ("keepalive_timeout", "-1")]:
+    assert (changed.body_min_rate, changed.body_rate_window) == (2048, 10)
+    assert load_settings({"body_min_rate": "0"}).body_min_rate == 0
+    for name, value in [("header_timeout", "0"), ("keepalive_timeout", "-1"),
+                        ("body_min_rate", "-5"), ("body_rate_window", "0")]:
         with pytest.raises(ConfigError, match=name):
             load_settings({name: value})
 
@@ -246,3 +252,81 @@ async def test_a_refused_body_is_waited_for_no_longer_than_the_header_timeout(se
     waited = await seconds_until_closed(reader, time.monotonic())
     writer.close()
     assert waited < 3, waited
+
+
+# --- Request bodies: the least rate over a window.
+
+
+async def create(served: Served, length: int) -> str:
+    async with ClientSession() as session, session.post(
+        served.url + "/files/", headers={**TUS, "Upload-Length": str(length)}
+    ) as response:
+        assert response.status == 201
+        location = response.headers["Location"]
+    return location[location.index("/files/") :]
+
+
+async def offset_of(served: Served, path: str) -> int:
+    async with ClientSession() as session, session.head(served.url + path, headers=TUS) as response:
+        return int(response.headers["Upload-Offset"])
+
+
+async def test_a_body_dripped_below_the_least_rate_is_cut_off_and_kept(serve):
+    served = await serve(
+        max_uploads_receiving=1, body_min_rate=1000, body_rate_window=0.5, idle_timeout=60,
+        metrics=True,
+    )
+    data = payload(100_000, seed=4)
+    path = await create(served, len(data))
+    reader, writer = await connect(served.port)
+    writer.write(head_of("PATCH", path, {
+        **PATCH_HEADERS, "Upload-Offset": "0", "Content-Length": str(len(data)),
+    }) + data[:3000])
+    await poll(lambda: served.limits.bodies.in_use == 1, "the body to be received")
+    started = time.monotonic()
+    sent = 3000
+
+    async def drip() -> None:
+        nonlocal sent
+        for _ in range(200):
+            try:
+                writer.write(data[sent : sent + 1])
+                await writer.drain()
+            except ConnectionError:
+                return
+            sent += 1
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(drip())
+    waited = await seconds_until_closed(reader, started)
+    dripping.cancel()
+    writer.close()
+    assert waited < 3, waited
+    await poll(lambda: served.limits.bodies.in_use == 0, "the receiving slot to be free")
+    offset = await offset_of(served, path)
+    assert 3000 <= offset <= sent
+    assert data_file(served.settings, path).read_bytes() == data[:offset]
+    assert await refusals(served, "body_timeout") == 1
+    headers = {**PATCH_HEADERS, "Upload-Offset": str(offset)}
+    async with ClientSession() as session, session.patch(
+        served.url + path, data=data[offset:], headers=headers
+    ) as response:
+        assert (response.status, response.headers["Upload-Offset"]) == (204, str(len(data)))
+
+
+async def test_a_slow_but_steady_body_is_not_cut_off(serve):
+    served = await serve(body_min_rate=1000, body_rate_window=0.5, idle_timeout=60)
+    data = payload(10_000, seed=5)
+    path = await create(served, len(data))
+    reader, writer = await connect(served.port)
+    writer.write(head_of("PATCH", path, {
+        **PATCH_HEADERS, "Upload-Offset": "0", "Content-Length": str(len(data)),
+    }))
+    for start in range(0, len(data), 250):  # 2500 bytes a second, over 8 windows
+        writer.write(data[start : start + 250])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    status, headers = await read_head(reader)
+    writer.close()
+    assert (status, headers["upload-offset"]) == (204, str(len(data)))
+    assert data_file(served.settings, path).read_bytes() == data
