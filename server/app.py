@@ -119,7 +119,8 @@ class _OneLineErrorHandler(RequestHandler):
     gets :data:`~server.limits.REFUSAL_GRACE` seconds to send its request, which is
     answered 503 (see :func:`_one_line_http_errors`), and one beyond even the
     :data:`~server.limits.REFUSING_CONNECTIONS` is closed at once. And it closes a
-    connection whose request headers do not come whole within ``header_timeout``.
+    connection whose request headers do not come whole within ``header_timeout``, or
+    whose client takes none of a response for ``send_timeout``.
     """
 
     def __init__(self, manager: web.Server, limits: Limits | None, **kwargs: Any) -> None:
@@ -129,6 +130,8 @@ class _OneLineErrorHandler(RequestHandler):
         self.admission = Admission.ADMITTED
         self._header_timeout = 0.0 if limits is None else limits.settings.header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._send_timeout = 0.0 if limits is None else limits.settings.send_timeout
+        self._send_deadline: asyncio.TimerHandle | None = None
         self._raw_transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,6 +150,7 @@ class _OneLineErrorHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_header_clock()
+        self._stop_send_clock()
         self._raw_transport = None
         if self._limits is not None and self._counted:
             self._counted = False
@@ -184,9 +188,57 @@ class _OneLineErrorHandler(RequestHandler):
             )
         self._abort()
 
+    def pause_writing(self) -> None:
+        """The client takes the response slower than it is written: it gets
+        ``send_timeout`` seconds to take enough for writing to go on."""
+        super().pause_writing()
+        self._start_send_clock()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_clock()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """A response written whole but not yet taken whole gets ``send_timeout`` seconds
+        too: a connection that closes waits for it to go out, for ever if the client
+        takes nothing."""
+        finished = await super().finish_response(request, resp, start_time)
+        if self._raw_transport is not None and self._raw_transport.get_write_buffer_size():
+            self._start_send_clock()
+        return finished
+
+    def _start_send_clock(self) -> None:
+        if self._send_timeout:
+            self._stop_send_clock()
+            self._send_deadline = self._loop.call_later(self._send_timeout, self._send_timed_out)
+
+    def _stop_send_clock(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_timed_out(self) -> None:
+        self._send_deadline = None
+        transport = self._raw_transport
+        if transport is None or not transport.get_write_buffer_size():
+            return
+        if self._current_request is not None and not self.writing_paused:
+            # A handler is writing a response: it pauses, restarting the clock, if it must wait.
+            self._start_send_clock()
+            return
+        if self._limits is not None:
+            self._limits.cut_off(
+                "send_timeout",
+                f"send_timeout = {self._send_timeout:g} s: a client did not take its response "
+                "in time; the connection is closed",
+            )
+        self._abort()
+
     def _abort(self) -> None:
         """Close the connection now: ``close`` would wait for the client to take what is
-        still to be sent."""
+        still to be sent, and a client that takes nothing would keep it open for ever."""
         if self._raw_transport is not None:
             self._raw_transport.abort()
 
@@ -280,8 +332,8 @@ class _Server(web.Server):
 
 class AppRunner(web.AppRunner):
     """aiohttp's runner, with protocol-level errors answered in one line and, for an app
-    of :func:`create_app`, ``max_connections``, ``header_timeout`` and
-    ``keepalive_timeout`` kept."""
+    of :func:`create_app`, ``max_connections``, ``header_timeout``, ``keepalive_timeout``
+    and ``send_timeout`` kept."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -210,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
             "closed", minimum=0.01),
     Setting("keepalive_timeout", _parse_float,
             "seconds an idle connection is kept open for the client's next request", minimum=0.01),
+    Setting("send_timeout", _parse_float,
+            "seconds a client may take none of a response before the connection is closed",
+            minimum=0.01),
     Setting("fsync", _parse_str,
             "always: data is fdatasync'd before the offset that covers it is recorded (survives "
             "a power loss); none: the OS writes it back (survives a crash of aiotusd only)",
@@ -309,6 +312,7 @@ class Settings:
     body_rate_window: float = 30.0
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
     fsync: str = "always"
     commit_bytes: int = 8 * 1024 * 1024
     commit_seconds: float = 2.0

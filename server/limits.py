@@ -11,10 +11,10 @@
   (``/healthz`` is still answered, so that a full server is not restarted by its
   liveness probe); further ones are closed at once, which bounds the descriptors a
   flood of connections can take.
-- ``header_timeout`` (kept by :class:`~server.app.AppRunner`) and ``body_min_rate`` (by
-  :mod:`server.receive`): the connection of a slow or silent client is closed, so that it
-  holds neither a connection nor a receiving slot for long; counted by
-  :meth:`Limits.cut_off`.
+- ``header_timeout``, ``body_min_rate``, ``send_timeout`` (kept by
+  :class:`~server.app.AppRunner` and :mod:`server.receive`): the connection of a slow or
+  silent client is closed, so that it holds neither a connection nor a receiving slot for
+  long; counted by :meth:`Limits.cut_off`.
 
 Every refusal is counted in :meth:`Metrics.refused <server.metrics.Metrics.refused>` and
 logged at debug level; the first of each kind is a warning, and so is the next one once

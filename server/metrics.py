@@ -23,6 +23,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 # Why :mod:`server.limits` refused a request or a connection, or closed a slow one.
 REFUSAL_REASONS = (
     "create_rate", "uploads_receiving", "connections", "header_timeout", "body_timeout",
+    "send_timeout",
 )
 
 

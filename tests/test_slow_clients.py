@@ -1,19 +1,20 @@
 """Slow and silent clients cannot hold connections or receiving slots: the header timeout,
-the keep-alive timeout and the least body rate, against real servers on loopback driven
-over raw sockets."""
+the keep-alive timeout, the least body rate and the send timeout, against real servers
+on loopback driven over raw sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from conftest import PATCH_HEADERS, TUS, data_file, free_port, payload, poll
+from conftest import PATCH_HEADERS, TUS, data_file, file_size, free_port, payload, poll
 
 from server.app import AppRunner, create_app
 from server.config import ConfigError, Settings, load_settings
@@ -64,9 +65,17 @@ async def serve(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Ser
         await runner.cleanup()
 
 
-async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(
+    port: int, receive_buffer: int = 0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection; with ``receive_buffer``, a small one that fills up soon."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
     async with asyncio.timeout(DEADLINE):
-        return await asyncio.open_connection(HOST, port)
+        await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+        return await asyncio.open_connection(sock=sock)
 
 
 def head_of(method: str, path: str, headers: dict[str, str]) -> bytes:
@@ -149,15 +158,19 @@ def test_the_defaults_protect_a_server_without_a_proxy():
     assert settings.header_timeout == 10.0
     assert settings.keepalive_timeout == 75.0
     assert (settings.body_min_rate, settings.body_rate_window) == (1024, 30.0)
+    assert settings.send_timeout == 60.0
     changed = load_settings(environ={
         "AIOTUSD_HEADER_TIMEOUT": "2.5", "AIOTUSD_KEEPALIVE_TIMEOUT": "5",
         "AIOTUSD_BODY_MIN_RATE": "2KiB", "AIOTUSD_BODY_RATE_WINDOW": "10",
+        "AIOTUSD_SEND_TIMEOUT": "7",
     })
     assert (changed.header_timeout, changed.keepalive_timeout) == (2.5, 5)
+    assert changed.send_timeout == 7
     assert (changed.body_min_rate, changed.body_rate_window) == (2048, 10)
     assert load_settings({"body_min_rate": "0"}).body_min_rate == 0
     for name, value in [("header_timeout", "0"), ("keepalive_timeout", "-1"),
-                        ("body_min_rate", "-5"), ("body_rate_window", "0")]:
+                        ("body_min_rate", "-5"), ("body_rate_window", "0"),
+                        ("send_timeout", "soon")]:
         with pytest.raises(ConfigError, match=name):
             load_settings({name: value})
 
@@ -330,3 +343,52 @@ async def test_a_slow_but_steady_body_is_not_cut_off(serve):
     writer.close()
     assert (status, headers["upload-offset"]) == (204, str(len(data)))
     assert data_file(served.settings, path).read_bytes() == data
+
+
+# --- Responses: a client that takes none of its response.
+
+
+async def finished_upload(served: Served, size: int) -> str:
+    data = payload(size, seed=6)
+    path = await create(served, len(data))
+    async with ClientSession() as session, session.patch(
+        served.url + path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"}
+    ) as response:
+        assert response.status == 204
+    assert file_size(data_file(served.settings, path)) == len(data)
+    return path
+
+
+@pytest.mark.parametrize("pauses", [True, False], ids=["writing waits", "written whole"])
+async def test_a_download_the_client_does_not_read_is_cut_off_at_the_send_timeout(serve, pauses):
+    """Writing waits for a client that takes nothing; and a response written whole into
+    the buffer (here with its limit raised) waits to go out, on a connection that would
+    otherwise wait for ever to close."""
+    served = await serve(send_timeout=1.0, metrics=True)
+    size = 16 * 1024 * 1024
+    path = await finished_upload(served, size)
+    reader, writer = await connect(served.port, receive_buffer=4096)
+    if not pauses:
+        server = served.runner.server
+        assert server is not None
+        client = writer.get_extra_info("sockname")
+        ours = await poll(
+            lambda: [c for c in server.connections if c.peername == client],
+            "the server to see the connection",
+        )
+        assert ours[0].transport is not None
+        ours[0].transport.set_write_buffer_limits(high=2 * size)
+    writer.write(head_of("GET", path, {**TUS, "Connection": "close"}))
+    await poll(
+        lambda: refusals(served, "send_timeout"), "the download to be cut off", timeout=DEADLINE
+    )
+    received = 0
+    async with asyncio.timeout(DEADLINE):
+        try:
+            while chunk := await reader.read(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    writer.close()
+    assert 0 < received < size
+    await poll(lambda: served.limits.connections.in_use == 0, "the connection to be gone")
