@@ -173,7 +173,10 @@ def test_tuspy_uploads_in_chunks_through_nginx_under_a_prefix(proxied):
     poll(lambda: len(nginx.access_log()) >= len(expected), "nginx's access log of the upload")
     assert [(m, u, s) for m, u, s, _ in nginx.access_log()] == expected
     # aiotusd got each chunk whole, at its own path (nginx stripped the prefix).
-    received = re.findall(rf"PATCH /files/{ident} 204 upload=\S+ received=(\d+) ", server.log())
+    # aiohttp writes an access log line after its response went out: wait for the last.
+    pattern = rf"PATCH /files/{ident} 204 upload=\S+ received=(\d+) "
+    poll(lambda: len(re.findall(pattern, server.log())) >= 3, "aiotusd's access log")
+    received = re.findall(pattern, server.log())
     assert [int(n) for n in received] == [MIB, MIB, 300 * KIB]
 
     head = requests.head(uploader.url, headers=TUS, timeout=10)
