@@ -136,7 +136,7 @@ class _OneLineErrorHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._limits is not None:
-            self.admission = self._limits.connection_opened()
+            self.admission = self._limits.connection_opened(self)
             self._counted = True
             if self.admission is not Admission.ADMITTED:
                 self._header_timeout = min(self._header_timeout, REFUSAL_GRACE)
@@ -154,7 +154,7 @@ class _OneLineErrorHandler(RequestHandler):
         self._raw_transport = None
         if self._limits is not None and self._counted:
             self._counted = False
-            self._limits.connection_closed(self.admission)
+            self._limits.connection_closed(self, self.admission)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -234,6 +234,20 @@ class _OneLineErrorHandler(RequestHandler):
                 f"send_timeout = {self._send_timeout:g} s: a client did not take its response "
                 "in time; the connection is closed",
             )
+        self._abort()
+
+    def waiting_for_a_request(self) -> bool:
+        """No request under way: none being handled or answered, none read and waiting,
+        nothing left to send (see :meth:`Limits._make_room <server.limits.Limits>`)."""
+        transport = self._raw_transport
+        return (
+            not self._request_in_progress
+            and not self._messages
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        )
+
+    def close_now(self) -> None:
         self._abort()
 
     def _abort(self) -> None:

@@ -6,7 +6,11 @@
   once, server-wide. Beyond it ``503`` with ``Retry-After``, before the body is read, the
   upload's lock taken or its state touched.
 - ``max_connections``: open client connections. Counted as the protocol sees them come
-  and go (:class:`~server.app.AppRunner`), so they hold no request or upload. Up to
+  and go (:class:`~server.app.AppRunner`), so they hold no request or upload. At the
+  limit, a new connection takes the place of the one that has waited longest without a
+  request under way (silent, sending its headers, or idle between requests), which is
+  closed: connections that do nothing cannot keep others out, however fast they come.
+  When every connection has a request under way, up to
   :data:`REFUSING_CONNECTIONS` more are answered ``503`` with ``Connection: close``
   (``/healthz`` is still answered, so that a full server is not restarted by its
   liveness probe); further ones are closed at once, which bounds the descriptors a
@@ -32,6 +36,7 @@ import resource
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from aiohttp import web
 
@@ -131,6 +136,16 @@ class Capacity:
         self.in_use -= 1
 
 
+class OpenConnection(Protocol):
+    """A client connection as :class:`Limits` sees it (``server.app``'s protocol)."""
+
+    def waiting_for_a_request(self) -> bool:
+        """Whether it has no request under way: nothing to read, handle or send."""
+
+    def close_now(self) -> None:
+        """Close it, whatever it has not sent or received yet."""
+
+
 class Admission(enum.Enum):
     """What becomes of a new connection under ``max_connections``."""
 
@@ -196,6 +211,8 @@ class Limits:
         )
         self.bodies = Capacity(settings.max_uploads_receiving)
         self.connections = Capacity(settings.max_connections)
+        self._open: dict[OpenConnection, None] = {}
+        """Admitted connections, the longest open first."""
         self.refusing = Capacity(REFUSING_CONNECTIONS)
         self._metrics = metrics
         self._clock = clock
@@ -243,9 +260,10 @@ class Limits:
         finally:
             self.bodies.release()
 
-    def connection_opened(self) -> Admission:
+    def connection_opened(self, connection: OpenConnection) -> Admission:
         """Count a new connection, and say what becomes of it."""
-        if self.connections.take():
+        if self.connections.take() or self._make_room():
+            self._open[connection] = None
             return Admission.ADMITTED
         admission = Admission.REFUSED if self.refusing.take() else Admission.DROPPED
         self._refused(
@@ -255,11 +273,27 @@ class Limits:
         )
         return admission
 
-    def connection_closed(self, admission: Admission) -> None:
+    def connection_closed(self, connection: OpenConnection, admission: Admission) -> None:
         if admission is Admission.ADMITTED:
-            self.connections.release()
+            if self._open.pop(connection, False) is None:  # not one that gave up its place
+                self.connections.release()
         elif admission is Admission.REFUSED:
             self.refusing.release()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest without a request under way; its
+        place is the new one's. False when every connection has a request under way."""
+        for connection in self._open:
+            if connection.waiting_for_a_request():
+                del self._open[connection]
+                self.cut_off(
+                    "connections_replaced",
+                    f"max_connections = {self.connections.limit} connections are open: one "
+                    "without a request under way is closed for a new one",
+                )
+                connection.close_now()
+                return True
+        return False
 
     def descriptor_shortfall(self) -> str | None:
         """Why the open file limit (``ulimit -n``) may run out before ``max_connections``

@@ -22,8 +22,8 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Why :mod:`server.limits` refused a request or a connection, or closed a slow one.
 REFUSAL_REASONS = (
-    "create_rate", "uploads_receiving", "connections", "header_timeout", "body_timeout",
-    "send_timeout",
+    "create_rate", "uploads_receiving", "connections", "connections_replaced",
+    "header_timeout", "body_timeout", "send_timeout",
 )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import ClientSession
@@ -95,6 +96,21 @@ class Connection:
     ) -> RawResponse:
         await self.send(request_head(method, path, headers))
         return await read_response(self.reader)
+
+    async def start_a_patch(self) -> None:
+        """Create an upload of 2 bytes and send a PATCH with 1 byte of its body: a request
+        under way, until :meth:`end_the_patch`."""
+        created = await self.request("POST", "/files/", {**TUS, "Upload-Length": "2"})
+        assert created.status == 201
+        self.upload = urlsplit(created.headers["Location"]).path
+        await self.send(request_head("PATCH", self.upload, {
+            **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0",
+            "Content-Length": "2",
+        }) + b"x")
+
+    async def end_the_patch(self) -> None:
+        await self.send(b"y")
+        assert (await read_response(self.reader)).status == 204
 
     async def closed_by_server(self) -> bool:
         """Whether the server closes the connection (EOF) within the timeout."""
@@ -189,23 +205,57 @@ def test_client_keys(address, key):
 # --- Connection admission and the start-up check, on the limits object.
 
 
-def test_connections_over_the_limit_are_refused_then_dropped():
+class FakeConnection:
+    """What Limits sees of a connection; the real one is tested against real sockets below
+    and in tests/test_slow_clients.py."""
+
+    def __init__(self, busy: bool = True) -> None:
+        self.busy = busy
+        self.closed = False
+
+    def waiting_for_a_request(self) -> bool:
+        return not self.busy
+
+    def close_now(self) -> None:
+        self.closed = True
+
+
+def test_busy_connections_over_the_limit_are_refused_then_dropped():
     metrics = Metrics()
     limits = Limits(Settings(max_connections=2), metrics)
-    assert [limits.connection_opened() for _ in range(2)] == [Admission.ADMITTED] * 2
-    over = [limits.connection_opened() for _ in range(REFUSING_CONNECTIONS)]
+    admitted = [FakeConnection() for _ in range(2)]
+    assert [limits.connection_opened(c) for c in admitted] == [Admission.ADMITTED] * 2
+    over = [limits.connection_opened(FakeConnection()) for _ in range(REFUSING_CONNECTIONS)]
     assert over == [Admission.REFUSED] * REFUSING_CONNECTIONS
-    assert limits.connection_opened() is Admission.DROPPED
-    limits.connection_closed(Admission.REFUSED)
-    assert limits.connection_opened() is Admission.REFUSED
-    limits.connection_closed(Admission.ADMITTED)
-    assert limits.connection_opened() is Admission.ADMITTED
+    assert limits.connection_opened(FakeConnection()) is Admission.DROPPED
+    limits.connection_closed(FakeConnection(), Admission.REFUSED)
+    assert limits.connection_opened(FakeConnection()) is Admission.REFUSED
+    limits.connection_closed(admitted[0], Admission.ADMITTED)
+    assert limits.connection_opened(FakeConnection()) is Admission.ADMITTED
     assert refusals(metrics.exposition().decode(), "connections") == REFUSING_CONNECTIONS + 2
+    assert not any(connection.closed for connection in admitted)
+
+
+def test_a_new_connection_takes_the_place_of_the_longest_idle_one():
+    metrics = Metrics()
+    limits = Limits(Settings(max_connections=3), metrics)
+    first_idle, busy, second_idle = FakeConnection(False), FakeConnection(), FakeConnection(False)
+    for connection in (first_idle, busy, second_idle):
+        assert limits.connection_opened(connection) is Admission.ADMITTED
+    newcomer = FakeConnection(False)
+    assert limits.connection_opened(newcomer) is Admission.ADMITTED
+    assert (first_idle.closed, busy.closed, second_idle.closed) == (True, False, False)
+    # The replaced connection gave its place away: its close frees none.
+    limits.connection_closed(first_idle, Admission.ADMITTED)
+    assert limits.connections.in_use == 3
+    assert limits.connection_opened(FakeConnection()) is Admission.ADMITTED
+    assert second_idle.closed
+    assert refusals(metrics.exposition().decode(), "connections_replaced") == 2
 
 
 def test_no_connection_limit_admits_every_connection():
     limits = Limits(Settings(max_connections=0), Metrics())
-    assert {limits.connection_opened() for _ in range(1000)} == {Admission.ADMITTED}
+    assert {limits.connection_opened(FakeConnection()) for _ in range(1000)} == {Admission.ADMITTED}
 
 
 def test_the_defaults_are_documented_and_fit_the_common_file_limit(monkeypatch):
@@ -436,6 +486,8 @@ async def test_refusals_made_before_the_app_carry_cors_headers(server_process, c
         return bool(admitted)
 
     await poll(admit, "a connection to be admitted", timeout=TIMEOUT)
+    # Busy: a new connection cannot take its place.
+    await admitted[0].start_a_patch()
 
     for sent, allowed in ((origin, origin), ("https://elsewhere.example", None)):
         over = await Connection.open(server.port)
@@ -448,6 +500,7 @@ async def test_refusals_made_before_the_app_carry_cors_headers(server_process, c
             exposed = refused.headers["Access-Control-Expose-Headers"].split(", ")
             assert {"Retry-After", "Tus-Resumable"} <= set(exposed)
 
+    await admitted[0].end_the_patch()
     expectation = await admitted[0].request(
         "POST", "/files/", {**TUS, "Origin": origin, "Upload-Length": "1", "Expect": "nonsense"}
     )
@@ -455,9 +508,12 @@ async def test_refusals_made_before_the_app_carry_cors_headers(server_process, c
     assert expectation.headers["Access-Control-Allow-Origin"] == origin
 
 
-async def test_connections_over_the_limit_get_503_and_the_others_are_served(
+async def test_connections_over_busy_ones_get_503_and_the_others_are_served(
     server_process, connections
 ):
+    """Over max_connections that all have a request under way, a new connection is
+    refused; the idle case (a new connection takes an idle one's place) is in
+    tests/test_slow_clients.py."""
     metrics_port = free_port()
     server = server_process(
         "--max-connections", "3", "--metrics", "true", "--metrics-port", str(metrics_port)
@@ -467,6 +523,7 @@ async def test_connections_over_the_limit_get_503_and_the_others_are_served(
         connection = await Connection.open(server.port)
         connections.append(connection)
         assert (await connection.request(*options)).status == 204
+        await connection.start_a_patch()
     admitted = list(connections)
 
     over = await Connection.open(server.port)
@@ -490,7 +547,9 @@ async def test_connections_over_the_limit_get_503_and_the_others_are_served(
     assert await silent.closed_by_server()
 
     for connection in admitted:
+        await connection.end_the_patch()
         assert (await connection.request(*options)).status == 204
+        await connection.start_a_patch()
     await admitted[0].close()
 
     async def served() -> bool:
@@ -500,7 +559,7 @@ async def test_connections_over_the_limit_get_503_and_the_others_are_served(
 
     await poll(served, "a new connection to be served once one closed", timeout=TIMEOUT)
     for connection in admitted[1:]:
-        assert (await connection.request(*options)).status == 204
+        await connection.end_the_patch()
 
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     async with ClientSession() as session, session.get(metrics_url) as response:
