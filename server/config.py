@@ -234,6 +234,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_uploads_receiving", _parse_int,
             "most request bodies (PATCH, POST with data) received at once; 0 for no limit "
             "(beyond it: 503)", minimum=0),
+    Setting("max_uploads_receiving_per_client", _parse_int,
+            "most request bodies one client address sends at once; 0 for no limit "
+            "(beyond it: 503)", minimum=0),
     Setting("max_connections", _parse_int,
             "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0),
     Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),
@@ -320,6 +323,7 @@ class Settings:
     create_rate: float = 20.0
     create_burst: int = 3000
     max_uploads_receiving: int = 200
+    max_uploads_receiving_per_client: int = 32
     max_connections: int = 600
     s3_bucket: str = ""
     s3_prefix: str = ""

@@ -210,6 +210,8 @@ class Limits:
             else None
         )
         self.bodies = Capacity(settings.max_uploads_receiving)
+        self._client_bodies: dict[str, int] = {}
+        """Bodies being received, by client (only clients with one or more)."""
         self.connections = Capacity(settings.max_connections)
         self._open: dict[OpenConnection, None] = {}
         """Admitted connections, the longest open first."""
@@ -241,11 +243,14 @@ class Limits:
     @contextlib.contextmanager
     def receiving(self, request: web.Request) -> Iterator[None]:
         """While a request with a body is handled, hold one of the ``max_uploads_receiving``
-        slots; none free: refuse it (503) before anything else is done with it."""
+        slots, and one of its client's ``max_uploads_receiving_per_client``; none free:
+        refuse it (503) before anything else is done with it."""
         if not request.body_exists:
             yield
             return
+        client = self._take_client_slot(request)
         if not self.bodies.take():
+            self._release_client_slot(client)
             self._refused(
                 "uploads_receiving",
                 f"{request.method} {request.path[:100]}: max_uploads_receiving = "
@@ -259,6 +264,38 @@ class Limits:
             yield
         finally:
             self.bodies.release()
+            self._release_client_slot(client)
+
+    def _take_client_slot(self, request: web.Request) -> str | None:
+        """Count a body of the request's client; refuse one over its share (503), so that
+        one client that drips just above ``body_min_rate`` cannot hold every slot."""
+        limit = self.settings.max_uploads_receiving_per_client
+        if not limit:
+            return None
+        address = client_address(request)
+        client = client_key(address)
+        bodies = self._client_bodies.get(client, 0)
+        if bodies >= limit:
+            self._refused(
+                "uploads_receiving",
+                f"client {address[:_MAX_CLIENT_KEY] or '-'} sends {bodies} bodies at once: "
+                f"max_uploads_receiving_per_client = {limit}",
+            )
+            raise Overloaded(
+                "too many uploads in progress from this client; try again later",
+                {"Retry-After": str(BUSY_RETRY_AFTER)},
+            )
+        self._client_bodies[client] = bodies + 1
+        return client
+
+    def _release_client_slot(self, client: str | None) -> None:
+        if client is None:
+            return
+        left = self._client_bodies[client] - 1
+        if left:
+            self._client_bodies[client] = left
+        else:
+            del self._client_bodies[client]
 
     def connection_opened(self, connection: OpenConnection) -> Admission:
         """Count a new connection, and say what becomes of it."""

@@ -454,6 +454,45 @@ async def test_bodies_over_the_limit_get_503_and_the_held_ones_complete(
     assert refusals(metrics, "uploads_receiving") == 3
 
 
+async def test_one_client_gets_its_share_of_the_bodies_received(make_client, connections):
+    """One client address (here told by a trusted proxy) may send
+    max_uploads_receiving_per_client bodies at once; beyond them it gets 503, while
+    other clients are served."""
+    client = await make_client(
+        max_uploads_receiving_per_client=2, behind_proxy=True, trusted_proxies="127.0.0.1/32",
+        metrics=True,
+    )
+    limits = client.app[LIMITS]
+    one, other = {"X-Forwarded-For": "127.0.0.2"}, {"X-Forwarded-For": "127.0.0.3"}
+    held = [await create_upload(client, 4) for _ in range(2)]
+    for path in held:
+        connection = await Connection.open(client.port)
+        connections.append(connection)
+        await connection.send(request_head("PATCH", path, {
+            **PATCH_HEADERS, **one, "Upload-Offset": "0", "Content-Length": "4",
+        }) + b"ab")
+    await poll(lambda: limits.bodies.in_use == 2, "both bodies to be received")
+    third, fourth = await create_upload(client, 4), await create_upload(client, 4)
+    refused = await client.patch(
+        third, data=b"abcd", headers={**PATCH_HEADERS, **one, "Upload-Offset": "0"}
+    )
+    await assert_one_line_error(refused, 503)
+    assert "from this client" in await refused.text()
+    served = await client.patch(
+        fourth, data=b"abcd", headers={**PATCH_HEADERS, **other, "Upload-Offset": "0"}
+    )
+    assert served.status == 204
+    for connection in connections:
+        await connection.send(b"cd")
+        assert (await read_response(connection.reader)).status == 204
+    again = await client.patch(
+        third, data=b"abcd", headers={**PATCH_HEADERS, **one, "Upload-Offset": "0"}
+    )
+    assert again.status == 204
+    assert limits.bodies.in_use == 0
+    assert refusals(await (await client.get("/metrics")).text(), "uploads_receiving") == 1
+
+
 async def test_max_uploads_receiving_0_is_no_limit(make_client, connections):
     client = await make_client(max_uploads_receiving=0)
     paths = [await create_upload(client, 4) for _ in range(3)]
