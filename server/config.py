@@ -235,8 +235,8 @@ SETTINGS: tuple[Setting, ...] = (
             "most request bodies (PATCH, POST with data) received at once; 0 for no limit "
             "(beyond it: 503)", minimum=0),
     Setting("max_uploads_receiving_per_client", _parse_int,
-            "most request bodies one client address sends at once; 0 for no limit "
-            "(beyond it: 503)", minimum=0),
+            "most request bodies one client address sends at once, once half of "
+            "max_uploads_receiving are taken; 0 for no limit (beyond it: 503)", minimum=0),
     Setting("max_connections", _parse_int,
             "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0),
     Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),

@@ -268,14 +268,19 @@ class Limits:
 
     def _take_client_slot(self, request: web.Request) -> str | None:
         """Count a body of the request's client; refuse one over its share (503), so that
-        one client that drips just above ``body_min_rate`` cannot hold every slot."""
+        one client that drips just above ``body_min_rate`` cannot hold every slot.
+
+        The share holds once half the slots are taken: while there are plenty, a client
+        takes what it needs. That also spares a server whose proxy is not trusted (all
+        its clients have the proxy's address) until it is busy.
+        """
         limit = self.settings.max_uploads_receiving_per_client
-        if not limit:
+        if not limit or not self.bodies.limit:
             return None
         address = client_address(request)
         client = client_key(address)
         bodies = self._client_bodies.get(client, 0)
-        if bodies >= limit:
+        if bodies >= limit and 2 * self.bodies.in_use >= self.bodies.limit:
             self._refused(
                 "uploads_receiving",
                 f"client {address[:_MAX_CLIENT_KEY] or '-'} sends {bodies} bodies at once: "

@@ -193,6 +193,7 @@ async def head(port: int, path: str, deadline: float = 20.0) -> Response:
 
 
 def path_of(response: Response) -> str:
+    assert "location" in response.headers, response
     location = response.headers["location"]
     return location[location.index("/files/") :]
 

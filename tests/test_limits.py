@@ -455,12 +455,12 @@ async def test_bodies_over_the_limit_get_503_and_the_held_ones_complete(
 
 
 async def test_one_client_gets_its_share_of_the_bodies_received(make_client, connections):
-    """One client address (here told by a trusted proxy) may send
-    max_uploads_receiving_per_client bodies at once; beyond them it gets 503, while
-    other clients are served."""
+    """Once half the receiving slots are taken, one client address (here told by a trusted
+    proxy) may send max_uploads_receiving_per_client bodies at once; beyond them it gets
+    503, while other clients are served."""
     client = await make_client(
-        max_uploads_receiving_per_client=2, behind_proxy=True, trusted_proxies="127.0.0.1/32",
-        metrics=True,
+        max_uploads_receiving=4, max_uploads_receiving_per_client=2, behind_proxy=True,
+        trusted_proxies="127.0.0.1/32", metrics=True,
     )
     limits = client.app[LIMITS]
     one, other = {"X-Forwarded-For": "127.0.0.2"}, {"X-Forwarded-For": "127.0.0.3"}
