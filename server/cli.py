@@ -20,11 +20,11 @@ from storage_backends.base import StorageError
 from . import __version__
 from .app import AppRunner, create_app
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .logs import AccessLogger, setup_logging
 from .ops import metrics_app
 from .outbox import IDLE_POLL
-from .state import HookEvent, SchemaTooNew, StateStore
+from .state import DatabaseUnusable, HookEvent, SchemaTooNew, StateStore
 
 log = logging.getLogger("aiotusd")
 
@@ -228,12 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiotusd: error: {exc}", file=sys.stderr)
         return 2
     except StorageError as exc:
-        log.error("storage cannot be used: %s", exc)
+        log.error("storage cannot be used: %s", one_line(str(exc)))
         return 1
     except SchemaTooNew as exc:
-        log.error("%s", exc)
+        log.error("%s", one_line(str(exc)))
         return 2
+    except DatabaseUnusable as exc:
+        log.error("%s", one_line(str(exc)))
+        return 1
     except OSError as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", one_line(str(exc)))
         return 1
     return 0

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
@@ -203,8 +204,34 @@ async def _to_the_end(db: aiosqlite.Connection, statement: Awaitable[Any]) -> No
         raise
 
 
-class SchemaTooNew(Exception):
+class DatabaseUnusable(Exception):
+    """The database file cannot be opened, read or migrated; the message names the file."""
+
+
+class SchemaTooNew(DatabaseUnusable):
     """The database was written by a newer aiotusd than this one."""
+
+
+def _try_connect(path: Path) -> None:
+    """Open ``path`` with the sqlite3 module and close it again; raises what opening raises.
+
+    An aiosqlite connection that fails to open stops its thread only after the caller has
+    been answered: when the event loop is gone by then, that thread dies with a traceback
+    of its own. Failing here first, that thread is never started.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
+
+
+def _unusable(path: Path, exc: OSError | sqlite3.Error) -> DatabaseUnusable:
+    """The error that says, in one line, which database file cannot be used and why."""
+    if os.path.isdir(path):
+        reason = "it is a directory"
+    elif isinstance(exc, OSError):
+        reason = f"cannot make its directory {exc.filename or path.parent}: {exc.strerror or exc}"
+    else:
+        reason = str(exc)
+    return DatabaseUnusable(f"cannot use the database {path}: {reason}")
 
 
 class _WriteGate:
@@ -452,17 +479,29 @@ class StateStore:
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(path, isolation_level=None)
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute("PRAGMA busy_timeout=5000")
-        store = cls(connection)
+        """The store in the SQLite file at ``path``, made (with its directory) if missing.
+
+        Raises :class:`DatabaseUnusable` naming ``path`` when the file cannot be the
+        database: not SQLite, damaged, a directory, unwritable, or of a newer schema.
+        Whatever fails, no connection is left open: its thread would keep the process alive.
+        """
         try:
-            await store._migrate()
+            await asyncio.to_thread(_try_connect, path)
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unusable(path, exc) from None
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.execute("PRAGMA busy_timeout=5000")
+            store = cls(connection)
+            await store._migrate(path)
             store._reader = _open_reader(path)
+        except sqlite3.Error as exc:
+            await connection.close()
+            raise _unusable(path, exc) from None
         except BaseException:
-            await connection.close()  # its thread would outlive the event loop
+            await connection.close()
             raise
         return store
 
@@ -482,15 +521,15 @@ class StateStore:
                 pass
         return await self._db.execute_fetchall(sql, parameters)
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, path: Path) -> None:
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         async with self._db.execute("SELECT version FROM schema_version") as cursor:
             row = await cursor.fetchone()
         version = row[0] if row else 0
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
-                f"database schema version {version} is newer than this aiotusd "
-                f"understands ({SCHEMA_VERSION})"
+                f"cannot use the database {path}: its schema version {version} is newer than "
+                f"this aiotusd understands ({SCHEMA_VERSION})"
             )
         for number in range(version, SCHEMA_VERSION):
             statements = MIGRATIONS[number].strip()

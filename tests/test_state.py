@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from server.state import (
     EXPIRED,
     SCHEMA_VERSION,
     TERMINATED,
+    DatabaseUnusable,
     HookEvent,
     SchemaTooNew,
     StateStore,
@@ -77,8 +79,35 @@ async def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     async with aiosqlite.connect(path) as db:
         await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
         await db.commit()
-    with pytest.raises(SchemaTooNew, match="newer"):
+    with pytest.raises(SchemaTooNew, match="newer") as raised:
         await StateStore.open(path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "directory"])
+async def test_a_database_that_cannot_be_used_is_refused_naming_it_and_leaves_no_thread(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    if damage == "directory":
+        path.mkdir()
+    else:
+        store = await StateStore.open(path)
+        for number in range(300):
+            await store.create(Upload(id=f"u{number}", length=10, metadata="k " + "x" * 200))
+        await store.close()
+        damaged = b"\x42" * 20000 if damage == "random" else path.read_bytes()[:-40000]
+        path.write_bytes(damaged)
+    threads = set(threading.enumerate())
+    with pytest.raises(DatabaseUnusable) as raised:
+        await StateStore.open(path)
+    assert str(raised.value).startswith(f"cannot use the database {path}: ")
+    # An aiosqlite connection's thread that was not stopped would keep the process alive;
+    # the event loop's executor keeps its own (asyncio_N) for the next call, and ends them.
+    left = {t for t in set(threading.enumerate()) - threads if not t.name.startswith("asyncio_")}
+    for thread in left:
+        thread.join(timeout=5)
+    assert not [thread for thread in left if thread.is_alive()]
 
 
 async def test_final_upload_keeps_parts_in_order(tmp_path: Path) -> None:

@@ -1,0 +1,142 @@
+"""A start that cannot succeed: the real ``aiotusd`` process exits promptly, non-zero, with one
+line on stderr that names what cannot be used (the file, the directory, host:port, the
+bucket), and no traceback.
+
+Each failing start runs under a deadline: a process that hangs (an aiosqlite thread left
+open keeps it alive, not listening) fails the test when ``subprocess.run`` times out.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from server.state import SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE = 10.0
+"""Seconds a failing start may take, Python's own start-up included."""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOTUSD_", "AWS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def failed_start(cwd: Path, *args: str, status: int = 1, **env: str) -> str:
+    """Run ``aiotusd *args``, which must fail within :data:`DEADLINE` with exit ``status``
+    and a single stderr line; returns that line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", *args],
+        check=False, cwd=cwd, env=clean_env(**env), capture_output=True, text=True,
+        timeout=DEADLINE,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def assert_names(line: str, *needles: str) -> None:
+    assert " ERROR aiotusd: " in line, line
+    for needle in needles:
+        assert needle in line, (needle, line)
+
+
+def unwritable_directory(tmp_path: Path) -> Path:
+    """A directory this process cannot make files in: a read-only one of its own, or for
+    root, whom permissions do not stop, one of sysfs (which takes no new files)."""
+    candidate = tmp_path / "read-only"
+    candidate.mkdir()
+    candidate.chmod(0o555)
+    for directory in (candidate, Path("/sys/kernel")):
+        try:
+            tempfile.TemporaryFile(dir=directory).close()
+        except OSError:
+            return directory
+    raise AssertionError("found no directory this process cannot write to")
+
+
+# --- the database ----------------------------------------------------------------------
+
+
+def test_a_database_of_random_bytes_stops_the_start_in_one_line(tmp_path):
+    database = tmp_path / "state.sqlite3"
+    database.write_bytes(os.urandom(20000))
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, f"cannot use the database {database}: file is not a database")
+
+
+def test_a_file_name_with_a_line_break_still_gives_one_line(tmp_path):
+    database = tmp_path / "two\nlines.sqlite3"
+    database.write_bytes(os.urandom(20000))
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, "lines.sqlite3: file is not a database")
+
+
+def test_a_truncated_database_stops_the_start_in_one_line(tmp_path):
+    database = tmp_path / "state.sqlite3"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE t (x TEXT)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 200)
+    db.close()
+    database.write_bytes(database.read_bytes()[: database.stat().st_size // 2])
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, f"cannot use the database {database}: database disk image is malformed")
+
+
+def test_a_database_that_is_a_directory_stops_the_start_in_one_line(tmp_path):
+    database = tmp_path / "state.sqlite3"
+    database.mkdir()
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, f"cannot use the database {database}: it is a directory")
+
+
+def test_a_database_whose_directory_cannot_be_made_stops_the_start_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    database = tmp_path / "file" / "db" / "state.sqlite3"
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, f"cannot use the database {database}: cannot make its directory")
+
+
+def test_a_database_in_an_unwritable_directory_stops_the_start_in_one_line(tmp_path):
+    database = unwritable_directory(tmp_path) / "state.sqlite3"
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database))
+    assert_names(line, f"cannot use the database {database}: ")
+
+
+def test_a_database_of_a_newer_schema_stops_the_start_in_one_line(tmp_path):
+    database = tmp_path / "state.sqlite3"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    db.close()
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--database", str(database), status=2
+    )
+    assert_names(line, f"cannot use the database {database}: its schema version")
+
+
+@pytest.mark.parametrize("action", [["list"], ["retry", "--all-dead"]])
+def test_hooks_commands_on_a_corrupt_database_fail_in_one_line(tmp_path, action):
+    database = tmp_path / "state.sqlite3"
+    database.write_bytes(os.urandom(20000))
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "hooks", *action, "--database", str(database)],
+        check=False, cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+        timeout=DEADLINE,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert_names(lines[0], f"cannot use the database {database}: file is not a database")
