@@ -159,6 +159,26 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class CannotListen(Exception):
+    """A port cannot be opened: in use, not ours to take, or its host is no address of ours."""
+
+
+async def _listen(
+    runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve ``runner`` on ``host:port``; raise :class:`CannotListen` naming both if it cannot.
+
+    The OSError of a failed bind tells the address as a tuple, and a host that does not
+    resolve does not tell it at all.
+    """
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise CannotListen(f"cannot listen on {address}: {reason or exc}") from None
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting and let uploads record their offsets."""
     tls = tls_context(settings)
@@ -182,16 +202,17 @@ async def serve(settings: Settings) -> None:
     try:
         # Inside the try: when the port cannot be bound, the state store and the
         # backend that setup() started are still closed properly.
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls)
-        await site.start()
+        await _listen(runner, settings.host, settings.port, tls)
+        if metrics_runner is not None:
+            await metrics_runner.setup()
+            await _listen(metrics_runner, settings.host, settings.metrics_port)
+        # Told once both ports are open: a start that fails says only why.
         scheme = "https" if tls else "http"
         for sock in runner.addresses:
             host, port = sock[0], sock[1]
             log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port, settings.base_path,
                      extra={"host": host, "port": port})
         if metrics_runner is not None:
-            await metrics_runner.setup()
-            await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
             log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
         await stop.wait()
         log.info("shutting down")
@@ -233,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s", one_line(str(exc)))
         return 2
-    except DatabaseUnusable as exc:
+    except (DatabaseUnusable, CannotListen) as exc:
         log.error("%s", one_line(str(exc)))
         return 1
     except OSError as exc:

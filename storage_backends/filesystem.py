@@ -161,7 +161,17 @@ class FilesystemBackend:
         return {"path": str(self.path(upload_id).absolute())}
 
     async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Make the data directory if it is missing, and see that it takes a file: one that
+        cannot be used stops the start, instead of failing every upload."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StorageError(f"the data directory {self.directory} is not a directory") from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot make the data directory {self.directory}: {exc.strerror or exc}"
+            ) from None
+        await self.check()
 
     async def stop(self) -> None:
         return None

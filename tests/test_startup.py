@@ -9,10 +9,12 @@ open keeps it alive, not listening) fails the test when ``subprocess.run`` times
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,49 @@ def test_hooks_commands_on_a_corrupt_database_fail_in_one_line(tmp_path, action)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert_names(lines[0], f"cannot use the database {database}: file is not a database")
+
+
+# --- the data directory and the ports --------------------------------------------------------
+
+
+def test_a_data_dir_that_is_a_file_stops_the_start_in_one_line(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.write_text("")
+    line = failed_start(tmp_path, "--data-dir", str(data_dir))
+    assert_names(line, f"the data directory {data_dir} is not a directory")
+    line = failed_start(tmp_path, "--data-dir", str(data_dir / "sub"))
+    assert_names(line, f"cannot make the data directory {data_dir / 'sub'}: Not a directory")
+
+
+def test_an_unwritable_data_dir_stops_the_start_in_one_line(tmp_path):
+    data_dir = unwritable_directory(tmp_path)
+    line = failed_start(tmp_path, "--data-dir", str(data_dir))
+    assert_names(line, f"cannot write to the data directory {data_dir}: ")
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port that another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_a_port_in_use_stops_the_start_in_one_line_naming_host_and_port(tmp_path, taken_port):
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--port", str(taken_port))
+    assert_names(line, f"cannot listen on 127.0.0.1:{taken_port}: Address already in use")
+
+
+def test_a_metrics_port_in_use_stops_the_start_in_one_line(tmp_path, taken_port):
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--metrics", "true",
+        "--metrics-port", str(taken_port),
+    )
+    assert_names(line, f"cannot listen on 127.0.0.1:{taken_port}: Address already in use")
+
+
+def test_a_host_that_is_no_address_of_this_machine_stops_the_start_in_one_line(tmp_path):
+    # 192.0.2.0/24 is TEST-NET-1, documentation only: never an address of this machine.
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--host", "192.0.2.1")
+    assert_names(line, "cannot listen on 192.0.2.1:0: Cannot assign requested address")
