@@ -58,6 +58,11 @@ def setup_logging(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # botocore tells at info level where it found credentials, on every start with S3: its
+    # own business, not the server's, and a line before the one that says why a start failed.
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for library in ("botocore", "aiobotocore"):
+        logging.getLogger(library).setLevel(quiet)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -103,6 +103,10 @@ _THROTTLING = frozenset(
         "RequestTimeTooSkewed", "ServiceUnavailable", "InternalError",
     }
 )
+START_CHECK = AioConfig(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
+"""The start-up ``HeadBucket``: one attempt, soon given up. A wrong endpoint or bucket is
+then told at once, and a store that is down is waited for by whatever restarts the server;
+the retries that ride out a store's hiccups are for a server that runs."""
 SPARE_FILES = 2
 """Spare spool files kept per upload. A part's file is given up at the second sync after
 its upload ended, when the part after it has often begun: the one after that finds it."""
@@ -651,9 +655,12 @@ class S3Backend:
     # -- plumbing
 
     def _config(self) -> AioConfig:
+        attempts = os.environ.get("AWS_MAX_ATTEMPTS", "5")
+        if not attempts.strip().isdecimal():
+            raise StorageError(f"AWS_MAX_ATTEMPTS {attempts!r} is not a whole number")
         retries: dict[str, Any] = {
             "mode": os.environ.get("AWS_RETRY_MODE", "standard"),
-            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5")),
+            "max_attempts": int(attempts),
         }
         return AioConfig(
             region_name=self.settings.s3_region or None,
@@ -725,22 +732,27 @@ class S3Backend:
     # -- life cycle
 
     async def start(self) -> None:
+        """Open the client once the bucket answered (see :data:`START_CHECK`); else raise
+        :class:`StorageError` naming the bucket and the endpoint."""
         if not self.bucket:
             raise StorageError("--s3-bucket is required with --storage s3")
         self.spool.mkdir(parents=True, exist_ok=True)
         session = get_session()
+        endpoint = self.settings.s3_endpoint or None
+        where = endpoint or "AWS"
         try:
+            config = self._config()
+            async with session.create_client(
+                "s3", endpoint_url=endpoint, config=config.merge(START_CHECK)
+            ) as client:
+                await client.head_bucket(Bucket=self.bucket)
             self._client = await self._exit.enter_async_context(
-                session.create_client(
-                    "s3", endpoint_url=self.settings.s3_endpoint or None, config=self._config()
-                )
+                session.create_client("s3", endpoint_url=endpoint, config=config)
             )
-            await self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             await self._exit.aclose()
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            where = self.settings.s3_endpoint or "AWS"
             if status == 404 or code in ("404", "NoSuchBucket"):
                 raise StorageError(f"S3 bucket {self.bucket!r} does not exist at {where}") from None
             if status in (401, 403):
@@ -750,9 +762,9 @@ class S3Backend:
                     "region and the bucket policy"
                 ) from None
             raise StorageError(f"cannot use S3 bucket {self.bucket!r} at {where}: {exc}") from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ValueError) as exc:  # botocore refuses some values with ValueError
             await self._exit.aclose()
-            raise StorageError(f"cannot use S3 bucket {self.bucket!r}: {exc}") from None
+            raise StorageError(f"cannot use S3 bucket {self.bucket!r} at {where}: {exc}") from None
         except BaseException:
             await self._exit.aclose()
             raise

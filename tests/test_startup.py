@@ -14,12 +14,20 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("s3_support")
+
+from conftest import free_port
+from s3_support import AWS_ENV, S3Endpoint
+
 from server.state import SCHEMA_VERSION
+
+pytest_plugins = ["s3_support"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10.0
@@ -188,3 +196,44 @@ def test_a_host_that_is_no_address_of_this_machine_stops_the_start_in_one_line(t
     # 192.0.2.0/24 is TEST-NET-1, documentation only: never an address of this machine.
     line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--host", "192.0.2.1")
     assert_names(line, "cannot listen on 192.0.2.1:0: Cannot assign requested address")
+
+
+# --- S3 --------------------------------------------------------------------------------------
+
+
+def test_an_s3_endpoint_that_refuses_stops_the_start_at_once_in_one_line(tmp_path):
+    closed = free_port()
+    endpoint = f"http://127.0.0.1:{closed}"
+    started = time.monotonic()
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--storage", "s3", "--s3-bucket", "b",
+        "--s3-endpoint", endpoint, **{**AWS_ENV, "AWS_MAX_ATTEMPTS": "5"},
+    )
+    # No retries at start-up: those of a running server (5 here) would take 10 s and more.
+    assert time.monotonic() - started < 5
+    assert_names(line, f"storage cannot be used: cannot use S3 bucket 'b' at {endpoint}: ")
+
+
+def test_a_missing_s3_bucket_stops_the_start_in_one_line(tmp_path, s3_endpoint: S3Endpoint):
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--storage", "s3",
+        "--s3-bucket", "no-such-bucket", "--s3-endpoint", s3_endpoint.url, **AWS_ENV,
+    )
+    assert_names(line, f"S3 bucket 'no-such-bucket' does not exist at {s3_endpoint.url}")
+
+
+def test_an_s3_endpoint_botocore_refuses_stops_the_start_in_one_line(tmp_path):
+    endpoint = f"http://bad_host:{free_port()}"  # a URL, but "_" is no host name character
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--storage", "s3", "--s3-bucket", "b",
+        "--s3-endpoint", endpoint, **AWS_ENV,
+    )
+    assert_names(line, f"cannot use S3 bucket 'b' at {endpoint}: Invalid endpoint")
+
+
+def test_a_bad_aws_max_attempts_stops_the_start_in_one_line(tmp_path):
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--storage", "s3", "--s3-bucket", "b",
+        "--s3-endpoint", f"http://127.0.0.1:{free_port()}", **{**AWS_ENV, "AWS_MAX_ATTEMPTS": "x"},
+    )
+    assert_names(line, "AWS_MAX_ATTEMPTS 'x' is not a whole number")
