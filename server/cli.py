@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(arguments, os.environ, config_file)
     except ConfigError as exc:
-        print(f"aiotusd: error: {exc}", file=sys.stderr)
+        print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(hooks_command(settings, **command))
         asyncio.run(serve(settings))
     except ConfigError as exc:
-        print(f"aiotusd: error: {exc}", file=sys.stderr)
+        print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except StorageError as exc:
         log.error("storage cannot be used: %s", one_line(str(exc)))

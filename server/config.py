@@ -62,6 +62,8 @@ def _parse_float(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError("expected a number") from None
+    except OverflowError:  # an integer beyond any float, from a TOML file
+        raise ValueError("expected a finite number") from None
     if not math.isfinite(number):
         raise ValueError("expected a finite number")
     return number
@@ -84,6 +86,31 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_host(value: Any) -> str:
+    """An address or host name to listen on. Empty is refused: aiohttp would take it for
+    every interface, which an unset variable must not open up."""
+    text = _parse_str(value).strip()
+    if not text or not text.isprintable() or " " in text:
+        raise ValueError("expected an address or host name, such as 127.0.0.1, :: or 0.0.0.0")
+    return text
+
+
+def _parse_path(value: Any) -> str:
+    """A file system path, or empty; the operating system takes no NUL in one."""
+    text = _parse_str(value)
+    if "\0" in text:
+        raise ValueError("a path cannot hold a NUL character")
+    return text
+
+
+def _parse_directory(value: Any) -> str:
+    """A path that must be given: an empty one would be the working directory, unasked."""
+    text = _parse_path(value)
+    if not text.strip():
+        raise ValueError("expected a directory path")
+    return text
+
+
 # A URL path segment: RFC 3986 ``pchar`` without percent-encoding, and without
 # the braces that aiohttp's router would read as a variable.
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
@@ -102,13 +129,24 @@ def _parse_base_path(value: Any) -> str:
 
 
 def _parse_url(value: Any) -> str:
-    """Empty, or an absolute ``http://`` or ``https://`` URL."""
+    """Empty, or an absolute ``http://`` or ``https://`` URL with a host (and a valid port)."""
     text = _parse_str(value).strip()
-    if text:
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("expected an http:// or https:// URL")
+    if text and not _is_http_url(text):
+        raise ValueError("expected an http:// or https:// URL such as https://host:9000")
     return text
+
+
+def _is_http_url(text: str) -> bool:
+    """Whether ``text`` is a URL an HTTP client can be given: ``minio:9000`` (no scheme) or
+    a port past 65535 would fail only once used, with a traceback."""
+    if not text.isprintable() or " " in text:
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError unless it is a number from 0 to 65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _comma_list(value: Any) -> list[str]:
@@ -161,6 +199,17 @@ def _parse_origins(value: Any) -> str:
 
 # Largest integer SQLite stores, and so the largest size an upload can have.
 _MAX_INTEGER = 2**63 - 1
+# Longest duration: a century. Beyond it is a typo, and a time that far ahead still fits
+# an HTTP date (Upload-Expires), a float and an SQLite integer.
+_MAX_SECONDS = 100 * 365 * 86400
+
+
+def _parse_rate(value: Any) -> float:
+    """Per second: 0, or at least once a century, so that one over it is a sane wait."""
+    rate = _parse_float(value)
+    if 0 < rate < 1 / _MAX_SECONDS:
+        raise ValueError(f"expected 0 or at least {1 / _MAX_SECONDS:.3g}")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -174,11 +223,11 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", _parse_str, "address to listen on"),
+    Setting("host", _parse_host, "address to listen on"),
     Setting("port", _parse_int, "TCP port to listen on", minimum=0, maximum=65535),
     Setting("base_path", _parse_base_path, "URL path under which uploads live"),
-    Setting("data_dir", _parse_str, "directory for uploaded files and the database"),
-    Setting("database", _parse_str, "SQLite file (default: {data_dir}/aiotusd.sqlite3)"),
+    Setting("data_dir", _parse_directory, "directory for uploaded files and the database"),
+    Setting("database", _parse_path, "SQLite file (default: {data_dir}/aiotusd.sqlite3)"),
     Setting("storage", _parse_str, "storage backend", choices=("filesystem", "s3")),
     Setting("max_size", parse_size, "largest upload in bytes, 0 for no limit", minimum=0,
             maximum=_MAX_INTEGER),
@@ -186,33 +235,38 @@ SETTINGS: tuple[Setting, ...] = (
             "longest Upload-Metadata header in bytes; longer ones are refused with 400",
             minimum=1, maximum=_MAX_INTEGER),
     Setting("max_concat_parts", _parse_int,
-            "most partial uploads one final upload may concatenate", minimum=1),
+            "most partial uploads one final upload may concatenate", minimum=1,
+            maximum=_MAX_INTEGER),
     Setting("expiration", _parse_int,
         "seconds an unfinished upload lives after its last write, 0 to keep forever", minimum=0,
+        maximum=_MAX_SECONDS,
     ),
     Setting("expiry_interval", _parse_float, "seconds between sweeps for expired uploads",
-            minimum=0.01),
+            minimum=0.01, maximum=_MAX_SECONDS),
     Setting("gone_retention", _parse_int,
-            "seconds a terminated or expired upload answers 410 before it is forgotten", minimum=0),
+            "seconds a terminated or expired upload answers 410 before it is forgotten", minimum=0,
+            maximum=_MAX_SECONDS),
     Setting("lock_timeout", _parse_float,
             "seconds a request waits for another request on the same upload to let go",
-            minimum=0),
+            minimum=0, maximum=_MAX_SECONDS),
     Setting("idle_timeout", _parse_float,
-            "seconds a request body may stall before the connection is closed", minimum=0.01),
+            "seconds a request body may stall before the connection is closed", minimum=0.01,
+            maximum=_MAX_SECONDS),
     Setting("body_min_rate", parse_size,
             "least bytes per second a request body must bring over each body_rate_window, or "
             "the connection is closed; 0 for no minimum", minimum=0, maximum=_MAX_INTEGER),
     Setting("body_rate_window", _parse_float,
-            "seconds over which body_min_rate is measured", minimum=0.01),
+            "seconds over which body_min_rate is measured", minimum=0.01, maximum=_MAX_SECONDS),
     Setting("header_timeout", _parse_float,
             "seconds a client gets to send a request's headers (from the connection's start or "
             "the request's first byte), and the rest of a refused body; then the connection is "
-            "closed", minimum=0.01),
+            "closed", minimum=0.01, maximum=_MAX_SECONDS),
     Setting("keepalive_timeout", _parse_float,
-            "seconds an idle connection is kept open for the client's next request", minimum=0.01),
+            "seconds an idle connection is kept open for the client's next request", minimum=0.01,
+            maximum=_MAX_SECONDS),
     Setting("send_timeout", _parse_float,
             "seconds a client may take none of a response before the connection is closed",
-            minimum=0.01),
+            minimum=0.01, maximum=_MAX_SECONDS),
     Setting("fsync", _parse_str,
             "always: data is fdatasync'd before the offset that covers it is recorded (survives "
             "a power loss); none: the OS writes it back (survives a crash of aiotusd only)",
@@ -222,32 +276,36 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=_MAX_INTEGER),
     Setting("commit_seconds", _parse_float,
             "during a long PATCH, make the offset durable after this many seconds",
-            minimum=0.01),
+            minimum=0.01, maximum=_MAX_SECONDS),
     Setting("shutdown_timeout", _parse_float,
-            "seconds in-flight requests get to finish on SIGTERM", minimum=0),
-    Setting("create_rate", _parse_float,
+            "seconds in-flight requests get to finish on SIGTERM", minimum=0,
+            maximum=_MAX_SECONDS),
+    Setting("create_rate", _parse_rate,
             "uploads each client address may create per second, after create_burst; 0 for no "
             "limit (beyond it: 429)", minimum=0),
     Setting("create_burst", _parse_int,
             "uploads each client address may create at once before create_rate applies",
-            minimum=1),
+            minimum=1, maximum=_MAX_INTEGER),
     Setting("max_uploads_receiving", _parse_int,
             "most request bodies (PATCH, POST with data) received at once; 0 for no limit "
-            "(beyond it: 503)", minimum=0),
+            "(beyond it: 503)", minimum=0, maximum=_MAX_INTEGER),
     Setting("max_uploads_receiving_per_client", _parse_int,
             "most request bodies one client address sends at once, once half of "
-            "max_uploads_receiving are taken; 0 for no limit (beyond it: 503)", minimum=0),
+            "max_uploads_receiving are taken; 0 for no limit (beyond it: 503)", minimum=0,
+            maximum=_MAX_INTEGER),
     Setting("max_connections", _parse_int,
-            "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0),
+            "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0,
+            maximum=_MAX_INTEGER),
     Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),
     Setting("s3_prefix", _parse_str, "prefix of object keys in the bucket"),
-    Setting("s3_endpoint", _parse_str, "S3 endpoint URL, for stores other than AWS"),
+    Setting("s3_endpoint", _parse_url, "S3 endpoint URL, for stores other than AWS"),
     Setting("s3_region", _parse_str, "S3 region"),
     Setting("s3_part_size", parse_size, "multipart part size", minimum=5 * 1024 * 1024,
             maximum=5 * 1024**3),
     Setting("s3_max_parts", _parse_int, "most parts the store allows in one upload",
-            minimum=1),
-    Setting("s3_concurrency", _parse_int, "parts uploaded at once per upload", minimum=1),
+            minimum=1, maximum=_MAX_INTEGER),
+    Setting("s3_concurrency", _parse_int, "parts uploaded at once per upload", minimum=1,
+            maximum=_MAX_INTEGER),
     Setting("s3_equal_parts", _parse_bool,
             "make every part but the last the same size (Cloudflare R2)"),
     Setting("s3_path_style", _parse_bool, "path-style bucket addressing (MinIO and others)"),
@@ -260,20 +318,24 @@ SETTINGS: tuple[Setting, ...] = (
             "in-process hooks: an async callable named module:attribute"),
     Setting("hooks_secret", _parse_str, "key that signs hook requests (HMAC-SHA256)"),
     Setting("hooks_events", _parse_events, "comma-separated hook events that fire"),
-    Setting("hooks_timeout", _parse_float, "seconds a hook may take to answer", minimum=0.01),
+    Setting("hooks_timeout", _parse_float, "seconds a hook may take to answer", minimum=0.01,
+            maximum=_MAX_SECONDS),
     Setting("hooks_fail_open", _parse_bool,
             "let requests through when a blocking hook times out or is unreachable"),
     Setting("hooks_forward_headers", _parse_header_names,
             "comma-separated request headers passed to hooks"),
     Setting("hooks_progress_interval", _parse_float,
-            "least seconds between post-receive events of one upload", minimum=0),
+            "least seconds between post-receive events of one upload", minimum=0,
+            maximum=_MAX_SECONDS),
     Setting("hooks_max_attempts", _parse_int, "delivery attempts before an event is dead",
-            minimum=1),
+            minimum=1, maximum=_MAX_INTEGER),
     Setting("hooks_max_age", _parse_int,
-            "seconds an event is retried before it is dead", minimum=1),
+            "seconds an event is retried before it is dead", minimum=1, maximum=_MAX_SECONDS),
     Setting("hooks_retry_delay", _parse_float,
-            "seconds before the first retry; doubles with each further one", minimum=0),
-    Setting("hooks_concurrency", _parse_int, "events delivered at once", minimum=1),
+            "seconds before the first retry; doubles with each further one", minimum=0,
+            maximum=_MAX_SECONDS),
+    Setting("hooks_concurrency", _parse_int, "events delivered at once", minimum=1,
+            maximum=_MAX_INTEGER),
     Setting("behind_proxy", _parse_bool,
             "build URLs from Forwarded / X-Forwarded-* headers of a reverse proxy"),
     Setting("trusted_proxies", _parse_networks,
@@ -286,8 +348,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_port", _parse_int, "separate port for /metrics, 0 for the main port",
             minimum=0, maximum=65535),
     Setting("demo", _parse_bool, "serve a demo upload page (Uppy) at /"),
-    Setting("tls_cert", _parse_str, "PEM certificate chain file: serve HTTPS"),
-    Setting("tls_key", _parse_str, "PEM private key file of tls_cert"),
+    Setting("tls_cert", _parse_path, "PEM certificate chain file: serve HTTPS"),
+    Setting("tls_key", _parse_path, "PEM private key file of tls_cert"),
     Setting("log_format", _parse_str, "log line format", choices=("text", "json")),
     Setting("log_level", _parse_str, "log level",
             choices=("debug", "info", "warning", "error")),
@@ -408,6 +470,10 @@ def load_settings(
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {config_file} is not valid TOML: not UTF-8 at byte {exc.start}"
+            ) from None
         for key, raw in document.items():
             values[key] = _validated(key, raw, f"config file {config_file}")
     for env_name, raw in (environ or {}).items():

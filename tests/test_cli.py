@@ -55,6 +55,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         (["--s3-part-size", "1MiB"], "'s3_part_size'"),
         (["--base-path", "/a{b}/"], "'base_path'"),
         (["--port", "70000"], "'port'"),
+        (["--s3-endpoint", "minio:9000"], "'s3_endpoint'"),
+        (["--hooks-url", "http://hooks:99999/"], "'hooks_url'"),
+        (["--host", ""], "'host'"),
+        (["--data-dir", ""], "'data_dir'"),
+        (["--expiration", "99999999999999999999"], "'expiration'"),
+        (["--lock-timeout", "1e300"], "'lock_timeout'"),
+        (["--create-rate", "1e-320"], "'create_rate'"),
     ],
 )
 def test_bad_flag_value_exits_2_with_one_line_naming_the_key(tmp_path, args, key):
@@ -66,6 +73,34 @@ def test_bad_flag_value_exits_2_with_one_line_naming_the_key(tmp_path, args, key
 def test_bad_environment_value_exits_2_naming_the_variable(tmp_path):
     result = run_cli(tmp_path, AIOTUSD_MAX_SIZE="-1")
     assert_one_line_error(result, "'max_size'", "AIOTUSD_MAX_SIZE")
+
+
+def test_endpoint_without_a_scheme_in_the_environment_exits_2_naming_it(tmp_path):
+    result = run_cli(tmp_path, AIOTUSD_STORAGE="s3", AIOTUSD_S3_ENDPOINT="minio:9000")
+    assert_one_line_error(result, "'s3_endpoint'", "AIOTUSD_S3_ENDPOINT", "minio:9000")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('s3_endpoint = "minio:9000"\n', "'s3_endpoint'"),
+        ('data_dir = "data\\u0000dir"\n', "'data_dir'"),
+        ("lock_timeout = 1" + "0" * 400 + "\n", "'lock_timeout'"),
+    ],
+)
+def test_bad_file_values_that_failed_later_exit_2_at_once(tmp_path, text, key):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = run_cli(tmp_path, "--config", str(config))
+    assert_one_line_error(result, key, str(config))
+    assert not (tmp_path / "data").exists()
+
+
+def test_config_file_that_is_not_utf8_exits_2(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_bytes(b'host = "\xff"\n')
+    result = run_cli(tmp_path, "--config", str(config))
+    assert_one_line_error(result, str(config), "UTF-8")
 
 
 def test_unknown_environment_variable_exits_2_naming_it(tmp_path):
@@ -90,6 +125,11 @@ def test_unknown_key_in_file_from_aiotusd_config_exits_2(tmp_path):
 def test_missing_config_file_exits_2(tmp_path):
     result = run_cli(tmp_path, "--config", str(tmp_path / "absent.toml"))
     assert_one_line_error(result, "absent.toml")
+
+
+def test_missing_config_file_with_a_line_break_in_its_name_exits_2_with_one_line(tmp_path):
+    result = run_cli(tmp_path, "--config", str(tmp_path / "two\nlines.toml"))
+    assert_one_line_error(result, "lines.toml")
 
 
 def test_unknown_flag_exits_2_with_one_line(tmp_path):

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import math
 import tomllib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from server.config import SETTINGS, ConfigError, Settings, load_settings
+from server.config import SETTINGS, ConfigError, Setting, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -125,6 +133,22 @@ BAD_VALUES = [
     ("base_path", "/a/../b/"),
     ("base_path", "/with space/"),
     ("base_path", "/files?x=1"),
+    ("host", ""),
+    ("host", "a b"),
+    ("data_dir", ""),
+    ("s3_endpoint", "minio:9000"),
+    ("s3_endpoint", "localhost:9000"),
+    ("s3_endpoint", "http://"),
+    ("s3_endpoint", "http://minio:99999"),
+    ("s3_endpoint", "http://[::1"),
+    ("hooks_url", "http://hooks:port/"),
+    ("expiration", "99999999999999999999"),
+    ("gone_retention", "1" + "0" * 30),
+    ("hooks_max_age", "1" + "0" * 30),
+    ("lock_timeout", "1e300"),
+    ("hooks_retry_delay", "1e300"),
+    ("create_burst", "1" + "0" * 30),
+    ("create_rate", "1e-320"),
 ]
 
 
@@ -157,7 +181,8 @@ def test_bad_file_value_names_the_key(tmp_path, name, value):
 @pytest.mark.parametrize(
     "line",
     ["port = true", "port = 1.5", 'port = [1]', "host = 5", "s3_path_style = 1.0",
-     "max_size = -1", "max_size = 2.5", "lock_timeout = false"],
+     "max_size = -1", "max_size = 2.5", "lock_timeout = false", "lock_timeout = 1" + "0" * 400,
+     'data_dir = "a\\u0000b"', 'tls_key = "a\\u0000b"', "expiration = 1979-05-27"],
 )
 def test_wrong_toml_types_are_refused(tmp_path, line):
     config = write_toml(tmp_path / "c.toml", line + "\n")
@@ -169,6 +194,13 @@ def test_missing_config_file_is_a_config_error(tmp_path):
     missing = str(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(config_file=missing)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_bytes(b'host = "\xff"\n')
+    with pytest.raises(ConfigError, match="not valid TOML: not UTF-8"):
+        load_settings(config_file=str(config))
 
 
 def test_invalid_toml_is_a_config_error(tmp_path):
@@ -297,3 +329,79 @@ def test_readme_test_command_is_the_one_ci_runs():
     command = commands[0].split(" && .venv/bin/python -m pytest")[0] + " && .venv/bin/python -m pytest"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "\n" + command + "\n" in readme
+
+
+# --- every setting against hostile values ------------------------------------------------
+
+# Text that a flag or an environment variable can carry: wrong types, empty, negative,
+# absurdly large, not finite, malformed URLs, paths and networks.
+HOSTILE_TEXTS = [
+    "", " ", "-1", "-0", "0", "1", "0.001", "1e400", "-1e400", "nan", "inf", "-inf", "1e-320",
+    "0x10", "1_000", "9" * 30, "9" * 5000, "5XB", "1.5GiB", "99999999999TiB", "true", "maybe",
+    "minio:9000", "localhost:9000", "http://", "http://h:99999/", "http://h:port/",
+    "http://[::1", "ftp://h/", "http://a b/", "https://host:9000", "a\x00b", "a\nb",
+    "10.0.0.0/33", "10.0.0.0/8", "*", "*, http://a", "/a/../b", "\udcff", "١٢", "x" * 1000,
+]
+# What a TOML file can hold besides text.
+HOSTILE_VALUES = [
+    *HOSTILE_TEXTS, 0, 1, -1, 2**63, 2**64, 10**400, -(10**400), 0.5, -0.0, 1e308,
+    math.nan, math.inf, True, False, [1], {"a": 1}, datetime.datetime(1979, 5, 27),
+]
+PATHS = ("data_dir", "database", "tls_cert", "tls_key")
+URLS = ("hooks_url", "s3_endpoint")
+
+
+def assert_sound(setting: Setting, value: Any) -> None:
+    """A value the loader took is of the setting's type, within its bounds and choices."""
+    default = getattr(Settings(), setting.name)
+    assert type(value) is type(default), (setting.name, value)
+    if isinstance(value, float):
+        assert math.isfinite(value), (setting.name, value)
+    if setting.choices:
+        assert value in setting.choices
+    if setting.minimum is not None:
+        assert value >= setting.minimum
+    if setting.maximum is not None:
+        assert value <= setting.maximum
+    if setting.name in PATHS:
+        assert "\x00" not in value
+    if setting.name in ("host", "data_dir"):
+        assert value.strip(), setting.name  # empty: every interface, the working directory
+    if setting.name in URLS and value:
+        parts = urlsplit(value)
+        assert parts.scheme in ("http", "https") and parts.hostname, value
+        assert parts.port is None or 0 <= parts.port <= 65535
+
+
+def assert_refused_in_one_line_or_sound(setting: Setting, load: Callable[[], Settings]) -> None:
+    """Loading either fails with a ConfigError whose one line names the setting, or gives a
+    sound value: nothing else escapes (that would be a traceback at start-up)."""
+    try:
+        settings = load()
+    except ConfigError as exc:
+        message = str(exc)
+        assert repr(setting.name) in message and message.isprintable(), message
+        return
+    assert_sound(setting, getattr(settings, setting.name))
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=NAMES)
+def test_every_setting_refuses_or_takes_soundly_every_hostile_value(setting):
+    env_name = "AIOTUSD_" + setting.name.upper()
+    for text in HOSTILE_TEXTS:
+        assert_refused_in_one_line_or_sound(setting, partial(load_settings, environ={env_name: text}))
+    # Flags and TOML values go through the same check, the latter with TOML's types.
+    for value in HOSTILE_VALUES:
+        assert_refused_in_one_line_or_sound(setting, partial(load_settings, {setting.name: value}))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    st.sampled_from(SETTINGS),
+    st.one_of(
+        st.text(), st.integers(), st.integers().map(lambda n: n * 10**300), st.floats(),
+        st.lists(st.booleans(), max_size=2),
+    ),
+)
+def test_every_setting_refuses_or_takes_soundly_any_value(setting, value):
+    assert_refused_in_one_line_or_sound(setting, partial(load_settings, {setting.name: value}))

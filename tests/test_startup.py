@@ -1,6 +1,6 @@
 """A start that cannot succeed: the real ``aiotusd`` process exits promptly, non-zero, with one
 line on stderr that names what cannot be used (the file, the directory, host:port, the
-bucket), and no traceback.
+bucket), and no traceback. Also a server with every setting at its bounds, which must start.
 
 Each failing start runs under a deadline: a process that hangs (an aiosqlite thread left
 open keeps it alive, not listening) fails the test when ``subprocess.run`` times out.
@@ -9,6 +9,7 @@ open keeps it alive, not listening) fails the test when ``subprocess.run`` times
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 pytest.register_assert_rewrite("s3_support")
 
-from conftest import free_port
+from conftest import TUS, free_port, wait_listening
 from s3_support import AWS_ENV, S3Endpoint
 
+from server.config import SETTINGS, Settings
 from server.state import SCHEMA_VERSION
 
 pytest_plugins = ["s3_support"]
@@ -237,3 +240,50 @@ def test_a_bad_aws_max_attempts_stops_the_start_in_one_line(tmp_path):
         "--s3-endpoint", f"http://127.0.0.1:{free_port()}", **{**AWS_ENV, "AWS_MAX_ATTEMPTS": "x"},
     )
     assert_names(line, "AWS_MAX_ATTEMPTS 'x' is not a whole number")
+
+
+# --- every setting at its bounds -------------------------------------------------------------
+
+
+def bound_flags(bound: str) -> list[str]:
+    """A flag for every bounded setting, at its minimum or maximum; the ports (which must be
+    free) and the S3 part sizes (S3 only) left out."""
+    flags = []
+    for setting in SETTINGS:
+        value = getattr(setting, bound)
+        if value is None or setting.name in ("port", "metrics_port", "s3_part_size"):
+            continue
+        as_float = isinstance(getattr(Settings(), setting.name), float)
+        flags += ["--" + setting.name.replace("_", "-"), repr(float(value)) if as_float else str(value)]
+    return flags
+
+
+@pytest.mark.parametrize("bound", ["minimum", "maximum"])
+def test_a_server_with_every_setting_at_its_bound_serves_an_upload(tmp_path, bound):
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), "--data-dir",
+             str(tmp_path / "data"), *bound_flags(bound)],
+            env=clean_env(), stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(process, port, "aiotusd", log.read_text)
+        url = f"http://127.0.0.1:{port}/files/"
+        created = requests.post(url, headers={**TUS, "Upload-Length": "5"}, timeout=10)
+        assert created.status_code == 201, created.text
+        if bound == "maximum":  # an upload that lives a century still has a date
+            assert created.headers["Upload-Expires"].endswith(" GMT")
+        location = created.headers["Location"]
+        patched = requests.patch(location, data=b"hello", timeout=10, headers={
+            **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+        })
+        assert patched.status_code == 204, patched.text
+        assert requests.get(location, timeout=10).content == b"hello"
+        assert requests.delete(location, headers=TUS, timeout=10).status_code == 204
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
