@@ -163,16 +163,49 @@ class CannotListen(Exception):
     """A port cannot be opened: in use, not ours to take, or its host is no address of ours."""
 
 
+class _TlsSite(web.TCPSite):
+    """aiohttp's TCP site with a deadline for the TLS handshake.
+
+    asyncio gives a handshake 60 s, and a connection becomes the server's (counted under
+    ``max_connections``, its header clock running) only once it is done: a client that
+    opens connections and never says hello would hold a descriptor each for a minute.
+    aiohttp's site passes no handshake deadline, so this one opens the server itself.
+    """
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext, deadline: float
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=tls)
+        self._handshake_timeout = deadline
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
+
+
 async def _listen(
-    runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext | None = None
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    handshake_timeout: float = 0.0,
 ) -> None:
     """Serve ``runner`` on ``host:port``; raise :class:`CannotListen` naming both if it cannot.
 
     The OSError of a failed bind tells the address as a tuple, and a host that does not
     resolve does not tell it at all.
     """
+    site = (
+        web.TCPSite(runner, host, port) if tls is None
+        else _TlsSite(runner, host, port, tls, handshake_timeout)
+    )
     try:
-        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        await site.start()
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -202,7 +235,7 @@ async def serve(settings: Settings) -> None:
     try:
         # Inside the try: when the port cannot be bound, the state store and the
         # backend that setup() started are still closed properly.
-        await _listen(runner, settings.host, settings.port, tls)
+        await _listen(runner, settings.host, settings.port, tls, settings.header_timeout)
         if metrics_runner is not None:
             await metrics_runner.setup()
             await _listen(metrics_runner, settings.host, settings.metrics_port)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -73,3 +75,17 @@ def test_bad_tls_settings_stop_the_server_with_a_reason(tmp_path):
     )
     assert missing.returncode == 2
     assert "nope.pem" in missing.stderr and "No such file" in missing.stderr
+
+
+def test_a_connection_that_never_starts_its_handshake_is_closed(server_process, tmp_path):
+    """A TLS connection becomes the server's (counted, its header clock running) only once
+    its handshake is done: the handshake has header_timeout too, not asyncio's minute."""
+    tls = self_signed(tmp_path / "tls")
+    server = server_process(
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--header-timeout", "1"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+        opened = time.monotonic()
+        silent.settimeout(5)
+        assert silent.recv(1) == b""  # closed: EOF, not a timeout
+        assert time.monotonic() - opened < 4
