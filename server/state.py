@@ -327,7 +327,9 @@ def _run_together(
     if len(statements) > 1:
         try:
             connection.execute("BEGIN")
-            changed = [connection.execute(sql, values).rowcount for sql, values in statements]
+            changed: list[Exception | int] = [
+                connection.execute(sql, values).rowcount for sql, values in statements
+            ]
             connection.execute("COMMIT")
             return changed
         except Exception as exc:
@@ -388,9 +390,11 @@ class _StatementBatch:
                     done.cancel()
                 return
             failure = sent.exception()
-            outcomes = sent.result() if failure is None else [failure] * len(batch)
+            outcomes: Sequence[BaseException | int] = (
+                sent.result() if failure is None else [failure] * len(batch)
+            )
             for (_, _, done), outcome in zip(batch, outcomes):
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, BaseException):
                     done.set_exception(outcome)
                 else:
                     done.set_result(outcome)
