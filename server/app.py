@@ -16,6 +16,7 @@ from aiohttp.web_request import BaseRequest
 from storage_backends import make_backend
 
 from . import handlers
+from .capabilities import Capabilities
 from .config import Settings
 from .context import CONTEXT, Context
 from .cors import CORS, CorsPolicy, setup_cors
@@ -61,9 +62,10 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
         backend = make_backend(settings)
         await backend.start()
         store = await StateStore.open(settings.database_path)
+        can = Capabilities.of(backend)
         ctx = Context(
             settings, store, backend, UploadLocks(settings.lock_timeout),
-            Hooks(settings, transport, store, backend), metrics=metrics,
+            Hooks(settings, transport, store, can.locator), can, metrics=metrics,
         )
         app[CONTEXT] = ctx
         sweeper = asyncio.create_task(run_sweeper(ctx))

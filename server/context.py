@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from storage_backends.base import Finisher, StorageBackend, StoredUpload
+from storage_backends.base import StorageBackend, StoredUpload
 
+from .capabilities import Capabilities
 from .config import Settings
 from .hooks import Hooks
 from .locks import ConcatLocks, UploadLocks
@@ -24,18 +25,10 @@ class Context:
     backend: StorageBackend
     locks: UploadLocks
     hooks: Hooks
+    can: Capabilities
+    """What the backend can do beyond the core, asked once (see :mod:`server.capabilities`)."""
     concat_locks: ConcatLocks = field(default_factory=ConcatLocks)
     metrics: Metrics = field(default_factory=Metrics)
-    finisher: Finisher | None = field(init=False)
-    """The backend, if it has work to do once an upload's last byte is stored.
-
-    Asked once: in Python 3.11, ``isinstance`` with a runtime-checkable protocol looks
-    up each of its members on every call, which cost 5% of the server's Python time
-    in W3 of the benchmark when it was asked for every finished upload.
-    """
-
-    def __post_init__(self) -> None:
-        self.finisher = self.backend if isinstance(self.backend, Finisher) else None
 
     def expires_at(self) -> float | None:
         """When an unfinished upload written to now expires, or None if never."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from storage_backends.base import StorageBackend, StorageLocator
+from storage_backends.base import StorageLocator
 
 from . import __version__
 from .errors import ConfigError, HookFailed, HookRejected, TusError
@@ -469,12 +469,13 @@ class Hooks:
         settings: Settings,
         transport: Transport | None,
         store: StateStore,
-        backend: StorageBackend,
+        locator: StorageLocator | None,
     ) -> None:
+        """``locator`` says where an upload's bytes are, for events' ``storage``."""
         self._settings = settings
         self._transport = transport
         self._store = store
-        self._backend = backend
+        self._locator = locator
         self.events = frozenset(
             name for name in settings.hooks_events.split(",") if name and transport
         )
@@ -548,8 +549,8 @@ class Hooks:
             parts = await self._store.parts(upload.id)
         metadata = parse_metadata(upload.metadata)
         storage: dict[str, Any] = {"type": self._settings.storage}
-        if isinstance(self._backend, StorageLocator):
-            storage.update(self._backend.locate(upload.id))
+        if self._locator is not None:
+            storage.update(self._locator.locate(upload.id))
         hook_id = str(uuid.uuid4())
         document = {
             "id": hook_id,

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from storage_backends.base import HealthChecker, StorageError
+from storage_backends.base import StorageError
 from storage_backends.filesystem import DataMissing
 
 from .context import CONTEXT
@@ -50,10 +50,10 @@ async def readyz(request: web.Request) -> web.Response:
             await ctx.store.schema_version()
     except Exception as exc:
         problems.append(f"database: {_reason(exc)}")
-    if isinstance(ctx.backend, HealthChecker):
+    if ctx.can.health_checker is not None:
         try:
             async with asyncio.timeout(READY_TIMEOUT):
-                await ctx.backend.check()
+                await ctx.can.health_checker.check()
         except Exception as exc:
             problems.append(f"storage: {_reason(exc)}")
     if problems:

@@ -203,7 +203,7 @@ async def _commit(
 
 
 def _completes_with_its_bytes(ctx: Context, upload: Upload) -> bool:
-    return is_full(upload) and ctx.finisher is None and PRE_FINISH not in ctx.hooks.events
+    return is_full(upload) and ctx.can.finisher is None and PRE_FINISH not in ctx.hooks.events
 
 
 class _PeriodicCommit:

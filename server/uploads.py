@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, StorageError
+from storage_backends.base import StorageError
 
 from .context import Context
 from .errors import Gone, NotFound, TusError
@@ -140,8 +140,8 @@ async def complete(
         except TusError as exc:
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
-    if ctx.finisher is not None:
-        await ctx.finisher.finish(ctx.stored(upload))
+    if ctx.can.finisher is not None:
+        await ctx.can.finisher.finish(ctx.stored(upload))
     upload.completed_at = time.time()
     upload.expires_at = None
     return await ctx.hooks.post(POST_FINISH, upload, request)
@@ -205,7 +205,8 @@ async def assemble_if_ready(
     partial that just finished must wait its turn, or a final whose assembly looked
     at the partial a moment too early would never be assembled.
     """
-    assert isinstance(ctx.backend, Concatenator)
+    concatenator = ctx.can.concatenator
+    assert concatenator is not None, "finals exist only with a backend that concatenates"
     part_ids = await ctx.store.parts(final_id)
     if not wait and not ctx.concat_locks.is_free([final_id], part_ids):
         return False
@@ -238,7 +239,7 @@ async def assemble_if_ready(
         if len(ready) != len(partials):
             return False
         final.length = length
-        await ctx.backend.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
+        await concatenator.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
         final.offset = final.length or 0
         await finish(ctx, final, request)
         return True

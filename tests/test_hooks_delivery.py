@@ -30,6 +30,7 @@ from conftest import (
 from hooks_support import Received, Receiver
 from test_cli import run_cli
 
+from server.capabilities import Capabilities
 from server.config import Settings
 from server.context import CONTEXT
 from server.hooks import Hooks, make_transport
@@ -214,7 +215,8 @@ async def test_stop_ends_the_worker_when_the_outbox_changes_as_it_is_cancelled(
     # Python 3.11's asyncio.wait_for swallowed that cancellation and stop() never returned.
     settings = dataclasses.replace(settings, hooks_url=receiver.url)
     store = await StateStore.open(tmp_path / "state.sqlite3")
-    hooks = Hooks(settings, make_transport(settings), store, make_backend(settings))
+    locator = Capabilities.of(make_backend(settings)).locator
+    hooks = Hooks(settings, make_transport(settings), store, locator)
     delivery = Delivery(settings, hooks, store, Metrics())
     stopping = None
     try:

@@ -7,7 +7,7 @@ import secrets
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, LengthDeferrer, StorageError
+from storage_backends.base import StorageError
 
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
@@ -31,7 +31,6 @@ from ..uploads import (
     is_expired,
     least_concatenated_length,
 )
-
 
 log = logging.getLogger("aiotusd")
 
@@ -171,10 +170,10 @@ async def _create(request: web.Request) -> web.Response:
         if len(set(concat.parts)) != len(concat.parts):
             # One request would have the server copy the same bytes again and again.
             raise BadRequest("Upload-Concat names a partial upload more than once")
-    if concat is not None and not isinstance(ctx.backend, Concatenator):
+    if concat is not None and ctx.can.concatenator is None:
         raise BadRequest("this server does not support concatenation")
     length, defer = _requested_length(request, concat)
-    if defer and not isinstance(ctx.backend, LengthDeferrer):
+    if defer and ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")
     metadata = request.headers.get("Upload-Metadata", "")
     if _too_long(metadata, settings.max_metadata_size):

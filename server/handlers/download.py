@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from storage_backends.base import DownloadRedirector
-
 from ..content import content_disposition, content_type, parse_range
 from ..context import CONTEXT
 from ..errors import Conflict, RangeNotSatisfiable
@@ -36,8 +34,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if_none_match = request.headers.get("If-None-Match", "")
     if etag in if_none_match or if_none_match.strip() == "*":
         return web.Response(status=304, headers={"ETag": etag})
-    if isinstance(ctx.backend, DownloadRedirector):
-        url = await ctx.backend.download_url(
+    if ctx.can.download_redirector is not None:
+        url = await ctx.can.download_redirector.download_url(
             ctx.stored(upload), media_type, headers["Content-Disposition"]
         )
         if url is not None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from storage_backends.base import Concatenator, LengthDeferrer
-
 from ..checksum import ALGORITHMS
 from ..context import CONTEXT, Context
 from ..protocol import EXTENSIONS, TUS_VERSION
@@ -16,9 +14,9 @@ def extensions(ctx: Context) -> list[str]:
     unavailable: set[str] = set()
     if not ctx.settings.expiration:
         unavailable.add("expiration")
-    if not isinstance(ctx.backend, Concatenator):
+    if ctx.can.concatenator is None:
         unavailable |= {"concatenation", "concatenation-unfinished"}
-    if not isinstance(ctx.backend, LengthDeferrer):
+    if ctx.can.length_deferrer is None:
         unavailable.add("creation-defer-length")
     return [name for name in EXTENSIONS if name not in unavailable]
 

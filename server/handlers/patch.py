@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from storage_backends.base import LengthDeferrer
-
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
 from ..errors import BadRequest, Conflict, Forbidden, TooLarge
@@ -26,13 +24,13 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
         if length != upload.length:
             raise BadRequest("Upload-Length cannot be changed once known")
         return
-    if not isinstance(ctx.backend, LengthDeferrer):
+    if ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")
     if length < upload.offset:
         raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
     if ctx.settings.max_size and length > ctx.settings.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.max_size}")
-    await ctx.backend.declare_length(ctx.stored(upload), length)
+    await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
     upload.length = length
 
 
