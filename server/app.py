@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -21,7 +22,7 @@ from .config import Settings
 from .context import CONTEXT, Context
 from .cors import CORS, CorsPolicy, setup_cors
 from .demo import setup_demo
-from .errors import Overloaded, error_middleware, error_response, one_line
+from .errors import Overloaded, classify, error_middleware, error_response, one_line
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
@@ -49,11 +50,11 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     """
     transport = make_transport(settings, hooks)
     metrics = Metrics()
-    observe, count_storage_errors = request_metrics(metrics)
+    observe = request_metrics(metrics)
     app = web.Application()
     cors = setup_cors(app, settings)
     app.middlewares.extend(
-        [request_id_middleware, observe, *cors, error_middleware, count_storage_errors]
+        [request_id_middleware, observe, *cors, error_middleware(metrics.storage_errors.inc)]
     )
     app[PROXY] = ProxyPolicy.from_settings(settings)
     app[LIMITS] = Limits(settings, metrics)
@@ -311,9 +312,8 @@ def _one_line_http_errors(
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                return web.Response(
-                    status=exc.status, text=one_line(exc.text or exc.reason) + "\n"
-                )
+                answer = dataclasses.replace(classify(exc), reason=exc.text or exc.reason)
+                return error_response(answer)
         if cors is not None:
             await cors.add_headers(request, response)
         return response
@@ -329,9 +329,9 @@ async def _over_connection_limit(
     if request.path == "/healthz":
         response = await handler(request)
     else:
-        response = error_response(Overloaded(
+        response = error_response(classify(Overloaded(
             "too many connections; try again later", {"Retry-After": str(BUSY_RETRY_AFTER)}
-        ))
+        )))
         response.headers["Tus-Resumable"] = TUS_VERSION
     response.force_close()
     return response

@@ -1,10 +1,16 @@
-"""Protocol errors and the one place that maps them to HTTP responses.
+"""Errors, and the one place that says what each becomes for the client.
 
-Handlers raise a :class:`TusError` subclass with a one-line reason; the error
-middleware in :mod:`server.app` turns it into a plain-text response with the
-status of the class; a :class:`HookRejected` is answered with what the hook
-chose instead. Anything else that escapes a handler is logged and
-answered with a generic 500 that carries no traceback.
+Handlers raise a :class:`TusError` subclass with a one-line reason; the class gives
+the HTTP status and a stable error code (``code``, which a raise site may make more
+precise). :func:`classify` turns any exception into an :class:`ErrorAnswer`: status,
+code, reason, headers, and whether it counts as a storage failure. It is the table of
+this module, like tusd's ``error.go``: every place that answers an error uses it
+(the error middleware below, and the answers :mod:`server.app` makes before the app).
+A :class:`HookRejected` is answered with what the hook chose. Anything unforeseen is
+logged with its traceback and answered 500 without one.
+
+Codes are kebab-case words that never change once released: logs (the access log's
+``error=``) and monitoring may match on them.
 """
 
 from __future__ import annotations
@@ -13,101 +19,111 @@ import asyncio
 import errno
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from storage_backends.base import StorageError, StorageUnavailable
 
 from .state import UploadGone
 
 log = logging.getLogger("aiotusd")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class TusError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status to answer."""
+    """A request the server refuses: ``status`` to answer, ``code`` to log and match on."""
 
     status = 400
+    code = "bad-request"
 
-    def __init__(self, reason: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, reason: str, headers: dict[str, str] | None = None, *, code: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.headers = headers or {}
+        if code is not None:
+            self.code = code
 
 
 class BadRequest(TusError):
-    status = 400
+    status, code = 400, "bad-request"
 
 
 class Forbidden(TusError):
-    status = 403
+    status, code = 403, "forbidden"
 
 
 class NotFound(TusError):
-    status = 404
+    status, code = 404, "not-found"
 
 
 class MethodNotAllowed(TusError):
-    status = 405
+    status, code = 405, "method-not-allowed"
 
 
 class Conflict(TusError):
-    status = 409
+    status, code = 409, "conflict"
 
 
 class Gone(TusError):
-    status = 410
+    status, code = 410, "gone"
 
 
 class PreconditionFailed(TusError):
-    status = 412
+    status, code = 412, "unsupported-version"
 
 
 class TooLarge(TusError):
-    status = 413
+    status, code = 413, "too-large"
 
 
 class UnsupportedMediaType(TusError):
-    status = 415
+    status, code = 415, "wrong-content-type"
 
 
 class RangeNotSatisfiable(TusError):
-    status = 416
+    status, code = 416, "range-not-satisfiable"
 
 
 class Locked(TusError):
-    status = 423
+    status, code = 423, "locked"
 
 
 class TooManyRequests(TusError):
     """A client went over a rate limit (``create_rate``); ``Retry-After`` says when it may again."""
 
-    status = 429
+    status, code = 429, "rate-limited"
 
 
 class ChecksumMismatch(TusError):
-    status = 460
+    status, code = 460, "checksum-mismatch"
 
 
 class InsufficientStorage(TusError):
-    status = 507
+    status, code = 507, "storage-full"
 
 
 class Overloaded(TusError):
     """The server is at a capacity limit (bodies being received, connections): try again later."""
 
-    status = 503
+    status, code = 503, "overloaded"
 
 
 class HookFailed(TusError):
     """A blocking hook could not be asked or answered nonsense: the request fails closed."""
 
-    status = 503
+    status, code = 503, "hook-failed"
 
 
 class HookRejected(TusError):
     """A blocking hook refused the request; the client gets exactly its status, body and headers."""
+
+    code = "hook-rejected"
 
     def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         super().__init__(f"refused by a hook with status {status}", headers)
@@ -127,58 +143,107 @@ class ConfigError(Exception):
     """A setting is unknown or has a bad value; the message names the key."""
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Answer every refusal with its status and a one-line plain-text reason.
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What a failure becomes for the client, and how the server reports it."""
+
+    status: int
+    code: str
+    reason: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    """A hook's own body, sent as it is; otherwise the reason, as one line of text."""
+    storage: bool = False
+    """Counted in ``aiotusd_storage_errors_total``."""
+    log_level: int | None = None
+    """Logged at this level (with the traceback when ``ERROR`` and unforeseen); None: the
+    client's doing, in the access log only."""
+    unforeseen: bool = False
+
+
+def classify(exc: BaseException) -> ErrorAnswer:
+    """The answer to ``exc``: the one table from failures to statuses and codes."""
+    if isinstance(exc, HookRejected):
+        return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers, body=exc.body)
+    if isinstance(exc, TusError):
+        return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers,
+                           storage=isinstance(exc, InsufficientStorage))
+    if isinstance(exc, UploadGone):
+        return ErrorAnswer(410, "gone", "upload was removed while this request was under way")
+    if isinstance(exc, web.HTTPException):
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return ErrorAnswer(exc.status, _HTTP_CODES.get(exc.status, "bad-request"), exc.reason,
+                           allow)
+    if isinstance(exc, StorageUnavailable):
+        return ErrorAnswer(503, "storage-unavailable", "storage is unavailable; try again later",
+                           {"Retry-After": str(exc.retry_after)}, storage=True,
+                           log_level=logging.WARNING)
+    if storage_full(exc):
+        return ErrorAnswer(507, "storage-full", "storage is full; try again later",
+                           storage=True, log_level=logging.WARNING)
+    if isinstance(exc, StorageError):
+        return ErrorAnswer(500, "storage-failed", "storage failed", storage=True,
+                           log_level=logging.ERROR)
+    return ErrorAnswer(500, "internal-error", "internal server error",
+                       storage=isinstance(exc, OSError) and not isinstance(exc, ConnectionError),
+                       log_level=logging.ERROR, unforeseen=True)
+
+
+_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "too-large", 417: "bad-expect"}
+"""Codes of aiohttp's own refusals (no route, a body over its limit, an unknown Expect)."""
+
+ERROR_CODE = web.RequestKey("aiotusd.error_code", str)
+"""The code of the error a request was answered with, for the access log."""
+
+
+def error_middleware(count_storage_error: Callable[[], None]) -> Middleware:
+    """The middleware that answers every failure of a handler as :func:`classify` says:
+    with its status and a one-line plain-text reason. Failures of storage are counted
+    with ``count_storage_error``.
 
     A failure after the response began (a download whose stored bytes turn out to be
     missing, or whose S3 stream breaks) cannot be answered any more: see
     :func:`abort_response`.
     """
-    try:
-        return await handler(request)
-    except (ConnectionError, asyncio.CancelledError):
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400:
+
+    @web.middleware
+    async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (ConnectionError, asyncio.CancelledError):
             raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            answer = classify(exc)
+            failure: Exception = exc
+        except Exception as exc:
+            answer = classify(exc)
+            failure = exc
+        if answer.storage:
+            count_storage_error()
         if request.writer.output_size > 0:
-            abort_response(request, exc)
-        return _plain(exc.status, exc.reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {})
-    except Exception as exc:
-        if request.writer.output_size > 0:
-            abort_response(request, exc)
-        return _answer(request, exc)
+            abort_response(request, failure, answer)
+        request[ERROR_CODE] = answer.code
+        _log(request, answer, failure)
+        return error_response(answer)
+
+    return answer_errors
 
 
-def _answer(request: web.Request, exc: Exception) -> web.Response:
-    if isinstance(exc, HookRejected):
-        return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
-    if isinstance(exc, TusError):
-        return error_response(exc)
-    if isinstance(exc, UploadGone):
-        return _plain(Gone.status, "upload was removed while this request was under way")
-    if isinstance(exc, StorageUnavailable):
-        log.warning("%s %s: storage unavailable: %s", request.method, request.path, exc)
-        return _plain(503, "storage is unavailable; try again later",
-                      {"Retry-After": str(exc.retry_after)})
-    if storage_full(exc):
-        log.warning("%s %s: storage is full: %s", request.method, request.path, exc)
-        return _plain(InsufficientStorage.status, "storage is full; try again later")
-    if isinstance(exc, StorageError):
-        log.error("%s %s: storage failed: %s", request.method, request.path, exc)
-        return _plain(500, "storage failed")
-    log.exception("%s %s failed", request.method, request.path)
-    return _plain(500, "internal server error")
+def _log(request: web.Request, answer: ErrorAnswer, exc: BaseException) -> None:
+    if answer.log_level is None:
+        return
+    log.log(answer.log_level, "%s %s: %s (%s): %s", request.method, request.path,
+            answer.reason, answer.code, one_line(str(exc) or type(exc).__name__),
+            exc_info=exc if answer.unforeseen else None)
 
 
 class ResponseAborted(ConnectionResetError):
     """The response had begun when its request failed, so its connection was cut."""
 
 
-def abort_response(request: web.Request, exc: BaseException) -> NoReturn:
+def abort_response(request: web.Request, exc: BaseException, answer: ErrorAnswer) -> NoReturn:
     """End a request that failed after its status line went out: cut the connection.
 
     A second response written into the body of the first would reach the client as
@@ -188,10 +253,10 @@ def abort_response(request: web.Request, exc: BaseException) -> NoReturn:
     "this response is broken". aiohttp takes the :class:`ConnectionResetError` raised
     here for a client that left, and writes nothing more.
     """
-    expected = isinstance(exc, (TusError, StorageError, OSError, web.HTTPException))
-    log.warning("%s %s failed after its response began; connection closed: %s",
-                request.method, request.path, one_line(str(exc) or type(exc).__name__),
-                exc_info=None if expected else exc)
+    log.warning("%s %s failed after its response began (%s); connection closed: %s",
+                request.method, request.path, answer.code,
+                one_line(str(exc) or type(exc).__name__),
+                exc_info=exc if answer.unforeseen else None)
     if request.transport is not None:
         request.transport.abort()
     raise ResponseAborted("the response was cut off") from exc
@@ -210,10 +275,11 @@ def one_line(reason: str) -> str:
     return line or "error"
 
 
-def error_response(exc: TusError) -> web.Response:
-    """The answer to a refusal: its status, headers and one-line plain-text reason."""
-    return _plain(exc.status, exc.reason, exc.headers)
-
-
-def _plain(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=one_line(reason) + "\n", headers=headers)
+def error_response(answer: ErrorAnswer) -> web.Response:
+    """The response of an :class:`ErrorAnswer`: its status and headers, and its body or
+    its reason as one line of plain text."""
+    if answer.body is not None:
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    return web.Response(
+        status=answer.status, text=one_line(answer.reason) + "\n", headers=answer.headers
+    )

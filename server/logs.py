@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .errors import ERROR_CODE
 from .receive import RECEIVED
 from .request_ids import REQUEST_ID, current_request_id
 
@@ -66,7 +67,8 @@ def setup_logging(log_format: str, level: str) -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """``method path status upload=<id> received=<bytes> duration=<seconds> request=<id>``."""
+    """``method path status upload=<id> received=<bytes> duration=<seconds> request=<id>``,
+    and for a request answered with an error ``error=<code>`` (see :mod:`server.errors`)."""
 
     @property
     def enabled(self) -> bool:
@@ -82,16 +84,21 @@ class AccessLogger(AbstractAccessLogger):
             upload_id = "-"
         received = request.get(RECEIVED, 0)
         request_id = request.get(REQUEST_ID, "-")
-        self.logger.info(
-            "%s %s %s upload=%s received=%d duration=%.3f request=%s",
+        message = "%s %s %s upload=%s received=%d duration=%.3f request=%s"
+        args: list[object] = [
             request.method, request.path, response.status, upload_id, received, time, request_id,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "upload_id": upload_id,
-                "received": received,
-                "duration": round(time, 6),
-                "request_id": request_id,
-            },
-        )
+        ]
+        fields: dict[str, object] = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "upload_id": upload_id,
+            "received": received,
+            "duration": round(time, 6),
+            "request_id": request_id,
+        }
+        if error := request.get(ERROR_CODE):
+            message += " error=%s"
+            args.append(error)
+            fields["error"] = error
+        self.logger.info(message, *args, extra=fields)

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from storage_backends.base import StorageError
-from storage_backends.filesystem import DataMissing
-
 from .context import CONTEXT
-from .errors import InsufficientStorage, one_line, storage_full
+from .errors import one_line
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import effective_method
 from .receive import RECEIVED
@@ -88,10 +84,10 @@ def metrics_app(app: web.Application) -> web.Application:
     return metrics
 
 
-def request_metrics(metrics: Metrics) -> tuple[Middleware, Middleware]:
-    """Two middlewares: the outer one (around the error middleware) observes every
-    request's latency, status and body bytes; the inner one counts storage failures
-    before the error middleware turns them into responses."""
+def request_metrics(metrics: Metrics) -> Middleware:
+    """The middleware (around the error middleware) that observes every request's
+    latency, status and body bytes. Storage failures are counted where errors become
+    answers (:func:`server.errors.error_middleware`)."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -113,20 +109,4 @@ def request_metrics(metrics: Metrics) -> tuple[Middleware, Middleware]:
             if received > 0:
                 metrics.received_bytes.inc(received)
 
-    @web.middleware
-    async def count_storage_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (StorageError, InsufficientStorage, DataMissing):
-            metrics.storage_errors.inc()
-            raise
-        except OSError as exc:
-            if not isinstance(exc, ConnectionError):
-                metrics.storage_errors.inc()
-            raise
-        except sqlite3.Error as exc:
-            if storage_full(exc):  # the database's disk is full
-                metrics.storage_errors.inc()
-            raise
-
-    return observe, count_storage_errors
+    return observe

@@ -40,9 +40,11 @@ async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
     if upload is None:
         raise NotFound("no such upload")
     if upload.status == REFUSED:
-        raise Gone("upload was refused: its parts add up to more than the maximum size")
+        raise Gone(
+            "upload was refused: its parts add up to more than the maximum size", code="refused"
+        )
     if upload.status != ACTIVE:
-        raise Gone(f"upload was {upload.status}")
+        raise Gone(f"upload was {upload.status}", code=upload.status)
     if is_expired(upload):
         if not held:
             if ctx.locks.is_held(upload_id):
@@ -50,7 +52,7 @@ async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
             async with ctx.locks.hold(upload_id):
                 return await load(ctx, upload_id, held=True)
         await remove(ctx, upload, EXPIRED)
-        raise Gone("upload was expired")
+        raise Gone("upload was expired", code=EXPIRED)
     return upload
 
 

@@ -504,6 +504,11 @@ async def test_access_log_text(server_process):
         ("GET", path, "200", ident, "0"),
     ]
     assert all(0 <= float(m["duration"]) < 10 for m in found)
+    # An error answer's line ends with its stable code; others have none.
+    lines = [line for line in server.log().splitlines() if pattern.search(line)]
+    assert [line.rsplit(" ", 1)[-1] for line in lines if " error=" in line] == [
+        "error=offset-mismatch"
+    ]
 
 
 async def test_access_log_json(server_process):

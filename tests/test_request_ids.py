@@ -88,4 +88,5 @@ async def test_json_logs_carry_the_id_on_every_line_of_the_request(server_proces
     failure, access = entries
     assert failure["level"] == "error" and "failed" in failure["message"]
     assert access["logger"] == "aiohttp.access" and access["status"] == 500
-    assert access["message"].endswith("request=broken-patch")
+    assert access["message"].endswith("request=broken-patch error=storage-failed")
+    assert access["error"] == "storage-failed"

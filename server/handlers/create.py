@@ -219,7 +219,7 @@ async def _create(request: web.Request) -> web.Response:
         # A random id is new, one that a hook chose may be taken: hold it while checking.
         async with ctx.locks.hold(upload.id):
             if await ctx.store.get(upload.id) is not None:
-                raise Conflict(f"upload id {upload.id} is already taken")
+                raise Conflict(f"upload id {upload.id} is already taken", code="id-taken")
             await _add(ctx, request, upload, parts)
     headers = {"Location": external_url(request, settings.base_path + upload.id)}
 

@@ -17,7 +17,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     upload = await load(ctx, request.match_info["upload_id"])
     await ctx.hooks.before(PRE_ACCESS, upload, request)
     if not upload.is_complete or upload.length is None:
-        raise Conflict("upload is not finished yet")
+        raise Conflict("upload is not finished yet", code="not-finished")
     size = upload.length
     etag = f'"{upload.id}"'
     metadata = parse_metadata(upload.metadata)

@@ -62,7 +62,10 @@ async def _append(request: web.Request) -> web.Response:
         if upload.is_final:
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
-            raise Conflict(f"Upload-Offset {offset} does not match the upload's offset {upload.offset}")
+            raise Conflict(
+                f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
+                code="offset-mismatch",
+            )
         recorded_length = upload.length
         if length is not None:
             await declare_length(ctx, upload, length)
