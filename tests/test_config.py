@@ -314,23 +314,6 @@ def test_example_config_comments_every_key():
             assert index > 0 and lines[index - 1].startswith("# "), line
 
 
-def test_readme_table_lists_every_setting():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for setting in SETTINGS:
-        flag = "--" + setting.name.replace("_", "-")
-        row = f"| `{setting.name}` | `{flag}` | `AIOTUSD_{setting.name.upper()}` |"
-        assert row in readme, row
-
-
-def test_readme_test_command_is_the_one_ci_runs():
-    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    commands = [line for line in ci_lines if line.startswith("python3 -m venv")]
-    assert len(commands) == 1
-    command = commands[0].split(" && .venv/bin/python -m pytest")[0] + " && .venv/bin/python -m pytest"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "\n" + command + "\n" in readme
-
-
 # --- every setting against hostile values ------------------------------------------------
 
 # Text that a flag or an environment variable can carry: wrong types, empty, negative,

@@ -492,7 +492,7 @@ async def test_what_the_fuzzer_found(server_process):
     assert "Traceback" not in log and " 500 " not in log, log[-3000:]
 
 
-async def test_header_limits_are_those_the_readme_documents(server_process):
+async def test_header_limits_are_those_the_configuration_page_documents(server_process):
     """aiohttp's caps (not aiotusd settings): 8190 bytes a header value and 128 header lines;
     beyond them a one-line 400 before aiotusd sees the request."""
     server: ServerProcess = server_process()
