@@ -259,8 +259,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds over which body_min_rate is measured", minimum=0.01, maximum=_MAX_SECONDS),
     Setting("header_timeout", _parse_float,
             "seconds a client gets to send a request's headers (from the connection's start or "
-            "the request's first byte), and the rest of a refused body; then the connection is "
-            "closed", minimum=0.01, maximum=_MAX_SECONDS),
+            "the request's first byte), the rest of a refused body, and with tls_cert the TLS "
+            "handshake; then the connection is closed", minimum=0.01, maximum=_MAX_SECONDS),
     Setting("keepalive_timeout", _parse_float,
             "seconds an idle connection is kept open for the client's next request", minimum=0.01,
             maximum=_MAX_SECONDS),
@@ -294,8 +294,9 @@ SETTINGS: tuple[Setting, ...] = (
             "max_uploads_receiving are taken; 0 for no limit (beyond it: 503)", minimum=0,
             maximum=_MAX_INTEGER),
     Setting("max_connections", _parse_int,
-            "most open client connections; 0 for no limit (beyond it: 503 and close)", minimum=0,
-            maximum=_MAX_INTEGER),
+            "most open client connections; at the limit a new one takes the place of the one "
+            "that has waited longest without a request under way, else it gets 503 and is "
+            "closed; 0 for no limit", minimum=0, maximum=_MAX_INTEGER),
     Setting("s3_bucket", _parse_str, "S3 bucket (storage = s3)"),
     Setting("s3_prefix", _parse_str, "prefix of object keys in the bucket"),
     Setting("s3_endpoint", _parse_url, "S3 endpoint URL, for stores other than AWS"),

@@ -32,13 +32,10 @@ NOTES: dict[str, str] = {
     "deferred partial length makes it larger",
     "max_concat_parts": "; more, or one partial named twice, are refused with `400`",
     "lock_timeout": " (then `423`)",
-    "header_timeout": ". With `tls_cert`, the TLS handshake gets it too",
     "body_min_rate": " (see [Limits](operations.md#limits))",
     "fsync": ". See [Durability](durability-and-security.md#durability)",
     "create_rate": "; see [Limits](operations.md#limits)",
-    "max_connections": "; at the limit a new connection first takes the place of the one that has "
-    "waited longest without a request under way; keep it under `ulimit -n` (see "
-    "[Limits](operations.md#limits))",
+    "max_connections": "; keep it under `ulimit -n` (see [Limits](operations.md#limits))",
     "hooks_url": " (see [Hooks](hooks.md))",
     "behind_proxy": " (see [Other proxies](deployment.md#other-proxies-what-aiotusd-reads))",
     "cors_origins": " (see [Browsers and CORS](deployment.md#browsers-and-cors))",
