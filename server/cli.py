@@ -18,8 +18,9 @@ from aiohttp import web
 from storage_backends.base import StorageError
 
 from . import __version__
-from .app import AppRunner, create_app
+from .app import create_app
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
+from .connections import AppRunner, TlsSite
 from .errors import ConfigError, one_line
 from .logs import AccessLogger, setup_logging
 from .ops import metrics_app
@@ -163,31 +164,6 @@ class CannotListen(Exception):
     """A port cannot be opened: in use, not ours to take, or its host is no address of ours."""
 
 
-class _TlsSite(web.TCPSite):
-    """aiohttp's TCP site with a deadline for the TLS handshake.
-
-    asyncio gives a handshake 60 s, and a connection becomes the server's (counted under
-    ``max_connections``, its header clock running) only once it is done: a client that
-    opens connections and never says hello would hold a descriptor each for a minute.
-    aiohttp's site passes no handshake deadline, so this one opens the server itself.
-    """
-
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext, deadline: float
-    ) -> None:
-        super().__init__(runner, host, port, ssl_context=tls)
-        self._handshake_timeout = deadline
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout,
-        )
-
-
 async def _listen(
     runner: web.BaseRunner,
     host: str,
@@ -202,7 +178,7 @@ async def _listen(
     """
     site = (
         web.TCPSite(runner, host, port) if tls is None
-        else _TlsSite(runner, host, port, tls, handshake_timeout)
+        else TlsSite(runner, host, port, tls, handshake_timeout)
     )
     try:
         await site.start()

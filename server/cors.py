@@ -138,7 +138,7 @@ class CorsPolicy:
 
 CORS = web.AppKey("cors", CorsPolicy)
 """The app's policy, for the answers made before the app sees a request (see
-:func:`server.app.AppRunner`): they get no ``on_response_prepare``."""
+:func:`server.connections.AppRunner`): they get no ``on_response_prepare``."""
 
 
 def setup_cors(app: web.Application, settings: Settings) -> list[Middleware]:

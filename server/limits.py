@@ -6,7 +6,7 @@
   once, server-wide. Beyond it ``503`` with ``Retry-After``, before the body is read, the
   upload's lock taken or its state touched.
 - ``max_connections``: open client connections. Counted as the protocol sees them come
-  and go (:class:`~server.app.AppRunner`), so they hold no request or upload. At the
+  and go (:class:`~server.connections.AppRunner`), so they hold no request or upload. At the
   limit, a new connection takes the place of the one that has waited longest without a
   request under way (silent, sending its headers, or idle between requests), which is
   closed: connections that do nothing cannot keep others out, however fast they come.
@@ -16,7 +16,7 @@
   liveness probe); further ones are closed at once, which bounds the descriptors a
   flood of connections can take.
 - ``header_timeout``, ``body_min_rate``, ``send_timeout`` (kept by
-  :class:`~server.app.AppRunner` and :mod:`server.receive`): the connection of a slow or
+  :class:`~server.connections.AppRunner` and :mod:`server.receive`): the connection of a slow or
   silent client is closed, so that it holds neither a connection nor a receiving slot for
   long; counted by :meth:`Limits.cut_off`.
 

@@ -16,8 +16,9 @@ import pytest
 from aiohttp import ClientSession, web
 from conftest import PATCH_HEADERS, TUS, data_file, file_size, free_port, payload, poll
 
-from server.app import AppRunner, create_app
+from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
+from server.connections import AppRunner
 from server.limits import LIMITS, Limits
 
 HOST = "127.0.0.1"
