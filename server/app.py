@@ -18,6 +18,7 @@ from .context import CONTEXT, Context
 from .cors import setup_cors
 from .demo import setup_demo
 from .errors import error_middleware
+from .expect import close_after_unasked_body, defer_continue
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .limits import LIMITS, Limits
@@ -27,7 +28,6 @@ from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
-from .receive import close_after_unasked_body, defer_continue
 from .request_ids import add_request_id, request_id_middleware
 from .state import StateStore
 

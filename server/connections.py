@@ -34,9 +34,9 @@ from aiohttp.web_request import BaseRequest
 
 from .cors import CORS, CorsPolicy
 from .errors import Overloaded, classify, error_response, one_line
+from .expect import unknown_expectation
 from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
 from .protocol import TUS_VERSION
-from .receive import unknown_expectation
 
 log = logging.getLogger("aiotusd")
 

@@ -1,22 +1,78 @@
-"""The life of an upload beyond one request: lookup, completion, assembly, removal."""
+"""An upload's life, as named steps: what each request does to an upload, in one place.
+
+The handlers (:mod:`server.handlers`) parse requests and answer them; between the two
+they call one step of this module, which takes the upload's lock where it needs it,
+asks the hooks, and records each change in the state store:
+
+- creation: :func:`create` (a final's parts checked, the pre-create hook, the upload
+  stored with its post-create event), then :func:`start` (a final assembled, a body
+  received, an empty upload finished);
+- appending: :func:`append` (lock, offset check, a declared length), :func:`receive`
+  (the bytes, through :mod:`server.receive`, then finishing what they filled);
+- looking: :func:`load`, :func:`current` (HEAD: finishing what is due first),
+  :func:`readable` (GET);
+- finishing: :func:`finish` = :func:`complete` (pre-finish hook, the backend's finish)
+  + the write + :func:`finished` (counted, finals waiting on it assembled);
+- concatenation: :func:`final_length` at creation, :func:`assemble_if_ready`;
+- removal: :func:`terminate` (DELETE), :func:`remove` (also expiry), each under its
+  lock; an upload past its expiry is removed when it is looked up.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from storage_backends.base import StorageError
 
+from .checksum import ExpectedChecksum
 from .context import Context
-from .errors import Gone, NotFound, TusError
-from .hooks import POST_FINISH, POST_TERMINATE, PRE_FINISH
-from .protocol import is_upload_id
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    HookFailed,
+    NotFound,
+    TooLarge,
+    TusError,
+)
+from .hooks import (
+    POST_CREATE,
+    POST_FINISH,
+    POST_TERMINATE,
+    PRE_ACCESS,
+    PRE_CREATE,
+    PRE_FINISH,
+    PRE_TERMINATE,
+)
+from .locks import Holder
+from .protocol import Concat, is_upload_id
+from .receive import is_full, write_body
 from .state import ACTIVE, EXPIRED, REFUSED, TERMINATED, HookEvent, Upload
 
 log = logging.getLogger("aiotusd")
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A creation request as :mod:`server.handlers.create` parsed it."""
+
+    length: int | None
+    defer_length: bool
+    metadata: str
+    concat: Concat | None
+    has_body: bool
+    checksum: ExpectedChecksum | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.concat is not None and self.concat.final
 
 
 def is_expired(upload: Upload, now: float | None = None) -> bool:
@@ -25,6 +81,17 @@ def is_expired(upload: Upload, now: float | None = None) -> bool:
         and not upload.is_complete
         and upload.expires_at <= (time.time() if now is None else now)
     )
+
+
+def new_upload_id() -> str:
+    """128 random bits, hex: URL-safe, and safe as a file name on any filesystem."""
+    return secrets.token_hex(16)
+
+
+def metadata_too_long(metadata: str, limit: int) -> bool:
+    """Whether ``Upload-Metadata`` (as the client sent it, or as a hook replaced it) is over
+    ``max_metadata_size``: it is stored and echoed on every HEAD."""
+    return len(metadata.encode("utf-8", "surrogateescape")) > limit
 
 
 async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
@@ -54,6 +121,316 @@ async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
         await remove(ctx, upload, EXPIRED)
         raise Gone("upload was expired", code=EXPIRED)
     return upload
+
+
+async def create(ctx: Context, request: web.Request, creation: Creation) -> Upload:
+    """Create an upload: check a final's parts, ask the pre-create hook (which may choose
+    the id and metadata), store it with its post-create event."""
+    length = creation.length
+    if creation.concat is not None and creation.concat.final:
+        length = await final_length(ctx, request, creation.concat)
+    limit = ctx.settings.max_size
+    if limit and length is not None and length > limit:
+        raise TooLarge(f"Upload-Length exceeds the maximum size of {limit}")
+    upload = Upload(
+        id=new_upload_id(),
+        length=length,
+        defer_length=creation.defer_length,
+        metadata=creation.metadata,
+        concat=None if creation.concat is None else ("final" if creation.is_final else "partial"),
+        # A final upload receives no bytes of its own: it lives as long as its
+        # partials do (see remove), rather than expiring while they upload.
+        expires_at=None if creation.is_final else ctx.expires_at(),
+    )
+    parts = creation.concat.parts if creation.concat is not None else ()
+    chosen_id = await _ask_pre_create(ctx, request, upload, parts)
+    if chosen_id is None:
+        await _add(ctx, request, upload, parts)
+        return upload
+    upload.id = chosen_id
+    # A random id is new, one that a hook chose may be taken: hold it while checking.
+    async with ctx.locks.hold(upload.id):
+        if await ctx.store.get(upload.id) is not None:
+            raise Conflict(f"upload id {upload.id} is already taken", code="id-taken")
+        await _add(ctx, request, upload, parts)
+    return upload
+
+
+async def _ask_pre_create(
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+) -> str | None:
+    """The pre-create hook's say: the metadata it set goes into ``upload``; returns the
+    id it chose, if any."""
+    change = await ctx.hooks.before(PRE_CREATE, upload, request, parts)
+    if change.metadata is not None:
+        limit = ctx.settings.max_metadata_size
+        if metadata_too_long(change.metadata, limit):
+            raise HookFailed(
+                f"{PRE_CREATE} hook gave an invalid answer: change.metadata is longer than "
+                f"the maximum of {limit} bytes"
+            )
+        upload.metadata = change.metadata
+    return change.id
+
+
+async def start(ctx: Context, request: web.Request, upload: Upload, creation: Creation) -> Upload:
+    """What a creation does once the upload exists: a final is assembled if its parts
+    are done, a body is received, an empty upload is finished. Returns the upload as
+    it then stands."""
+    if creation.is_final:
+        if await _assemble_new_final(ctx, upload, request):
+            return await ctx.store.get(upload.id) or upload
+    elif creation.has_body:
+        # A body on an empty upload must still be refused (413), so this comes first;
+        # receiving finishes an upload whose body fills it, Upload-Length: 0 included.
+        async with ctx.locks.hold(upload.id) as holder:
+            await receive(ctx, request, upload, holder, creation.checksum, upload.length)
+    elif upload.length == 0:
+        await finish(ctx, upload, request)
+    return upload
+
+
+async def final_length(ctx: Context, request: web.Request, concat: Concat) -> int | None:
+    """Check the parts of a final upload; its length once all part lengths are known.
+
+    Naming a partial upload in a final one gives access to its bytes, so each part is
+    put to the pre-access hook, as a HEAD or GET of it would be.
+    """
+    partials = await _partials(ctx, concat.parts)
+    for partial in partials:
+        await ctx.hooks.before(PRE_ACCESS, partial, request)
+    limit = ctx.settings.max_size
+    if limit and (least := least_concatenated_length(partials)) > limit:
+        raise TooLarge(f"the partial uploads add up to {least} bytes or more, over the "
+                       f"maximum size of {limit}")
+    return concatenated_length(partials)
+
+
+async def _partials(ctx: Context, part_ids: tuple[str, ...]) -> list[Upload]:
+    """The partial uploads a final upload names, all active; 400 otherwise."""
+    found = await ctx.store.get_many(part_ids)
+    partials: list[Upload] = []
+    for part_id in part_ids:
+        partial = found.get(part_id)
+        if partial is None:
+            raise BadRequest(f"partial upload {part_id} does not exist")
+        if partial.status != ACTIVE:
+            raise BadRequest(f"partial upload {part_id} was {partial.status}")
+        if is_expired(partial):
+            # Not swept yet, but gone for its own client: a final must not outlive it.
+            raise BadRequest(f"partial upload {part_id} was expired")
+        if partial.concat != "partial":
+            raise BadRequest(f"upload {part_id} was not created with Upload-Concat: partial")
+        partials.append(partial)
+    return partials
+
+
+async def _add(
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+) -> None:
+    """Store a new upload; its post-create event is recorded with it.
+
+    When the database refuses the row (its disk is full), the storage made for the
+    upload goes again: no client will ever know its id.
+    """
+    if parts:
+        # A partial may have been terminated since it was checked: look again, where no
+        # termination can come between the look and the insert (uploads.remove).
+        async with ctx.concat_locks.hold(shared=parts):
+            await _partials(ctx, parts)
+            await _store(ctx, request, upload, parts)
+    else:
+        await _store(ctx, request, upload, parts)
+    ctx.metrics.uploads_created.inc()
+
+
+async def _store(
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+) -> None:
+    await ctx.backend.create(ctx.stored(upload))
+    try:
+        await ctx.store.create(
+            upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
+        )
+    except Exception:
+        await ctx.backend.delete(ctx.stored(upload))
+        raise
+
+
+async def _assemble_new_final(ctx: Context, final: Upload, request: web.Request) -> bool:
+    """Assemble a final upload just created, if its parts are finished; whether it is.
+
+    The final exists once stored, so a failed assembly still answers 201 with its
+    ``Location`` (without ``Upload-Offset``: not finished). A HEAD of it tries again;
+    an error here would leave an upload that no client could ever name.
+    """
+    try:
+        return await assemble_if_ready(ctx, final.id, request)
+    except StorageError as exc:
+        log.warning("final upload %s was created but not assembled: %s", final.id, exc)
+        return False
+
+
+async def append(
+    ctx: Context,
+    request: web.Request,
+    upload_id: str,
+    offset: int,
+    length: int | None,
+    checksum: ExpectedChecksum | None,
+) -> Upload:
+    """PATCH: under the upload's lock, check the offset, apply a declared length, receive
+    the body. Returns the upload as it then stands."""
+    if PRE_ACCESS in ctx.hooks.events:
+        # Outside the lock: a hook that takes its time must not hold up the upload's requests.
+        await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
+    async with ctx.locks.hold(upload_id) as holder:
+        upload = await load(ctx, upload_id, held=True)
+        if upload.is_final:
+            raise Forbidden("the final upload of a concatenation cannot be patched")
+        if offset != upload.offset:
+            raise Conflict(
+                f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
+                code="offset-mismatch",
+            )
+        recorded_length = upload.length
+        if length is not None:
+            await declare_length(ctx, upload, length)
+        await receive(ctx, request, upload, holder, checksum, recorded_length)
+    return upload
+
+
+async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
+    """Apply ``Upload-Length`` sent on a PATCH; it may set a deferred length once.
+
+    The length is recorded with the PATCH's bytes (see :func:`~server.receive.write_body`),
+    so that a PATCH refused for its body records none of it."""
+    if upload.length is not None:
+        if length != upload.length:
+            raise BadRequest("Upload-Length cannot be changed once known")
+        return
+    if ctx.can.length_deferrer is None:
+        raise BadRequest("this server does not support deferred lengths")
+    if length < upload.offset:
+        raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
+    if ctx.settings.max_size and length > ctx.settings.max_size:
+        raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.max_size}")
+    await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
+    upload.length = length
+
+
+async def receive(
+    ctx: Context,
+    request: web.Request,
+    upload: Upload,
+    holder: Holder,
+    checksum: ExpectedChecksum | None,
+    recorded_length: int | None,
+) -> None:
+    """Append the request body (see :func:`server.receive.write_body`), then finish an
+    upload that its bytes filled, however the body ended: the connection may drop once
+    the last byte is in, and an upload whose offset reached its length must not wait
+    for a PATCH that never comes."""
+    was_complete = upload.is_complete
+    broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length)
+    if upload.is_complete and not was_complete:
+        await finished(ctx, upload, request)
+    else:
+        await finish_if_full(ctx, upload, request)
+    if broke_off is not None:
+        raise broke_off
+
+
+async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
+    """HEAD: the upload as it stands, once what is due is done.
+
+    Taking the lock makes a PATCH on this upload (a stale one, maybe) record its bytes
+    first. Without one, the row just read is current, and only a full upload or a final
+    one has anything left to do: a crash between the last part's finish and the
+    assembly leaves a final whose parts are all finished but which nothing else would
+    ever assemble, and a final one of whose parts is gone is removed (410).
+    """
+    upload = await load(ctx, upload_id)
+    await ctx.hooks.before(PRE_ACCESS, upload, request)
+    if upload.is_complete or not (
+        ctx.locks.is_held(upload_id) or upload.is_final or upload.offset == upload.length
+    ):
+        return upload
+    async with ctx.locks.hold(upload_id):
+        upload = await load(ctx, upload_id, held=True)
+        await finish_if_full(ctx, upload, request)
+        if upload.is_final:
+            await assemble_if_ready(ctx, upload_id, request, wait=False)
+            upload = await load(ctx, upload_id, held=True)
+    return upload
+
+
+async def readable(ctx: Context, request: web.Request, upload_id: str) -> Upload:
+    """GET: a finished upload whose bytes the client may read (409 before then)."""
+    upload = await load(ctx, upload_id)
+    await ctx.hooks.before(PRE_ACCESS, upload, request)
+    if not upload.is_complete or upload.length is None:
+        raise Conflict("upload is not finished yet", code="not-finished")
+    return upload
+
+
+async def terminate(ctx: Context, request: web.Request, upload_id: str) -> None:
+    """DELETE: remove the upload and its bytes (410 from then on)."""
+    upload = await load(ctx, upload_id)
+    # Outside the lock: a hook that takes its time must not hold up the upload's requests.
+    await ctx.hooks.before(PRE_ACCESS, upload, request)
+    await ctx.hooks.before(PRE_TERMINATE, upload, request)
+    async with ctx.locks.hold(upload_id):
+        upload = await load(ctx, upload_id, held=True)
+        await remove(ctx, upload, TERMINATED, request)
+
+
+async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it.
+
+    The pre-finish hook is asked first (not for a final upload: its parts were). When it
+    refuses, the upload keeps its bytes and offset but stays unfinished: the client
+    gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
+    hook again (see :func:`finish_if_full`).
+    """
+    await ctx.store.save_progress(upload, await complete(ctx, upload, request))
+    await finished(ctx, upload, request)
+
+
+async def complete(
+    ctx: Context, upload: Upload, request: web.Request
+) -> tuple[HookEvent, ...]:
+    """The steps of :func:`finish` before its write: the pre-finish hook, the backend's
+    finish, and ``upload`` marked complete. Returns the post-finish events of that write."""
+    if not upload.is_final:
+        try:
+            await ctx.hooks.before(PRE_FINISH, upload, request)
+        except TusError as exc:
+            exc.headers.setdefault("Upload-Offset", str(upload.offset))
+            raise
+    if ctx.can.finisher is not None:
+        await ctx.can.finisher.finish(ctx.stored(upload))
+    upload.completed_at = time.time()
+    upload.expires_at = None
+    return await ctx.hooks.post(POST_FINISH, upload, request)
+
+
+async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """The steps of :func:`finish` after its write: count it, assemble finals waiting on it."""
+    ctx.metrics.uploads_finished.inc()
+    if upload.concat == "partial":
+        for final_id in await ctx.store.finals_waiting_on(upload.id):
+            try:
+                await assemble_if_ready(ctx, final_id, request)
+            except Exception:
+                log.exception("assembling final upload %s failed", final_id)
+
+
+async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> None:
+    """Finish an upload all of whose bytes are stored: right after its last byte arrived,
+    or later, when finishing failed the first time (the store was down)."""
+    if is_full(upload):
+        await finish(ctx, upload, request)
 
 
 async def remove(
@@ -119,61 +496,6 @@ async def _remove(
             log.warning("deleting the bytes of upload %s failed: %s", upload.id, exc)
 
 
-async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
-    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it.
-
-    The pre-finish hook is asked first (not for a final upload: its parts were). When it
-    refuses, the upload keeps its bytes and offset but stays unfinished: the client
-    gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
-    hook again (see :func:`finish_if_full`).
-    """
-    await ctx.store.save_progress(upload, await complete(ctx, upload, request))
-    await finished(ctx, upload, request)
-
-
-async def complete(
-    ctx: Context, upload: Upload, request: web.Request
-) -> tuple[HookEvent, ...]:
-    """The steps of :func:`finish` before its write: the pre-finish hook, the backend's
-    finish, and ``upload`` marked complete. Returns the post-finish events of that write."""
-    if not upload.is_final:
-        try:
-            await ctx.hooks.before(PRE_FINISH, upload, request)
-        except TusError as exc:
-            exc.headers.setdefault("Upload-Offset", str(upload.offset))
-            raise
-    if ctx.can.finisher is not None:
-        await ctx.can.finisher.finish(ctx.stored(upload))
-    upload.completed_at = time.time()
-    upload.expires_at = None
-    return await ctx.hooks.post(POST_FINISH, upload, request)
-
-
-async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
-    """The steps of :func:`finish` after its write: count it, assemble finals waiting on it."""
-    ctx.metrics.uploads_finished.inc()
-    if upload.concat == "partial":
-        for final_id in await ctx.store.finals_waiting_on(upload.id):
-            try:
-                await assemble_if_ready(ctx, final_id, request)
-            except Exception:
-                log.exception("assembling final upload %s failed", final_id)
-
-
-def is_full(upload: Upload) -> bool:
-    """Whether every byte of an upload that takes bytes is stored, and it is not finished yet.
-
-    A final upload takes none: it is finished by its assembly."""
-    return not upload.is_complete and not upload.is_final and upload.offset == upload.length
-
-
-async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> None:
-    """Finish an upload all of whose bytes are stored: right after its last byte arrived,
-    or later, when finishing failed the first time (the store was down)."""
-    if is_full(upload):
-        await finish(ctx, upload, request)
-
-
 async def partials_of(ctx: Context, final: Upload) -> list[Upload | None]:
     """The parts of a final upload in order; None for a part that no longer exists."""
     part_ids = await ctx.store.parts(final.id)
@@ -220,28 +542,39 @@ async def assemble_if_ready(
             return True
         found = await ctx.store.get_many(part_ids)
         partials = [found.get(part_id) for part_id in part_ids]
-        gone = [p for p in partials if p is None or p.status != ACTIVE]
-        if gone:
-            # Left by an older aiotusd, which removed a partial and its finals one at a time:
-            # a crash in between left a final that could never be finished. It goes now.
-            status = gone[0].status if gone[0] is not None else TERMINATED
-            log.warning("final upload %s waits on a partial upload that is %s: removing it",
-                        final.id, status)
-            await _remove(ctx, [final], status, request)
-            return False
-        length = concatenated_length(partials)
-        if length is not None and ctx.settings.max_size and length > ctx.settings.max_size:
-            # A part's length was deferred when the final was created: it is known now, and
-            # nothing may be assembled beyond max_size.
-            log.warning("final upload %s would hold %d bytes, over max_size: refusing it",
-                        final.id, length)
-            await _remove(ctx, [final], REFUSED, request)
+        if await _removed_as_impossible(ctx, final, partials, request):
             return False
         ready = [p for p in partials if p is not None and p.is_complete]
         if len(ready) != len(partials):
             return False
-        final.length = length
+        final.length = concatenated_length(partials)
         await concatenator.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
         final.offset = final.length or 0
         await finish(ctx, final, request)
         return True
+
+
+async def _removed_as_impossible(
+    ctx: Context, final: Upload, partials: list[Upload | None], request: web.Request
+) -> bool:
+    """Remove a final upload that can never be assembled; whether it was.
+
+    One of its partials is gone: left by an older aiotusd, which removed a partial and
+    its finals one at a time, so that a crash in between left a final that could never
+    be finished. Or its length is known now (a part's was deferred when the final was
+    created) and over ``max_size``: nothing may be assembled beyond it.
+    """
+    gone = [p for p in partials if p is None or p.status != ACTIVE]
+    if gone:
+        status = gone[0].status if gone[0] is not None else TERMINATED
+        log.warning("final upload %s waits on a partial upload that is %s: removing it",
+                    final.id, status)
+        await _remove(ctx, [final], status, request)
+        return True
+    length = concatenated_length(partials)
+    if length is not None and ctx.settings.max_size and length > ctx.settings.max_size:
+        log.warning("final upload %s would hold %d bytes, over max_size: refusing it",
+                    final.id, length)
+        await _remove(ctx, [final], REFUSED, request)
+        return True
+    return False

@@ -27,7 +27,7 @@ from yarl import URL
 
 from server.app import create_app
 from server.config import Settings
-from server.handlers.create import new_upload_id
+from server.uploads import new_upload_id
 from server.hooks import PythonHook
 from storage_backends.filesystem import FilesystemBackend
 

@@ -6,19 +6,16 @@ from aiohttp import web
 
 from ..content import content_disposition, content_type, parse_range
 from ..context import CONTEXT
-from ..errors import Conflict, RangeNotSatisfiable
-from ..hooks import PRE_ACCESS
+from ..errors import RangeNotSatisfiable
 from ..protocol import http_date, metadata_text, parse_metadata
-from ..uploads import load
+from ..uploads import readable
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    upload = await load(ctx, request.match_info["upload_id"])
-    await ctx.hooks.before(PRE_ACCESS, upload, request)
-    if not upload.is_complete or upload.length is None:
-        raise Conflict("upload is not finished yet", code="not-finished")
+    upload = await readable(ctx, request, request.match_info["upload_id"])
     size = upload.length
+    assert size is not None
     etag = f'"{upload.id}"'
     metadata = parse_metadata(upload.metadata)
     media_type, inline = content_type(metadata_text(metadata, "filetype"))
