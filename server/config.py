@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .hooks import EVENTS
+from .events import EVENTS
 from .protocol import is_header_name
 
 ENV_PREFIX = "AIOTUSD_"

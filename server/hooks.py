@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -39,7 +39,12 @@ from aiohttp import web
 from storage_backends.base import StorageLocator
 
 from . import __version__
+from .config import Settings
 from .errors import ConfigError, HookFailed, HookRejected, TusError
+from .events import (
+    POST_RECEIVE,
+    PRE_CREATE,
+)
 from .protocol import (
     effective_method,
     format_metadata,
@@ -51,23 +56,8 @@ from .protocol import (
 from .request_ids import REQUEST_ID
 from .state import HookEvent, StateStore, Upload
 
-if TYPE_CHECKING:
-    from .config import Settings
-
 log = logging.getLogger("aiotusd")
 
-PRE_CREATE = "pre-create"
-POST_CREATE = "post-create"
-POST_RECEIVE = "post-receive"
-PRE_FINISH = "pre-finish"
-POST_FINISH = "post-finish"
-PRE_TERMINATE = "pre-terminate"
-POST_TERMINATE = "post-terminate"
-PRE_ACCESS = "pre-access"
-EVENTS = (
-    PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE,
-    POST_TERMINATE, PRE_ACCESS,
-)
 
 PythonHook = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 """In-process hooks: called with the event document, answers like an HTTP receiver's JSON."""

@@ -36,8 +36,8 @@ from .errors import (
     UnsupportedMediaType,
     storage_full,
 )
+from .events import POST_FINISH, POST_RECEIVE, PRE_FINISH
 from .expect import continue_body
-from .hooks import POST_FINISH, POST_RECEIVE, PRE_FINISH
 from .limits import LIMITS
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE

@@ -42,7 +42,7 @@ from .errors import (
     TooLarge,
     TusError,
 )
-from .hooks import (
+from .events import (
     POST_CREATE,
     POST_FINISH,
     POST_TERMINATE,

@@ -37,7 +37,7 @@ from server.app import create_app
 from server.config import Settings
 from server.context import CONTEXT
 from server.errors import ConfigError
-from server.hooks import EVENTS
+from server.events import EVENTS
 from server.protocol import parse_metadata
 
 SECRET = "s3cret"
