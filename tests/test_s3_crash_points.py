@@ -37,7 +37,7 @@ from s3_support import (
 
 from server.config import Settings
 from storage_backends.base import StoredUpload
-from storage_backends.s3 import S3Backend
+from storage_backends.s3 import S3Backend, S3Settings
 
 pytest_plugins = ["s3_support"]
 
@@ -57,7 +57,8 @@ def new_backend(s3_backend_settings: Settings) -> BackendFactory:
 
     @asynccontextmanager
     async def make(**changes: Any) -> AsyncIterator[S3Backend]:
-        backend = S3Backend(dataclasses.replace(s3_backend_settings, **changes))
+        changed = dataclasses.replace(s3_backend_settings, **changes)
+        backend = S3Backend(S3Settings.from_settings(changed))
         await backend.start()
         try:
             yield backend
