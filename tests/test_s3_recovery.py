@@ -6,9 +6,11 @@ an in-process app for the outage, with an endpoint of its own to stop.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import signal
 import socket
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -120,6 +122,17 @@ def _stored_parts(s3: Any, bucket: str) -> list[dict[str, Any]]:
     )
 
 
+TRICKLE = 16 * 1024
+
+
+def recorded_offset(server: Any, upload_id: str) -> int:
+    """The offset the running server's database holds for the upload."""
+    path = server.data_dir / "aiotusd.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute('SELECT "offset" FROM uploads WHERE id = ?', (upload_id,)).fetchone()
+    return int(row[0])
+
+
 def test_kill_9_in_the_middle_of_a_patch_then_resume(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket, "--commit-bytes", "1MiB"))
     data = payload(18 * MIB, seed=22)
@@ -134,8 +147,22 @@ def test_kill_9_in_the_middle_of_a_patch_then_resume(server_process, s3_endpoint
         )
         for start in range(0, sent, 256 * 1024):
             sock.sendall(data[start : start + 256 * 1024])
-        # Two parts reached S3 while the request is still open: kill the server now.
-        wait_for(lambda: len(_stored_parts(s3, bucket)) >= 2, what="two parts in S3")
+        key = url.rsplit("/", 1)[1]
+
+        def killable() -> bool:
+            """Two parts are in S3 and a commit recorded bytes past the first. A commit
+            begins only as bytes arrive, and the first may outlast 12 MiB of them on a
+            slow disk: a few more trickle in until then (never the whole body)."""
+            nonlocal sent
+            if len(_stored_parts(s3, bucket)) >= 2 and recorded_offset(server, key) > 5 * MIB:
+                return True
+            if sent + TRICKLE < len(data):
+                sock.sendall(data[sent : sent + TRICKLE])
+                sent += TRICKLE
+            return False
+
+        # The request is still open: kill the server now.
+        wait_for(killable, what="two parts in S3 and a commit past the first")
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     server.start()
     offset = head_offset(url)
