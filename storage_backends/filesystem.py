@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 from .base import StorageError, StoredUpload
 
