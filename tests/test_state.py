@@ -39,8 +39,8 @@ async def store_checked_at_commit(store: StateStore) -> StateStore:
     """``store`` with a table ``dangling`` whose foreign key is checked only at COMMIT: a
     row that points nowhere fails there and, unlike a full disk, leaves the transaction
     open."""
-    await store._db.execute("PRAGMA foreign_keys = ON")
-    await store._db.execute(
+    await store._db.connection.execute("PRAGMA foreign_keys = ON")
+    await store._db.connection.execute(
         "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
         "DEFERRABLE INITIALLY DEFERRED)"
     )
@@ -176,15 +176,15 @@ async def test_a_batch_whose_commit_fails_is_run_again_one_by_one(
     store = store_checked_at_commit
     outcomes = await asyncio.gather(
         store.create(Upload(id="a", length=1)),
-        store._write("INSERT INTO dangling VALUES ('nowhere')", ()),
+        store._db.statement("INSERT INTO dangling VALUES ('nowhere')", ()),
         store.create(Upload(id="b", length=1)),
         return_exceptions=True,
     )
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], sqlite3.IntegrityError)
-    assert not store._db.in_transaction
+    assert not store._db.connection.in_transaction
     assert set(await store.get_many(("a", "b"))) == {"a", "b"}
-    assert await store._db.execute_fetchall("SELECT * FROM dangling") == []
+    assert await store._db.connection.execute_fetchall("SELECT * FROM dangling") == []
 
 
 async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
@@ -213,9 +213,9 @@ async def test_a_failed_commit_leaves_no_transaction_open(
     # The next write must still get a transaction of its own.
     store = store_checked_at_commit
     with pytest.raises(sqlite3.IntegrityError):
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             await db.execute("INSERT INTO dangling VALUES ('nowhere')")
-    assert not store._db.in_transaction
+    assert not store._db.connection.in_transaction
     await store.create(Upload(id="after", length=1))
     assert (await store.get("after")) is not None
 
@@ -227,7 +227,7 @@ async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_i
     other.offset = 7
     statement: asyncio.Task[None] | None = None
     with pytest.raises(RuntimeError):
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             await db.execute('UPDATE uploads SET "offset" = 5 WHERE id = ?', ("a",))
             statement = asyncio.create_task(store.save_progress(other))
             for _ in range(20):
@@ -249,7 +249,7 @@ async def test_a_transaction_waits_for_the_statements_under_way(store: StateStor
     statements = [asyncio.create_task(store.save_progress(u)) for u in uploads]
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError):
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             # Every statement begun before the transaction has landed, outside it.
             assert all(task.done() for task in statements)
             await db.execute('UPDATE uploads SET "offset" = 9')
@@ -268,7 +268,7 @@ async def test_turns_go_in_order_of_arrival_so_transactions_do_not_starve_a_stat
     inside, first_may_end = asyncio.Event(), asyncio.Event()
 
     async def transaction(name: str) -> None:
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             order.append(name)
             inside.set()
             if name == "first":
@@ -296,10 +296,10 @@ async def test_a_statement_behind_a_cancelled_transaction_goes_on(store: StateSt
     await store.create(upload)
 
     async def transaction() -> None:
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             await db.execute('UPDATE uploads SET "offset" = 9')
 
-    async with store._gate.statement():  # under way: the transaction waits for it
+    async with store._db.gate.statement():  # under way: the transaction waits for it
         queued = asyncio.create_task(transaction())
         await asyncio.sleep(0)
         upload.offset = 3
@@ -323,10 +323,10 @@ async def test_a_transaction_let_in_but_cancelled_before_it_goes_on_leaves_the_g
 
     async def transaction() -> None:
         nonlocal ran
-        async with store._transaction():
+        async with store._db.transaction():
             ran = True
 
-    async with store._gate.statement():
+    async with store._db.gate.statement():
         queued = asyncio.create_task(transaction())
         await asyncio.sleep(0)
     # The statement's end let the transaction in; it is cancelled before it could go on.
@@ -347,7 +347,7 @@ async def test_a_transaction_cancelled_as_it_begins_leaves_none_open(
     await store.create(upload)
 
     async def transaction() -> None:
-        async with store._transaction() as db:
+        async with store._db.transaction() as db:
             await db.execute('UPDATE uploads SET "offset" = 9')
 
     task = asyncio.create_task(transaction())
@@ -368,7 +368,7 @@ async def test_a_save_whose_caller_is_cancelled_lands_before_the_cancellation_go
     upload = Upload(id="a", length=10)
     await store.create(upload)
     # The connection's thread is busy with this first, so the save waits in its queue.
-    busy = asyncio.create_task(store._db.execute_fetchall(
+    busy = asyncio.create_task(store._db.connection.execute_fetchall(
         "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) "
         "SELECT COUNT(*) FROM n"
     ))
@@ -389,9 +389,9 @@ async def test_a_save_whose_caller_is_cancelled_lands_before_the_cancellation_go
 
 async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: StateStore, tmp_path: Path) -> None:
     await store.create(Upload(id="a", length=10))
-    store._reader.close()  # type: ignore[union-attr]
+    store._db.reader.close()  # type: ignore[union-attr]
     # A reader on a database without the table fails as a busy or broken one would.
-    store._reader = sqlite3.connect(tmp_path / "other.sqlite3")
+    store._db.reader = sqlite3.connect(tmp_path / "other.sqlite3")
     found = await store.get("a")
     assert found is not None and found.length == 10
     assert set(await store.get_many(("a", "b"))) == {"a"}

@@ -1,0 +1,130 @@
+"""The state interface: what the server asks of the database that holds upload state.
+
+Every implementation keeps the promises written here, and ``tests/test_state_contract.py``
+holds each implementation to them. The promises that matter most, because requests and
+hook receivers rely on them:
+
+* Events are recorded in the same transaction as the change they report, and only if it
+  changed a row: a recorded event's change happened, and a change that happened has its
+  events recorded (see :class:`Outbox`).
+* A write that returned has been committed, and every lookup after it sees it.
+* A caller cancelled while its write runs waits for it to have run before the
+  cancellation goes on: the write lands or fails before the caller lets go of the upload's
+  lock, never after (when a later request's write could be overtaken by it).
+* Writes of different uploads may run side by side; a write never sees, nor is rolled back
+  with, half of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from .model import HookEvent, Status, Upload
+
+
+class Uploads(Protocol):
+    """The uploads: one record each, kept as a tombstone once terminated or expired."""
+
+    async def get(self, upload_id: str) -> Upload | None:
+        """The upload, tombstones included; None if there is none of that id (any more)."""
+
+    async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
+        """The uploads of these ids that exist, by id (an id may be named more than once)."""
+
+    async def create(
+        self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
+    ) -> None:
+        """Record a new upload, with ``events``, and for a final upload its ordered ``parts``,
+        all or nothing. An id that exists already raises (the database's own error) and
+        records nothing, events included."""
+
+    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
+        """Write ``upload``'s offset, length, expiry, completion and storage info, with
+        ``events``; sets its ``updated_at``.
+
+        Raises :class:`~server.state.model.UploadGone` and records nothing (no events
+        either) when the upload is not active: a request must never be told its bytes are
+        kept by an upload that was terminated or expired meanwhile."""
+
+    async def mark_gone(
+        self,
+        upload_id: str,
+        status: Status,
+        events: Sequence[HookEvent] = (),
+        also: Sequence[str] = (),
+    ) -> None:
+        """Make the upload, and those ``also`` names (the finals that go with a partial), a
+        tombstone with ``status`` and no expiry, in one transaction with ``events``.
+
+        Only active uploads change: one that is gone already keeps its status, and when
+        none of them was active, ``events`` are not recorded either."""
+
+    async def parts(self, final_id: str) -> tuple[str, ...]:
+        """The partial uploads of a final upload, in the order of its ``Upload-Concat``
+        (a part may appear more than once); empty for any other upload."""
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        """Active, unfinished final uploads that contain ``partial_id``, each once."""
+
+    async def expired_ids(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` active, unfinished uploads whose expiry is at or before ``now``."""
+
+    async def count_unfinished(self) -> int:
+        """Active uploads still waiting for bytes (for metrics)."""
+
+    async def gone_before(self, before: float, limit: int) -> list[Upload]:
+        """Up to ``limit`` tombstones last changed before ``before``."""
+
+    async def forget(self, upload_ids: Collection[str]) -> None:
+        """Drop these uploads for good, with the parts of those that are final."""
+
+
+class Outbox(Protocol):
+    """Post-hook events from the change that caused them until delivered or given up on.
+
+    Events get a ``seq`` when recorded: the outbox order. Of each upload, only the oldest
+    event that is not dead (its head) is ever due, so that one upload's events are
+    delivered in the order of the changes they report."""
+
+    outbox_changed: asyncio.Event
+    """Set whenever events were committed or rescheduled (the delivery worker waits on it);
+    also when the caller that committed them was cancelled as the commit ran."""
+
+    async def due_events(
+        self, now: float, busy: Collection[str], limit: int
+    ) -> list[HookEvent]:
+        """Up to ``limit`` heads, of uploads not in ``busy``, whose next attempt is at or
+        before ``now``, oldest first."""
+
+    async def next_event_due(self, busy: Collection[str]) -> float | None:
+        """When the next head of an upload not in ``busy`` is due; None if none waits."""
+
+    async def event_delivered(self, seq: int) -> None:
+        """Drop the event: the next one of its upload becomes its head."""
+
+    async def event_failed(self, event: HookEvent) -> None:
+        """Record a failed attempt as ``event`` now says: its attempts, next attempt, error,
+        and whether it is dead. A dead event stays, but is never due and heads nothing."""
+
+    async def hook_events(self, dead_only: bool = False) -> list[HookEvent]:
+        """Every event in the outbox (or only the dead ones), oldest first."""
+
+    async def retry_events(self, hook_id: str | None) -> int:
+        """Make event ``hook_id`` (None: every dead event) due now, alive, with no attempts
+        and its series of attempts beginning now; how many events that was."""
+
+    async def count_events(self) -> tuple[int, int]:
+        """How many events are pending, and how many dead (for metrics)."""
+
+
+class Store(Uploads, Outbox, Protocol):
+    """The uploads and their outbox in one database, so a change and its events commit
+    together. Opening one is the implementation's own (its settings differ)."""
+
+    async def schema_version(self) -> int:
+        """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
+
+    async def close(self) -> None:
+        """Let go of the database; nothing may be asked after."""

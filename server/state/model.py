@@ -1,0 +1,93 @@
+"""What the state layer speaks in, whichever database holds it: uploads, hook events, errors.
+
+The enums' values are what the database stores; they are ``str``, so a status compares
+equal to its value and formats as it (``f"upload was {upload.status}"`` says ``expired``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Where an upload is in its life; every status but ``ACTIVE`` makes it a tombstone."""
+
+    ACTIVE = "active"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+    REFUSED = "refused"
+    """A final upload whose parts add up to more than ``max_size``: it is never assembled."""
+
+
+class ConcatKind(StrEnum):
+    """What an upload is to the concatenation extension (``Upload-Concat``)."""
+
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+ACTIVE = Status.ACTIVE
+TERMINATED = Status.TERMINATED
+EXPIRED = Status.EXPIRED
+REFUSED = Status.REFUSED
+
+
+class UploadGone(Exception):
+    """The upload a write was for is not active (any more): nothing was recorded."""
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be opened, read or migrated; the message names it."""
+
+
+class SchemaTooNew(DatabaseUnusable):
+    """The database was written by a newer aiotusd than this one."""
+
+
+@dataclass
+class Upload:
+    id: str
+    length: int | None
+    offset: int = 0
+    metadata: str = ""
+    """The ``Upload-Metadata`` header as the client sent it (echoed on HEAD)."""
+    defer_length: bool = False
+    concat: ConcatKind | None = None
+    status: Status = ACTIVE
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    completed_at: float | None = None
+    storage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.completed_at is not None
+
+    @property
+    def is_final(self) -> bool:
+        return self.concat == ConcatKind.FINAL
+
+
+@dataclass
+class HookEvent:
+    """A post-hook event in the outbox, from the state change that caused it until delivered."""
+
+    id: str
+    """The ``Hook-Id``: the same on every delivery attempt, for idempotent receivers."""
+    upload_id: str
+    type: str
+    payload: bytes
+    """The JSON body, fixed when the event is recorded."""
+    created_at: float = field(default_factory=time.time)
+    seq: int = 0
+    """Outbox order; events of one upload are delivered in this order."""
+    since: float = 0.0
+    """When the current series of attempts began: creation, or the last ``hooks retry``."""
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    dead: bool = False

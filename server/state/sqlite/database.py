@@ -1,0 +1,235 @@
+"""The SQLite database under the state store: its connection and thread, the reader, the
+schema's migrations, and the two ways to write (a statement, a transaction).
+
+One aiosqlite connection in autocommit mode, shared by every request, runs every write on
+its own thread; :mod:`.writes` says how the writes of many requests share it. The database
+runs in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync of its own, and an
+offset is durable because the data file was synced before the offset was written (see
+:mod:`server.receive`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..model import DatabaseUnusable, SchemaTooNew
+from .schema import MIGRATIONS, SCHEMA_VERSION
+from .writes import StatementBatch, WriteGate
+
+log = logging.getLogger("aiotusd")
+
+
+def placeholders(values: Collection[object]) -> str:
+    """As many ``?`` as ``values``, for ``IN (...)``."""
+    return ", ".join("?" * len(values))
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A second connection, for lookups by key on the event loop's own thread.
+
+    One row by its key takes microseconds once its pages are cached; a round trip to the
+    aiosqlite thread costs hundreds (two thread wake-ups), and every HEAD and PATCH begins
+    with one. In WAL mode a reader does not wait for the writer, and it sees every
+    committed write: every write awaited before it. It never waits for a lock (timeout 0).
+    """
+    reader = sqlite3.connect(path, isolation_level=None, timeout=0)
+    reader.execute("PRAGMA query_only = 1")
+    return reader
+
+
+async def _to_the_end(db: aiosqlite.Connection, statement: Awaitable[Any]) -> None:
+    """Await ``statement``; when the caller is cancelled meanwhile, raise that only once the
+    statement has run.
+
+    aiosqlite runs a statement whose caller stopped waiting all the same. Left to itself,
+    a cancelled request's last offset could land after the request released the upload's
+    lock: unseen by the next request's lookup (another connection), and over its write.
+    The connection's thread runs statements in order, so one queued after it, once
+    answered, says that it has run.
+    """
+    try:
+        await statement
+    except asyncio.CancelledError:
+        barrier = asyncio.ensure_future(db.execute("SELECT 1"))
+        while not barrier.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([barrier])
+        if not barrier.cancelled() and barrier.exception() is not None:
+            log.warning("waiting for a cancelled request's write failed: %s", barrier.exception())
+        raise
+
+
+def _try_connect(path: Path) -> None:
+    """Open ``path`` with the sqlite3 module and close it again; raises what opening raises.
+
+    An aiosqlite connection that fails to open stops its thread only after the caller has
+    been answered: when the event loop is gone by then, that thread dies with a traceback
+    of its own. Failing here first, that thread is never started.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
+
+
+def _unusable(path: Path, exc: OSError | sqlite3.Error) -> DatabaseUnusable:
+    """The error that says, in one line, which database file cannot be used and why."""
+    if os.path.isdir(path):
+        reason = "it is a directory"
+    elif isinstance(exc, OSError):
+        reason = f"cannot make its directory {exc.filename or path.parent}: {exc.strerror or exc}"
+    else:
+        reason = str(exc)
+    return DatabaseUnusable(f"cannot use the database {path}: {reason}")
+
+
+class Transaction:
+    """A transaction under way, alone on the connection: its statements, and what is to be
+    done once it is committed."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._on_commit: list[Callable[[], None]] = []
+
+    async def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> int:
+        """Run one statement; how many rows it changed."""
+        cursor = await self._connection.execute(sql, parameters)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        await self._connection.executemany(sql, rows)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction is committed (never if it is not)."""
+        self._on_commit.append(callback)
+
+    def committed(self) -> None:
+        """The transaction was committed: call what waited for that."""
+        for callback in self._on_commit:
+            callback()
+
+
+class Database:
+    """The aiosqlite ``connection`` every write goes through, the ``reader`` for lookups by
+    key, and the writes' turns on the connection (``gate``)."""
+
+    def __init__(
+        self, connection: aiosqlite.Connection, reader: sqlite3.Connection | None = None
+    ) -> None:
+        self.connection = connection
+        self.reader = reader
+        """Lookups by key try this connection first (see :func:`_open_reader`)."""
+        self.gate = WriteGate()
+        self._batch = StatementBatch(connection)
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        """The database in the SQLite file at ``path``, made (with its directory) if missing,
+        and migrated to :data:`SCHEMA_VERSION`.
+
+        Raises :class:`DatabaseUnusable` naming ``path`` when the file cannot be the
+        database: not SQLite, damaged, a directory, unwritable, or of a newer schema.
+        Whatever fails, no connection is left open: its thread would keep the process alive.
+        """
+        try:
+            await asyncio.to_thread(_try_connect, path)
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unusable(path, exc) from None
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.execute("PRAGMA busy_timeout=5000")
+            database = cls(connection)
+            await database._migrate(path)
+            database.reader = _open_reader(path)
+        except sqlite3.Error as exc:
+            await connection.close()
+            raise _unusable(path, exc) from None
+        except BaseException:
+            await connection.close()
+            raise
+        return database
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        await self.connection.close()
+
+    async def schema_version(self) -> int:
+        rows = await self.rows("SELECT version FROM schema_version")
+        return next((int(row[0]) for row in rows), 0)
+
+    async def _migrate(self, path: Path) -> None:
+        await self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        version = await self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"cannot use the database {path}: its schema version {version} is newer than "
+                f"this aiotusd understands ({SCHEMA_VERSION})"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            statements = MIGRATIONS[number].strip()
+            await self.connection.executescript(
+                f"BEGIN; {statements}; DELETE FROM schema_version; "
+                f"INSERT INTO schema_version VALUES ({number + 1}); COMMIT;"
+            )
+
+    async def statement(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        """Run one writing statement, side by side with others (:class:`StatementBatch`);
+        the rows it changed. A cancelled caller waits for it to have run."""
+        async with self.gate.statement():
+            return await self._batch.run(sql, parameters)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction, alone on the connection; committed when the block ends, rolled
+        back when it raises. A caller cancelled as it commits waits for the commit."""
+        db = self.connection
+        async with self.gate.transaction():
+            transaction = Transaction(db)
+            try:
+                await db.execute("BEGIN")
+                yield transaction
+            except BaseException:
+                # Also when awaiting BEGIN was cancelled: aiosqlite runs it all the same, and
+                # this ROLLBACK, queued after it, ends it. A full disk may have rolled back.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await db.execute("ROLLBACK")
+                raise
+            try:
+                await _to_the_end(db, db.execute("COMMIT"))
+            except BaseException as exc:
+                # A COMMIT that failed on SQLITE_BUSY or a deferred constraint leaves the
+                # transaction open, and every later BEGIN would fail; a full disk rolls back.
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                elif isinstance(exc, asyncio.CancelledError):
+                    transaction.committed()  # committed all the same
+                raise
+        transaction.committed()
+
+    async def lookup(self, sql: str, parameters: tuple[Any, ...]) -> Iterable[Any]:
+        """The rows of a lookup by key: on this thread, else on the connection's thread."""
+        if self.reader is not None:
+            try:
+                return self.reader.execute(sql, parameters).fetchall()
+            except sqlite3.OperationalError:
+                # Busy (a checkpoint that must not be waited for here) or failing: the
+                # connection's thread asks again, and reports what is really wrong.
+                pass
+        return await self.connection.execute_fetchall(sql, parameters)
+
+    async def rows(self, sql: str, parameters: tuple[Any, ...] = ()) -> Iterable[Any]:
+        """The rows of a query, on the connection's thread: one that scans a table must not
+        hold up the event loop."""
+        return await self.connection.execute_fetchall(sql, parameters)

@@ -1,0 +1,89 @@
+"""The hook outbox in SQLite: the table ``hook_outbox`` (see :class:`~..interface.Outbox`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Sequence
+
+from ..interface import Outbox
+from ..model import HookEvent
+from .database import Database, Transaction, placeholders
+from .schema import EVENT_COLUMNS, event_from_row
+
+# The oldest undelivered, live event of each upload: the only one of it that may go out.
+_HEADS = "seq IN (SELECT MIN(seq) FROM hook_outbox WHERE dead = 0 GROUP BY upload_id)"
+
+
+class SQLiteOutbox(Outbox):
+    """The outbox's queries and writes, keeping the promises of :class:`Outbox`."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self.outbox_changed = asyncio.Event()
+
+    async def record(self, transaction: Transaction, events: Sequence[HookEvent]) -> None:
+        """Insert ``events`` in ``transaction``, the one of the change they report: they are
+        recorded if and only if it is committed."""
+        await transaction.executemany(
+            "INSERT INTO hook_outbox (id, upload_id, type, payload, created_at, since, "
+            "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (e.id, e.upload_id, e.type, e.payload, e.created_at, e.created_at, e.created_at)
+                for e in events
+            ],
+        )
+        transaction.on_commit(self.outbox_changed.set)
+
+    async def due_events(
+        self, now: float, busy: Collection[str], limit: int
+    ) -> list[HookEvent]:
+        rows = await self._db.rows(
+            f"SELECT {EVENT_COLUMNS} FROM hook_outbox WHERE {_HEADS} AND next_attempt_at <= ? "
+            f"AND upload_id NOT IN ({placeholders(busy)}) ORDER BY seq LIMIT ?",
+            (now, *busy, limit),
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def next_event_due(self, busy: Collection[str]) -> float | None:
+        rows = await self._db.rows(
+            f"SELECT MIN(next_attempt_at) FROM hook_outbox WHERE {_HEADS} "
+            f"AND upload_id NOT IN ({placeholders(busy)})",
+            tuple(busy),
+        )
+        return next((row[0] for row in rows), None)
+
+    async def event_delivered(self, seq: int) -> None:
+        await self._db.statement("DELETE FROM hook_outbox WHERE seq = ?", (seq,))
+
+    async def event_failed(self, event: HookEvent) -> None:
+        await self._db.statement(
+            "UPDATE hook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, dead = ? "
+            "WHERE seq = ?",
+            (event.attempts, event.next_attempt_at, event.last_error, int(event.dead), event.seq),
+        )
+
+    async def hook_events(self, dead_only: bool = False) -> list[HookEvent]:
+        rows = await self._db.rows(
+            f"SELECT {EVENT_COLUMNS} FROM hook_outbox"
+            + (" WHERE dead = 1" if dead_only else "")
+            + " ORDER BY seq"
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def retry_events(self, hook_id: str | None) -> int:
+        now = time.time()
+        where, parameters = ("dead = 1", ()) if hook_id is None else ("id = ?", (hook_id,))
+        changed = await self._db.statement(
+            "UPDATE hook_outbox SET dead = 0, attempts = 0, since = ?, next_attempt_at = ? "
+            f"WHERE {where}",
+            (now, now, *parameters),
+        )
+        self.outbox_changed.set()
+        return changed
+
+    async def count_events(self) -> tuple[int, int]:
+        rows = await self._db.rows(
+            "SELECT COALESCE(SUM(NOT dead), 0), COALESCE(SUM(dead), 0) FROM hook_outbox"
+        )
+        return next(((int(row[0]), int(row[1])) for row in rows), (0, 0))

@@ -1,0 +1,146 @@
+"""The uploads in SQLite: the tables ``uploads`` and ``concat_parts`` (see
+:class:`~..interface.Uploads`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from ..interface import Uploads
+from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
+from .database import Database, placeholders
+from .outbox import SQLiteOutbox
+from .schema import UPLOAD_COLUMNS, upload_from_row, upload_values
+
+_ACTIVE = ACTIVE.value
+"""Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
+
+
+class SQLiteUploads(Uploads):
+    """The uploads' queries and writes, keeping the promises of :class:`Uploads`."""
+
+    def __init__(self, database: Database, outbox: SQLiteOutbox) -> None:
+        """``outbox`` records the events of the writes."""
+        self._db = database
+        self._outbox = outbox
+
+    async def _write(
+        self, sql: str, parameters: tuple[Any, ...], events: Sequence[HookEvent] = ()
+    ) -> int:
+        """Run one writing statement, with ``events`` in its transaction; the rows it changed.
+
+        A statement that changed no row changed nothing that ``events`` could report: they
+        are not recorded either. Without events, it goes with other requests' statements."""
+        if not events:
+            return await self._db.statement(sql, parameters)
+        async with self._db.transaction() as transaction:
+            changed = await transaction.execute(sql, parameters)
+            if changed:
+                await self._outbox.record(transaction, events)
+        return changed
+
+    async def create(
+        self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
+    ) -> None:
+        insert_upload = f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+        if not parts:
+            await self._write(insert_upload, upload_values(upload), events)
+            return
+        async with self._db.transaction() as transaction:
+            await transaction.execute(insert_upload, upload_values(upload))
+            await transaction.executemany(
+                "INSERT INTO concat_parts (final_id, position, partial_id) VALUES (?, ?, ?)",
+                [(upload.id, position, part) for position, part in enumerate(parts)],
+            )
+            if events:
+                await self._outbox.record(transaction, events)
+
+    async def get(self, upload_id: str) -> Upload | None:
+        rows = await self._db.lookup(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
+        )
+        return next((upload_from_row(row) for row in rows), None)
+
+    async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
+        unique = tuple(set(upload_ids))
+        rows = await self._db.lookup(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id IN ({placeholders(unique)})", unique
+        )
+        return {row[0]: upload_from_row(row) for row in rows}
+
+    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
+        upload.updated_at = time.time()
+        changed = await self._write(
+            'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
+            "storage = ?, updated_at = ? WHERE id = ? AND status = ?",
+            (
+                upload.offset, upload.length, upload.expires_at, upload.completed_at,
+                json.dumps(upload.storage), upload.updated_at, upload.id, _ACTIVE,
+            ),
+            events,
+        )
+        if not changed:
+            raise UploadGone(upload.id)
+
+    async def mark_gone(
+        self,
+        upload_id: str,
+        status: Status,
+        events: Sequence[HookEvent] = (),
+        also: Sequence[str] = (),
+    ) -> None:
+        ids = (upload_id, *also)
+        await self._write(
+            "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
+            f"WHERE id IN ({placeholders(ids)}) AND status = ?",
+            (status, time.time(), *ids, _ACTIVE),
+            events,
+        )
+
+    async def parts(self, final_id: str) -> tuple[str, ...]:
+        rows = await self._db.rows(
+            "SELECT partial_id FROM concat_parts WHERE final_id = ? ORDER BY position",
+            (final_id,),
+        )
+        return tuple(row[0] for row in rows)
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        rows = await self._db.rows(
+            "SELECT DISTINCT u.id FROM concat_parts p JOIN uploads u ON u.id = p.final_id "
+            "WHERE p.partial_id = ? AND u.status = ? AND u.completed_at IS NULL",
+            (partial_id, _ACTIVE),
+        )
+        return [row[0] for row in rows]
+
+    async def expired_ids(self, now: float, limit: int) -> list[str]:
+        rows = await self._db.rows(
+            "SELECT id FROM uploads WHERE expires_at IS NOT NULL AND expires_at <= ? "
+            "AND status = ? AND completed_at IS NULL LIMIT ?",
+            (now, _ACTIVE, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def count_unfinished(self) -> int:
+        rows = await self._db.rows(
+            "SELECT COUNT(*) FROM uploads WHERE status = ? AND completed_at IS NULL", (_ACTIVE,)
+        )
+        return next((int(row[0]) for row in rows), 0)
+
+    async def gone_before(self, before: float, limit: int) -> list[Upload]:
+        rows = await self._db.rows(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE status != ? AND updated_at < ? LIMIT ?",
+            (_ACTIVE, before, limit),
+        )
+        return [upload_from_row(row) for row in rows]
+
+    async def forget(self, upload_ids: Collection[str]) -> None:
+        if not upload_ids:
+            return
+        marks = placeholders(upload_ids)
+        async with self._db.transaction() as transaction:
+            await transaction.execute(
+                f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,)
+            )
+            await transaction.execute(f"DELETE FROM uploads WHERE id IN ({marks})", (*upload_ids,))

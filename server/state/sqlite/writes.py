@@ -1,0 +1,191 @@
+"""How the writes of many requests share the one SQLite connection and its thread.
+
+aiosqlite runs everything on one thread, in the order it is given. :class:`WriteGate`
+decides who may give it something: single statements side by side, a transaction alone.
+:class:`StatementBatch` sends the single statements of one turn of the event loop as one
+call. It is the one place that uses aiosqlite's private API: ``Connection._execute`` (run a
+function on the connection's thread) and ``Connection._connection`` (the ``sqlite3``
+connection there); the tests of the batch fail on an aiosqlite that renamed either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiosqlite
+
+Statement = tuple[str, tuple[Any, ...]]
+"""SQL and its parameters."""
+
+
+class WriteGate:
+    """Single statements side by side, a transaction alone, each in its turn.
+
+    The one connection's thread runs what it is given in order. Single statements need
+    not wait for each other: those that come in one turn of the event loop go to the
+    thread together (:class:`StatementBatch`), which is what makes many small uploads
+    fast. A transaction must run alone, so that no other request's statement slips into
+    it (and is rolled back with it): it waits for the statements under way, and
+    statements that come after it wait for it.
+
+    Turns go in the order of arrival: neither a stream of statements nor one of
+    transactions (every creation with a post-create hook is one) keeps the other out.
+    """
+
+    def __init__(self) -> None:
+        self._statements = 0
+        self._transaction = False
+        self._waiting: collections.deque[tuple[bool, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        """Who waits for a turn, first come first: (is a transaction, woken when in)."""
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[None]:
+        await self._enter(transaction=False)
+        try:
+            yield
+        finally:
+            self._leave(transaction=False)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        await self._enter(transaction=True)
+        try:
+            yield
+        finally:
+            self._leave(transaction=True)
+
+    def _may_enter(self, transaction: bool) -> bool:
+        return not self._transaction and not (transaction and self._statements)
+
+    def _let_in(self, transaction: bool) -> None:
+        if transaction:
+            self._transaction = True
+        else:
+            self._statements += 1
+
+    async def _enter(self, transaction: bool) -> None:
+        if not self._waiting and self._may_enter(transaction):
+            self._let_in(transaction)
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((transaction, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.cancelled():
+                # Its place is given up: those behind it may now go in.
+                self._wake()
+            else:
+                self._leave(transaction)  # let in, but cancelled before it could go on
+            raise
+
+    def _leave(self, transaction: bool) -> None:
+        if transaction:
+            self._transaction = False
+        else:
+            self._statements -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            transaction, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                self._waiting.popleft()
+                continue
+            if not self._may_enter(transaction):
+                return
+            self._waiting.popleft()
+            self._let_in(transaction)
+            turn.set_result(None)
+
+
+def _run_together(
+    connection: sqlite3.Connection, statements: list[Statement]
+) -> list[Exception | int]:
+    """Run ``statements`` in one transaction; when one fails, each alone: every statement
+    gets its own outcome, as if it had been sent by itself: the rows it changed, or its
+    exception. On the connection's thread."""
+    if len(statements) > 1:
+        try:
+            connection.execute("BEGIN")
+            changed: list[Exception | int] = [
+                connection.execute(sql, values).rowcount for sql, values in statements
+            ]
+            connection.execute("COMMIT")
+            return changed
+        except Exception as exc:
+            # A full disk may have rolled back already; a failed COMMIT may have not.
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    return [exc] * len(statements)  # none of them may go into that one
+    outcomes: list[Exception | int] = []
+    for sql, parameters in statements:
+        try:
+            outcomes.append(connection.execute(sql, parameters).rowcount)
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+class StatementBatch:
+    """Single statements that come within one turn of the event loop go to the connection's
+    thread together, as one call, and are committed together.
+
+    A round trip to that thread costs far more CPU than an UPDATE by key (measured: 83 us
+    against 11 us a statement when 32 go together); many small uploads make two writes
+    each. A statement is answered once its batch is committed.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._waiting: list[tuple[str, tuple[Any, ...], asyncio.Future[int]]] = []
+
+    async def run(self, sql: str, parameters: tuple[Any, ...]) -> int:
+        """Run one statement and return how many rows it changed; a cancelled caller waits
+        for it to have run all the same (the interface's promise, see
+        :mod:`server.state.interface`)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._send)
+        self._waiting.append((sql, parameters, done))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            while not done.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([done])
+            raise
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        statements = [(sql, parameters) for sql, parameters, _ in batch]
+        sent = asyncio.ensure_future(
+            self._connection._execute(_run_together, self._connection._connection, statements)
+        )
+
+        def answer(sent: asyncio.Future[list[Exception | int]]) -> None:
+            if sent.cancelled():  # the loop is closing
+                for _, _, done in batch:
+                    done.cancel()
+                return
+            failure = sent.exception()
+            outcomes: Sequence[BaseException | int] = (
+                sent.result() if failure is None else [failure] * len(batch)
+            )
+            for (_, _, done), outcome in zip(batch, outcomes):
+                if isinstance(outcome, BaseException):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
+
+        sent.add_done_callback(answer)
