@@ -15,13 +15,13 @@ from .hooks import Hooks
 from .locks import ConcatLocks, UploadLocks
 from .metrics import Metrics
 from .protocol import parse_metadata
-from .state import StateStore, Upload
+from .state import Store, Upload
 
 
 @dataclass
 class Context:
     settings: Settings
-    store: StateStore
+    store: Store
     backend: StorageBackend
     locks: UploadLocks
     hooks: Hooks

@@ -54,7 +54,7 @@ from .protocol import (
     parse_metadata,
 )
 from .request_ids import REQUEST_ID
-from .state import HookEvent, StateStore, Upload
+from .state import HookEvent, Upload, Uploads
 
 log = logging.getLogger("aiotusd")
 
@@ -458,7 +458,7 @@ class Hooks:
         self,
         settings: Settings,
         transport: Transport | None,
-        store: StateStore,
+        store: Uploads,
         locator: StorageLocator | None,
     ) -> None:
         """``locator`` says where an upload's bytes are, for events' ``storage``."""

@@ -1,8 +1,8 @@
 """Delivery of post-hook events from the outbox: at least once, in order per upload.
 
-Events reach the outbox in the transaction of the change they report (see
-:class:`~server.state.StateStore`), so one that was recorded is sent however
-the server stopped. The worker sends the oldest event of each upload, and the
+Events reach the outbox in the transaction of the change they report (a promise
+of every store, see :mod:`server.state.interface`), so one that was recorded is sent
+however the server stopped. The worker sends the oldest event of each upload, and the
 next one of that upload only once it was delivered or given up on. A failed
 attempt (no answer, or not 2xx) is retried after ``hooks_retry_delay``,
 doubled for each further attempt up to :data:`MAX_DELAY` and jittered, until
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from .errors import one_line
 from .hooks import HookCallError, Hooks
 from .metrics import Metrics
-from .state import HookEvent, StateStore
+from .state import HookEvent, Outbox
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -38,7 +38,7 @@ another process and cannot wake this one."""
 
 class Delivery:
     def __init__(
-        self, settings: Settings, hooks: Hooks, store: StateStore, metrics: Metrics
+        self, settings: Settings, hooks: Hooks, store: Outbox, metrics: Metrics
     ) -> None:
         self._settings = settings
         self._hooks = hooks
