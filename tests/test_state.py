@@ -1,4 +1,7 @@
-"""The SQLite state store: schema, migrations, durability settings, tombstones."""
+"""The SQLite state store: schema, migrations, the reader, and how writes share the one
+connection (the write gate, the statement batch, transactions).
+
+What every store promises, SQLite's included, is tested in test_state_contract.py."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,16 +16,11 @@ import aiosqlite
 import pytest
 
 from server.state import (
-    ACTIVE,
-    EXPIRED,
     SCHEMA_VERSION,
-    TERMINATED,
     DatabaseUnusable,
-    HookEvent,
     SchemaTooNew,
     StateStore,
     Upload,
-    UploadGone,
 )
 
 
@@ -110,18 +107,6 @@ async def test_a_database_that_cannot_be_used_is_refused_naming_it_and_leaves_no
     assert not [thread for thread in left if thread.is_alive()]
 
 
-async def test_final_upload_keeps_parts_in_order(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        for part in ("p1", "p2"):
-            await store.create(Upload(id=part, length=1, concat="partial"))
-        await store.create(Upload(id="f", length=None, concat="final"), ("p2", "p1", "p2"))
-        assert await store.parts("f") == ("p2", "p1", "p2")
-        assert await store.finals_waiting_on("p1") == ["f"]
-    finally:
-        await store.close()
-
-
 async def test_a_failed_creation_leaves_the_store_usable(tmp_path: Path) -> None:
     store = await StateStore.open(tmp_path / "state.sqlite3")
     try:
@@ -134,22 +119,6 @@ async def test_a_failed_creation_leaves_the_store_usable(tmp_path: Path) -> None
         assert stored is not None and stored.length == 2
     finally:
         await store.close()
-
-
-async def test_concurrent_progress_writes_all_land(store: StateStore) -> None:
-    uploads = [Upload(id=f"u{n}", length=100) for n in range(20)]
-    for upload in uploads:
-        await store.create(upload)
-
-    async def progress(upload: Upload) -> None:
-        upload.offset = 42
-        await store.save_progress(upload)
-
-    await asyncio.gather(*(progress(upload) for upload in uploads))
-    for upload in uploads:
-        stored = await store.get(upload.id)
-        assert stored is not None and stored.offset == 42
-
 
 
 async def test_a_failing_statement_sent_with_others_fails_alone(store: StateStore) -> None:
@@ -187,26 +156,6 @@ async def test_a_batch_whose_commit_fails_is_run_again_one_by_one(
     assert await store._db.connection.execute_fetchall("SELECT * FROM dangling") == []
 
 
-async def test_tombstones_are_forgotten_after_retention(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    try:
-        await store.create(Upload(id="old", length=1))
-        await store.create(Upload(id="new", length=1))
-        await store.create(Upload(id="live", length=1))
-        await store.mark_gone("old", TERMINATED)
-        await store.mark_gone("new", EXPIRED)
-        cutoff = time.time()
-        assert await store.gone_before(cutoff - 3600, 10) == []
-        gone = await store.gone_before(cutoff + 1, 10)
-        assert sorted(upload.id for upload in gone) == ["new", "old"]
-        await store.forget([upload.id for upload in gone])
-        assert await store.get("old") is None and await store.get("new") is None
-        live = await store.get("live")
-        assert live is not None and live.status == ACTIVE
-    finally:
-        await store.close()
-
-
 async def test_a_failed_commit_leaves_no_transaction_open(
     store_checked_at_commit: StateStore,
 ) -> None:
@@ -240,7 +189,6 @@ async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_i
     assert (found["a"].offset, found["b"].offset) == (0, 7)
 
 
-
 async def test_a_transaction_waits_for_the_statements_under_way(store: StateStore) -> None:
     uploads = [Upload(id=f"u{n}", length=10) for n in range(20)]
     for upload in uploads:
@@ -256,7 +204,6 @@ async def test_a_transaction_waits_for_the_statements_under_way(store: StateStor
             raise RuntimeError("roll back")
     found = await store.get_many(tuple(u.id for u in uploads))
     assert {u.offset for u in found.values()} == {3}
-
 
 
 async def test_turns_go_in_order_of_arrival_so_transactions_do_not_starve_a_statement(
@@ -397,25 +344,3 @@ async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: S
     assert set(await store.get_many(("a", "b"))) == {"a"}
 
 
-async def test_progress_of_an_upload_that_is_gone_is_refused_with_its_events(
-    store: StateStore,
-) -> None:
-    """A write for an upload terminated or expired meanwhile records nothing, and says so:
-    no request may be told that its bytes are kept by an upload that is gone."""
-    gone = Upload(id="gone", length=10)
-    await store.create(gone)
-    await store.mark_gone("gone", TERMINATED)
-    gone.offset = 5
-    with pytest.raises(UploadGone):
-        await store.save_progress(gone)
-    with pytest.raises(UploadGone):
-        await store.save_progress(gone, [HookEvent("e1", "gone", "post-receive", b"{}")])
-    row = await store.get("gone")
-    assert row is not None and row.status == TERMINATED and row.offset == 0
-    assert await store.count_events() == (0, 0)
-    alive = Upload(id="alive", length=10)
-    await store.create(alive)
-    alive.offset = 5
-    await store.save_progress(alive, [HookEvent("e2", "alive", "post-receive", b"{}")])
-    assert (await store.get("alive")).offset == 5
-    assert await store.count_events() == (1, 0)
