@@ -54,7 +54,16 @@ from .events import (
 from .locks import Holder
 from .protocol import Concat, is_upload_id
 from .receive import is_full, write_body
-from .state import ACTIVE, EXPIRED, REFUSED, TERMINATED, HookEvent, Upload
+from .state import (
+    ACTIVE,
+    EXPIRED,
+    REFUSED,
+    TERMINATED,
+    ConcatKind,
+    HookEvent,
+    Status,
+    Upload,
+)
 
 log = logging.getLogger("aiotusd")
 
@@ -137,7 +146,9 @@ async def create(ctx: Context, request: web.Request, creation: Creation) -> Uplo
         length=length,
         defer_length=creation.defer_length,
         metadata=creation.metadata,
-        concat=None if creation.concat is None else ("final" if creation.is_final else "partial"),
+        concat=None if creation.concat is None else (
+            ConcatKind.FINAL if creation.is_final else ConcatKind.PARTIAL
+        ),
         # A final upload receives no bytes of its own: it lives as long as its
         # partials do (see remove), rather than expiring while they upload.
         expires_at=None if creation.is_final else ctx.expires_at(),
@@ -434,7 +445,7 @@ async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> 
 
 
 async def remove(
-    ctx: Context, upload: Upload, status: str, request: web.Request | None = None
+    ctx: Context, upload: Upload, status: Status, request: web.Request | None = None
 ) -> None:
     """Delete an upload's bytes and keep a tombstone with ``status``.
 
@@ -476,7 +487,7 @@ async def remove(
 
 
 async def _remove(
-    ctx: Context, uploads: list[Upload], status: str, request: web.Request | None
+    ctx: Context, uploads: list[Upload], status: Status, request: web.Request | None
 ) -> None:
     """Tombstones for all of ``uploads`` in one transaction, then their bytes."""
     events: list[HookEvent] = []
