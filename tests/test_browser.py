@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TUS, ServerProcess, data_file, free_port, payload, wait_listening
 from playwright.sync_api import Browser, Request, sync_playwright
+from support.http import TUS
+from support.processes import ServerProcess, free_port, wait_listening
+from support.storage import data_file, payload
 
 from server.demo import STATIC
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-import pytest
 
-from conftest import PATCH_HEADERS, assert_one_line_error, create_upload, data_file, head_offset
+import pytest
+from support.http import (
+    PATCH_HEADERS,
+    assert_one_line_error,
+    create_upload,
+    head_offset,
+)
+from support.storage import data_file
 
 DATA = b"The quick brown fox jumps over the lazy dog"
 

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support.http import upload_id
+from support.processes import clean_env, free_port, run_cli, wait_listening
 
-from conftest import free_port, upload_id, wait_listening
 from server import __version__
 from server.config import SETTINGS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTUSD_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
-def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=30,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

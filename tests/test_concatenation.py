@@ -9,17 +9,16 @@ import time
 from typing import Any
 
 import pytest
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
     assert_one_line_error,
     create_upload,
-    data_file,
     path_of,
-    poll,
     upload_id,
-    wait_until_past,
 )
+from support.storage import data_file
+from support.waiting import poll, wait_until_past
 
 from server.app import create_app
 from server.context import CONTEXT

@@ -7,17 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
     assert_one_line_error,
     create_upload,
-    data_file,
     head_offset,
     path_of,
     upload_id,
 )
+from support.storage import data_file
+
 from server.context import CONTEXT
 
 EXPECTED_EXTENSIONS = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PATCH_HEADERS, TUS, create_upload
+from support.http import PATCH_HEADERS, TUS, create_upload
 
 from server.config import ConfigError, load_settings
 

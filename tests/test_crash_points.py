@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 import requests
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import PATCH_HEADERS, TUS, ServerProcess, data_file, payload, upload_id
-from s3_support import multipart_uploads, object_keys, s3_args, wait_for
-
-pytest_plugins = ["s3_support"]
+from support.http import PATCH_HEADERS, TUS, upload_id
+from support.processes import ServerProcess
+from support.s3 import multipart_uploads, object_keys, s3_args
+from support.storage import data_file, payload
+from support.waiting import wait_for
 
 KIB = 1024
 MIB = 1024 * KIB

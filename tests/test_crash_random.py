@@ -73,13 +73,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import payload, poll
-from s3_support import s3_args
-
-pytest_plugins = ["s3_support"]
+from support.s3 import s3_args
+from support.storage import payload
+from support.waiting import poll
 
 KIB = 1024
 MIB = 1024 * KIB

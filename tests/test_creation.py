@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support.http import (
+    PATCH_HEADERS,
+    TUS,
+    assert_one_line_error,
+    create_upload,
+    path_of,
+    upload_id,
+)
+from support.storage import data_files
 
-from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, data_files, path_of, upload_id
 from server.context import CONTEXT
-
 
 # --- creation -----------------------------------------------------------------------------
 

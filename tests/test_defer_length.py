@@ -6,7 +6,13 @@ import base64
 import hashlib
 
 import pytest
-from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, path_of
+from support.http import (
+    PATCH_HEADERS,
+    TUS,
+    assert_one_line_error,
+    create_upload,
+    path_of,
+)
 
 
 async def create_deferred(client, **headers: str) -> str:

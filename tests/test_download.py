@@ -7,16 +7,15 @@ import os
 import re
 
 import pytest
-
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
     assert_one_line_error,
     create_upload,
-    data_file,
     path_of,
     raw_get,
 )
+from support.storage import data_file
 
 DATA = b"0123456789"
 

@@ -14,14 +14,8 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import (
-    PATCH_HEADERS,
-    TUS,
-    ClientFactory,
-    create_upload,
-    data_file,
-    payload,
-)
+from support.http import PATCH_HEADERS, TUS, ClientFactory, create_upload
+from support.storage import data_file, payload
 
 from server.context import CONTEXT
 from server.state import StateStore

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from conftest import data_file, file_size, payload, poll, upload_id
+from support.http import upload_id
+from support.storage import data_file, file_size, payload
+from support.waiting import poll
 
 KIB = 1024
 MIB = 1024 * KIB

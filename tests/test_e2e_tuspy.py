@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+from support.http import TUS, upload_id
+from support.storage import data_file, file_size, payload
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
-
-from conftest import TUS, data_file, file_size, payload, upload_id
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 def poll(probe: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.005) -> T:
-    """Blocking twin of ``conftest.poll``, for these synchronous tests: fail after ``timeout`` s."""
+    """Blocking twin of ``support.waiting.poll``, for these synchronous tests: fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import PATCH_HEADERS, ClientFactory, create_upload, head_offset
-from test_malformed import RawResponse, parse_response
+from support.http import (
+    PATCH_HEADERS,
+    ClientFactory,
+    RawResponse,
+    create_upload,
+    head_offset,
+    parse_response,
+)
 
 
 def head_of(method: str, path: str, *headers: str) -> bytes:

@@ -12,17 +12,10 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+from support.http import PATCH_HEADERS, TUS, create_upload, path_of, upload_id
+from support.storage import data_file
+from support.waiting import poll, wait_until_past
 
-from conftest import (
-    PATCH_HEADERS,
-    TUS,
-    create_upload,
-    data_file,
-    path_of,
-    poll,
-    upload_id,
-    wait_until_past,
-)
 from server.context import CONTEXT
 from server.expiration import sweep
 

@@ -27,18 +27,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
     ClientFactory,
     create_upload,
-    data_file,
-    free_port,
     head_offset,
-    payload,
     upload_id,
-    wait_listening,
 )
+from support.processes import free_port, wait_listening
+from support.storage import data_file, payload
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 

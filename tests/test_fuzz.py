@@ -19,13 +19,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import PATCH_HEADERS, TUS, ServerProcess
-from s3_support import object_keys, s3_args
-
-pytest_plugins = ["s3_support"]
+from support.http import PATCH_HEADERS, TUS
+from support.processes import ServerProcess
+from support.s3 import object_keys, s3_args
 
 SEED = 20261125
 COUNT = 400

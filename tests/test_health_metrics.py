@@ -7,8 +7,11 @@ import shutil
 from collections.abc import AsyncIterator
 
 import aiohttp
-from conftest import PATCH_HEADERS, TUS, data_file, file_size, free_port, payload, poll
 from prometheus_client.parser import text_string_to_metric_families
+from support.http import PATCH_HEADERS, TUS
+from support.processes import free_port
+from support.storage import data_file, file_size, payload
+from support.waiting import poll
 
 CHUNK = 256 * 1024
 

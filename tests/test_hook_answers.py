@@ -17,26 +17,21 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
-pytest.register_assert_rewrite("hooks_support")
-
-from conftest import (
+from support.hooks import RawReceiver, Receiver
+from support.http import (
     PATCH_HEADERS,
     TUS,
     ClientFactory,
     assert_one_line_error,
     create_upload,
-    data_files,
     upload_id,
 )
-from hooks_support import RawReceiver, Receiver
+from support.storage import data_files
 
 from server.app import create_app
 from server.config import Settings
 from server.context import CONTEXT
 from server.hooks import MAX_ANSWER_SIZE
-
-pytest_plugins = ["hooks_support"]  # the receiver fixtures
 
 CREATE = {**TUS, "Upload-Length": "3"}
 

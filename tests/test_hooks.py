@@ -16,22 +16,19 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
-pytest.register_assert_rewrite("hooks_support")
-
-from conftest import (
+from support.hooks import Received, Receiver, verify
+from support.http import (
     PATCH_HEADERS,
     TUS,
     ClientFactory,
     assert_one_line_error,
     create_upload,
-    data_files,
-    free_port,
     path_of,
-    poll,
     upload_id,
 )
-from hooks_support import Received, Receiver, verify
+from support.processes import free_port
+from support.storage import data_files
+from support.waiting import poll
 
 from server.app import create_app
 from server.config import Settings
@@ -42,8 +39,6 @@ from server.protocol import parse_metadata
 
 SECRET = "s3cret"
 ALL_EVENTS = ",".join(EVENTS)
-
-pytest_plugins = ["hooks_support"]  # the receiver fixture
 
 
 def metadata(**values: str) -> str:

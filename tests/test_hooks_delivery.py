@@ -14,21 +14,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-
-pytest.register_assert_rewrite("hooks_support")
-
-from conftest import (
+from support.hooks import Received, Receiver
+from support.http import (
     PATCH_HEADERS,
     TUS,
     ClientFactory,
-    ServerProcess,
     create_upload,
     path_of,
-    poll,
     upload_id,
 )
-from hooks_support import Received, Receiver
-from test_cli import run_cli
+from support.processes import ServerProcess, run_cli
+from support.waiting import poll
 
 from server.capabilities import Capabilities
 from server.config import Settings
@@ -40,8 +36,6 @@ from server.state import MIGRATIONS, HookEvent, StateStore, Upload
 from storage_backends import make_backend
 
 FAST_RETRIES = {"hooks_retry_delay": 0.01}
-
-pytest_plugins = ["hooks_support"]  # the receiver fixture
 
 
 async def outbox(client: TestClient) -> list[HookEvent]:

@@ -12,19 +12,17 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
-from conftest import (
+from multidict import CIMultiDict
+from support.http import (
     PATCH_HEADERS,
     TUS,
     assert_one_line_error,
     create_upload,
-    data_file,
-    data_files,
-    free_port,
     head_offset,
-    payload,
-    poll,
 )
-from multidict import CIMultiDict
+from support.processes import free_port
+from support.storage import data_file, data_files, payload
+from support.waiting import poll
 
 from server import limits as limits_module
 from server.config import ConfigError, Settings, load_settings

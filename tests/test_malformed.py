@@ -10,43 +10,24 @@ import asyncio
 import base64
 import hashlib
 import time
-from dataclasses import dataclass
 
 import pytest
-
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
-    ServerProcess,
+    RawResponse,
     assert_one_line_error,
     create_upload,
-    data_file,
-    data_files,
     head_offset,
-    poll,
+    parse_response,
     upload_id,
 )
+from support.processes import ServerProcess
+from support.storage import data_file, data_files
+from support.waiting import poll
+
 from server.config import Settings
 from server.context import CONTEXT
-
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def parse_response(data: bytes) -> RawResponse:
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", len(rest)))
-    return RawResponse(status, headers, rest[:length])
 
 
 async def read_response(reader: asyncio.StreamReader, timeout: float = 5.0) -> RawResponse:

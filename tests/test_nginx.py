@@ -21,17 +21,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import (
-    TUS,
-    ServerProcess,
-    data_file,
-    file_size,
-    free_port,
-    payload,
-    upload_id,
-    wait_listening,
-)
-from tls_support import Certificate, self_signed
+from support.http import TUS, upload_id
+from support.processes import ServerProcess, free_port, wait_listening
+from support.storage import data_file, file_size, payload
+from support.tls import Certificate, self_signed
 from tusclient import client as tus_client
 
 NGINX = Path("/usr/sbin/nginx")

@@ -16,10 +16,10 @@ from urllib.parse import unquote
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from conftest import TUS, assert_one_line_error, create_upload
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
+from support.http import TUS, assert_one_line_error, create_upload
 
 from server.checksum import ALGORITHMS, ExpectedChecksum
 from server.content import content_disposition, parse_range

@@ -6,7 +6,7 @@ The test client connects from 127.0.0.1, which stands for the proxy next to aiot
 from __future__ import annotations
 
 import pytest
-from conftest import PATCH_HEADERS, TUS, upload_id
+from support.http import PATCH_HEADERS, TUS, upload_id
 
 from server.config import ConfigError, load_settings
 

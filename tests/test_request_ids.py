@@ -6,7 +6,9 @@ import json
 import re
 
 import aiohttp
-from conftest import PATCH_HEADERS, TUS, create_upload, data_file, poll
+from support.http import PATCH_HEADERS, TUS, create_upload
+from support.storage import data_file
+from support.waiting import poll
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -16,26 +16,21 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import PATCH_HEADERS, TUS, create_upload, raw_get
-from s3_support import (
+from support.http import PATCH_HEADERS, TUS, create_upload, raw_get
+from support.s3 import (
     MIB,
     PART,
     multipart_uploads,
     object_bytes,
     object_keys,
-    payload,
     s3_settings,
     spooled_files,
-    wait_for,
 )
+from support.storage import payload
+from support.waiting import wait_for
 
 from server.config import Settings
 from storage_backends.s3 import object_headers
-
-pytest_plugins = ["s3_support", "hooks_support"]
 
 
 def b64(text: str) -> str:

@@ -21,25 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.register_assert_rewrite("s3_support")
-
-from s3_support import (
+from support.s3 import (
     MIB,
     PART,
     S3Endpoint,
     multipart_uploads,
     object_bytes,
-    payload,
     s3_settings,
-    wait_for,
 )
+from support.storage import payload
+from support.waiting import wait_for
 
 from server.config import Settings
 from storage_backends.base import StoredUpload
 from storage_backends.s3 import S3Backend, S3Settings
-
-pytest_plugins = ["s3_support"]
 
 
 @pytest.fixture

@@ -17,28 +17,25 @@ from typing import Any
 
 import pytest
 import requests
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import PATCH_HEADERS, TUS, create_upload, free_port, poll
-from s3_support import (
+from support.http import PATCH_HEADERS, TUS, create_upload
+from support.processes import free_port
+from support.s3 import (
     MIB,
     S3Endpoint,
     multipart_uploads,
     object_bytes,
     object_keys,
-    payload,
     s3_args,
     s3_client,
     s3_settings,
     spooled_files,
-    wait_for,
 )
-from server.context import CONTEXT
-from server.expiration import sweep
+from support.storage import payload
+from support.waiting import poll, wait_for
 from tusclient import client as tus_client
 
-pytest_plugins = ["s3_support"]
+from server.context import CONTEXT
+from server.expiration import sweep
 
 
 @pytest.fixture

@@ -12,23 +12,23 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import (
+from support.http import (
     PATCH_HEADERS,
     TUS,
     ClientFactory,
     assert_one_line_error,
     create_upload,
-    data_files,
     head_offset,
     path_of,
     upload_id,
 )
+from support.storage import data_files
 from yarl import URL
 
 from server.app import create_app
 from server.config import Settings
-from server.uploads import new_upload_id
 from server.hooks import PythonHook
+from server.uploads import new_upload_id
 from storage_backends.filesystem import FilesystemBackend
 
 DATA = b"<script>alert(document.cookie)</script>"

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from conftest import PATCH_HEADERS, TUS, data_file, file_size, free_port, payload, poll
+from support.http import PATCH_HEADERS, TUS
+from support.processes import free_port
+from support.storage import data_file, file_size, payload
+from support.waiting import poll
 
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings

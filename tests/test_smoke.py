@@ -1,4 +1,4 @@
-from conftest import PATCH_HEADERS, TUS, create_upload
+from support.http import PATCH_HEADERS, TUS, create_upload
 
 
 async def test_upload_in_two_patches_then_download(client):

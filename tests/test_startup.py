@@ -21,16 +21,12 @@ from pathlib import Path
 
 import pytest
 import requests
-
-pytest.register_assert_rewrite("s3_support")
-
-from conftest import TUS, free_port, wait_listening
-from s3_support import AWS_ENV, S3Endpoint
+from support.http import TUS
+from support.processes import free_port, wait_listening
+from support.s3 import AWS_ENV, S3Endpoint
 
 from server.config import SETTINGS, Settings
 from server.state import SCHEMA_VERSION
-
-pytest_plugins = ["s3_support"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10.0

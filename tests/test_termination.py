@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import PATCH_HEADERS, TUS, assert_one_line_error, create_upload, data_file
+from support.http import PATCH_HEADERS, TUS, assert_one_line_error, create_upload
+from support.storage import data_file
 
 
 async def test_options_advertises_termination(client):

@@ -11,8 +11,9 @@ import time
 
 import pytest
 import requests
-from conftest import TUS, data_file, payload
-from tls_support import self_signed
+from support.http import TUS
+from support.storage import data_file, payload
+from support.tls import self_signed
 from tusclient import client as tus_client
 
 MIB = 1024 * 1024

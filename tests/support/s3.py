@@ -9,19 +9,16 @@ still holds it, like a store that was down for a while.
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
-from conftest import free_port
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -29,6 +26,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
+
+from support.processes import free_port
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -170,20 +169,3 @@ def object_keys(s3: Any, bucket: str) -> list[str]:
 def spooled_files(data_dir: Path) -> list[Path]:
     spool = data_dir / "s3-spool"
     return sorted(path for path in spool.rglob("*") if path.is_file()) if spool.exists() else []
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy (bounded); returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """``size`` pseudo-random bytes: a shifted, lost or duplicated range shows."""
-    return random.Random(seed).randbytes(size)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from conftest import free_port
+from support.processes import free_port
 
 T = TypeVar("T")
 
