@@ -1,5 +1,11 @@
 """Shared fixtures: an in-process app behind aiohttp's test client, and real server processes.
 
+The app stores uploads on the filesystem. In a module marked ``all_backends`` every test
+that uses the app (``settings``, ``make_client``, ``client``) runs once per backend: on
+the filesystem, and on S3 (moto's server on loopback, marked ``s3``). A test marked
+``filesystem_only("why")`` there runs on the filesystem alone, one marked
+``needs("concatenator")`` on the backends with that capability.
+
 The helpers the tests import are in the ``support`` package; its ``s3`` and ``hooks``
 modules are plugins too, for their fixtures.
 """
@@ -7,6 +13,7 @@ modules are plugins too, for their fixtures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,20 +23,71 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.capabilities import Capabilities
 from server.config import Settings
+from storage_backends import make_backend
+from storage_backends.s3 import S3Settings
 
 # Before the first import of a support module: their asserts say what they compared.
 pytest.register_assert_rewrite("support")
 
 from support.http import ClientFactory
 from support.processes import ServerProcess, free_port
+from support.s3 import s3_settings
+from support.storage import FilesystemView, S3View, StorageView
 
 pytest_plugins = ["support.s3", "support.hooks"]
 
+BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
+"""Every storage backend, with the marks of its tests."""
+
+
+@functools.cache
+def capabilities_of(storage: str) -> Capabilities:
+    """What the server finds the backend of ``storage`` can do. Asked of a backend made as
+    the server makes one, never started: what it can do does not hang on its store."""
+    return Capabilities.of(make_backend(Settings(storage=storage)))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the app's tests of an ``all_backends`` module on every backend, or on those of
+    them that a test allows (``filesystem_only``, ``needs``)."""
+    test = metafunc.definition
+    if "storage" not in metafunc.fixturenames or test.get_closest_marker("all_backends") is None:
+        return
+    names = list(BACKENDS)
+    only = test.get_closest_marker("filesystem_only")
+    if only is not None:
+        if not only.args:
+            raise pytest.UsageError(f"{test.nodeid}: filesystem_only needs the reason")
+        names = ["filesystem"]
+    for needs in test.iter_markers("needs"):
+        names = [name for name in names if getattr(capabilities_of(name), needs.args[0])]
+    params = [pytest.param(name, marks=BACKENDS[name]) for name in names]
+    metafunc.parametrize("storage", params, indirect=True)
+
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=str(tmp_path / "data"), expiry_interval=3600)
+def storage(request: pytest.FixtureRequest) -> str:
+    """The backend of the test's app: "filesystem" unless parametrized (``all_backends``)."""
+    return str(getattr(request, "param", "filesystem"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> Settings:
+    settings = Settings(data_dir=str(tmp_path / "data"), expiry_interval=3600)
+    if storage == "s3":
+        endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket")
+        settings = dataclasses.replace(settings, **s3_settings(endpoint, bucket))
+    return settings
+
+
+@pytest.fixture
+def storage_view(settings: Settings, request: pytest.FixtureRequest) -> StorageView:
+    """What the test's backend holds of uploads: the data files, or S3 and the spool."""
+    if settings.storage == "s3":
+        return S3View(request.getfixturevalue("s3"), S3Settings.from_settings(settings))
+    return FilesystemView(Path(settings.data_dir))
 
 
 @pytest.fixture

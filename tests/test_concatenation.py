@@ -25,6 +25,8 @@ from server.context import CONTEXT
 from server.expiration import sweep
 from server.state import TERMINATED, StateStore, Upload
 
+pytestmark = pytest.mark.all_backends
+
 
 async def partial(client, data: bytes | None = None, length: int | None = None, **headers: str) -> str:
     """A partial upload of ``length`` bytes (default: len(data)), filled with ``data`` if given."""
@@ -127,6 +129,7 @@ async def test_empty_partials(client):
     assert response.headers["Upload-Length"] == "0"
 
 
+@pytest.mark.filesystem_only("it removes the file of an empty upload, as a power cut may")
 async def test_an_empty_partial_whose_file_a_power_cut_took_still_concatenates(client):
     # An empty upload's file is never synced (it holds nothing to lose): it may be gone.
     empty = await partial(client, b"")
@@ -316,7 +319,7 @@ async def test_two_finals_waiting_on_one_partial(client):
     assert await (await client.get(second)).read() == b"XYab"
 
 
-async def test_partial_terminated_before_final_finished_takes_the_final(client, settings):
+async def test_partial_terminated_before_final_finished_takes_the_final(client, storage_view):
     """A final upload that can never be completed goes with its terminated partial."""
     a = await partial(client, length=2)
     b = await partial(client, b"cd")
@@ -326,7 +329,7 @@ async def test_partial_terminated_before_final_finished_takes_the_final(client, 
     assert response.status == 410
     assert "Upload-Offset" not in response.headers
     await assert_one_line_error(await client.get(final), 410)
-    assert not data_file(settings, final).exists()
+    assert not storage_view.holds(final)
     # the other partial is untouched
     assert await (await client.get(b)).read() == b"cd"
 
@@ -427,7 +430,7 @@ async def deferred_partial(client, data: bytes = b"") -> str:
 
 
 async def test_a_final_over_max_size_once_a_deferred_length_is_known_is_refused(
-    make_client, settings
+    make_client, storage_view
 ):
     """A final of a partial whose length was deferred is accepted while its length is
     unknown; once the part's length is known and the total is over max_size, the final
@@ -447,7 +450,7 @@ async def test_a_final_over_max_size_once_a_deferred_length_is_known_is_refused(
     response = await client.get(final)
     await assert_one_line_error(response, 410)
     assert "maximum size" in await response.text()
-    assert not data_file(settings, final).exists() or data_file(settings, final).stat().st_size == 0
+    assert storage_view.size(final) <= 0
     # The partials themselves are fine, and a final within the limit is made of them.
     response = await create_final(client, deferred)
     assert response.status == 201
@@ -462,7 +465,7 @@ async def test_a_final_whose_parts_already_hold_more_than_max_size_is_413(make_c
     await assert_one_line_error(response, 413)
 
 
-async def test_a_long_assembly_holds_up_no_unrelated_upload(client):
+async def test_a_long_assembly_holds_up_no_unrelated_upload(client, storage_view):
     """While one final's assembly is under way (held here at its copy), an unrelated final
     is created and assembled, another partial finishes, and a HEAD of the final being
     assembled answers at once; the held final is assembled once let go."""
@@ -514,7 +517,7 @@ async def test_a_long_assembly_holds_up_no_unrelated_upload(client):
     assert (await deleting_final).status == 204
     assert (await client.head(big[0], headers=TUS)).status == 410
     assert (await client.head(path_of(response), headers=TUS)).status == 410
-    assert not data_file(client.app[CONTEXT].settings, path_of(response)).exists()
+    assert not storage_view.holds(path_of(response))
 
 
 async def test_a_final_removed_with_its_partial_and_by_itself_is_terminated_once(
@@ -568,6 +571,7 @@ async def test_a_final_of_an_expired_partial_not_yet_swept_is_400(make_client):
     assert "expired" in await response.text()
 
 
+@pytest.mark.filesystem_only("it cuts a partial's file short, as a disk that lost bytes")
 async def test_a_partial_whose_file_lost_bytes_makes_no_final(client, settings):
     """Storage lost bytes of a finished partial: the final is created (it exists, and
     its client gets its Location) but never assembled from the short file, so it never

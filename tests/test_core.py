@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from support.http import (
@@ -16,9 +15,10 @@ from support.http import (
     path_of,
     upload_id,
 )
-from support.storage import data_file
 
 from server.context import CONTEXT
+
+pytestmark = pytest.mark.all_backends
 
 EXPECTED_EXTENSIONS = {
     "creation",
@@ -81,7 +81,7 @@ async def test_options_on_upload_url(client):
 
 
 @pytest.mark.parametrize("version", [None, "0.2.2", "1.0", "2.0.0", ""])
-async def test_post_without_supported_version_is_412_and_creates_nothing(client, settings, version):
+async def test_post_without_supported_version_is_412_and_creates_nothing(client, storage_view, version):
     headers = {"Upload-Length": "5"}
     if version is not None:
         headers["Tus-Resumable"] = version
@@ -89,8 +89,7 @@ async def test_post_without_supported_version_is_412_and_creates_nothing(client,
     assert response.status == 412
     assert response.headers["Tus-Version"] == "1.0.0"
     assert "Location" not in response.headers
-    data_dir = Path(settings.data_dir)
-    assert [p for p in data_dir.iterdir() if not p.name.startswith("aiotusd.sqlite3")] == []
+    assert storage_view.ids() == []
 
 
 @pytest.mark.parametrize("version", [None, "0.2.2"])
@@ -265,7 +264,7 @@ async def test_zero_byte_patch_on_complete_upload(client):
     assert await (await client.get(path)).read() == b"abc"
 
 
-async def test_patch_longer_than_length_is_413_and_stores_nothing(client, settings):
+async def test_patch_longer_than_length_is_413_and_stores_nothing(client, storage_view):
     path = await create_upload(client, 5)
     response = await client.patch(path, data=b"123456", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     await assert_one_line_error(response, 413)
@@ -275,7 +274,7 @@ async def test_patch_longer_than_length_is_413_and_stores_nothing(client, settin
     response = await client.patch(path, data=b"3456", headers={**PATCH_HEADERS, "Upload-Offset": "2"})
     await assert_one_line_error(response, 413)
     assert await head_offset(client, path) == "2"
-    assert data_file(settings, path).stat().st_size == 2
+    assert storage_view.size(path) == 2
 
 
 async def chunks(*parts: bytes):

@@ -13,14 +13,16 @@ from support.http import (
     path_of,
     upload_id,
 )
-from support.storage import data_files
 
 from server.context import CONTEXT
+
+pytestmark = pytest.mark.all_backends
 
 # --- creation -----------------------------------------------------------------------------
 
 
-async def test_post_creates_upload_with_absolute_location(client, settings):
+@pytest.mark.filesystem_only("the filesystem makes the upload's file at creation; S3 nothing yet")
+async def test_post_creates_upload_with_absolute_location(client, storage_view):
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "42"})
     assert response.status == 201
     location = response.headers["Location"]
@@ -28,7 +30,7 @@ async def test_post_creates_upload_with_absolute_location(client, settings):
     assert response.headers["Tus-Resumable"] == "1.0.0"
     assert response.headers["Upload-Offset"] == "0"
     assert await response.read() == b""
-    assert data_files(settings) == [upload_id(location)]
+    assert storage_view.ids() == [upload_id(location)]
     response = await client.head(path_of(response), headers=TUS)
     assert response.status == 200
     assert response.headers["Upload-Length"] == "42"
@@ -52,33 +54,33 @@ async def test_location_honours_host_header(client):
 @pytest.mark.parametrize(
     "headers", [{}, {"Upload-Length": "5", "Upload-Defer-Length": "1"}], ids=["neither", "both"]
 )
-async def test_neither_or_both_length_headers_is_400(client, settings, headers):
+async def test_neither_or_both_length_headers_is_400(client, storage_view, headers):
     response = await client.post("/files/", headers={**TUS, **headers})
     await assert_one_line_error(response, 400)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
 
 
 @pytest.mark.parametrize("value", ["0", "2", "true", "", "-1", "1.0", "yes"])
-async def test_defer_length_other_than_1_is_400(client, settings, value):
+async def test_defer_length_other_than_1_is_400(client, storage_view, value):
     response = await client.post("/files/", headers={**TUS, "Upload-Defer-Length": value})
     await assert_one_line_error(response, 400)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
 
 
 @pytest.mark.parametrize(
     "value", ["-1", "abc", "1.5", "", "0x10", "+5", "1e3", "5 5", "99999999999999999999", "9223372036854775808"]
 )
-async def test_bad_upload_length_is_400(client, settings, value):
+async def test_bad_upload_length_is_400(client, storage_view, value):
     response = await client.post("/files/", headers={**TUS, "Upload-Length": value})
     await assert_one_line_error(response, 400)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
 
 
-async def test_length_over_max_size_is_413(make_client, settings):
+async def test_length_over_max_size_is_413(make_client, storage_view):
     client = await make_client(max_size=100)
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "101"})
     await assert_one_line_error(response, 413)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "100"})
     assert response.status == 201
 
@@ -138,12 +140,12 @@ async def test_valid_metadata_is_echoed_verbatim(client, metadata):
         "a\tb YQ==",
     ],
 )
-async def test_invalid_metadata_is_400(client, settings, metadata):
+async def test_invalid_metadata_is_400(client, storage_view, metadata):
     response = await client.post(
         "/files/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": metadata}
     )
     await assert_one_line_error(response, 400)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
 
 
 # --- creation-with-upload -----------------------------------------------------------------
@@ -221,13 +223,13 @@ async def test_post_body_over_max_size_with_deferred_length_is_413(make_client):
 
 
 @pytest.mark.parametrize("content_type", [None, "application/octet-stream", "text/plain"])
-async def test_post_body_with_wrong_content_type_is_415(client, settings, content_type):
+async def test_post_body_with_wrong_content_type_is_415(client, storage_view, content_type):
     headers = {**TUS, "Upload-Length": "5"}
     if content_type is not None:
         headers["Content-Type"] = content_type
     response = await client.post("/files/", data=b"hello", headers=headers, skip_auto_headers=["Content-Type"])
     await assert_one_line_error(response, 415)
-    assert data_files(settings) == []
+    assert storage_view.ids() == []
 
 
 async def test_post_with_empty_body_and_offset_content_type(client):
@@ -271,6 +273,7 @@ async def test_post_with_body_and_checksum(client):
 # --- the writes of an upload ------------------------------------------------------------
 
 
+@pytest.mark.filesystem_only("a backend with a Finisher (S3) records the completion apart")
 async def test_an_upload_filled_by_its_body_is_recorded_complete_in_the_same_write(client):
     """With the filesystem backend, nothing is left to do once the last bytes are synced:
     their offset and the completion go to the database in one statement."""

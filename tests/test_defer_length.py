@@ -14,6 +14,8 @@ from support.http import (
     path_of,
 )
 
+pytestmark = pytest.mark.all_backends
+
 
 async def create_deferred(client, **headers: str) -> str:
     return await create_upload(client, **{"Upload-Defer-Length": "1", **headers})

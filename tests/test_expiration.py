@@ -12,12 +12,15 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+import pytest
 from support.http import PATCH_HEADERS, TUS, create_upload, path_of, upload_id
 from support.storage import data_file
 from support.waiting import poll, wait_until_past
 
 from server.context import CONTEXT
 from server.expiration import sweep
+
+pytestmark = pytest.mark.all_backends
 
 IMF_FIXDATE = re.compile(
     r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
@@ -71,7 +74,7 @@ async def test_completed_upload_on_creation_has_no_expiry(client):
     assert "Upload-Expires" not in response.headers
 
 
-async def test_expired_upload_answers_410(make_client, settings):
+async def test_expired_upload_answers_410(make_client, storage_view):
     client = await make_client(expiration=1)
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
     expires = parse_expires(response.headers["Upload-Expires"])
@@ -83,7 +86,7 @@ async def test_expired_upload_answers_410(make_client, settings):
     response = await client.head(path, headers=TUS)
     assert response.status == 410
     assert "Upload-Offset" not in response.headers
-    assert not data_file(settings, path).exists()
+    assert not storage_view.holds(path)
     response = await client.patch(path, data=b"x", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert response.status == 410
     response = await client.get(path)
@@ -114,7 +117,7 @@ async def test_patch_extends_expiry(make_client):
     assert response.status == 410
 
 
-async def test_sweeper_removes_expired_uploads(make_client, settings):
+async def test_sweeper_removes_expired_uploads(make_client, storage_view):
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
     expiring = await create_upload(client, 10)
@@ -122,19 +125,19 @@ async def test_sweeper_removes_expired_uploads(make_client, settings):
     finished = await create_upload(client, 3)
     await client.patch(finished, data=b"xyz", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert await sweep(ctx) == 0
-    assert data_file(settings, expiring).exists()
+    assert storage_view.holds(expiring)
 
     stored = await ctx.store.get(upload_id(expiring))
     await wait_until_past(stored.expires_at)
     assert await sweep(ctx) == 1
-    assert not data_file(settings, expiring).exists()
+    assert not storage_view.holds(expiring)
     assert (await ctx.store.get(upload_id(expiring))).status == "expired"
     response = await client.head(expiring, headers=TUS)
     assert response.status == 410
     assert await sweep(ctx) == 0
 
     # completed uploads never expire
-    assert data_file(settings, finished).exists()
+    assert storage_view.holds(finished)
     response = await client.get(finished)
     assert response.status == 200
     assert await response.read() == b"xyz"
@@ -179,6 +182,7 @@ def test_http_date_format():
     assert parse_expires(http_date(stamp)) == stamp
 
 
+@pytest.mark.filesystem_only("its evidence is the file made at creation; S3 makes nothing then")
 async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settings):
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
@@ -197,7 +201,7 @@ async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settin
 DATA = b"0123456789" * 100_000
 
 
-async def _checksummed_patch_past_its_expiry(make_client, settings, go_on):
+async def _checksummed_patch_past_its_expiry(make_client, storage_view, go_on):
     """A client, an upload and a PATCH with ``Upload-Checksum`` whose body stops halfway
     until ``go_on`` is set: its task, once the first half is stored and the upload's
     recorded expiry passed."""
@@ -215,19 +219,18 @@ async def _checksummed_patch_past_its_expiry(make_client, settings, go_on):
     patching = asyncio.create_task(client.patch(path, data=body(), headers={
         **PATCH_HEADERS, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}",
     }))
-    file = data_file(settings, path)
-    await poll(lambda: file.exists() and file.stat().st_size == half, "the first half")
+    await poll(lambda: storage_view.size(path) == half, "the first half")
     stored = await client.app[CONTEXT].store.get(upload_id(path))
     await wait_until_past(stored.expires_at)
     return client, path, patching
 
 
-async def test_an_upload_receiving_a_body_does_not_expire(make_client, settings):
+async def test_an_upload_receiving_a_body_does_not_expire(make_client, storage_view):
     """A checksummed PATCH records nothing until its body ends, so the upload's recorded
     expiry passes while it is under way: a GET and the sweep meanwhile leave it alone, and
     the PATCH completes it."""
     go_on = asyncio.Event()
-    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, settings, go_on)
+    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, storage_view, go_on)
     try:
         assert (await client.get(path)).status == 409
         assert await sweep(client.app[CONTEXT]) == 0
@@ -241,12 +244,12 @@ async def test_an_upload_receiving_a_body_does_not_expire(make_client, settings)
     assert await response.read() == DATA
 
 
-async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_client, settings):
+async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_client, storage_view):
     """A HEAD takes over from a PATCH under way (a stale one, maybe): the PATCH stops, its
     unverifiable half is dropped, and the upload lives on from that moment, however old
     its recorded expiry was, so that the client resumes it."""
     go_on = asyncio.Event()
-    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, settings, go_on)
+    client, path, patching = await _checksummed_patch_past_its_expiry(make_client, storage_view, go_on)
     try:
         response = await client.head(path, headers=TUS)
         assert response.status == 200

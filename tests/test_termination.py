@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from support.http import PATCH_HEADERS, TUS, assert_one_line_error, create_upload
-from support.storage import data_file
+
+pytestmark = pytest.mark.all_backends
 
 
 async def test_options_advertises_termination(client):
@@ -11,35 +13,35 @@ async def test_options_advertises_termination(client):
     assert "termination" in response.headers["Tus-Extension"].split(",")
 
 
-async def test_delete_unfinished_upload(client, settings):
+async def test_delete_unfinished_upload(client, storage_view):
     path = await create_upload(client, 10)
     await client.patch(path, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-    assert data_file(settings, path).exists()
+    assert storage_view.holds(path)
     response = await client.delete(path, headers=TUS)
     assert response.status == 204
     assert await response.read() == b""
     assert response.headers["Tus-Resumable"] == "1.0.0"
-    assert not data_file(settings, path).exists()
+    assert not storage_view.holds(path)
 
     response = await client.head(path, headers=TUS)
     assert response.status == 410
     assert "Upload-Offset" not in response.headers
     response = await client.patch(path, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "5"})
     await assert_one_line_error(response, 410)
-    assert not data_file(settings, path).exists()
+    assert not storage_view.holds(path)
     response = await client.get(path)
     await assert_one_line_error(response, 410)
     response = await client.delete(path, headers=TUS)
     await assert_one_line_error(response, 410)
 
 
-async def test_delete_finished_upload(client, settings):
+async def test_delete_finished_upload(client, storage_view):
     path = await create_upload(client, 3)
     await client.patch(path, data=b"abc", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert (await client.get(path)).status == 200
     response = await client.delete(path, headers=TUS)
     assert response.status == 204
-    assert not data_file(settings, path).exists()
+    assert not storage_view.holds(path)
     response = await client.get(path)
     await assert_one_line_error(response, 410)
     response = await client.head(path, headers=TUS)
@@ -51,12 +53,12 @@ async def test_delete_unknown_upload_is_404(client):
     await assert_one_line_error(response, 404)
 
 
-async def test_delete_does_not_touch_other_uploads(client, settings):
+async def test_delete_does_not_touch_other_uploads(client, storage_view):
     keep = await create_upload(client, 4)
     await client.patch(keep, data=b"keep", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     gone = await create_upload(client, 4)
     assert (await client.delete(gone, headers=TUS)).status == 204
-    assert data_file(settings, keep).exists()
+    assert storage_view.holds(keep)
     assert await (await client.get(keep)).read() == b"keep"
 
 

@@ -1,15 +1,18 @@
-"""Test bytes, and where the filesystem backend keeps them."""
+"""Test bytes, and what a storage backend holds of an upload: files, or S3 and its spool."""
 
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from support.http import upload_id
 
 if TYPE_CHECKING:
     from server.config import Settings
+    from storage_backends.s3 import S3Settings
     from support.processes import ServerProcess
 
 
@@ -35,3 +38,82 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return -1
+
+
+# --- what a backend holds of an upload, seen from outside the server ------------------------
+
+
+class StorageView(ABC):
+    """Where tests look to see that a backend made, kept or removed an upload's bytes; the
+    ``storage_view`` fixture gives the one of the test's backend."""
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """The sorted ids of the uploads that storage holds anything of."""
+
+    @abstractmethod
+    def size(self, path: str) -> int:
+        """The bytes held of upload ``path`` (its path or id), or -1 if nothing at all."""
+
+    def holds(self, path: str) -> bool:
+        """Whether storage holds anything of upload ``path``, be it no byte."""
+        return self.size(path) >= 0
+
+
+@dataclass(frozen=True)
+class FilesystemView(StorageView):
+    """The data directory: one file per upload, made at creation."""
+
+    data_dir: Path
+
+    def ids(self) -> list[str]:
+        """Every name in the data directory but the database's."""
+        return sorted(
+            p.name for p in self.data_dir.iterdir() if not p.name.startswith("aiotusd.sqlite3")
+        )
+
+    def size(self, path: str) -> int:
+        return file_size(self.data_dir / _id(path))
+
+
+@dataclass(frozen=True)
+class S3View(StorageView):
+    """The bucket, its multipart uploads and the local spool.
+
+    S3 makes nothing at creation for an upload of one part (known length, at most the
+    part size); its bytes are in the spool until it is finished, then in its object.
+    """
+
+    s3: Any
+    """A blocking boto3 client of the endpoint."""
+    settings: S3Settings
+
+    def _key(self, upload: str) -> str:
+        return self.settings.prefix + upload
+
+    def ids(self) -> list[str]:
+        bucket, prefix = self.settings.bucket, self.settings.prefix
+        listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        multipart = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+        keys = {item["Key"] for item in [*listed, *multipart]}
+        spool = self.settings.spool
+        spooled = {p.name for p in spool.iterdir()} if spool.exists() else set()
+        return sorted({key.removeprefix(prefix) for key in keys} | spooled)
+
+    def size(self, path: str) -> int:
+        """The object's size once there is one; else the bytes spooled of its part files (all
+        of them while an upload is within one part), 0 for a multipart upload alone."""
+        upload = _id(path)
+        key = self._key(upload)
+        listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=key).get("Contents", [])
+        sizes = [int(item["Size"]) for item in listed if item["Key"] == key]
+        if sizes:
+            return sizes[0]
+        spooled = self.settings.spool / upload
+        if spooled.is_dir():
+            return sum(p.stat().st_size for p in spooled.iterdir() if p.name.isdigit())
+        return 0 if upload in self.ids() else -1
+
+
+def _id(path: str) -> str:
+    return upload_id(path) if "/" in path else path
