@@ -34,13 +34,15 @@ pytest.register_assert_rewrite("support")
 from support.http import ClientFactory
 from support.processes import ServerProcess, free_port
 from support.s3 import s3_settings
-from support.storage import FilesystemView, S3View, StorageView
+from support.storage import (
+    BACKENDS,
+    FilesystemView,
+    S3View,
+    StorageView,
+    backend_params,
+)
 
 pytest_plugins = ["support.s3", "support.hooks"]
-
-BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
-"""Every storage backend, with the marks of its tests."""
-
 
 @functools.cache
 def capabilities_of(storage: str) -> Capabilities:
@@ -63,8 +65,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names = ["filesystem"]
     for needs in test.iter_markers("needs"):
         names = [name for name in names if getattr(capabilities_of(name), needs.args[0])]
-    params = [pytest.param(name, marks=BACKENDS[name]) for name in names]
-    metafunc.parametrize("storage", params, indirect=True)
+    metafunc.parametrize("storage", backend_params(names), indirect=True)
+
+
+MARKED_BY_FIXTURE = {"server_process": "e2e", "s3_endpoint": "s3"}
+"""A test that uses the fixture (or one that uses it) needs the mark, for ``-m`` to leave
+it out: ``-m 'not e2e and not s3'`` must start no process and no moto."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        f"{item.nodeid} uses {fixture}: mark it {mark}"
+        for item in items
+        for fixture, mark in MARKED_BY_FIXTURE.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 
 

@@ -88,6 +88,8 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_upload_through_the_dashboard_from_another_origin(
     server_process: Callable[..., ServerProcess],
     other_origin: Callable[[str], str],
@@ -147,6 +149,8 @@ def test_upload_through_the_dashboard_from_another_origin(
     assert len(data) > len(PNG_MAGIC) and data.startswith(PNG_MAGIC)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_pause_and_resume_in_the_dashboard(
     server_process: Callable[..., ServerProcess],
     other_origin: Callable[[str], str],

@@ -15,6 +15,8 @@ from support.processes import clean_env, free_port, run_cli, wait_listening
 from server import __version__
 from server.config import SETTINGS
 
+pytestmark = pytest.mark.e2e
+
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert result.returncode == 2, result.stderr

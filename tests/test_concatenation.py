@@ -343,6 +343,7 @@ async def test_terminating_partial_keeps_finished_final(client):
     assert await response.read() == b"ab"
 
 
+@pytest.mark.slow
 async def test_unfinished_final_has_no_expiry_of_its_own(make_client):
     client = await make_client(expiration=1)
     a = await partial(client, length=6)
@@ -368,6 +369,7 @@ async def test_unfinished_final_has_no_expiry_of_its_own(make_client):
     assert await (await client.get(final)).read() == b"abcdef"
 
 
+@pytest.mark.slow
 async def test_expired_partial_takes_waiting_final(make_client, settings):
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
@@ -559,6 +561,7 @@ async def _outbox_empty(store: StateStore) -> bool:
     return await store.count_events() == (0, 0)
 
 
+@pytest.mark.slow
 async def test_a_final_of_an_expired_partial_not_yet_swept_is_400(make_client):
     client = await make_client(expiration=1)
     part = await partial(client, length=10)

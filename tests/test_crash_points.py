@@ -22,8 +22,10 @@ import requests
 from support.http import PATCH_HEADERS, TUS, upload_id
 from support.processes import ServerProcess
 from support.s3 import multipart_uploads, object_keys, s3_args
-from support.storage import data_file, payload
+from support.storage import backend_params, data_file, payload
 from support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -126,7 +128,7 @@ def test_head_assembles_a_final_whose_last_part_finished_right_before_a_crash(se
     assert response.status_code == 200 and response.content == second
 
 
-@pytest.fixture(params=["filesystem", "s3"])
+@pytest.fixture(params=backend_params())
 def stored_view(
     request: pytest.FixtureRequest,
 ) -> tuple[list[str], Callable[[ServerProcess, str], list[str]]]:
@@ -148,6 +150,7 @@ def stored_view(
     return s3_args(endpoint, bucket), leftovers
 
 
+@pytest.mark.slow
 def test_bytes_of_an_upload_whose_expiry_was_cut_short_are_deleted(server_process, stored_view):
     """The sweep marks an expired upload gone, then deletes its bytes: a crash in between
     leaves a tombstone with bytes. It answers as gone, and forgetting it deletes them."""

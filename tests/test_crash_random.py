@@ -74,8 +74,10 @@ from typing import Any
 
 import pytest
 from support.s3 import s3_args
-from support.storage import payload
+from support.storage import backend_params, payload
 from support.waiting import poll
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -898,7 +900,7 @@ def refusing_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-@pytest.fixture(params=os.environ.get("CRASH_BACKENDS", "filesystem,s3").split(","))
+@pytest.fixture(params=backend_params(os.environ.get("CRASH_BACKENDS", "filesystem,s3").split(",")))
 def backend(request: pytest.FixtureRequest) -> tuple[list[str], Any]:
     """Server flags and a view of the stored bytes, per backend."""
     if request.param == "filesystem":

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server import config_docs
 from server.config import SETTINGS
 
@@ -41,6 +43,7 @@ def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 def test_the_generator_rewrites_a_stale_table_in_place(tmp_path):
     current = CONFIGURATION.read_text(encoding="utf-8")
     stale = re.sub(r"\| `port` \|.*\n", "", current)
@@ -53,6 +56,7 @@ def test_the_generator_rewrites_a_stale_table_in_place(tmp_path):
     assert page.read_text(encoding="utf-8") == config_docs.with_current_table(current)
 
 
+@pytest.mark.e2e
 def test_the_generator_refuses_a_page_without_markers_in_one_line(tmp_path):
     page = tmp_path / "configuration.md"
     page.write_text("# Configuration\n", encoding="utf-8")

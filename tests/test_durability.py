@@ -157,6 +157,7 @@ async def test_an_empty_upload_whose_file_a_power_cut_took_downloads_empty(
     assert await response.read() == b""
 
 
+@pytest.mark.e2e
 def test_with_fsync_none_acknowledged_bytes_survive_a_kill_9(server_process: Any) -> None:
     server = server_process("--fsync", "none")
     data = payload(3 * MIB, seed=6)

@@ -19,9 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from support.http import upload_id
 from support.storage import data_file, file_size, payload
 from support.waiting import poll
+
+pytestmark = pytest.mark.e2e
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -321,6 +324,7 @@ async def test_stalled_patch_is_taken_over_by_patch(server_process):
     assert stored.read_bytes() == data
 
 
+@pytest.mark.slow
 async def test_idle_timeout_cuts_stalled_body_and_commits(server_process):
     server = server_process("--idle-timeout", "1")
     data = payload(MIB, seed=52)

@@ -26,6 +26,8 @@ from support.storage import data_file, file_size, payload
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
+pytestmark = pytest.mark.e2e
+
 KIB = 1024
 MIB = 1024 * KIB
 T = TypeVar("T")
@@ -233,6 +235,7 @@ def test_tuspy_resumes_after_a_graceful_restart(server_process):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.slow
 def test_tuspy_resumes_after_the_server_died_mid_chunk(server_process, proxy_to, sig):
     server = server_process("--commit-bytes", "1MiB")
     proxy = proxy_to(server.port, rate=24 * MIB)  # 8 MiB chunks take a third of a second

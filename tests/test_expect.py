@@ -134,6 +134,7 @@ async def curl_patch(client: TestClient, path: str, offset: int, payload: Path) 
     return status, int(float(sent))
 
 
+@pytest.mark.e2e
 async def test_curl_sends_no_byte_of_a_refused_patch_and_all_of_an_accepted_one(
     client: TestClient, tmp_path: Path
 ) -> None:

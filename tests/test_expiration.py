@@ -74,6 +74,7 @@ async def test_completed_upload_on_creation_has_no_expiry(client):
     assert "Upload-Expires" not in response.headers
 
 
+@pytest.mark.slow
 async def test_expired_upload_answers_410(make_client, storage_view):
     client = await make_client(expiration=1)
     response = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
@@ -95,6 +96,7 @@ async def test_expired_upload_answers_410(make_client, storage_view):
     assert response.status == 410
 
 
+@pytest.mark.slow
 async def test_patch_extends_expiry(make_client):
     client = await make_client(expiration=1)
     path = await create_upload(client, 10)
@@ -117,6 +119,7 @@ async def test_patch_extends_expiry(make_client):
     assert response.status == 410
 
 
+@pytest.mark.slow
 async def test_sweeper_removes_expired_uploads(make_client, storage_view):
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
@@ -146,6 +149,7 @@ async def test_sweeper_removes_expired_uploads(make_client, storage_view):
     assert "Upload-Expires" not in response.headers
 
 
+@pytest.mark.slow
 async def test_completed_upload_never_expires(make_client):
     client = await make_client(expiration=1)
     path = await create_upload(client, 3)
@@ -183,6 +187,7 @@ def test_http_date_format():
 
 
 @pytest.mark.filesystem_only("its evidence is the file made at creation; S3 makes nothing then")
+@pytest.mark.slow
 async def test_sweeper_spares_an_upload_a_request_is_writing(make_client, settings):
     client = await make_client(expiration=1)
     ctx = client.app[CONTEXT]
@@ -225,6 +230,7 @@ async def _checksummed_patch_past_its_expiry(make_client, storage_view, go_on):
     return client, path, patching
 
 
+@pytest.mark.slow
 async def test_an_upload_receiving_a_body_does_not_expire(make_client, storage_view):
     """A checksummed PATCH records nothing until its body ends, so the upload's recorded
     expiry passes while it is under way: a GET and the sweep meanwhile leave it alone, and
@@ -244,6 +250,7 @@ async def test_an_upload_receiving_a_body_does_not_expire(make_client, storage_v
     assert await response.read() == DATA
 
 
+@pytest.mark.slow
 async def test_a_head_that_takes_over_a_receiving_upload_finds_it_alive(make_client, storage_view):
     """A HEAD takes over from a PATCH under way (a stale one, maybe): the PATCH stops, its
     unverifiable half is dropped, and the upload lives on from that moment, however old

@@ -241,6 +241,7 @@ def assert_kept_prefix(server: DiskServer, url: str, data: bytes) -> int:
     return offset
 
 
+@pytest.mark.e2e
 def test_a_patch_that_fills_the_disk_answers_507_keeps_its_bytes_and_resumes(
     disk_server: StartServer,
 ) -> None:
@@ -264,6 +265,7 @@ def test_a_patch_that_fills_the_disk_answers_507_keeps_its_bytes_and_resumes(
     assert_stored(server, url, data)
 
 
+@pytest.mark.e2e
 def test_creation_with_upload_on_a_full_disk_answers_507_with_its_location(
     disk_server: StartServer,
 ) -> None:
@@ -284,6 +286,7 @@ def test_creation_with_upload_on_a_full_disk_answers_507_with_its_location(
     assert_resumes_once_freed(server, url, offset, data)
 
 
+@pytest.mark.e2e
 def test_an_empty_upload_is_created_on_a_full_disk_and_its_first_byte_gets_507(
     disk_server: StartServer,
 ) -> None:
@@ -301,6 +304,7 @@ def test_an_empty_upload_is_created_on_a_full_disk_and_its_first_byte_gets_507(
     assert_stored(server, url, data)
 
 
+@pytest.mark.e2e
 def test_creation_when_no_file_can_be_created_answers_507_and_leaves_nothing(
     disk_server: StartServer,
 ) -> None:
@@ -321,6 +325,7 @@ def test_creation_when_no_file_can_be_created_answers_507_and_leaves_nothing(
     assert_stored(server, url, b"ok")
 
 
+@pytest.mark.e2e
 def test_a_database_on_the_full_disk_answers_507_and_never_records_lost_bytes(
     disk_server: StartServer,
 ) -> None:
@@ -349,6 +354,7 @@ def test_a_database_on_the_full_disk_answers_507_and_never_records_lost_bytes(
     assert_resumes_once_freed(server, url, offset, data)
 
 
+@pytest.mark.e2e
 def test_creation_with_upload_when_the_database_fills_up_answers_507_with_its_offset(
     disk_server: StartServer,
 ) -> None:
@@ -374,6 +380,7 @@ def test_creation_with_upload_when_the_database_fills_up_answers_507_with_its_of
     assert_stored(server, url, data)
 
 
+@pytest.mark.e2e
 def test_tuspy_resumes_an_upload_that_filled_the_disk(disk_server: StartServer) -> None:
     server = disk_server()
     data = payload(MIB + 12345, seed=65)

@@ -22,6 +22,9 @@ import pytest
 from support.http import PATCH_HEADERS, TUS
 from support.processes import ServerProcess
 from support.s3 import object_keys, s3_args
+from support.storage import backend_params
+
+pytestmark = pytest.mark.e2e
 
 SEED = 20261125
 COUNT = 400
@@ -393,7 +396,8 @@ async def clean_upload(session: aiohttp.ClientSession, url: str) -> None:
         assert hashlib.sha256(await response.read()).digest() == hashlib.sha256(data).digest()
 
 
-@pytest.mark.parametrize("storage", ["filesystem", "s3"])
+@pytest.mark.parametrize("storage", backend_params())
+@pytest.mark.slow
 async def test_fuzzed_requests_never_5xx_and_the_server_survives(
     server_process, request: pytest.FixtureRequest, storage: str
 ):

@@ -7,11 +7,14 @@ import shutil
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.http import PATCH_HEADERS, TUS
 from support.processes import free_port
 from support.storage import data_file, file_size, payload
 from support.waiting import poll
+
+pytestmark = pytest.mark.e2e
 
 CHUNK = 256 * 1024
 
@@ -124,6 +127,7 @@ async def test_metrics_and_health_during_and_after_an_upload(server_process):
     assert data_file(server, url).read_bytes() == data
 
 
+@pytest.mark.slow
 async def test_expired_uploads_are_counted(server_process):
     server = server_process("--metrics", "true", "--expiration", "1", "--expiry-interval", "0.2")
     base = f"http://127.0.0.1:{server.port}"

@@ -282,6 +282,7 @@ def command_hook(tmp_path: Path) -> str:
         ("noisy", 201, ""),  # fails open: it did not answer; its stderr is bounded
     ],
 )
+@pytest.mark.e2e
 async def test_command_hook_answers_are_bounded_and_checked(
     make_client: ClientFactory, tmp_path: Path, settings: Settings,
     filename: str, status: int, why: str,
@@ -298,6 +299,7 @@ async def test_command_hook_answers_are_bounded_and_checked(
         await assert_invalid_and_nothing_created(response, client, settings, why)
 
 
+@pytest.mark.e2e
 async def test_a_failing_command_is_named_by_the_last_line_of_a_long_stderr(
     make_client: ClientFactory, tmp_path: Path, settings: Settings
 ) -> None:

@@ -453,6 +453,7 @@ async def test_an_unreachable_receiver_fails_closed_with_503_or_open_when_told(
     assert (await open_client.post("/files/", headers={**TUS, "Upload-Length": "1"})).status == 201
 
 
+@pytest.mark.e2e
 async def test_command_hooks_get_the_event_on_stdin_and_answer_on_stdout(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -118,6 +118,8 @@ async def test_events_of_one_upload_go_out_in_order_each_after_the_last_was_take
     assert all(r.json["upload"]["id"] == upload_id(path) for r in receiver.received)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_dead_events_are_listed_and_retried_from_the_command_line(
     make_client: ClientFactory, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -294,6 +296,7 @@ async def test_shutdown_lets_a_delivery_in_flight_finish(
     assert len(receiver.received) == 1
 
 
+@pytest.mark.e2e
 async def test_post_finish_survives_kill_9_while_the_receiver_is_down(
     server_process: Callable[..., ServerProcess],
 ) -> None:

@@ -507,6 +507,7 @@ async def test_max_uploads_receiving_0_is_no_limit(make_client, connections):
 # --- Connections, against a real server process.
 
 
+@pytest.mark.e2e
 async def test_refusals_made_before_the_app_carry_cors_headers(server_process, connections):
     """A browser's client can read a refusal only with CORS headers: the 503 over
     ``max_connections`` and the 417 for an unknown ``Expect`` are made outside the app."""
@@ -545,6 +546,8 @@ async def test_refusals_made_before_the_app_carry_cors_headers(server_process, c
     assert expectation.headers["Access-Control-Allow-Origin"] == origin
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_connections_over_busy_ones_get_503_and_the_others_are_served(
     server_process, connections
 ):

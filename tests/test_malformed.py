@@ -470,6 +470,7 @@ async def test_bad_chunk_ends_body_after_idle_timeout(make_client):
     assert await (await client.get(path)).read() == b"abcdefghij"
 
 
+@pytest.mark.e2e
 async def test_real_server_keeps_bytes_of_body_cut_short(server_process):
     """The same as below against a real aiotusd, whose handlers are not cancelled on disconnect."""
     server = server_process()
@@ -576,6 +577,7 @@ async def test_framing_errors_are_4xx_never_5xx(client):
     assert not failures, failures
 
 
+@pytest.mark.e2e
 async def test_framing_error_bodies_are_one_line(server_process):
     """Errors found while parsing the HTTP framing must be one line too (real aiotusd process)."""
     server = server_process()

@@ -27,6 +27,8 @@ from support.storage import data_file, file_size, payload
 from support.tls import Certificate, self_signed
 from tusclient import client as tus_client
 
+pytestmark = pytest.mark.e2e
+
 NGINX = Path("/usr/sbin/nginx")
 SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 KIB = 1024

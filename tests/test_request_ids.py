@@ -6,6 +6,7 @@ import json
 import re
 
 import aiohttp
+import pytest
 from support.http import PATCH_HEADERS, TUS, create_upload
 from support.storage import data_file
 from support.waiting import poll
@@ -49,6 +50,7 @@ async def test_errors_and_downloads_carry_the_id_too(client):
     assert (download.status, download.headers["X-Request-ID"]) == (200, "r-get")
 
 
+@pytest.mark.e2e
 async def test_the_id_is_in_the_text_access_log(server_process):
     server = server_process()
     async with aiohttp.ClientSession() as session:
@@ -68,6 +70,7 @@ async def test_the_id_is_in_the_text_access_log(server_process):
     )
 
 
+@pytest.mark.e2e
 async def test_json_logs_carry_the_id_on_every_line_of_the_request(server_process):
     server = server_process("--log-format", "json")
     async with aiohttp.ClientSession() as session:

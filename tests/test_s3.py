@@ -30,7 +30,8 @@ from support.storage import payload
 from support.waiting import wait_for
 
 from server.config import Settings
-from storage_backends.s3 import object_headers
+
+pytestmark = pytest.mark.s3
 
 
 def b64(text: str) -> str:
@@ -165,6 +166,7 @@ class FailingOnce:
             )
 
 
+@pytest.mark.slow
 async def test_a_body_that_s3_failed_is_sent_again_whole(
     make_client, aiohttp_server, s3_endpoint, bucket, s3
 ):
@@ -403,21 +405,6 @@ async def test_equal_parts_with_deferred_length(make_client, s3_endpoint, bucket
     key = upload_id(path)
     assert object_bytes(s3, bucket, key) == data
     assert s3.head_object(Bucket=bucket, Key=key)["ETag"].endswith('-4"')  # 5+5+5+1 MiB
-
-
-def test_object_metadata_stays_within_s3_limit():
-    metadata = {
-        "filename": "naïve résumé.txt".encode(),
-        "filetype": b"text/html",
-        "big": b"x" * 3000,
-        "small": b"ok",
-        "unicode": "żółw".encode(),
-        "bad key(": b"dropped",
-    }
-    headers = object_headers(metadata)
-    assert headers["ContentType"] == "application/octet-stream"  # never served as HTML
-    assert headers["ContentDisposition"].startswith('attachment; filename="naive resume.txt"')
-    assert headers["Metadata"] == {"small": "ok", "unicode": "=?UTF-8?B?xbzDs8WCdw==?="}
 
 
 async def test_body_dropped_after_periodic_commits(make_client, s3_endpoint, bucket, s3, data_dir):

@@ -36,6 +36,8 @@ from server.config import Settings
 from storage_backends.base import StoredUpload
 from storage_backends.s3 import S3Backend, S3Settings
 
+pytestmark = pytest.mark.s3
+
 
 @pytest.fixture
 def s3_backend_settings(settings: Settings, s3_endpoint: S3Endpoint, bucket: str) -> Settings:

@@ -1,4 +1,4 @@
-"""Part sizing of the S3 backend, as pure functions: no S3, no disk.
+"""Part sizing and object headers of the S3 backend, as pure functions: no S3, no disk.
 
 S3's rules: at most ``max_parts`` parts (10,000 on AWS, fewer on some stores), each but
 the last at least 5 MiB, none over 5 GiB; Cloudflare R2 also wants every part but the
@@ -14,7 +14,7 @@ import pytest
 
 from server.config import Settings
 from storage_backends.base import StorageError
-from storage_backends.s3 import S3Settings
+from storage_backends.s3 import S3Settings, object_headers
 from storage_backends.s3.parts import (
     MAX_PART,
     MIB,
@@ -213,3 +213,18 @@ def test_an_object_over_5_gib_is_copied_in_as_few_near_equal_ranges_as_fit() -> 
         ("big", 0, step), ("big", step, 2 * step), ("big", 2 * step, size), ("small", 0, MIB),
     ]
     assert step <= MAX_PART
+
+
+def test_object_metadata_stays_within_s3_limit():
+    metadata = {
+        "filename": "naïve résumé.txt".encode(),
+        "filetype": b"text/html",
+        "big": b"x" * 3000,
+        "small": b"ok",
+        "unicode": "żółw".encode(),
+        "bad key(": b"dropped",
+    }
+    headers = object_headers(metadata)
+    assert headers["ContentType"] == "application/octet-stream"  # never served as HTML
+    assert headers["ContentDisposition"].startswith('attachment; filename="naive resume.txt"')
+    assert headers["Metadata"] == {"small": "ok", "unicode": "=?UTF-8?B?xbzDs8WCdw==?="}

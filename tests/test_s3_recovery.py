@@ -37,6 +37,8 @@ from tusclient import client as tus_client
 from server.context import CONTEXT
 from server.expiration import sweep
 
+pytestmark = pytest.mark.s3
+
 
 @pytest.fixture
 def own_endpoint(aws_env: None) -> Iterator[tuple[S3Endpoint, Any, str]]:
@@ -80,6 +82,7 @@ def assert_stored_once(s3: Any, bucket: str, url: str, data: bytes, server: Any)
     assert spooled_files(server.data_dir) == []
 
 
+@pytest.mark.e2e
 def test_resume_with_a_new_tus_client(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket))
     data = payload(13 * MIB, seed=20)
@@ -97,6 +100,8 @@ def test_resume_with_a_new_tus_client(server_process, s3_endpoint, bucket, s3):
     assert_stored_once(s3, bucket, first.url, data, server)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_resume_after_server_restart(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket))
     data = payload(14 * MIB, seed=21)
@@ -130,6 +135,8 @@ def recorded_offset(server: Any, upload_id: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_kill_9_in_the_middle_of_a_patch_then_resume(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket, "--commit-bytes", "1MiB"))
     data = payload(18 * MIB, seed=22)
@@ -169,6 +176,8 @@ def test_kill_9_in_the_middle_of_a_patch_then_resume(server_process, s3_endpoint
     assert_stored_once(s3, bucket, url, data, server)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_termination_after_restart_leaves_nothing(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket))
     url = create(server, 30 * MIB)
@@ -181,6 +190,7 @@ def test_termination_after_restart_leaves_nothing(server_process, s3_endpoint, b
     assert spooled_files(server.data_dir) == []
 
 
+@pytest.mark.slow
 async def test_s3_outage_answers_503_then_the_upload_completes(make_client, own_endpoint):
     endpoint, s3, bucket = own_endpoint
     client = await make_client(**s3_settings(endpoint, bucket))
@@ -230,12 +240,14 @@ async def test_s3_outage_answers_503_then_the_upload_completes(make_client, own_
     assert response.status == 503 and "storage" in await response.text()
 
 
+@pytest.mark.e2e
 def test_missing_bucket_stops_start_up(server_process, s3_endpoint):
     with pytest.raises(RuntimeError) as failure:
         server_process(*s3_args(s3_endpoint, "no-such-bucket-" + uuid.uuid4().hex[:8]))
     assert "does not exist" in str(failure.value)
 
 
+@pytest.mark.e2e
 def test_missing_credentials_stop_start_up(server_process, s3_endpoint, bucket, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -245,6 +257,7 @@ def test_missing_credentials_stop_start_up(server_process, s3_endpoint, bucket, 
     assert "credentials" in str(failure.value)
 
 
+@pytest.mark.slow
 async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_client, own_endpoint):
     endpoint, s3, bucket = own_endpoint
     client = await make_client(**s3_settings(endpoint, bucket))
@@ -267,6 +280,7 @@ async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_clien
     assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
 
 
+@pytest.mark.slow
 async def test_termination_while_s3_is_down_leaves_nothing_once_it_is_back(make_client, own_endpoint):
     endpoint, s3, bucket = own_endpoint
     client = await make_client(**s3_settings(endpoint, bucket), gone_retention=0)

@@ -182,6 +182,8 @@ def test_the_defaults_protect_a_server_without_a_proxy():
 # --- Request headers: from the connection's start, or the first byte of the next request.
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_a_silent_connection_is_closed_at_the_header_timeout(server_process):
     metrics_port = free_port()
     server = server_process(
@@ -200,6 +202,7 @@ async def test_a_silent_connection_is_closed_at_the_header_timeout(server_proces
     await poll(counted, "the closed connection in the metrics", timeout=DEADLINE)
 
 
+@pytest.mark.slow
 async def test_a_client_dribbling_its_headers_is_closed_at_the_header_timeout(serve):
     served = await serve(header_timeout=1.0)
     reader, writer = await connect(served.port)
@@ -212,6 +215,7 @@ async def test_a_client_dribbling_its_headers_is_closed_at_the_header_timeout(se
     assert 0.8 <= waited < 3, waited
 
 
+@pytest.mark.slow
 async def test_the_header_clock_of_a_next_request_starts_with_its_first_byte(serve):
     """Between requests the wait is ``keepalive_timeout``'s; the headers then get
     ``header_timeout`` from their first byte, however slowly they come."""
@@ -242,6 +246,7 @@ async def test_the_header_clock_of_a_next_request_starts_with_its_first_byte(ser
     assert 0.8 <= dribbled < 2.5, dribbled
 
 
+@pytest.mark.slow
 async def test_silent_connections_at_max_connections_make_room_and_are_closed(serve):
     """At max_connections, a new client takes the place of the silent connection that has
     waited longest, at once; the other silent ones are closed at the header timeout."""
@@ -263,6 +268,7 @@ async def test_silent_connections_at_max_connections_make_room_and_are_closed(se
     assert await refusals(served, "header_timeout") == 2
 
 
+@pytest.mark.slow
 async def test_a_refused_body_is_waited_for_no_longer_than_the_header_timeout(serve):
     """Refused before its body was asked for (``Expect: 100-continue``), a client that
     neither sends the body nor closes is closed once ``header_timeout`` is up."""
@@ -338,6 +344,7 @@ async def test_a_body_dripped_below_the_least_rate_is_cut_off_and_kept(serve):
         assert (response.status, response.headers["Upload-Offset"]) == (204, str(len(data)))
 
 
+@pytest.mark.slow
 async def test_a_slow_but_steady_body_is_not_cut_off(serve):
     served = await serve(body_min_rate=1000, body_rate_window=0.5, idle_timeout=60)
     data = payload(10_000, seed=5)
@@ -371,6 +378,7 @@ async def finished_upload(served: Served, size: int) -> str:
 
 
 @pytest.mark.parametrize("pauses", [True, False], ids=["writing waits", "written whole"])
+@pytest.mark.slow
 async def test_a_download_the_client_does_not_read_is_cut_off_at_the_send_timeout(serve, pauses):
     """Writing waits for a client that takes nothing; and a response written whole into
     the buffer (here with its limit raised) waits to go out, on a connection that would

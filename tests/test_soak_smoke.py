@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -28,6 +28,8 @@ from support.s3 import AWS_ENV, S3Endpoint
 from server.config import SETTINGS, Settings
 from server.state import SCHEMA_VERSION
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10.0
 """Seconds a failing start may take, Python's own start-up included."""
@@ -213,6 +215,7 @@ def test_an_s3_endpoint_that_refuses_stops_the_start_at_once_in_one_line(tmp_pat
     assert_names(line, f"storage cannot be used: cannot use S3 bucket 'b' at {endpoint}: ")
 
 
+@pytest.mark.s3
 def test_a_missing_s3_bucket_stops_the_start_in_one_line(tmp_path, s3_endpoint: S3Endpoint):
     line = failed_start(
         tmp_path, "--data-dir", str(tmp_path / "data"), "--storage", "s3",

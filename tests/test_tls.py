@@ -16,6 +16,8 @@ from support.storage import data_file, payload
 from support.tls import self_signed
 from tusclient import client as tus_client
 
+pytestmark = pytest.mark.e2e
+
 MIB = 1024 * 1024
 
 
@@ -78,6 +80,7 @@ def test_bad_tls_settings_stop_the_server_with_a_reason(tmp_path):
     assert "nope.pem" in missing.stderr and "No such file" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_connection_that_never_starts_its_handshake_is_closed(server_process, tmp_path):
     """A TLS connection becomes the server's (counted, its header clock running) only once
     its handshake is done: the handshake has header_timeout too, not asyncio's minute."""
