@@ -1,19 +1,15 @@
 """Shared fixtures: an in-process app behind aiohttp's test client, and real server processes.
 
-The app stores uploads on the filesystem. In a module marked ``all_backends`` every test
-that uses the app (``settings``, ``make_client``, ``client``) runs once per backend: on
-the filesystem, and on S3 (moto's server on loopback, marked ``s3``). A test marked
-``filesystem_only("why")`` there runs on the filesystem alone, one marked
-``needs("concatenator")`` on the backends with that capability.
+The app stores uploads on the filesystem, or on S3 (moto's server on loopback) for the
+``storage`` param that ``support.markers`` gives the tests of ``all_backends`` modules.
 
-The helpers the tests import are in the ``support`` package; its ``s3`` and ``hooks``
-modules are plugins too, for their fixtures.
+The helpers the tests import are in the ``support`` package; its ``markers``, ``s3`` and
+``hooks`` modules are plugins too, for their hooks and fixtures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,9 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.capabilities import Capabilities
 from server.config import Settings
-from storage_backends import make_backend
 from storage_backends.s3 import S3Settings
 
 # Before the first import of a support module: their asserts say what they compared.
@@ -34,59 +28,15 @@ pytest.register_assert_rewrite("support")
 from support.http import ClientFactory
 from support.processes import ServerProcess, free_port
 from support.s3 import s3_settings
-from support.storage import (
-    BACKENDS,
-    FilesystemView,
-    S3View,
-    StorageView,
-    backend_params,
-)
+from support.storage import FilesystemView, S3View, StorageView
 
-pytest_plugins = ["support.s3", "support.hooks"]
-
-@functools.cache
-def capabilities_of(storage: str) -> Capabilities:
-    """What the server finds the backend of ``storage`` can do. Asked of a backend made as
-    the server makes one, never started: what it can do does not hang on its store."""
-    return Capabilities.of(make_backend(Settings(storage=storage)))
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run the app's tests of an ``all_backends`` module on every backend, or on those of
-    them that a test allows (``filesystem_only``, ``needs``)."""
-    test = metafunc.definition
-    if "storage" not in metafunc.fixturenames or test.get_closest_marker("all_backends") is None:
-        return
-    names = list(BACKENDS)
-    only = test.get_closest_marker("filesystem_only")
-    if only is not None:
-        if not only.args:
-            raise pytest.UsageError(f"{test.nodeid}: filesystem_only needs the reason")
-        names = ["filesystem"]
-    for needs in test.iter_markers("needs"):
-        names = [name for name in names if getattr(capabilities_of(name), needs.args[0])]
-    metafunc.parametrize("storage", backend_params(names), indirect=True)
-
-
-MARKED_BY_FIXTURE = {"server_process": "e2e", "s3_endpoint": "s3"}
-"""A test that uses the fixture (or one that uses it) needs the mark, for ``-m`` to leave
-it out: ``-m 'not e2e and not s3'`` must start no process and no moto."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    unmarked = [
-        f"{item.nodeid} uses {fixture}: mark it {mark}"
-        for item in items
-        for fixture, mark in MARKED_BY_FIXTURE.items()
-        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
-    ]
-    if unmarked:
-        raise pytest.UsageError("\n".join(unmarked))
+pytest_plugins = ["support.markers", "support.s3", "support.hooks"]
 
 
 @pytest.fixture
 def storage(request: pytest.FixtureRequest) -> str:
-    """The backend of the test's app: "filesystem" unless parametrized (``all_backends``)."""
+    """The backend of the test's app: "filesystem" unless parametrized (``all_backends``,
+    see ``support.markers``)."""
     return str(getattr(request, "param", "filesystem"))
 
 

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import requests
 from support.http import PATCH_HEADERS, TUS, upload_id
+from support.markers import backend_params
 from support.processes import ServerProcess
 from support.s3 import multipart_uploads, object_keys, s3_args
-from support.storage import backend_params, data_file, payload
+from support.storage import data_file, payload
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -73,8 +73,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.markers import backend_params
 from support.s3 import s3_args
-from support.storage import backend_params, payload
+from support.storage import payload
 from support.waiting import poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from support.http import PATCH_HEADERS, TUS
+from support.markers import backend_params
 from support.processes import ServerProcess
 from support.s3 import object_keys, s3_args
-from support.storage import backend_params
 
 pytestmark = pytest.mark.e2e
 

@@ -4,10 +4,11 @@
 - ``processes``: free ports, real ``aiotusd`` processes and its command line
 - ``waiting``: waiting on a condition with a deadline, never sleep-and-hope
 - ``storage``: test bytes, and what a backend holds of an upload (files or S3)
+- ``markers``: the backends a test runs on, and the marks a test must have (a pytest plugin)
 - ``s3``: moto's S3 server on loopback, buckets, and what they hold (also a pytest plugin)
 - ``hooks``: webhook receivers on loopback (also a pytest plugin)
 - ``tls``: a self-signed certificate for loopback
 
-The fixtures are in ``tests/conftest.py``, which registers ``s3`` and ``hooks`` as
-plugins and has pytest rewrite the asserts of every module here.
+The fixtures are in ``tests/conftest.py``, which registers ``markers``, ``s3`` and
+``hooks`` as plugins and has pytest rewrite the asserts of every module here.
 """

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pytest
 
 from support.http import upload_id
 
@@ -17,16 +14,6 @@ if TYPE_CHECKING:
     from server.config import Settings
     from storage_backends.s3 import S3Settings
     from support.processes import ServerProcess
-
-
-BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
-"""Every storage backend, with the marks of its tests."""
-
-
-def backend_params(names: Iterable[str] = BACKENDS) -> list[pytest.ParameterSet]:
-    """The backends ``names`` as pytest params, each with its marks: ``-m 'not s3'`` leaves
-    S3 out."""
-    return [pytest.param(name, marks=BACKENDS[name]) for name in names]
 
 
 def payload(size: int, seed: int = 0) -> bytes:
