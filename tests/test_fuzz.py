@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from support.http import PATCH_HEADERS, TUS
+from support.http import PATCH_HEADERS, TUS, parse_responses
 from support.markers import backend_params
 from support.processes import ServerProcess
 from support.s3 import object_keys, s3_args
@@ -300,28 +300,6 @@ def broken_framing(rng: random.Random, ids: list[str]) -> bytes:
     ) + (b"" if rng.random() < 0.5 else b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
-def parse_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """The responses in what a server wrote on one connection (bodies by Content-Length)."""
-    responses = []
-    while data.startswith(b"HTTP/"):
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            break
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        if headers.get("transfer-encoding") == "chunked":
-            body, data = rest, b""
-        else:
-            body, data = rest[:length], rest[length:]
-        responses.append((status, headers, body))
-    return responses
-
-
 async def exchange(port: int, data: bytes, cut: bool) -> Outcome:
     """Send ``data``; ``cut`` half-closes after it, which aiohttp takes as a vanished client."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -339,11 +317,10 @@ async def exchange(port: int, data: bytes, cut: bool) -> Outcome:
         pass
     finally:
         writer.close()
-    for status, headers, body in parse_responses(received):
-        if 100 <= status < 200:
-            continue
-        outcome.statuses.append(status)
-        outcome.bodies.append(body)
+    for response in parse_responses(received):
+        if response.status >= 200:
+            outcome.statuses.append(response.status)
+            outcome.bodies.append(response.body)
     return outcome
 
 

@@ -88,13 +88,30 @@ class RawResponse:
 
 
 def parse_response(data: bytes) -> RawResponse:
-    """The response at the start of ``data``: its body cut at its ``Content-Length``."""
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", len(rest)))
-    return RawResponse(status, headers, rest[:length])
+    """The response at the start of ``data``."""
+    return parse_responses(data)[0]
+
+
+def parse_responses(data: bytes) -> list[RawResponse]:
+    """The responses in what a server wrote on one connection, interim ones included:
+    bodies by ``Content-Length``; a chunked or unframed body takes the rest."""
+    responses = []
+    while data.startswith(b"HTTP/"):
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if not separator:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status < 200 or status in (204, 304):
+            length = 0
+        elif "content-length" in headers and "transfer-encoding" not in headers:
+            length = int(headers["content-length"])
+        else:
+            length = len(rest)
+        responses.append(RawResponse(status, headers, rest[:length]))
+        data = rest[length:]
+    return responses
