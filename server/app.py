@@ -57,10 +57,10 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
         await backend.start()
-        store = await StateStore.open(settings.database_path)
+        store = await StateStore.open(settings.storage.database_path)
         can = Capabilities.of(backend)
         ctx = Context(
-            settings, store, backend, UploadLocks(settings.lock_timeout),
+            settings, store, backend, UploadLocks(settings.limits.lock_timeout),
             Hooks(settings, transport, store, can.locator), can, metrics=metrics,
         )
         app[CONTEXT] = ctx
@@ -92,11 +92,11 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     # Before the uploads' routes, which with base_path "/" would take these paths as ids.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    if settings.metrics and not settings.metrics_port:
+    if settings.metrics.enabled and not settings.metrics.port:
         app.router.add_get("/metrics", metrics_endpoint(app))
-    if settings.demo:
-        setup_demo(app, settings.base_path)
-    base = settings.base_path
+    if settings.server.demo:
+        setup_demo(app, settings.server.base_path)
+    base = settings.server.base_path
     app.router.add_route("*", base, handlers.collection, expect_handler=defer_continue)
     if base != "/":
         app.router.add_route(

@@ -19,7 +19,15 @@ from storage_backends.base import StorageError
 
 from . import __version__
 from .app import create_app
-from .config import ENV_PREFIX, SETTINGS, Setting, Settings, load_settings
+from .config import (
+    ENV_PREFIX,
+    SECTIONS,
+    SETTINGS,
+    Setting,
+    Settings,
+    load_settings,
+    shown,
+)
 from .connections import AppRunner, TlsSite
 from .errors import ConfigError, one_line
 from .logs import AccessLogger, setup_logging
@@ -40,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 def _metavar(setting: Setting) -> str:
     if setting.choices:
         return "{" + ",".join(setting.choices) + "}"
-    if isinstance(getattr(Settings(), setting.name), bool):
+    if isinstance(setting.default, bool):
         return "{true,false}"
     return setting.name.upper()
 
@@ -48,6 +56,7 @@ def _metavar(setting: Setting) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aiotusd",
+        usage="%(prog)s [--config FILE] [--SETTING VALUE ...] | %(prog)s hooks {list,retry} ...",
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
         "the environment over the file.",
@@ -57,15 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", metavar="FILE", help=f"TOML config file (default: ${ENV_PREFIX}CONFIG, if set)"
     )
+    groups = {section: parser.add_argument_group(f"{section} settings") for section in SECTIONS}
     for setting in SETTINGS:
-        parser.add_argument(
+        groups[setting.section].add_argument(
             "--" + setting.name.replace("_", "-"),
             dest=setting.name,
             default=None,
             metavar=_metavar(setting),
-            help=f"{setting.help} (default: {getattr(Settings(), setting.name)!r})".replace(
-                "%", "%%"
-            ),
+            help=f"{setting.help} (default: {shown(setting.default)})".replace("%", "%%"),
         )
     return parser
 
@@ -115,7 +123,7 @@ async def hooks_command(
     settings: Settings, action: str, dead: bool = False, hook_id: str | None = None
 ) -> int:
     """``aiotusd hooks list|retry``, on the database the server with these settings uses."""
-    path = settings.database_path
+    path = settings.storage.database_path
     if not path.is_file():
         print(f"aiotusd: error: no database at {path}", file=sys.stderr)
         return 1
@@ -140,22 +148,22 @@ async def hooks_command(
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The server's TLS context with ``tls_cert`` and ``tls_key``; None without them."""
-    if not settings.tls_cert and not settings.tls_key:
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if not cert and not key:
         return None
-    if not settings.tls_cert or not settings.tls_key:
+    if not cert or not key:
         raise ConfigError("tls_cert and tls_key must be set together")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        context.load_cert_chain(cert, key)
     except ssl.SSLError:
         raise ConfigError(
-            f"cannot load tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: they are "
+            f"cannot load tls_cert {cert} with tls_key {key}: they are "
             "not a PEM certificate chain and its private key"
         ) from None
     except OSError as exc:
         raise ConfigError(
-            f"cannot load tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: "
-            f"{exc.strerror or exc}"
+            f"cannot load tls_cert {cert} with tls_key {key}: {exc.strerror or exc}"
         ) from None
     return context
 
@@ -191,7 +199,7 @@ async def _listen(
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting and let uploads record their offsets."""
     tls = tls_context(settings)
-    if settings.trusted_proxies and not settings.behind_proxy:
+    if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
         log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
     # Handlers first: a signal that comes while starting up (even once the port is
     # open) then ends in the same clean stop, never in death by the default action.
@@ -201,28 +209,29 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
     runner = AppRunner(
-        app, access_log_class=AccessLogger, shutdown_timeout=settings.shutdown_timeout,
+        app, access_log_class=AccessLogger, shutdown_timeout=settings.server.shutdown_timeout,
         handle_signals=False,
     )
     metrics_runner = None
-    if settings.metrics and settings.metrics_port:
+    if settings.metrics.enabled and settings.metrics.port:
         metrics_runner = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         # Inside the try: when the port cannot be bound, the state store and the
         # backend that setup() started are still closed properly.
-        await _listen(runner, settings.host, settings.port, tls, settings.header_timeout)
+        listen = settings.server
+        await _listen(runner, listen.host, listen.port, tls, settings.limits.header_timeout)
         if metrics_runner is not None:
             await metrics_runner.setup()
-            await _listen(metrics_runner, settings.host, settings.metrics_port)
+            await _listen(metrics_runner, settings.server.host, settings.metrics.port)
         # Told once both ports are open: a start that fails says only why.
         scheme = "https" if tls else "http"
         for sock in runner.addresses:
             host, port = sock[0], sock[1]
-            log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port, settings.base_path,
+            log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port, listen.base_path,
                      extra={"host": host, "port": port})
         if metrics_runner is not None:
-            log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -249,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_format, settings.log_level)
+    setup_logging(settings.log.format, settings.log.level)
     try:
         if hooks:
             return asyncio.run(hooks_command(settings, **command))

@@ -9,11 +9,13 @@ comments of the page.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ENV_PREFIX, SETTINGS, Setting, Settings, parse_size
+from .config import ENV_PREFIX, SETTINGS, Setting, Settings
+from .config_values import parse_size
 
 COMMAND = "python -m server.config_docs"
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -59,7 +61,9 @@ def _number(value: float, setting: Setting) -> str:
 
 def _default(setting: Setting) -> str:
     """The default in TOML form, as ``config.example.toml`` writes it."""
-    value = getattr(Settings(), setting.name)
+    value = setting.default
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, str):
@@ -70,8 +74,10 @@ def _default(setting: Setting) -> str:
 
 def _values(setting: Setting) -> str:
     """The values a setting takes: its choices, or its bounds."""
-    if isinstance(getattr(Settings(), setting.name), bool):
+    if isinstance(setting.default, bool):
         return "`true` or `false`"
+    if isinstance(setting.default, tuple):
+        return "a list, or text separated by commas"
     if setting.choices:
         names = [f"`{choice}`" for choice in setting.choices]
         return ", ".join(names[:-1]) + " or " + names[-1]
@@ -92,19 +98,32 @@ def _meaning(setting: Setting) -> str:
 
 
 def render_table() -> str:
-    """Every setting as one row of a markdown table."""
+    """Every setting as one row of a markdown table, a table for each section."""
+    lines: list[str] = []
+    for section in dataclasses.fields(Settings):
+        lines += _section_table(section.name, section.default_factory.__doc__ or "")
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _section_table(section: str, doc: str) -> list[str]:
+    """The heading and the table of one section's settings."""
     lines = [
+        "",
+        f"### `[{section}]`",
+        "",
+        doc.strip().split("\n")[0],
+        "",
         "| Setting | Flag | Environment variable | Default | Values | Meaning |",
         "|---|---|---|---|---|---|",
     ]
-    for setting in SETTINGS:
+    for setting in (setting for setting in SETTINGS if setting.section == section):
         flag = "--" + setting.name.replace("_", "-")
         env = ENV_PREFIX + setting.name.upper()
         lines.append(
             f"| `{setting.name}` | `{flag}` | `{env}` | {_default(setting)} | "
             f"{_values(setting)} | {_meaning(setting)} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def with_current_table(page: str) -> str:

@@ -58,9 +58,9 @@ class _OneLineErrorHandler(RequestHandler):
         self._limits = limits
         self._counted = False
         self.admission = Admission.ADMITTED
-        self._header_timeout = 0.0 if limits is None else limits.settings.header_timeout
+        self._header_timeout = 0.0 if limits is None else limits.settings.limits.header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
-        self._send_timeout = 0.0 if limits is None else limits.settings.send_timeout
+        self._send_timeout = 0.0 if limits is None else limits.settings.limits.send_timeout
         self._send_deadline: asyncio.TimerHandle | None = None
         self._raw_transport: asyncio.Transport | None = None
 
@@ -286,8 +286,8 @@ class AppRunner(web.AppRunner):
         kwargs = dict(server._kwargs)
         if limits is not None:
             # The rest of a refused body is read and dropped for as long as headers may take.
-            kwargs["keepalive_timeout"] = limits.settings.keepalive_timeout
-            kwargs["lingering_time"] = limits.settings.header_timeout
+            kwargs["keepalive_timeout"] = limits.settings.limits.keepalive_timeout
+            kwargs["lingering_time"] = limits.settings.limits.header_timeout
         return _Server(
             _one_line_http_errors(server.request_handler, self.app.get(CORS)),
             request_factory=server.request_factory,

@@ -32,9 +32,9 @@ class Context:
 
     def expires_at(self) -> float | None:
         """When an unfinished upload written to now expires, or None if never."""
-        if not self.settings.expiration:
+        if not self.settings.uploads.expiration:
             return None
-        return time.time() + self.settings.expiration
+        return time.time() + self.settings.uploads.expiration
 
     @staticmethod
     def stored(upload: Upload) -> StoredUpload:

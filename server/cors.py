@@ -81,10 +81,10 @@ class CorsPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> CorsPolicy | None:
         """The policy, or None when ``cors_origins`` is empty (no CORS at all)."""
-        if not settings.cors_origins:
+        if not settings.cors.origins:
             return None
-        origins = None if settings.cors_origins == "*" else settings.cors_origins.split(",")
-        return cls(None if origins is None else frozenset(origins), settings.cors_credentials)
+        origins = settings.cors.origins
+        return cls(None if "*" in origins else frozenset(origins), settings.cors.credentials)
 
     @property
     def echoes(self) -> bool:

@@ -33,7 +33,7 @@ async def sweep(ctx: Context) -> int:
                     removed += 1
         except Locked:
             continue
-    await forget_tombstones(ctx, now - ctx.settings.gone_retention)
+    await forget_tombstones(ctx, now - ctx.settings.uploads.gone_retention)
     return removed
 
 
@@ -56,7 +56,7 @@ async def forget_tombstones(ctx: Context, before: float) -> None:
 
 async def run_sweeper(ctx: Context) -> None:
     while True:
-        await asyncio.sleep(ctx.settings.expiry_interval)
+        await asyncio.sleep(ctx.settings.uploads.expiry_interval)
         try:
             removed = await sweep(ctx)
         except Exception:

@@ -278,22 +278,22 @@ def make_transport(settings: Settings, python_hook: PythonHook | None = None) ->
     """The one transport the settings (or embedding code) name; None when hooks are off."""
     chosen = [
         name for name, value in (
-            ("hooks_url", settings.hooks_url),
-            ("hooks_command", settings.hooks_command),
-            ("hooks_python", settings.hooks_python),
+            ("hooks_url", settings.hooks.url),
+            ("hooks_command", settings.hooks.command),
+            ("hooks_python", settings.hooks.python),
             ("create_app(hooks=...)", python_hook),
         ) if value
     ]
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(chosen)} are both set; hooks go to one of them")
-    if settings.hooks_url:
-        return HttpTransport(settings.hooks_url, settings.hooks_secret)
-    if settings.hooks_command:
-        if shutil.which(settings.hooks_command) is None:
-            raise ConfigError(f"hooks_command {settings.hooks_command!r} is not an executable file")
-        return CommandTransport(settings.hooks_command)
-    if settings.hooks_python:
-        python_hook = load_python_hook(settings.hooks_python)
+    if settings.hooks.url:
+        return HttpTransport(settings.hooks.url, settings.hooks.secret)
+    if settings.hooks.command:
+        if shutil.which(settings.hooks.command) is None:
+            raise ConfigError(f"hooks_command {settings.hooks.command!r} is not an executable file")
+        return CommandTransport(settings.hooks.command)
+    if settings.hooks.python:
+        python_hook = load_python_hook(settings.hooks.python)
     return None if python_hook is None else PythonTransport(python_hook)
 
 
@@ -466,11 +466,9 @@ class Hooks:
         self._transport = transport
         self._store = store
         self._locator = locator
-        self.events = frozenset(
-            name for name in settings.hooks_events.split(",") if name and transport
-        )
+        self.events = frozenset(settings.hooks.events if transport else ())
         """The events that fire."""
-        self._forward = [name for name in settings.hooks_forward_headers.split(",") if name]
+        self._forward = settings.hooks.forward_headers
         self._progress_sent: dict[str, float] = {}
 
     async def close(self) -> None:
@@ -480,7 +478,7 @@ class Hooks:
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
         """One attempt to send an event, bounded by ``hooks_timeout``."""
         assert self._transport is not None
-        timeout = self._settings.hooks_timeout
+        timeout = self._settings.hooks.timeout
         try:
             async with asyncio.timeout(timeout):
                 return await self._transport.call(event, hook_id, body)
@@ -501,7 +499,7 @@ class Hooks:
         try:
             reply = await self.call(event, hook.id, hook.payload)
         except HookCallError as exc:
-            if not self._settings.hooks_fail_open:
+            if not self._settings.hooks.fail_open:
                 raise HookFailed(f"{event} hook failed: {exc}") from None
             log.warning("%s hook failed, letting the request through: %s", event, exc)
             return Change()
@@ -520,7 +518,7 @@ class Hooks:
         if POST_RECEIVE not in self.events:
             return ()
         now = time.monotonic()
-        interval = self._settings.hooks_progress_interval
+        interval = self._settings.hooks.progress_interval
         last = self._progress_sent.get(upload.id)
         if last is not None and now - last < interval:
             return ()
@@ -538,7 +536,7 @@ class Hooks:
         if upload.is_final and not parts:
             parts = await self._store.parts(upload.id)
         metadata = parse_metadata(upload.metadata)
-        storage: dict[str, Any] = {"type": self._settings.storage}
+        storage: dict[str, Any] = {"type": self._settings.storage.backend}
         if self._locator is not None:
             storage.update(self._locator.locate(upload.id))
         hook_id = str(uuid.uuid4())

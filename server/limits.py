@@ -205,14 +205,14 @@ class Limits:
     ) -> None:
         self.settings = settings
         self.creations = (
-            CreationRate(settings.create_rate, settings.create_burst, clock=clock)
-            if settings.create_rate
+            CreationRate(settings.limits.create_rate, settings.limits.create_burst, clock=clock)
+            if settings.limits.create_rate
             else None
         )
-        self.bodies = Capacity(settings.max_uploads_receiving)
+        self.bodies = Capacity(settings.limits.max_uploads_receiving)
         self._client_bodies: dict[str, int] = {}
         """Bodies being received, by client (only clients with one or more)."""
-        self.connections = Capacity(settings.max_connections)
+        self.connections = Capacity(settings.limits.max_connections)
         self._open: dict[OpenConnection, None] = {}
         """Admitted connections, the longest open first."""
         self.refusing = Capacity(REFUSING_CONNECTIONS)
@@ -232,8 +232,8 @@ class Limits:
             self._refused(
                 "create_rate",
                 f"client {client[:_MAX_CLIENT_KEY] or '-'} creates uploads faster than "
-                f"create_rate = {self.settings.create_rate:g} per second "
-                f"(create_burst = {self.settings.create_burst})",
+                f"create_rate = {self.settings.limits.create_rate:g} per second "
+                f"(create_burst = {self.settings.limits.create_burst})",
             )
             raise TooManyRequests(
                 f"too many uploads created; try again in {seconds} s",
@@ -274,7 +274,7 @@ class Limits:
         takes what it needs. That also spares a server whose proxy is not trusted (all
         its clients have the proxy's address) until it is busy.
         """
-        limit = self.settings.max_uploads_receiving_per_client
+        limit = self.settings.limits.max_uploads_receiving_per_client
         if not limit or not self.bodies.limit:
             return None
         address = client_address(request)

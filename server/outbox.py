@@ -64,7 +64,7 @@ class Delivery:
                 await self._runner
         tasks = list(self._in_flight.values())
         if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.hooks_timeout)
+            await asyncio.wait(tasks, timeout=self._settings.hooks.timeout)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -86,7 +86,7 @@ class Delivery:
 
     async def _start_due(self) -> float:
         """Start what is due; returns how long until something else may be."""
-        free = self._settings.hooks_concurrency - len(self._in_flight)
+        free = self._settings.hooks.concurrency - len(self._in_flight)
         if free <= 0:
             return IDLE_POLL  # a delivery that ends sets outbox_changed
         for event in await self._store.due_events(time.time(), tuple(self._in_flight), free):
@@ -118,11 +118,11 @@ class Delivery:
         settings = self._settings
         event.attempts += 1
         event.last_error = one_line(error)
-        delay = min(settings.hooks_retry_delay * 2 ** min(event.attempts - 1, 30), MAX_DELAY)
+        delay = min(settings.hooks.retry_delay * 2 ** min(event.attempts - 1, 30), MAX_DELAY)
         event.next_attempt_at = time.time() + delay * random.uniform(0.5, 1.0)
         event.dead = (
-            event.attempts >= settings.hooks_max_attempts
-            or event.next_attempt_at - event.since > settings.hooks_max_age
+            event.attempts >= settings.hooks.max_attempts
+            or event.next_attempt_at - event.since > settings.hooks.max_age
         )
         if event.dead:
             log.error(

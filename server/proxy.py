@@ -43,8 +43,8 @@ from .protocol import is_host
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .config_values import Network
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A path segment (RFC 3986 ``pchar``), percent-encoding included.
 _SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+")
@@ -57,14 +57,11 @@ class ProxyPolicy:
     """Whether, and from whom, forwarded headers are believed."""
 
     enabled: bool = False
-    networks: tuple[IPNetwork, ...] = ()
+    networks: tuple[Network, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProxyPolicy:
-        networks = [item for item in settings.trusted_proxies.split(",") if item]
-        return cls(
-            settings.behind_proxy, tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        )
+        return cls(settings.proxy.behind_proxy, settings.proxy.trusted_proxies)
 
     def trusts(self, address: str | None) -> bool:
         """Whether a peer at ``address`` (an IP, maybe with a port) may forward."""

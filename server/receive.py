@@ -70,8 +70,8 @@ def room_left(ctx: Context, upload: Upload) -> int:
     """How many more bytes the upload may take."""
     if upload.length is not None:
         return upload.length - upload.offset
-    if ctx.settings.max_size:
-        return ctx.settings.max_size - upload.offset
+    if ctx.settings.uploads.max_size:
+        return ctx.settings.uploads.max_size - upload.offset
     return MAX_INTEGER - upload.offset
 
 
@@ -94,9 +94,9 @@ class _BodyWatchdog:
         on_stall: Callable[[str], None],
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._idle = settings.idle_timeout
-        self._window = settings.body_rate_window
-        self._rate = settings.body_min_rate
+        self._idle = settings.limits.idle_timeout
+        self._window = settings.limits.body_rate_window
+        self._rate = settings.limits.body_min_rate
         self._reader = reader
         self._written = written
         self._on_stall = on_stall
@@ -421,8 +421,8 @@ async def _stream(body: _Body, watchdog: _BodyWatchdog, room: int) -> None:
         if (
             checksum is None
             and (
-                writer.offset - commits.began_at >= settings.commit_bytes
-                or watchdog.last - committed_at >= settings.commit_seconds
+                writer.offset - commits.began_at >= settings.storage.commit_bytes
+                or watchdog.last - committed_at >= settings.storage.commit_seconds
             )
             and commits.start_if_free(writer.offset)
         ):

@@ -138,7 +138,7 @@ async def create(ctx: Context, request: web.Request, creation: Creation) -> Uplo
     length = creation.length
     if creation.concat is not None and creation.concat.final:
         length = await final_length(ctx, request, creation.concat)
-    limit = ctx.settings.max_size
+    limit = ctx.settings.uploads.max_size
     if limit and length is not None and length > limit:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {limit}")
     upload = Upload(
@@ -174,7 +174,7 @@ async def _ask_pre_create(
     id it chose, if any."""
     change = await ctx.hooks.before(PRE_CREATE, upload, request, parts)
     if change.metadata is not None:
-        limit = ctx.settings.max_metadata_size
+        limit = ctx.settings.uploads.max_metadata_size
         if metadata_too_long(change.metadata, limit):
             raise HookFailed(
                 f"{PRE_CREATE} hook gave an invalid answer: change.metadata is longer than "
@@ -210,7 +210,7 @@ async def final_length(ctx: Context, request: web.Request, concat: Concat) -> in
     partials = await _partials(ctx, concat.parts)
     for partial in partials:
         await ctx.hooks.before(PRE_ACCESS, partial, request)
-    limit = ctx.settings.max_size
+    limit = ctx.settings.uploads.max_size
     if limit and (least := least_concatenated_length(partials)) > limit:
         raise TooLarge(f"the partial uploads add up to {least} bytes or more, over the "
                        f"maximum size of {limit}")
@@ -324,8 +324,8 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
         raise BadRequest("this server does not support deferred lengths")
     if length < upload.offset:
         raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
-    if ctx.settings.max_size and length > ctx.settings.max_size:
-        raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.max_size}")
+    if ctx.settings.uploads.max_size and length > ctx.settings.uploads.max_size:
+        raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.uploads.max_size}")
     await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
     upload.length = length
 
@@ -583,7 +583,8 @@ async def _removed_as_impossible(
         await _remove(ctx, [final], status, request)
         return True
     length = concatenated_length(partials)
-    if length is not None and ctx.settings.max_size and length > ctx.settings.max_size:
+    limit = ctx.settings.uploads.max_size
+    if length is not None and limit and length > limit:
         log.warning("final upload %s would hold %d bytes, over max_size: refusing it",
                     final.id, length)
         await _remove(ctx, [final], REFUSED, request)

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 def make_backend(settings: Settings) -> StorageBackend:
     """The backend the settings name."""
-    if settings.storage == "s3":
+    if settings.storage.backend == "s3":
         from .s3 import S3Backend, S3Settings
 
         return S3Backend(S3Settings.from_settings(settings))
-    return FilesystemBackend(settings.data_dir, fsync=settings.fsync == "always")
+    return FilesystemBackend(settings.storage.data_dir, fsync=settings.storage.fsync == "always")

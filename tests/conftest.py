@@ -9,7 +9,6 @@ The helpers the tests import are in the ``support`` package; its ``markers``, ``
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -42,19 +41,19 @@ def storage(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> Settings:
-    settings = Settings(data_dir=str(tmp_path / "data"), expiry_interval=3600)
+    settings = Settings().with_values(data_dir=str(tmp_path / "data"), expiry_interval=3600)
     if storage == "s3":
         endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket")
-        settings = dataclasses.replace(settings, **s3_settings(endpoint, bucket))
+        settings = settings.with_values(**s3_settings(endpoint, bucket))
     return settings
 
 
 @pytest.fixture
 def storage_view(settings: Settings, request: pytest.FixtureRequest) -> StorageView:
     """What the test's backend holds of uploads: the data files, or S3 and the spool."""
-    if settings.storage == "s3":
+    if settings.storage.backend == "s3":
         return S3View(request.getfixturevalue("s3"), S3Settings.from_settings(settings))
-    return FilesystemView(Path(settings.data_dir))
+    return FilesystemView(Path(settings.storage.data_dir))
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ async def make_client(
     """``await make_client(max_size=10)``: a test client for an app with changed settings."""
 
     async def make(**changes: Any) -> TestClient:
-        return await aiohttp_client(create_app(dataclasses.replace(settings, **changes)))
+        return await aiohttp_client(create_app(settings.with_values(**changes)))
 
     yield make
 

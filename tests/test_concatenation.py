@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from typing import Any
@@ -396,7 +395,7 @@ async def test_a_final_created_while_its_partial_is_terminated_is_refused(aiohtt
             await go_on.wait()
 
     client = await aiohttp_client(
-        create_app(dataclasses.replace(settings, hooks_events="pre-create"), hooks=hooks)
+        create_app(settings.with_values(hooks_events="pre-create"), hooks=hooks)
     )
     part = await partial(client, b"abc")
     posting = asyncio.create_task(create_final(client, part))
@@ -541,7 +540,7 @@ async def test_a_final_removed_with_its_partial_and_by_itself_is_terminated_once
             terminated.append(event["upload"]["id"])
 
     client = await aiohttp_client(create_app(
-        dataclasses.replace(settings, hooks_events="pre-terminate,post-terminate"), hooks=hooks
+        settings.with_values(hooks_events="pre-terminate,post-terminate"), hooks=hooks
     ))
     store = client.app[CONTEXT].store
     for _ in range(5):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import math
 import tomllib
@@ -22,6 +23,7 @@ from server.config import SETTINGS, ConfigError, Setting, Settings, load_setting
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
 NAMES = [setting.name for setting in SETTINGS]
+BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 def write_toml(path: Path, text: str) -> str:
@@ -34,18 +36,28 @@ def test_no_sources_give_the_defaults():
     assert load_settings({}, {}, None) == Settings()
 
 
-def test_every_setting_has_a_field_and_every_field_a_setting():
-    fields = [field.name for field in dataclasses.fields(Settings)]
-    assert sorted(NAMES) == sorted(fields)
+def test_every_field_of_every_section_is_a_setting_with_a_name_of_its_own():
+    fields = [
+        (section.name, field.name)
+        for section in dataclasses.fields(Settings)
+        for field in dataclasses.fields(getattr(Settings(), section.name))
+    ]
+    assert [(setting.section, setting.key) for setting in SETTINGS] == fields
     assert len(set(NAMES)) == len(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_default_survives_its_own_parser(name):
-    default = getattr(Settings(), name)
-    text = str(default).lower() if isinstance(default, bool) else str(default)
+    setting = BY_NAME[name]
+    default = setting.default
+    if isinstance(default, bool):
+        text = str(default).lower()
+    elif isinstance(default, tuple):
+        text = ",".join(str(item) for item in default)
+    else:
+        text = str(default)
     settings = load_settings(environ={"AIOTUSD_" + name.upper(): text})
-    assert getattr(settings, name) == default
+    assert setting.get(settings) == default
 
 
 def test_flag_beats_environment_beats_file_beats_default(tmp_path):
@@ -54,21 +66,21 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path):
     flags = {"port": "3333"}
 
     settings = load_settings(flags, environ, config)
-    assert settings.port == 3333  # flag over environment and file
-    assert settings.host == "10.0.0.2"  # environment over file
-    assert settings.max_size == 100  # file over default
-    assert settings.data_dir == Settings().data_dir  # default
+    assert settings.server.port == 3333  # flag over environment and file
+    assert settings.server.host == "10.0.0.2"  # environment over file
+    assert settings.uploads.max_size == 100  # file over default
+    assert settings.storage.data_dir == Settings().storage.data_dir  # default
 
-    assert load_settings({}, environ, config).port == 2222
-    assert load_settings({}, {}, config).port == 1111
-    assert load_settings({}, {}, None).port == 1080
+    assert load_settings({}, environ, config).server.port == 2222
+    assert load_settings({}, {}, config).server.port == 1111
+    assert load_settings({}, {}, None).server.port == 1080
 
 
 def test_a_flag_left_unset_does_not_hide_lower_sources(tmp_path):
     config = write_toml(tmp_path / "c.toml", "port = 1111\n")
     flags = {name: None for name in NAMES}
-    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).port == 1111
-    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).host == "::1"
+    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).server.port == 1111
+    assert load_settings(flags, {"AIOTUSD_HOST": "::1"}, config).server.host == "::1"
 
 
 def test_environment_variables_without_the_prefix_are_ignored():
@@ -84,10 +96,71 @@ def test_unknown_key_in_file_names_the_key_and_the_file(tmp_path):
     assert config in str(raised.value)
 
 
-def test_a_toml_table_is_an_unknown_key(tmp_path):
-    config = write_toml(tmp_path / "c.toml", '[s3]\nbucket = "b"\n')
-    with pytest.raises(ConfigError, match="'s3'"):
+def test_a_section_table_holds_its_settings_without_the_prefix(tmp_path):
+    config = write_toml(
+        tmp_path / "c.toml",
+        '[s3]\nbucket = "b"\n[hooks]\nevents = ["post-finish"]\n'
+        '[storage]\nbackend = "s3"\n[metrics]\nenabled = true\n',
+    )
+    settings = load_settings(config_file=config)
+    assert settings.s3.bucket == "b"
+    assert settings.hooks.events == ("post-finish",)
+    assert settings.storage.backend == "s3"
+    assert settings.metrics.enabled is True
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[s4]\nbucket = "b"\n', "[s4]"),
+        ('[s3]\nbukket = "b"\n', "'s3.bukket'"),
+        ('[s3]\ns3_bucket = "b"\n', "'s3.s3_bucket'"),
+        ('[hooks]\nurl = "ftp://x"\n', "'hooks.url'"),
+        ('hooks_url = "http://a"\n[hooks]\nurl = "http://b"\n', "'hooks.url' both set"),
+    ],
+)
+def test_a_bad_section_or_key_in_a_table_is_named(tmp_path, text, named):
+    config = write_toml(tmp_path / "c.toml", text)
+    with pytest.raises(ConfigError) as raised:
         load_settings(config_file=config)
+    assert named in str(raised.value) and config in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "events"),
+    [
+        ("post-finish, pre-create", ("pre-create", "post-finish")),
+        (["post-finish", "pre-create", "pre-create"], ("pre-create", "post-finish")),
+        ("", ()),
+        ([], ()),
+    ],
+)
+def test_lists_come_as_arrays_or_as_comma_separated_text(tmp_path, raw, events):
+    config = write_toml(tmp_path / "c.toml", f"[hooks]\nevents = {json.dumps(raw)}\n")
+    assert load_settings(config_file=config).hooks.events == events
+    if isinstance(raw, str):
+        assert load_settings(environ={"AIOTUSD_HOOKS_EVENTS": raw}).hooks.events == events
+
+
+def test_lists_are_typed():
+    settings = load_settings(environ={
+        "AIOTUSD_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16",
+        "AIOTUSD_CORS_ORIGINS": "https://A.example.com/",
+        "AIOTUSD_HOOKS_FORWARD_HEADERS": "Authorization,X-Tenant",
+    })
+    assert settings.proxy.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.1/32"), ipaddress.ip_network("192.168.0.0/16")
+    )
+    assert settings.cors.origins == ("https://a.example.com",)
+    assert settings.hooks.forward_headers == ("Authorization", "X-Tenant")
+    with pytest.raises(ConfigError, match="'hooks_events'"):
+        load_settings(flags={"hooks_events": [1]})
+
+
+def test_settings_changed_in_code_are_checked_as_flags_are():
+    assert Settings().with_values(max_size="1KiB").uploads.max_size == 1024
+    with pytest.raises(ConfigError, match="'max_size'"):
+        Settings().with_values(max_size="-1")
 
 
 def test_unknown_environment_variable_names_it():
@@ -227,25 +300,25 @@ def test_invalid_toml_is_a_config_error(tmp_path):
     ],
 )
 def test_sizes(text, size):
-    assert load_settings(environ={"AIOTUSD_MAX_SIZE": text}).max_size == size
-    assert load_settings(flags={"max_size": text}).max_size == size
+    assert load_settings(environ={"AIOTUSD_MAX_SIZE": text}).uploads.max_size == size
+    assert load_settings(flags={"max_size": text}).uploads.max_size == size
 
 
 def test_sizes_in_toml_as_integer_or_text(tmp_path):
     config = write_toml(tmp_path / "c.toml", 'max_size = 1048576\ns3_part_size = "16MiB"\n')
     settings = load_settings(config_file=config)
-    assert settings.max_size == 1048576
-    assert settings.s3_part_size == 16 * 1024**2
+    assert settings.uploads.max_size == 1048576
+    assert settings.s3.part_size == 16 * 1024**2
 
 
 def test_s3_part_size_limits_are_inclusive():
-    assert load_settings(flags={"s3_part_size": "5MiB"}).s3_part_size == 5 * 1024**2
-    assert load_settings(flags={"s3_part_size": "5GiB"}).s3_part_size == 5 * 1024**3
+    assert load_settings(flags={"s3_part_size": "5MiB"}).s3.part_size == 5 * 1024**2
+    assert load_settings(flags={"s3_part_size": "5GiB"}).s3.part_size == 5 * 1024**3
 
 
 def test_port_limits_are_inclusive():
-    assert load_settings(flags={"port": "0"}).port == 0
-    assert load_settings(flags={"port": "65535"}).port == 65535
+    assert load_settings(flags={"port": "0"}).server.port == 0
+    assert load_settings(flags={"port": "65535"}).server.port == 65535
 
 
 @pytest.mark.parametrize(
@@ -264,10 +337,10 @@ def test_port_limits_are_inclusive():
     ],
 )
 def test_base_path_is_normalised(tmp_path, raw, normalised):
-    assert load_settings(flags={"base_path": raw}).base_path == normalised
-    assert load_settings(environ={"AIOTUSD_BASE_PATH": raw}).base_path == normalised
+    assert load_settings(flags={"base_path": raw}).server.base_path == normalised
+    assert load_settings(environ={"AIOTUSD_BASE_PATH": raw}).server.base_path == normalised
     config = write_toml(tmp_path / "c.toml", f'base_path = "{raw}"\n')
-    assert load_settings(config_file=config).base_path == normalised
+    assert load_settings(config_file=config).server.base_path == normalised
 
 
 @pytest.mark.parametrize(
@@ -276,41 +349,42 @@ def test_base_path_is_normalised(tmp_path, raw, normalised):
      ("false", False), ("False", False), ("0", False), ("no", False), ("off", False)],
 )
 def test_booleans(text, value):
-    assert load_settings(environ={"AIOTUSD_S3_PATH_STYLE": text}).s3_path_style is value
+    assert load_settings(environ={"AIOTUSD_S3_PATH_STYLE": text}).s3.path_style is value
 
 
 def test_toml_booleans(tmp_path):
     config = write_toml(tmp_path / "c.toml", "s3_equal_parts = true\n")
-    assert load_settings(config_file=config).s3_equal_parts is True
+    assert load_settings(config_file=config).s3.equal_parts is True
 
 
 def test_numbers_from_text_and_toml(tmp_path):
     config = write_toml(tmp_path / "c.toml", "lock_timeout = 1\nidle_timeout = 2.5\n")
     settings = load_settings({"commit_seconds": "0.5"}, {"AIOTUSD_EXPIRATION": " 30 "}, config)
-    assert settings.lock_timeout == 1.0
-    assert settings.idle_timeout == 2.5
-    assert settings.commit_seconds == 0.5
-    assert settings.expiration == 30
+    assert settings.limits.lock_timeout == 1.0
+    assert settings.limits.idle_timeout == 2.5
+    assert settings.storage.commit_seconds == 0.5
+    assert settings.uploads.expiration == 30
 
 
 def test_database_path_defaults_into_data_dir():
-    assert load_settings(flags={"data_dir": "/srv/tus"}).database_path == Path(
+    assert load_settings(flags={"data_dir": "/srv/tus"}).storage.database_path == Path(
         "/srv/tus/aiotusd.sqlite3"
     )
     settings = load_settings(flags={"data_dir": "/srv/tus", "database": "/var/db/t.sqlite3"})
-    assert settings.database_path == Path("/var/db/t.sqlite3")
+    assert settings.storage.database_path == Path("/var/db/t.sqlite3")
 
 
 def test_example_config_holds_every_key_and_loads_as_the_defaults():
-    keys = set(tomllib.loads(EXAMPLE.read_text(encoding="utf-8")))
-    assert keys == set(NAMES)
+    document = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    keys = {(section, key) for section, table in document.items() for key in table}
+    assert keys == {(setting.section, setting.key) for setting in SETTINGS}
     assert load_settings(config_file=str(EXAMPLE)) == Settings()
 
 
 def test_example_config_comments_every_key():
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     for index, line in enumerate(lines):
-        if line and not line.startswith("#"):
+        if line and not line.startswith(("#", "[")):
             assert index > 0 and lines[index - 1].startswith("# "), line
 
 
@@ -336,8 +410,7 @@ URLS = ("hooks_url", "s3_endpoint")
 
 def assert_sound(setting: Setting, value: Any) -> None:
     """A value the loader took is of the setting's type, within its bounds and choices."""
-    default = getattr(Settings(), setting.name)
-    assert type(value) is type(default), (setting.name, value)
+    assert type(value) is type(setting.default), (setting.name, value)
     if isinstance(value, float):
         assert math.isfinite(value), (setting.name, value)
     if setting.choices:
@@ -365,7 +438,7 @@ def assert_refused_in_one_line_or_sound(setting: Setting, load: Callable[[], Set
         message = str(exc)
         assert repr(setting.name) in message and message.isprintable(), message
         return
-    assert_sound(setting, getattr(settings, setting.name))
+    assert_sound(setting, setting.get(settings))
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=NAMES)

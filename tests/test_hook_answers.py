@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -346,7 +345,7 @@ async def test_python_hook_answers_are_checked_and_never_let_through(
     async def hook(event: dict[str, Any]) -> Any:
         return answer if event["type"] == "pre-create" else None
 
-    app = create_app(dataclasses.replace(settings, hooks_fail_open=True), hooks=hook)
+    app = create_app(settings.with_values(hooks_fail_open=True), hooks=hook)
     client = await aiohttp_client(app)
     response = await client.post("/files/", headers=CREATE)
     await assert_invalid_and_nothing_created(response, client, settings, why)

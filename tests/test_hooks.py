@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import sys
 import time
@@ -135,7 +134,7 @@ async def test_every_event_fires_with_its_payload_and_signed_headers(
             "partial_uploads": None,
             "storage": {
                 "type": "filesystem",
-                "path": str(Path(settings.data_dir).absolute() / uid),
+                "path": str(Path(settings.storage.data_dir).absolute() / uid),
             },
         }
         request = document["request"]
@@ -259,7 +258,7 @@ async def test_pre_create_changes_id_and_metadata(
     assert "invalid answer" in await invalid.text()
     # Metadata from a hook is held to max_metadata_size as the client's is.
     receiver.respond = lambda r: web.json_response(
-        {"change": {"metadata": {"note": "x" * settings.max_metadata_size}}}
+        {"change": {"metadata": {"note": "x" * settings.uploads.max_metadata_size}}}
     )
     too_long = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
     await assert_one_line_error(too_long, 503)
@@ -569,4 +568,4 @@ def test_hook_settings_that_cannot_work_are_config_errors(
     settings: Settings, changes: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        create_app(dataclasses.replace(settings, **changes))
+        create_app(settings.with_values(**changes))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -131,7 +130,7 @@ async def test_dead_events_are_listed_and_retried_from_the_command_line(
     first = upload_id(await create_upload(client, 1))
     second = upload_id(await create_upload(client, 1))
     events = await poll(lambda: _dead(client, 2), "two dead events")
-    data_dir = client.app[CONTEXT].settings.data_dir
+    data_dir = client.app[CONTEXT].settings.storage.data_dir
     await client.close()
     assert {e.upload_id for e in events} == {first, second}
     assert all(e.attempts == 2 and e.last_error == "answered 500" for e in events)
@@ -209,7 +208,7 @@ async def test_stop_ends_the_worker_when_the_outbox_changes_as_it_is_cancelled(
 ) -> None:
     # The worker is cancelled in the same turn of the loop as its wake-up event is set:
     # Python 3.11's asyncio.wait_for swallowed that cancellation and stop() never returned.
-    settings = dataclasses.replace(settings, hooks_url=receiver.url)
+    settings = settings.with_values(hooks_url=receiver.url)
     store = await StateStore.open(tmp_path / "state.sqlite3")
     locator = Capabilities.of(make_backend(settings)).locator
     hooks = Hooks(settings, make_transport(settings), store, locator)
@@ -285,7 +284,7 @@ async def test_shutdown_lets_a_delivery_in_flight_finish(
     receiver.respond = slow
     client = await make_client(hooks_url=receiver.url, hooks_events="post-create")
     await create_upload(client, 1)
-    database = client.app[CONTEXT].settings.database_path
+    database = client.app[CONTEXT].settings.storage.database_path
     await asyncio.wait_for(arrived.wait(), 10)
     await client.close()
     store = await StateStore.open(database)

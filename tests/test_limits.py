@@ -220,7 +220,7 @@ class FakeConnection:
 
 def test_busy_connections_over_the_limit_are_refused_then_dropped():
     metrics = Metrics()
-    limits = Limits(Settings(max_connections=2), metrics)
+    limits = Limits(Settings().with_values(max_connections=2), metrics)
     admitted = [FakeConnection() for _ in range(2)]
     assert [limits.connection_opened(c) for c in admitted] == [Admission.ADMITTED] * 2
     over = [limits.connection_opened(FakeConnection()) for _ in range(REFUSING_CONNECTIONS)]
@@ -236,7 +236,7 @@ def test_busy_connections_over_the_limit_are_refused_then_dropped():
 
 def test_a_new_connection_takes_the_place_of_the_longest_idle_one():
     metrics = Metrics()
-    limits = Limits(Settings(max_connections=3), metrics)
+    limits = Limits(Settings().with_values(max_connections=3), metrics)
     first_idle, busy, second_idle = FakeConnection(False), FakeConnection(), FakeConnection(False)
     for connection in (first_idle, busy, second_idle):
         assert limits.connection_opened(connection) is Admission.ADMITTED
@@ -252,19 +252,19 @@ def test_a_new_connection_takes_the_place_of_the_longest_idle_one():
 
 
 def test_no_connection_limit_admits_every_connection():
-    limits = Limits(Settings(max_connections=0), Metrics())
+    limits = Limits(Settings().with_values(max_connections=0), Metrics())
     assert {limits.connection_opened(FakeConnection()) for _ in range(1000)} == {Admission.ADMITTED}
 
 
 def test_the_defaults_are_documented_and_fit_the_common_file_limit(monkeypatch):
     settings = load_settings()
-    assert (settings.create_rate, settings.create_burst) == (20.0, 3000)
-    assert (settings.max_uploads_receiving, settings.max_connections) == (200, 600)
+    assert (settings.limits.create_rate, settings.limits.create_burst) == (20.0, 3000)
+    assert (settings.limits.max_uploads_receiving, settings.limits.max_connections) == (200, 600)
     monkeypatch.setattr(limits_module.resource, "getrlimit", lambda _: (1024, 4096))
     assert Limits(settings, Metrics()).descriptor_shortfall() is None
-    shortfall = Limits(Settings(max_connections=2000), Metrics()).descriptor_shortfall()
+    shortfall = Limits(Settings().with_values(max_connections=2000), Metrics()).descriptor_shortfall()
     assert shortfall is not None and "ulimit -n" in shortfall and "1024" in shortfall
-    assert Limits(Settings(max_connections=0), Metrics()).descriptor_shortfall() is None
+    assert Limits(Settings().with_values(max_connections=0), Metrics()).descriptor_shortfall() is None
 
 
 def test_limit_settings_from_the_environment_and_bad_values():
@@ -272,8 +272,8 @@ def test_limit_settings_from_the_environment_and_bad_values():
         "AIOTUSD_CREATE_RATE": "0.5", "AIOTUSD_CREATE_BURST": "10",
         "AIOTUSD_MAX_UPLOADS_RECEIVING": "0", "AIOTUSD_MAX_CONNECTIONS": "50",
     })
-    assert (settings.create_rate, settings.create_burst) == (0.5, 10)
-    assert (settings.max_uploads_receiving, settings.max_connections) == (0, 50)
+    assert (settings.limits.create_rate, settings.limits.create_burst) == (0.5, 10)
+    assert (settings.limits.max_uploads_receiving, settings.limits.max_connections) == (0, 50)
     for name, value in [("create_rate", "-1"), ("create_burst", "0"),
                         ("max_uploads_receiving", "-1"), ("max_connections", "many")]:
         with pytest.raises(ConfigError, match=name):

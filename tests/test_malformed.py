@@ -167,7 +167,7 @@ async def test_huge_header_values_are_400(client, name):
 async def test_big_valid_metadata(client):
     pairs = [f"key{i} {base64.b64encode(b'v' * 30).decode()}" for i in range(85)]
     metadata = ",".join(pairs)
-    assert len(metadata) <= Settings().max_metadata_size  # just below the default cap
+    assert len(metadata) <= Settings().uploads.max_metadata_size  # just below the default cap
     path = await create_upload(client, 1, **{"Upload-Metadata": metadata})
     response = await client.head(path, headers=TUS)
     assert response.headers["Upload-Metadata"] == metadata

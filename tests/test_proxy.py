@@ -223,7 +223,9 @@ async def test_a_prefixed_url_of_another_prefix_is_refused(make_client):
 
 def test_trusted_proxies_setting_is_checked_and_normalised():
     settings = load_settings(flags={"trusted_proxies": " 10.1.2.3/8, ::1 ,192.168.0.7"})
-    assert settings.trusted_proxies == "10.0.0.0/8,::1/128,192.168.0.7/32"
+    assert [str(network) for network in settings.proxy.trusted_proxies] == [
+        "10.0.0.0/8", "::1/128", "192.168.0.7/32"
+    ]
     with pytest.raises(ConfigError, match="'trusted_proxies'.*not an IP address"):
         load_settings(flags={"trusted_proxies": "10.0.0.0/33"})
     with pytest.raises(ConfigError, match="'behind_proxy'"):

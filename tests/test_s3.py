@@ -56,7 +56,7 @@ async def head_offset(client: Any, path: str) -> int:
 
 @pytest.fixture
 def data_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir)
+    return Path(settings.storage.data_dir)
 
 
 # --- in-process apps ----------------------------------------------------------------------

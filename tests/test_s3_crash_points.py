@@ -41,7 +41,7 @@ pytestmark = pytest.mark.s3
 
 @pytest.fixture
 def s3_backend_settings(settings: Settings, s3_endpoint: S3Endpoint, bucket: str) -> Settings:
-    return dataclasses.replace(settings, **s3_settings(s3_endpoint, bucket))
+    return settings.with_values(**s3_settings(s3_endpoint, bucket))
 
 
 BackendFactory = Callable[..., Any]
@@ -54,7 +54,7 @@ def new_backend(s3_backend_settings: Settings) -> BackendFactory:
 
     @asynccontextmanager
     async def make(**changes: Any) -> AsyncIterator[S3Backend]:
-        changed = dataclasses.replace(s3_backend_settings, **changes)
+        changed = s3_backend_settings.with_values(**changes)
         backend = S3Backend(S3Settings.from_settings(changed))
         await backend.start()
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Settings
+from server.config import S3Section, Settings, StorageSettings
 from storage_backends.base import StorageError
 from storage_backends.s3 import S3Settings, object_headers
 from storage_backends.s3.parts import (
@@ -35,7 +35,10 @@ GIB = 1024 * MIB
 
 
 def test_parts_are_never_under_5_mib_whatever_the_settings_say() -> None:
-    settings = Settings(data_dir="/srv/tus", s3_part_size=MIB, s3_concurrency=0, fsync="none")
+    settings = Settings(
+        storage=StorageSettings(data_dir="/srv/tus", fsync="none"),
+        s3=S3Section(part_size=MIB, concurrency=0),
+    )
     s3 = S3Settings.from_settings(settings)
     assert (s3.part_size, s3.concurrency, s3.fsync) == (MIN_PART, 1, False)
     assert s3.spool == Path("/srv/tus/s3-spool")

@@ -4,7 +4,6 @@ and tenants kept apart by the pre-create and pre-access hooks."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
 import secrets
 from pathlib import Path
@@ -129,7 +128,7 @@ async def test_path_traversal_never_reaches_a_file(
     client = await make_client()
     (tmp_path / "secret").write_bytes(SECRET)
     # A file in the data directory with a name an id could have, that is no upload.
-    (Path(settings.data_dir) / "stray0file").write_bytes(SECRET)
+    (Path(settings.storage.data_dir) / "stray0file").write_bytes(SECRET)
     real = await finished(client)
     before = snapshot(tmp_path)
     headers = {**PATCH_HEADERS, "Upload-Offset": "0", "Upload-Length": "1"}
@@ -174,7 +173,7 @@ async def test_concatenation_names_only_uploads(
 ) -> None:
     client = await make_client()
     (tmp_path / "secret").write_bytes(SECRET)
-    (Path(settings.data_dir) / "stray0file").write_bytes(SECRET)
+    (Path(settings.storage.data_dir) / "stray0file").write_bytes(SECRET)
     partial = await finished(client, **{"Upload-Concat": "partial"})
     before = snapshot(tmp_path)
     response = await client.post(
@@ -289,7 +288,7 @@ def tenant_hooks() -> PythonHook:
 async def test_a_pre_access_hook_keeps_tenants_apart(
     aiohttp_client: Any, settings: Settings
 ) -> None:
-    settings = dataclasses.replace(settings, hooks_events="pre-create,pre-access")
+    settings = settings.with_values(hooks_events="pre-create,pre-access")
     client = await aiohttp_client(create_app(settings, hooks=tenant_hooks()))
     alice = {"Authorization": "Bearer alice"}
     mallory = {"Authorization": "Bearer mallory"}
@@ -335,7 +334,7 @@ async def test_pre_access_alone_keeps_a_partial_out_of_another_tenants_final_upl
     aiohttp_client: Any, settings: Settings
 ) -> None:
     # Only pre-access: naming a partial upload in a final one is access to it.
-    settings = dataclasses.replace(settings, hooks_events="pre-create,pre-access")
+    settings = settings.with_values(hooks_events="pre-create,pre-access")
     owners: dict[str, str] = {}
 
     async def hooks(event: dict[str, Any]) -> dict[str, Any] | None:

@@ -56,7 +56,7 @@ async def serve(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Ser
     runners: list[AppRunner] = []
 
     async def start(**changes: Any) -> Served:
-        changed = dataclasses.replace(settings, **changes)
+        changed = settings.with_values(**changes)
         runner = AppRunner(create_app(changed), handle_signals=False)
         runners.append(runner)
         await runner.setup()
@@ -159,19 +159,19 @@ async def options(port: int) -> int:
 
 def test_the_defaults_protect_a_server_without_a_proxy():
     settings = load_settings()
-    assert settings.header_timeout == 10.0
-    assert settings.keepalive_timeout == 75.0
-    assert (settings.body_min_rate, settings.body_rate_window) == (1024, 30.0)
-    assert settings.send_timeout == 60.0
+    assert settings.limits.header_timeout == 10.0
+    assert settings.limits.keepalive_timeout == 75.0
+    assert (settings.limits.body_min_rate, settings.limits.body_rate_window) == (1024, 30.0)
+    assert settings.limits.send_timeout == 60.0
     changed = load_settings(environ={
         "AIOTUSD_HEADER_TIMEOUT": "2.5", "AIOTUSD_KEEPALIVE_TIMEOUT": "5",
         "AIOTUSD_BODY_MIN_RATE": "2KiB", "AIOTUSD_BODY_RATE_WINDOW": "10",
         "AIOTUSD_SEND_TIMEOUT": "7",
     })
-    assert (changed.header_timeout, changed.keepalive_timeout) == (2.5, 5)
-    assert changed.send_timeout == 7
-    assert (changed.body_min_rate, changed.body_rate_window) == (2048, 10)
-    assert load_settings({"body_min_rate": "0"}).body_min_rate == 0
+    assert (changed.limits.header_timeout, changed.limits.keepalive_timeout) == (2.5, 5)
+    assert changed.limits.send_timeout == 7
+    assert (changed.limits.body_min_rate, changed.limits.body_rate_window) == (2048, 10)
+    assert load_settings({"body_min_rate": "0"}).limits.body_min_rate == 0
     for name, value in [("header_timeout", "0"), ("keepalive_timeout", "-1"),
                         ("body_min_rate", "-5"), ("body_rate_window", "0"),
                         ("send_timeout", "soon")]:

@@ -25,7 +25,7 @@ from support.http import TUS
 from support.processes import free_port, wait_listening
 from support.s3 import AWS_ENV, S3Endpoint
 
-from server.config import SETTINGS, Settings
+from server.config import SETTINGS
 from server.state import SCHEMA_VERSION
 
 pytestmark = pytest.mark.e2e
@@ -252,7 +252,7 @@ def bound_flags(bound: str) -> list[str]:
         value = getattr(setting, bound)
         if value is None or setting.name in ("port", "metrics_port", "s3_part_size"):
             continue
-        as_float = isinstance(getattr(Settings(), setting.name), float)
+        as_float = isinstance(setting.default, float)
         flags += ["--" + setting.name.replace("_", "-"), repr(float(value)) if as_float else str(value)]
     return flags
 

@@ -35,7 +35,7 @@ async def _create(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     creation = parse_creation(request, ctx)
     upload = await create(ctx, request, creation)
-    headers = {"Location": external_url(request, ctx.settings.base_path + upload.id)}
+    headers = {"Location": external_url(request, ctx.settings.server.base_path + upload.id)}
     try:
         upload = await start(ctx, request, upload, creation)
     except TusError as exc:
@@ -58,9 +58,10 @@ def parse_creation(request: web.Request, ctx: Context) -> Creation:
     if defer and ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")
     metadata = request.headers.get("Upload-Metadata", "")
-    if metadata_too_long(metadata, settings.max_metadata_size):
+    if metadata_too_long(metadata, settings.uploads.max_metadata_size):
         raise BadRequest(
-            f"Upload-Metadata is longer than the maximum of {settings.max_metadata_size} bytes"
+            "Upload-Metadata is longer than the maximum of "
+            f"{settings.uploads.max_metadata_size} bytes"
         )
     parse_metadata(metadata)
     has_body = request.body_exists
@@ -79,11 +80,11 @@ def _concat(request: web.Request, ctx: Context) -> Concat | None:
     if header is None:
         return None
     settings = ctx.settings
-    concat = parse_concat(header, *base_paths(request, settings.base_path))
-    if len(concat.parts) > settings.max_concat_parts:
+    concat = parse_concat(header, *base_paths(request, settings.server.base_path))
+    if len(concat.parts) > settings.uploads.max_concat_parts:
         raise BadRequest(
             f"Upload-Concat names {len(concat.parts)} partial uploads; "
-            f"at most {settings.max_concat_parts} are allowed"
+            f"at most {settings.uploads.max_concat_parts} are allowed"
         )
     if len(set(concat.parts)) != len(concat.parts):
         # One request would have the server copy the same bytes again and again.

@@ -15,7 +15,7 @@ async def upload_headers(ctx: Context, upload: Upload, request: web.Request) -> 
     headers = {"Cache-Control": "no-store"}
     length = upload.length
     if upload.is_final:
-        base = external_path(request, ctx.settings.base_path)
+        base = external_path(request, ctx.settings.server.base_path)
         parts = await ctx.store.parts(upload.id)
         headers["Upload-Concat"] = "final;" + " ".join(base + part for part in parts)
         if length is None:

@@ -12,7 +12,7 @@ from ..protocol import EXTENSIONS, TUS_VERSION
 def extensions(ctx: Context) -> list[str]:
     """The extensions this server, with its settings and backend, really offers."""
     unavailable: set[str] = set()
-    if not ctx.settings.expiration:
+    if not ctx.settings.uploads.expiration:
         unavailable.add("expiration")
     if ctx.can.concatenator is None:
         unavailable |= {"concatenation", "concatenation-unfinished"}
@@ -28,6 +28,6 @@ async def handle(request: web.Request) -> web.Response:
         "Tus-Extension": ",".join(extensions(ctx)),
         "Tus-Checksum-Algorithm": ",".join(ALGORITHMS),
     }
-    if ctx.settings.max_size:
-        headers["Tus-Max-Size"] = str(ctx.settings.max_size)
+    if ctx.settings.uploads.max_size:
+        headers["Tus-Max-Size"] = str(ctx.settings.uploads.max_size)
     return web.Response(status=204, headers=headers)

@@ -52,16 +52,16 @@ class S3Settings:
         even when the settings were built in code, past the configuration's checks.
         """
         return cls(
-            bucket=settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint=settings.s3_endpoint,
-            region=settings.s3_region,
-            path_style=settings.s3_path_style,
-            part_size=max(settings.s3_part_size, MIN_PART),
-            max_parts=settings.s3_max_parts,
-            equal_parts=settings.s3_equal_parts,
-            concurrency=max(settings.s3_concurrency, 1),
-            download_redirect=settings.s3_download_redirect,
-            spool=Path(settings.data_dir) / "s3-spool",
-            fsync=settings.fsync == "always",
+            bucket=settings.s3.bucket,
+            prefix=settings.s3.prefix,
+            endpoint=settings.s3.endpoint,
+            region=settings.s3.region,
+            path_style=settings.s3.path_style,
+            part_size=max(settings.s3.part_size, MIN_PART),
+            max_parts=settings.s3.max_parts,
+            equal_parts=settings.s3.equal_parts,
+            concurrency=max(settings.s3.concurrency, 1),
+            download_redirect=settings.s3.download_redirect,
+            spool=Path(settings.storage.data_dir) / "s3-spool",
+            fsync=settings.storage.fsync == "always",
         )

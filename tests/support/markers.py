@@ -37,7 +37,7 @@ def backend_params(names: Iterable[str] = BACKENDS) -> list[pytest.ParameterSet]
 def capabilities_of(storage: str) -> Capabilities:
     """What the server finds the backend of ``storage`` can do. Asked of a backend made as
     the server makes one, never started: what it can do does not hang on its store."""
-    return Capabilities.of(make_backend(Settings(storage=storage)))
+    return Capabilities.of(make_backend(Settings().with_values(storage=storage)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.config import Settings
 from support.http import upload_id
 
 if TYPE_CHECKING:
-    from server.config import Settings
     from storage_backends.s3 import S3Settings
     from support.processes import ServerProcess
 
@@ -24,12 +24,16 @@ def payload(size: int, seed: int = 0) -> bytes:
 
 def data_file(owner: Settings | ServerProcess, path: str) -> Path:
     """The data file of upload ``path`` in the data directory of settings or a server."""
-    return Path(owner.data_dir) / upload_id(path)
+    data_dir = owner.storage.data_dir if isinstance(owner, Settings) else owner.data_dir
+    return Path(data_dir) / upload_id(path)
 
 
 def data_files(settings: Settings) -> list[str]:
     """Sorted names of the data directory's upload files (the SQLite files left out)."""
-    return sorted(p.name for p in Path(settings.data_dir).iterdir() if not p.name.startswith("aiotusd."))
+    return sorted(
+        p.name for p in Path(settings.storage.data_dir).iterdir()
+        if not p.name.startswith("aiotusd.")
+    )
 
 
 def file_size(path: Path) -> int:
