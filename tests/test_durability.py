@@ -18,7 +18,7 @@ from support.http import PATCH_HEADERS, TUS, ClientFactory, create_upload
 from support.storage import data_file, payload
 
 from server.context import CONTEXT
-from server.state import StateStore
+from server.state import StateStore, Upload
 from storage_backends import filesystem
 
 MIB = 1024 * 1024
@@ -42,9 +42,9 @@ def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(os, "fsync", counting("fsync", os.fsync))
     save_progress = StateStore.save_progress
 
-    async def recording(self: StateStore, *args: Any, **kwargs: Any) -> None:
+    async def recording(self: StateStore, *args: Any, **kwargs: Any) -> Upload:
         calls.append("commit")
-        await save_progress(self, *args, **kwargs)
+        return await save_progress(self, *args, **kwargs)
 
     monkeypatch.setattr(StateStore, "save_progress", recording)
     return calls

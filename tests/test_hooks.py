@@ -374,7 +374,7 @@ async def test_a_completing_write_whose_request_is_cancelled_is_followed_through
             if took:
                 await real_save(upload, events)
             raise asyncio.CancelledError
-        await real_save(upload, events)
+        return await real_save(upload, events)
 
     ctx.store.save_progress = save_then_cancel
     with contextlib.suppress(aiohttp.ClientError):

@@ -195,8 +195,9 @@ async def test_an_event_is_recorded_only_with_its_state_change(tmp_path: Path) -
         with pytest.raises(sqlite3.IntegrityError):  # the same id again: the insert fails
             await store.create(upload, events=[HookEvent("e2", "u1", "post-create", b"{}")])
         assert [e.id for e in await store.hook_events()] == ["e1"]
-        upload.offset = 1
-        await store.save_progress(upload, [HookEvent("e3", "u1", "post-receive", b"{}")])
+        await store.save_progress(
+            dataclasses.replace(upload, offset=1), [HookEvent("e3", "u1", "post-receive", b"{}")]
+        )
         await store.mark_gone("u1", "terminated", [HookEvent("e4", "u1", "post-terminate", b"{}")])
         assert [e.id for e in await store.hook_events()] == ["e1", "e3", "e4"]
     finally:

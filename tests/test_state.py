@@ -10,6 +10,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
@@ -173,8 +174,8 @@ async def test_a_statement_waits_for_a_transaction_and_is_not_rolled_back_with_i
     await store.create(Upload(id="a", length=10))
     other = Upload(id="b", length=10)
     await store.create(other)
-    other.offset = 7
-    statement: asyncio.Task[None] | None = None
+    other = replace(other, offset=7)
+    statement: asyncio.Task[Upload] | None = None
     with pytest.raises(RuntimeError):
         async with store._db.transaction() as db:
             await db.execute('UPDATE uploads SET "offset" = 5 WHERE id = ?', ("a",))
@@ -193,7 +194,7 @@ async def test_a_transaction_waits_for_the_statements_under_way(store: StateStor
     uploads = [Upload(id=f"u{n}", length=10) for n in range(20)]
     for upload in uploads:
         await store.create(upload)
-        upload.offset = 3
+    uploads = [replace(upload, offset=3) for upload in uploads]
     statements = [asyncio.create_task(store.save_progress(u)) for u in uploads]
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError):
@@ -223,8 +224,7 @@ async def test_turns_go_in_order_of_arrival_so_transactions_do_not_starve_a_stat
             await db.execute("SELECT 1")
 
     async def statement() -> None:
-        upload.offset = 4
-        await store.save_progress(upload)
+        await store.save_progress(replace(upload, offset=4))
         order.append("statement")
 
     first = asyncio.create_task(transaction("first"))
@@ -249,8 +249,7 @@ async def test_a_statement_behind_a_cancelled_transaction_goes_on(store: StateSt
     async with store._db.gate.statement():  # under way: the transaction waits for it
         queued = asyncio.create_task(transaction())
         await asyncio.sleep(0)
-        upload.offset = 3
-        behind = asyncio.create_task(store.save_progress(upload))
+        behind = asyncio.create_task(store.save_progress(replace(upload, offset=3)))
         await asyncio.sleep(0)
         assert not behind.done()
         queued.cancel()
@@ -281,8 +280,7 @@ async def test_a_transaction_let_in_but_cancelled_before_it_goes_on_leaves_the_g
     with pytest.raises(asyncio.CancelledError):
         await queued
     assert not ran
-    upload.offset = 5
-    await asyncio.wait_for(store.save_progress(upload), 5)
+    await asyncio.wait_for(store.save_progress(replace(upload, offset=5)), 5)
     found = await store.get("a")
     assert found is not None and found.offset == 5
 
@@ -302,8 +300,7 @@ async def test_a_transaction_cancelled_as_it_begins_leaves_none_open(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    upload.offset = 4
-    await store.save_progress(upload)
+    await store.save_progress(replace(upload, offset=4))
     # Committed, not inside a transaction nobody ends: another connection sees it.
     with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as other:
         assert other.execute('SELECT "offset" FROM uploads').fetchone() == (4,)
@@ -320,8 +317,7 @@ async def test_a_save_whose_caller_is_cancelled_lands_before_the_cancellation_go
         "SELECT COUNT(*) FROM n"
     ))
     await asyncio.sleep(0)
-    upload.offset = 6
-    save = asyncio.create_task(store.save_progress(upload))
+    save = asyncio.create_task(store.save_progress(replace(upload, offset=6)))
     await asyncio.sleep(0)
     save.cancel()
     await asyncio.sleep(0)

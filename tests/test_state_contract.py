@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,14 +76,20 @@ async def test_an_upload_reads_back_as_it_was_created(store: Store) -> None:
 
 
 async def test_progress_is_saved_with_everything_it_changes(store: Store) -> None:
+    """save_progress returns the upload as saved, with its new ``updated_at``; the value
+    it was given stays as it was."""
     upload = Upload(id="a", length=None, defer_length=True, updated_at=0.0)
     await store.create(upload)
-    upload.offset, upload.length, upload.expires_at = 7, 9, 5000.0
-    upload.completed_at, upload.storage = 4000.0, {"etag": "x"}
+    changed = replace(
+        upload, offset=7, length=9, expires_at=5000.0, completed_at=4000.0,
+        storage={"etag": "x"},
+    )
     before = time.time()
-    await store.save_progress(upload)
-    assert upload.updated_at >= before
-    assert await store.get("a") == upload
+    saved = await store.save_progress(changed)
+    assert before <= saved.updated_at <= time.time()
+    assert saved == replace(changed, updated_at=saved.updated_at)
+    assert changed.updated_at == 0.0
+    assert await store.get("a") == saved
 
 
 async def test_concurrent_progress_writes_all_land(store: Store) -> None:
@@ -91,8 +98,7 @@ async def test_concurrent_progress_writes_all_land(store: Store) -> None:
         await store.create(upload)
 
     async def progress(upload: Upload) -> None:
-        upload.offset = 42
-        await store.save_progress(upload)
+        await store.save_progress(replace(upload, offset=42))
 
     await asyncio.gather(*(progress(upload) for upload in uploads))
     for upload in uploads:
@@ -108,7 +114,7 @@ async def test_progress_of_an_upload_that_is_gone_is_refused_with_its_events(
     gone = Upload(id="gone", length=10)
     await store.create(gone)
     await store.mark_gone("gone", TERMINATED)
-    gone.offset = 5
+    gone = replace(gone, offset=5)
     with pytest.raises(UploadGone):
         await store.save_progress(gone)
     with pytest.raises(UploadGone):
@@ -118,13 +124,12 @@ async def test_progress_of_an_upload_that_is_gone_is_refused_with_its_events(
     assert await store.count_events() == (0, 0)
     alive = Upload(id="alive", length=10)
     await store.create(alive)
-    alive.offset = 5
-    await store.save_progress(alive, [event("e2", "alive")])
+    await store.save_progress(replace(alive, offset=5), [event("e2", "alive")])
     assert (await store.get("alive")).offset == 5  # type: ignore[union-attr]
     assert await store.count_events() == (1, 0)
 
 
-async def cancel_after(turns: int, write: Awaitable[None]) -> bool:
+async def cancel_after(turns: int, write: Awaitable[object]) -> bool:
     """Run ``write``, cancelling it after ``turns`` turns of the event loop, and wait for it
     to end; whether it had ended by itself before that."""
     task = asyncio.ensure_future(write)
@@ -150,8 +155,7 @@ async def test_a_save_whose_caller_is_cancelled_lands_before_the_cancellation_go
     for turns in range(1, MOST_TURNS):
         upload = Upload(id=f"u{turns}", length=10)
         await store.create(upload)
-        upload.offset = 6
-        ended = await cancel_after(turns, store.save_progress(upload))
+        ended = await cancel_after(turns, store.save_progress(replace(upload, offset=6)))
         found = await store.get(upload.id)
         assert found is not None and found.offset == 6, f"cancelled after {turns} turns"
         if ended:
@@ -166,8 +170,9 @@ async def test_a_cancelled_save_with_events_lands_whole_or_not_at_all(store: Sto
     for turns in range(MOST_TURNS):
         upload = Upload(id=f"u{turns}", length=10)
         await store.create(upload)
-        upload.offset = 6
-        ended = await cancel_after(turns, store.save_progress(upload, [event(f"e{turns}", upload.id)]))
+        ended = await cancel_after(
+            turns, store.save_progress(replace(upload, offset=6), [event(f"e{turns}", upload.id)])
+        )
         found = await store.get(upload.id)
         assert found is not None
         recorded = f"e{turns}" in await event_ids(store)
@@ -220,8 +225,7 @@ async def test_only_active_unfinished_finals_wait_on_a_part(store: Store) -> Non
               for name in ("waiting", "done", "gone")}
     for final in finals.values():
         await store.create(final, ("p",))
-    finals["done"].completed_at = time.time()
-    await store.save_progress(finals["done"])
+    await store.save_progress(replace(finals["done"], completed_at=time.time()))
     await store.mark_gone("gone", TERMINATED)
     assert await store.finals_waiting_on("p") == ["waiting"]
 
@@ -273,8 +277,7 @@ async def test_events_are_due_one_upload_at_a_time_in_their_order(store: Store) 
     a, b = Upload(id="a", length=10), Upload(id="b", length=10)
     await store.create(a, events=[event("a1", "a", created_at=100.0)])
     await store.create(b, events=[event("b1", "b", created_at=102.0)])
-    a.offset = 1
-    await store.save_progress(a, [event("a2", "a", created_at=101.0)])
+    await store.save_progress(replace(a, offset=1), [event("a2", "a", created_at=101.0)])
     assert await event_ids(store) == ["a1", "b1", "a2"]
     assert [e.id for e in await store.due_events(time.time(), (), 10)] == ["a1", "b1"]
     assert [e.id for e in await store.due_events(time.time(), (), 1)] == ["a1"]
@@ -325,8 +328,7 @@ async def test_committed_events_wake_the_delivery(store: Store) -> None:
     await store.create(upload, events=[event("a1", "a")])
     assert store.outbox_changed.is_set()
     store.outbox_changed.clear()
-    upload.offset = 1
-    await store.save_progress(upload, [event("a2", "a")])
+    await store.save_progress(replace(upload, offset=1), [event("a2", "a")])
     assert store.outbox_changed.is_set()
     store.outbox_changed.clear()
     await store.mark_gone("a", TERMINATED, [event("a3", "a")])

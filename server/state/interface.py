@@ -40,9 +40,10 @@ class Uploads(Protocol):
         all or nothing. An id that exists already raises (the database's own error) and
         records nothing, events included."""
 
-    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
+    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> Upload:
         """Write ``upload``'s offset, length, expiry, completion and storage info, with
-        ``events``; sets its ``updated_at``.
+        ``events``; returns the upload as saved, with its new ``updated_at`` (``upload``
+        itself is a value, left as it was).
 
         Raises :class:`~server.state.model.UploadGone` and records nothing (no events
         either) when the upload is not active: a request must never be told its bytes are

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..interface import Uploads
@@ -70,19 +71,20 @@ class SQLiteUploads(Uploads):
         )
         return {row[0]: upload_from_row(row) for row in rows}
 
-    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> None:
-        upload.updated_at = time.time()
+    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> Upload:
+        saved = replace(upload, updated_at=time.time())
         changed = await self._write(
             'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
             "storage = ?, updated_at = ? WHERE id = ? AND status = ?",
             (
-                upload.offset, upload.length, upload.expires_at, upload.completed_at,
-                json.dumps(upload.storage), upload.updated_at, upload.id, _ACTIVE,
+                saved.offset, saved.length, saved.expires_at, saved.completed_at,
+                json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
             ),
             events,
         )
         if not changed:
             raise UploadGone(upload.id)
+        return saved
 
     async def mark_gone(
         self,
