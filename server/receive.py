@@ -212,15 +212,17 @@ class _Body:
         nothing is left to do first (no :class:`Finisher` backend, no pre-finish hook to
         ask): one write instead of two; :func:`~server.uploads.finished` is then due.
 
-        When the write fails (a full disk under the database), ``upload`` keeps the offset
-        and expiry that stay recorded, so that nothing reports bytes the database lost.
+        When the write fails (a full disk under the database), ``upload`` keeps the offset,
+        expiry and backend's record that stay recorded, so that nothing reports bytes the
+        database lost.
         When it is cancelled, it has run all the same (see :mod:`server.state`) but may
         have failed: ``upload`` takes its completion from the row, so that what follows
         neither skips the steps after a completion nor records one without its event.
         """
         ctx, upload = self.ctx, self.upload
-        recorded = upload.offset, upload.expires_at, upload.completed_at
+        recorded = upload.offset, upload.expires_at, upload.completed_at, upload.storage
         upload.offset = await self.writer.sync()
+        upload.storage = self.writer.storage
         upload.expires_at = ctx.expires_at()
         events = await ctx.hooks.progress(upload, self.request)
         completing = last and self._completes_with_its_bytes()
@@ -237,7 +239,7 @@ class _Body:
                     upload.expires_at, upload.completed_at = row.expires_at, row.completed_at
             raise
         except Exception:
-            upload.offset, upload.expires_at, upload.completed_at = recorded
+            upload.offset, upload.expires_at, upload.completed_at, upload.storage = recorded
             raise
 
     def _completes_with_its_bytes(self) -> bool:
@@ -273,7 +275,8 @@ class _Body:
             events = await ctx.hooks.post(POST_RECEIVE, upload, self.request)
             await ctx.store.save_progress(upload, events)
         await self.writer.discard()
-        # The backend's record in ``upload.storage`` went back with the discard.
+        # The backend's record went back with the discard, to the offset it opened at.
+        upload.storage = self.writer.storage
         await ctx.store.save_progress(upload)
 
     async def keep_what_arrived(self) -> None:

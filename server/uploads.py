@@ -258,7 +258,7 @@ async def _add(
 async def _store(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
 ) -> None:
-    await ctx.backend.create(ctx.stored(upload))
+    upload.storage = await ctx.backend.create(ctx.stored(upload))
     try:
         await ctx.store.create(
             upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
@@ -326,7 +326,7 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
         raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
     if ctx.settings.uploads.max_size and length > ctx.settings.uploads.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.uploads.max_size}")
-    await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
+    upload.storage = await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
     upload.length = length
 
 
@@ -420,7 +420,7 @@ async def complete(
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
     if ctx.can.finisher is not None:
-        await ctx.can.finisher.finish(ctx.stored(upload))
+        upload.storage = await ctx.can.finisher.finish(ctx.stored(upload))
     upload.completed_at = time.time()
     upload.expires_at = None
     return await ctx.hooks.post(POST_FINISH, upload, request)
@@ -559,7 +559,9 @@ async def assemble_if_ready(
         if len(ready) != len(partials):
             return False
         final.length = concatenated_length(partials)
-        await concatenator.concatenate(ctx.stored(final), [ctx.stored(p) for p in ready])
+        final.storage = await concatenator.concatenate(
+            ctx.stored(final), [ctx.stored(p) for p in ready]
+        )
         final.offset = final.length or 0
         await finish(ctx, final, request)
         return True

@@ -4,17 +4,29 @@ Handlers ask a backend what it can do (``isinstance(backend, Concatenator)``)
 instead of assuming it, in the manner of tusd's ``DataStore`` and its
 capability interfaces.
 
-A backend stores bytes only; the server keeps the offsets. The rule that
-binds the two: the server records an offset only after the writer's
-:meth:`UploadWriter.sync` returned it, so the recorded offset never runs
-ahead of what storage holds durably.
+A backend stores bytes only; the server keeps the offsets, and with each
+offset the backend's own record of the upload (:data:`StorageRecord`). The
+rule that binds them: the server records an offset only after the writer's
+:meth:`UploadWriter.sync` returned it, together with the writer's
+:attr:`~UploadWriter.storage` as of that sync, so neither the recorded offset
+nor the record runs ahead of what storage holds durably.
+
+A backend never changes the record it is given: the steps that change it give
+the new one back (``create``, ``declare_length``, ``finish``, ``concatenate``
+return it; a writer holds it as :attr:`UploadWriter.storage`), and the server
+records it. A record the server has not recorded yet may be lost in a crash:
+the backend then finds the upload as the last recorded one says.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+StorageRecord = Mapping[str, Any]
+"""A backend's record of one upload: JSON, read-only once handed over (a backend that
+changes it builds a new one)."""
 
 
 class StorageError(Exception):
@@ -29,16 +41,16 @@ class StorageUnavailable(StorageError):
 
 @dataclass
 class StoredUpload:
-    """What a backend needs to know of an upload."""
+    """What a backend needs to know of an upload, as the server recorded it (made afresh
+    for each call)."""
 
     id: str
     length: int | None
     offset: int
     metadata: dict[str, bytes] = field(default_factory=dict)
-    storage: dict[str, Any] = field(default_factory=dict)
-    """Backend-owned information. It is the upload record's own dict: what a
-    backend changes in it is saved by the server together with the offset, at
-    creation and after every :meth:`UploadWriter.sync`."""
+    storage: StorageRecord = field(default_factory=dict)
+    """Backend-owned information, as last recorded (the server's upload record holds
+    it): read it, never change it; a step that changes it returns the new record."""
 
 
 class UploadWriter(Protocol):
@@ -54,8 +66,16 @@ class UploadWriter(Protocol):
     async def sync(self) -> int:
         """Make every byte written so far durable and return the durable offset."""
 
+    @property
+    def storage(self) -> StorageRecord:
+        """The record that goes with the offset :meth:`sync` last returned (before the
+        first sync and after :meth:`discard`: with the offset the writer opened at).
+        The server saves it with that offset; a record handed out here is never changed
+        after, a later sync or discard makes a new one."""
+
     async def discard(self) -> None:
-        """Forget every byte written since the writer was opened (bad checksum, too long)."""
+        """Forget every byte written since the writer was opened (bad checksum, too long);
+        :attr:`storage` then goes with the offset the writer opened at."""
 
     async def close(self) -> None:
         """Release resources; bytes not synced may be lost."""
@@ -72,8 +92,9 @@ class StorageBackend(Protocol):
     async def stop(self) -> None:
         """Release everything; called once at shutdown."""
 
-    async def create(self, upload: StoredUpload) -> None:
-        """Make room for a new, empty upload; may fill ``upload.storage``."""
+    async def create(self, upload: StoredUpload) -> StorageRecord:
+        """Make room for a new, empty upload; returns its record, which the server saves
+        with the upload."""
 
     async def open_writer(self, upload: StoredUpload) -> UploadWriter:
         """A writer that appends at ``upload.offset``; bytes stored past it are dropped."""
@@ -87,9 +108,9 @@ class StorageBackend(Protocol):
 
 @runtime_checkable
 class Finisher(Protocol):
-    async def finish(self, upload: StoredUpload) -> None:
+    async def finish(self, upload: StoredUpload) -> StorageRecord:
         """Called once ``upload.offset == upload.length`` is recorded, before the upload is
-        recorded complete; it may change ``upload.storage``.
+        recorded complete; returns the record that the server saves with the completion.
 
         A backend without it has nothing left to do when the last byte is stored: the
         server then records the upload complete in the same write as its last offset."""
@@ -97,14 +118,19 @@ class Finisher(Protocol):
 
 @runtime_checkable
 class Concatenator(Protocol):
-    async def concatenate(self, final: StoredUpload, partials: list[StoredUpload]) -> None:
-        """Store the finished ``partials`` back to back as the bytes of ``final``."""
+    async def concatenate(
+        self, final: StoredUpload, partials: list[StoredUpload]
+    ) -> StorageRecord:
+        """Store the finished ``partials`` back to back as the bytes of ``final``; returns
+        the final's record, which the server saves with its offset."""
 
 
 @runtime_checkable
 class LengthDeferrer(Protocol):
-    async def declare_length(self, upload: StoredUpload, length: int) -> None:
-        """The client told the length of an upload created with ``Upload-Defer-Length``."""
+    async def declare_length(self, upload: StoredUpload, length: int) -> StorageRecord:
+        """The client told the length of an upload created with ``Upload-Defer-Length``;
+        returns the record for that length, which the server saves with the length and the
+        request's bytes (a writer opened on an upload with both carries it on)."""
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import StorageError, StoredUpload
+from .base import StorageError, StorageRecord, StoredUpload
 
 READ_CHUNK = 1024 * 1024
 
@@ -94,9 +94,10 @@ class DirectorySync:
 
 class FileWriter:
     def __init__(
-        self, fd: int, offset: int, fsync: bool = True,
+        self, fd: int, offset: int, storage: StorageRecord, fsync: bool = True,
         directory: tuple[DirectorySync, int] | None = None,
     ) -> None:
+        """``storage`` is the upload's record, which a file never changes."""
         self._fd = fd
         self._fsync = fsync
         self._directory = directory
@@ -105,10 +106,15 @@ class FileWriter:
         self._start = offset
         self._offset = offset
         self._sync_failed: OSError | None = None
+        self._storage = storage
 
     @property
     def offset(self) -> int:
         return self._offset
+
+    @property
+    def storage(self) -> StorageRecord:
+        return self._storage
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -190,8 +196,9 @@ class FilesystemBackend:
                 f"cannot write to the data directory {self.directory}: {exc.strerror or exc}"
             ) from None
 
-    async def create(self, upload: StoredUpload) -> None:
-        """An empty file, made inline: creating it costs less than a thread hop.
+    async def create(self, upload: StoredUpload) -> StorageRecord:
+        """An empty file, made inline: creating it costs less than a thread hop. The record
+        stays as it is: the file's name is the upload's id.
 
         Its directory entry becomes durable with its first synced bytes (see
         :class:`FileWriter`), not here: an upload at offset 0 has nothing to lose, and a
@@ -199,6 +206,7 @@ class FilesystemBackend:
         """
         fd = os.open(self.path(upload.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         os.close(fd)
+        return upload.storage
 
     async def open_writer(self, upload: StoredUpload) -> FileWriter:
         fd = os.open(self.path(upload.id), os.O_WRONLY | os.O_CREAT, 0o640)
@@ -217,7 +225,7 @@ class FilesystemBackend:
         directory = (
             (self._directory_sync, self._directory_sync.ticket()) if upload.offset == 0 else None
         )
-        return FileWriter(fd, upload.offset, self._fsync, directory)
+        return FileWriter(fd, upload.offset, upload.storage, self._fsync, directory)
 
     async def read(self, upload: StoredUpload, start: int, end: int) -> AsyncIterator[bytes]:
         if start >= end:
@@ -243,7 +251,9 @@ class FilesystemBackend:
         except FileNotFoundError:
             pass
 
-    async def concatenate(self, final: StoredUpload, partials: list[StoredUpload]) -> None:
+    async def concatenate(
+        self, final: StoredUpload, partials: list[StoredUpload]
+    ) -> StorageRecord:
         """Copy the partials' bytes into the final's file: each partial's ``offset`` bytes,
         which its file must hold (else :class:`DataMissing`, and no final is made)."""
 
@@ -261,6 +271,8 @@ class FilesystemBackend:
                 _fsync_directory(self.directory)
 
         await asyncio.to_thread(copy)
+        return final.storage
 
-    async def declare_length(self, upload: StoredUpload, length: int) -> None:
+    async def declare_length(self, upload: StoredUpload, length: int) -> StorageRecord:
         """Nothing to prepare: a file grows as it is written."""
+        return upload.storage

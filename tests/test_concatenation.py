@@ -480,7 +480,7 @@ async def test_a_long_assembly_holds_up_no_unrelated_upload(client, storage_view
         if not held:
             held.append(final.id)
             await go_on.wait()
-        await concatenate(final, partials)
+        return await concatenate(final, partials)
 
     backend.concatenate = held_concatenate
     small = [await partial(client, b"x"), await partial(client, b"y")]

@@ -1,7 +1,7 @@
 """The S3 backend after a crash at a chosen point, in a fixed order (no random timing).
 
 A crash is modelled by what it leaves: the state the server last committed to its
-database (a deep copy of ``StoredUpload.storage`` taken at that moment), the spool
+database (a deep copy of the record the backend last gave it), the spool
 files on disk, and whatever S3 already holds. A new :class:`S3Backend`, as in a new
 process, then carries on from exactly that. tests/test_crash_random.py finds such
 points by chance; these pin the ones that went wrong once, and the spool's own
@@ -71,12 +71,13 @@ def new_upload(length: int | None) -> StoredUpload:
 
 async def receive(backend: S3Backend, upload: StoredUpload, data: bytes) -> dict[str, Any]:
     """One request's body, as the server appends it; returns the state committed after its
-    sync (the writer's close may record more in memory, which no commit saved)."""
+    sync (the writer's record as of that sync)."""
     writer = await backend.open_writer(upload)
     try:
         for start in range(0, len(data), 256 * 1024):
             await writer.write(data[start : start + 256 * 1024])
         upload.offset = await writer.sync()
+        upload.storage = writer.storage
         committed = copy.deepcopy(upload.storage)
     finally:
         await writer.close()
@@ -117,7 +118,7 @@ async def test_crash_after_the_multipart_upload_was_completed_with_the_spool_sti
     data = payload(PART + 3 * MIB + 123)
     async with new_backend() as first:
         upload = new_upload(len(data))
-        await first.create(upload)
+        upload.storage = await first.create(upload)
         committed = await receive(first, upload, data)
         # Part 1's upload may or may not have ended by the last commit.
         etag = (await parts_in_s3(s3, bucket, upload, 1))[1]
@@ -134,8 +135,8 @@ async def test_crash_after_the_multipart_upload_was_completed_with_the_spool_sti
             writer = await second.open_writer(restarted)
             assert await writer.sync() == len(data)
             await writer.close()
-        await second.finish(restarted)  # what HEAD does for a full upload
-        assert restarted.storage["done"] is True
+        finished = await second.finish(restarted)  # what HEAD does for a full upload
+        assert finished["done"] is True
         assert not spool.exists()
     assert object_bytes(s3, bucket, upload.storage["key"]) == data
     assert multipart_uploads(s3, bucket) == []
@@ -147,13 +148,12 @@ async def test_crash_after_the_spool_of_a_completed_upload_was_removed(
     data = payload(PART + MIB)
     async with new_backend() as first:
         upload = new_upload(len(data))
-        await first.create(upload)
+        upload.storage = await first.create(upload)
         committed = await receive(first, upload, data)
         await first.finish(upload)
     async with new_backend() as second:
         restarted = after_crash(upload, committed)
-        await second.finish(restarted)
-        assert restarted.storage["done"] is True
+        assert (await second.finish(restarted))["done"] is True
     assert object_bytes(s3, bucket, upload.storage["key"]) == data
 
 
@@ -163,7 +163,7 @@ async def test_a_part_stored_before_its_etag_was_committed_is_adopted(
     data = payload(2 * PART + MIB)
     async with new_backend() as first:
         upload = new_upload(len(data))
-        await first.create(upload)
+        upload.storage = await first.create(upload)
         committed = await receive(first, upload, data[: PART + MIB])
         # Part 1 landed; the crash came before a commit said so.
         await parts_in_s3(s3, bucket, upload, 1)
@@ -187,7 +187,7 @@ async def test_a_vanished_multipart_upload_is_replaced_once_even_across_a_second
     data = payload(PART + 2 * MIB)
     async with new_backend() as first:
         upload = new_upload(len(data))
-        await first.create(upload)
+        upload.storage = await first.create(upload)
         committed = await receive(first, upload, data[: 3 * MIB])  # all of it still spooled
     key = upload.storage["key"]
     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=committed["mpu"])  # a lifecycle rule
@@ -213,12 +213,12 @@ async def concatenation(
     partials = []
     for piece in pieces:
         partial = new_upload(len(piece))
-        await backend.create(partial)
+        partial.storage = await backend.create(partial)
         await receive(backend, partial, piece)
-        await backend.finish(partial)
+        partial.storage = await backend.finish(partial)
         partials.append(partial)
     final = new_upload(sum(map(len, pieces)))
-    await backend.create(final)
+    final.storage = await backend.create(final)
     return final, partials
 
 
@@ -232,8 +232,7 @@ async def test_a_concatenation_completed_before_a_crash_is_recognised(
         await first.concatenate(final, partials)  # then the crash, before the record
     async with new_backend() as second:
         restarted = after_crash(final, committed)
-        await second.concatenate(restarted, partials)
-        assert restarted.storage["done"] is True
+        assert (await second.concatenate(restarted, partials))["done"] is True
     assert object_bytes(s3, bucket, final.storage["key"]) == b"".join(pieces)
     assert multipart_uploads(s3, bucket) == []
 
@@ -280,7 +279,7 @@ async def test_the_file_of_a_stored_part_is_written_over_by_a_later_part(
     data = payload(2 * PART + 2 * MIB + 7)
     async with new_backend(fsync=fsync) as backend:
         upload = new_upload(len(data))
-        await backend.create(upload)
+        upload.storage = await backend.create(upload)
         await receive_in_mib(backend, upload, data[: 2 * PART + MIB], s3, bucket)
         spool = spool_of(backend, upload)
         expected = PART if fsync == "always" else MIB
@@ -298,7 +297,7 @@ async def test_a_spare_file_longer_than_its_part_after_a_crash(
     data = payload(2 * PART + 3 * MIB)
     async with new_backend() as first:
         upload = new_upload(len(data))
-        await first.create(upload)
+        upload.storage = await first.create(upload)
         committed = await receive_in_mib(first, upload, data[: 2 * PART + MIB], s3, bucket)
         spool = spool_of(first, upload)
         assert (spool / "3").stat().st_size == PART  # part 3 holds 1 MiB of it
@@ -318,10 +317,11 @@ async def test_a_part_stored_after_the_last_commit_of_a_request_needs_no_list_pa
     data = payload(PART + 2 * MIB)
     async with new_backend() as backend:
         upload = new_upload(len(data))
-        await backend.create(upload)
+        upload.storage = await backend.create(upload)
         writer = await backend.open_writer(upload)
         await writer.write(data[: PART + MIB])
         upload.offset = await writer.sync()
+        upload.storage = writer.storage
         committed = copy.deepcopy(upload.storage)
         committed["parts"][0][1] = None
         etag = (await parts_in_s3(s3, bucket, upload, 1))[1]
@@ -344,7 +344,7 @@ async def test_bytes_no_commit_recorded_are_cut_by_the_next_writer(
     data = payload(3 * MIB)  # one part: no multipart upload
     async with new_backend() as backend:
         upload = new_upload(len(data))
-        await backend.create(upload)
+        upload.storage = await backend.create(upload)
         committed = await receive(backend, upload, data[:MIB])
         uncommitted = dataclasses.replace(upload, storage=copy.deepcopy(committed))
         await receive(backend, uncommitted, payload(3 * MIB, seed=9))

@@ -3,15 +3,16 @@
 One set of tests, run on the filesystem and on S3 (moto's server), through the interface
 of ``base.py`` only, doing with a backend what the server does with it: a backend made of
 the settings by ``make_backend``, its optional capabilities looked up by
-``Capabilities.of`` (a test of one runs on the backends that have it), an upload's
-``storage`` dict saved as JSON at creation and after every sync and loaded again for each
-request. Where a rule speaks of the bytes stored, the storage is looked at from outside
+``Capabilities.of`` (a test of one runs on the backends that have it), the backend's
+record of an upload (``storage``), as the step that changed it returned it, saved as JSON
+at creation and after every sync and loaded again for each request. Where a rule speaks of the bytes stored, the storage is looked at from outside
 (``storage_view``: the data files, or the bucket and the spool). Each test says which
 rule it holds.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import time
@@ -24,7 +25,12 @@ from support.storage import payload
 from server.capabilities import Capabilities
 from server.config import Settings
 from storage_backends import make_backend
-from storage_backends.base import StorageBackend, StoredUpload, UploadWriter
+from storage_backends.base import (
+    StorageBackend,
+    StorageRecord,
+    StoredUpload,
+    UploadWriter,
+)
 
 pytestmark = pytest.mark.all_backends
 
@@ -87,14 +93,16 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 async def create(running: Running, length: int | None) -> Record:
     record = Record(length=length)
     upload = record.load()
-    await running.backend.create(upload)
+    upload.storage = await running.backend.create(upload)
     record.save(upload)
     return record
 
 
 async def commit(writer: UploadWriter, upload: StoredUpload, record: Record) -> int:
-    """Sync, then record the offset sync returned (the server's rule: never before)."""
+    """Sync, then record the offset sync returned, with the writer's record that goes with
+    it (the server's rule: never before)."""
     upload.offset = await writer.sync()
+    upload.storage = writer.storage
     record.save(upload)
     return upload.offset
 
@@ -119,7 +127,7 @@ async def complete(running: Running, record: Record) -> None:
     finisher = running.can.finisher
     if finisher is not None:
         upload = record.load()
-        await finisher.finish(upload)
+        upload.storage = await finisher.finish(upload)
         record.save(upload)
 
 
@@ -172,8 +180,8 @@ async def test_the_writer_offset_counts_every_byte_written_and_sync_returns_it(r
 
 
 async def test_what_was_recorded_serves_the_next_process(running):
-    """StoredUpload.storage: what the backend puts in it is saved at creation and after
-    every sync; with that alone, a restarted server resumes and reads the upload."""
+    """StoredUpload.storage: the record create returns, and the writer's after every sync,
+    are saved; with that alone, a restarted server resumes and reads the upload."""
     record = await create(running, 11)
     await running.restart()
     assert await append(running, record, b"hello") == 5
@@ -185,16 +193,16 @@ async def test_what_was_recorded_serves_the_next_process(running):
 
 
 async def test_a_full_upload_reads_once_finished_or_at_once_without_a_finisher(running):
-    """Finisher.finish: called once ``offset == length`` is recorded, and what it changes in
-    ``storage`` is recorded; a backend without it has nothing left to do once the last
-    byte is stored."""
+    """Finisher.finish: called once ``offset == length`` is recorded, and the record it
+    returns is recorded; a backend without it has nothing left to do once the last byte
+    is stored."""
     data = payload(MIB + 3, seed=1)
     record = await create(running, len(data))
     assert await append(running, record, data) == len(data)
     finisher = running.can.finisher
     if finisher is not None:
         upload = record.load()
-        await finisher.finish(upload)
+        upload.storage = await finisher.finish(upload)
         record.save(upload)
     await running.restart()
     assert await read(running, record) == data
@@ -273,7 +281,7 @@ async def test_discard_forgets_every_byte_written_since_the_writer_opened(runnin
         await writer.discard()
         assert writer.offset == 5
         assert await writer.sync() == 5
-        upload.offset = 5
+        upload.offset, upload.storage = 5, writer.storage
         record.save(upload)
     finally:
         await writer.close()
@@ -296,12 +304,56 @@ async def test_discard_forgets_bytes_that_filled_parts_and_the_upload_goes_on(ru
         await writer.write(payload(2 * MIB, seed=4))
         await writer.discard()
         assert writer.offset == 4 * MIB
-        upload.offset = 4 * MIB
+        upload.offset, upload.storage = 4 * MIB, writer.storage
         record.save(upload)
     finally:
         await writer.close()
     assert await append(running, record, data[4 * MIB :]) == len(data)
     await complete(running, record)
+    assert await read(running, record) == data
+
+
+async def test_no_record_is_changed_once_handed_over(running):
+    """StoredUpload.storage is read, never changed: a step that changes the record returns
+    a new one. UploadWriter.storage: a record handed out is never changed after, whatever
+    the writer does next (the server may still be saving it while the body goes on)."""
+    data = payload(6 * MIB + 1, seed=12)
+    handed: list[tuple[StorageRecord, StorageRecord]] = []
+
+    def hand(storage: StorageRecord) -> StorageRecord:
+        """Keep ``storage``, with a copy of it as it is now."""
+        handed.append((storage, copy.deepcopy(storage)))
+        return storage
+
+    record = Record(length=len(data))
+    upload = record.load()
+    hand(upload.storage)
+    upload.storage = hand(await running.backend.create(upload))
+    record.save(upload)
+    upload = record.load()
+    hand(upload.storage)
+    writer = await running.backend.open_writer(upload)
+    try:
+        hand(writer.storage)
+        await writer.write(data[: 4 * MIB])
+        assert await commit(writer, upload, record) == 4 * MIB
+        hand(writer.storage)
+        await writer.write(data[4 * MIB :])  # past the first part of the S3 backend
+        assert await writer.sync() == len(data)
+        hand(writer.storage)
+        await writer.discard()  # back to where the writer opened
+        hand(writer.storage)
+        await writer.write(data)
+        assert await commit(writer, upload, record) == len(data)
+        hand(writer.storage)
+    finally:
+        await writer.close()
+    upload = record.load()
+    hand(upload.storage)
+    if running.can.finisher is not None:
+        upload.storage = hand(await running.can.finisher.finish(upload))
+        record.save(upload)
+    assert [storage for storage, _ in handed] == [as_handed for _, as_handed in handed]
     assert await read(running, record) == data
 
 
@@ -412,7 +464,9 @@ async def test_concatenate_stores_finished_partials_back_to_back(running, parts)
     length = sum(map(len, parts))
     final = await create(running, length)
     upload = final.load()
-    await running.can.concatenator.concatenate(upload, [p.load() for p in partials])
+    upload.storage = await running.can.concatenator.concatenate(
+        upload, [p.load() for p in partials]
+    )
     upload.offset = length
     final.save(upload)
     await complete(running, final)
@@ -437,7 +491,7 @@ async def test_declare_length_lets_a_deferred_upload_finish(running, before, aft
         assert await append(running, record, before) == len(before)
     length = len(before) + len(after)
     upload = record.load()
-    await running.can.length_deferrer.declare_length(upload, length)
+    upload.storage = await running.can.length_deferrer.declare_length(upload, length)
     upload.length = length
     writer = await running.backend.open_writer(upload)
     try:

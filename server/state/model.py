@@ -7,6 +7,7 @@ equal to its value and formats as it (``f"upload was {upload.status}"`` says ``e
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -61,7 +62,11 @@ class Upload:
     updated_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     completed_at: float | None = None
-    storage: dict[str, Any] = field(default_factory=dict)
+    storage: Mapping[str, Any] = field(default_factory=dict)
+    """The storage backend's record of the upload (JSON), which the backend gives back
+    from the steps that change it. Never changed in place: read-only to the type checker,
+    so that a value handed on is the value recorded. (A read-only proxy would guard only
+    its top level, the parts lists inside stay lists, and JSON does not encode one.)"""
 
     @property
     def is_complete(self) -> bool:

@@ -22,8 +22,11 @@ part: its first bytes, as many as the state says, are the part.
 
 Where state lives
 -----------------
-``StoredUpload.storage`` (saved by the server in SQLite together with the
-offset, at creation and after every sync)::
+The upload's record, ``StoredUpload.storage``. The backend never changes the
+record it is given: ``create``, ``declare_length``, ``finish`` and
+``concatenate`` return a new one, and a writer makes a new one at each sync
+(:attr:`S3Writer.storage`), naming only parts its sync made durable. The
+server saves it in its database together with the offset::
 
     {"key": "<prefix><id>", "mpu": "<UploadId>" | null, "part_size": 8388608,
      "parts": [[size, etag | null], ...], "done": false}

@@ -11,9 +11,8 @@ import io
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from ..base import StorageError, StoredUpload
+from ..base import StorageError, StorageRecord, StoredUpload
 from . import spool
 from .client import S3Client, S3Error
 from .concat import Pieces, copy_parts, read_pieces, stream_parts
@@ -38,6 +37,11 @@ SEEN_LIMIT = 100_000
 
 def _stored_numbers(parts: list[Part]) -> set[int]:
     return {number for number, part in enumerate(parts, 1) if part.etag is not None}
+
+
+def _stored_as_object(state: StorageRecord) -> StorageRecord:
+    """The record of an upload that is its object now: no multipart upload, no parts."""
+    return {**state, "done": True, "mpu": None, "parts": []}
 
 
 def _unsent_closed_parts(parts: list[Part], carried: PartUploads | None) -> list[int]:
@@ -90,7 +94,7 @@ class S3Backend:
             length, part_size=self.settings.part_size, max_parts=self.settings.max_parts
         )
 
-    def part_target(self, state: dict[str, Any], length: int | None, number: int) -> int | None:
+    def part_target(self, state: StorageRecord, length: int | None, number: int) -> int | None:
         """The size at which part ``number`` is closed, or None when parts are never closed
         (no multipart upload: the upload is stored with one ``PutObject``)."""
         if not state.get("mpu"):
@@ -134,21 +138,22 @@ class S3Backend:
 
     # -- creation
 
-    async def create(self, upload: StoredUpload) -> None:
+    async def create(self, upload: StoredUpload) -> StorageRecord:
         key = self.settings.prefix + upload.id
-        state = upload.storage
-        state.update(
-            key=key, mpu=None, part_size=self.plan_part_size(upload.length),
-            parts=parts_to_json([Part(0)]), done=False,
-        )
-        if upload.length is None or upload.length > state["part_size"]:
-            state["mpu"] = await self._create_multipart(key, upload.metadata)
+        part_size = self.plan_part_size(upload.length)
+        mpu = None
+        if upload.length is None or upload.length > part_size:
+            mpu = await self._create_multipart(key, upload.metadata)
         self._remember(upload.id)
+        return {
+            **upload.storage, "key": key, "mpu": mpu, "part_size": part_size,
+            "parts": parts_to_json([Part(0)]), "done": False,
+        }
 
     async def _create_multipart(self, key: str, metadata: dict[str, bytes]) -> str:
         return await self.client.create_multipart(key, object_headers(metadata))
 
-    async def declare_length(self, upload: StoredUpload, length: int) -> None:
+    async def declare_length(self, upload: StoredUpload, length: int) -> StorageRecord:
         state = upload.storage
         parts = parts_from_json(state["parts"])
         closed = len(parts) - 1
@@ -168,9 +173,10 @@ class S3Backend:
             )
         if size is None:
             raise StorageError(f"upload {upload.id} of {length} bytes needs parts over 5 GiB")
-        state["part_size"] = size
-        if not state.get("mpu") and length > state["part_size"]:
-            state["mpu"] = await self._create_multipart(self.key(upload), upload.metadata)
+        record = {**state, "part_size": size}
+        if not state.get("mpu") and length > size:
+            record["mpu"] = await self._create_multipart(self.key(upload), upload.metadata)
+        return record
 
     # -- receiving
 
@@ -180,7 +186,7 @@ class S3Backend:
         if state.get("done") or upload.offset == upload.length:
             # Full: finish() takes it from here, and it alone may find that a crash came
             # after the multipart upload was completed (which ListParts would call lost).
-            return FinishedWriter(upload.offset)
+            return FinishedWriter(upload)
         parts = self._committed_parts(upload)
         carried = await self._take_over(upload.id, state.get("mpu"))
         if carried is not None:
@@ -195,17 +201,20 @@ class S3Backend:
         if carried is not None:
             carried.forget(committed_stored)
         key = self.key(upload)
+        record = dict(state)
         if list_parts:
-            state["mpu"] = await reconcile_parts(self.client, upload, key, parts, digests)
-        mpu = state.get("mpu")
+            record["mpu"] = await reconcile_parts(self.client, upload, key, parts, digests)
+        mpu = record.get("mpu")
         if first:
             await abort_strays(self.client, key, keep=mpu)
         self._remember(upload.id)
         uploads = await self._part_uploads(upload.id, key, mpu, parts, carried)
-        return S3Writer(self, upload, parts, committed_stored, uploads)
+        record["parts"] = parts_to_json(parts)
+        return S3Writer(self, upload, record, parts, committed_stored, uploads)
 
     def _committed_parts(self, upload: StoredUpload) -> list[Part]:
-        """The parts holding exactly the committed offset, which the state records from now."""
+        """The parts holding exactly the committed offset, which the writer's record names
+        from now."""
         recorded = parts_from_json(upload.storage["parts"])
         parts = cut_parts(recorded, upload.offset)
         if parts is None:
@@ -213,7 +222,6 @@ class S3Backend:
                 f"upload {upload.id}: parts hold {sum(part.size for part in recorded)} bytes "
                 f"but the offset is {upload.offset}: data was lost"
             )
-        upload.storage["parts"] = parts_to_json(parts)
         return parts
 
     async def _reconcile_spool(
@@ -250,11 +258,11 @@ class S3Backend:
 
     # -- finishing
 
-    async def finish(self, upload: StoredUpload) -> None:
+    async def finish(self, upload: StoredUpload) -> StorageRecord:
         """Make the object the upload: complete the multipart upload, or put a small one."""
         state = upload.storage
         if state.get("done"):
-            return
+            return state
         key = self.key(upload)
         parts = parts_from_json(state["parts"])
         if not await self._stored_before(upload, key, parts):
@@ -266,9 +274,9 @@ class S3Backend:
                     spool.read_parts, self.spool_directory(upload.id), parts
                 )
                 await self._put(upload, key, body)
-        state.update(done=True, mpu=None, parts=[])
         await asyncio.to_thread(shutil.rmtree, self.spool_directory(upload.id), True)
         self._seen.pop(upload.id, None)
+        return _stored_as_object(state)
 
     async def _stored_before(self, upload: StoredUpload, key: str, parts: list[Part]) -> bool:
         """Whether the object already is the upload: this process (or one that crashed)
@@ -305,8 +313,8 @@ class S3Backend:
                 raise
 
     async def _send_rest(self, upload: StoredUpload, key: str, mpu: str, parts: list[Part]) -> None:
-        """Give every part an ETag: those the last request's uploads got, then the rest sent.
-        The ETags go into the state as they are known."""
+        """Give every part of ``parts`` an ETag: those the last request's uploads got, then
+        the rest sent."""
         carried = await self._take_over(upload.id, mpu)
         if carried is not None:
             await carried.wait_all()
@@ -314,7 +322,6 @@ class S3Backend:
                 if number <= len(parts) and parts[number - 1].etag is None:
                     parts[number - 1].etag = etag
             await carried.stop()
-            upload.storage["parts"] = parts_to_json(parts)
         uploads = PartUploads(self.client, key, mpu, self.settings.concurrency)
         directory = self.spool_directory(upload.id)
         for number, part in enumerate(parts, 1):
@@ -326,7 +333,6 @@ class S3Backend:
             await uploads.stop()
         for number, etag in uploads.results.items():
             parts[number - 1].etag = etag
-        upload.storage["parts"] = parts_to_json(parts)
 
     async def _put(self, upload: StoredUpload, key: str, data: io.BytesIO) -> None:
         md5 = (await asyncio.to_thread(spool.body_digest, data))[1]
@@ -362,7 +368,9 @@ class S3Backend:
 
     # -- concatenation
 
-    async def concatenate(self, final: StoredUpload, partials: list[StoredUpload]) -> None:
+    async def concatenate(
+        self, final: StoredUpload, partials: list[StoredUpload]
+    ) -> StorageRecord:
         state = final.storage
         key = self.key(final)
         pieces = [(self.key(p), p.length or 0) for p in partials if p.length]
@@ -370,8 +378,7 @@ class S3Backend:
         if await self.client.object_size(key) == total:
             # Assembled before a crash kept the server from recording it: the partials are
             # immutable, so an object of their total length at this key is the final upload.
-            state.update(done=True, mpu=None, parts=[])
-            return
+            return _stored_as_object(state)
         by_copy = copyable(
             pieces, max_parts=self.settings.max_parts, equal_parts=self.settings.equal_parts
         )
@@ -381,16 +388,15 @@ class S3Backend:
             await self._put(final, key, await read_pieces(self.client, pieces))
         else:
             await self._assemble(final, key, pieces, by_copy)
-        state.update(done=True, mpu=None, parts=[])
+        return _stored_as_object(state)
 
     async def _assemble(self, final: StoredUpload, key: str, pieces: Pieces, by_copy: bool) -> None:
         """The final object as a multipart upload of ``pieces``, copied by S3 if ``by_copy``."""
-        state = final.storage
-        mpu = state.get("mpu")
+        mpu = final.storage.get("mpu")
         # One that an earlier, crashed attempt started would never be completed.
         await abort_strays(self.client, key, keep=mpu)
         if not mpu:
-            mpu = state["mpu"] = await self._create_multipart(key, final.metadata)
+            mpu = await self._create_multipart(key, final.metadata)
         concurrency = self.settings.concurrency
         if by_copy:
             stored = await copy_parts(self.client, key, mpu, pieces, concurrency)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..base import StorageError, StoredUpload
-from .parts import Part, parts_from_json, parts_to_json
+from ..base import StorageError, StorageRecord, StoredUpload
+from .parts import Part, parts_to_json
 from .spool import (
     fsync_path,
     give_up_files,
@@ -33,20 +33,26 @@ def _copy(parts: list[Part]) -> list[Part]:
 
 
 class S3Writer:
-    """Appends one request's body: spool, close full parts, upload them in the background."""
+    """Appends one request's body: spool, close full parts, upload them in the background.
+
+    Its record (:attr:`storage`) is a new dict at each sync and discard, never one
+    changed in place: the server may be saving the last one while the body goes on."""
 
     def __init__(
         self,
         backend: S3Backend,
         upload: StoredUpload,
+        record: dict[str, Any],
         parts: list[Part],
         committed_stored: set[int],
         uploads: PartUploads | None,
     ) -> None:
+        """``record`` is the upload's record as the writer opens it: ``parts`` as
+        reconciled, the multipart upload they go to."""
         self._backend = backend
         self._settings = backend.settings
         self._upload = upload
-        self._state = upload.storage
+        self._state = record
         self._directory = backend.spool_directory(upload.id)
         self._parts = parts
         self._target = self._target_of(len(parts))
@@ -72,6 +78,13 @@ class S3Writer:
     @property
     def offset(self) -> int:
         return self._offset
+
+    @property
+    def storage(self) -> StorageRecord:
+        return self._state
+
+    def _with_parts(self, parts: list[Part]) -> None:
+        self._state = {**self._state, "parts": parts_to_json(parts)}
 
     def _target_of(self, number: int) -> int | None:
         return self._backend.part_target(self._state, self._upload.length, number)
@@ -173,7 +186,7 @@ class S3Writer:
         self._stored_at_last_sync = {
             number for number, part in enumerate(parts, 1) if part.etag is not None
         }
-        self._state["parts"] = parts_to_json(parts)
+        self._with_parts(parts)
         return offset
 
     async def discard(self) -> None:
@@ -206,7 +219,7 @@ class S3Writer:
         self._unsynced = {number for number in self._unsynced if number < open_number}
         if open_size:
             self._unsynced.add(open_number)
-        self._state["parts"] = parts_to_json(self._parts)
+        self._with_parts(self._parts)
 
     async def close(self) -> None:
         if self._closed:
@@ -227,20 +240,22 @@ class S3Writer:
             self._backend.carry_over(self._upload.id, self._uploads)
         else:
             await self._uploads.stop()
-        parts = parts_from_json(self._state["parts"])
-        self._record_results(parts)
-        self._state["parts"] = parts_to_json(parts)
 
 
 class FinishedWriter:
     """The writer of an upload that takes no more bytes: stored as an object, or full."""
 
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
+    def __init__(self, upload: StoredUpload) -> None:
+        self._offset = upload.offset
+        self._state = upload.storage
 
     @property
     def offset(self) -> int:
         return self._offset
+
+    @property
+    def storage(self) -> StorageRecord:
+        return self._state
 
     async def write(self, data: bytes) -> None:
         if data:
