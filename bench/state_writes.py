@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,19 +39,22 @@ async def one_round(directory: Path, concurrency: int, seconds: float) -> tuple[
             await store.create(upload)
         writes = 0
         deadline = time.monotonic() + seconds
+        saved: dict[str, Upload] = {}
 
         async def writer(upload: Upload) -> None:
             nonlocal writes
             while time.monotonic() < deadline:
-                upload.offset += 1
-                await store.save_progress(upload)
+                upload = await store.save_progress(replace(upload, offset=upload.offset + 1))
                 writes += 1
+            saved[upload.id] = upload
 
         started, cpu_started = time.monotonic(), time.process_time()
         await asyncio.gather(*(writer(upload) for upload in uploads))
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu_started
         stored = await store.get_many(tuple(u.id for u in uploads))
-        assert all(stored[u.id].offset == u.offset for u in uploads), "a write did not land"
+        assert all(stored[u.id].offset == saved[u.id].offset for u in uploads), (
+            "a write did not land"
+        )
     finally:
         await store.close()
     return writes / elapsed, cpu / writes * 1e6

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import StreamReader, web
 
@@ -185,7 +185,11 @@ class _PeriodicCommit:
 
 
 class _Body:
-    """One request body on its way into an upload: what its commits and its end need."""
+    """One request body on its way into an upload: what its commits and its end need.
+
+    ``upload`` is the upload as recorded: each write that lands replaces it with the
+    value written, one that fails leaves it as it was (periodic commits write it from
+    the background, so it lives here rather than being handed back)."""
 
     def __init__(
         self,
@@ -206,49 +210,41 @@ class _Body:
         self.commits = _PeriodicCommit(self)
 
     async def commit(self, *, last: bool = False) -> None:
-        """Record the synced offset; a due post-receive event rides along in the same write.
+        """Record the synced offset, with the writer's record that goes with it; a due
+        post-receive event rides along in the same write.
 
         The ``last`` commit of a body that fills the upload also records it complete, when
         nothing is left to do first (no :class:`Finisher` backend, no pre-finish hook to
         ask): one write instead of two; :func:`~server.uploads.finished` is then due.
 
-        When the write fails (a full disk under the database), ``upload`` keeps the offset,
-        expiry and backend's record that stay recorded, so that nothing reports bytes the
-        database lost.
-        When it is cancelled, it has run all the same (see :mod:`server.state`) but may
-        have failed: ``upload`` takes its completion from the row, so that what follows
-        neither skips the steps after a completion nor records one without its event.
+        When the write fails (a full disk under the database), ``upload`` stays the one
+        recorded, so that nothing reports bytes the database lost. When it is cancelled,
+        it has run all the same (see :mod:`server.state`) but may have failed: ``upload``
+        becomes the row, so that what follows neither skips the steps after a completion
+        nor records one without its event.
         """
-        ctx, upload = self.ctx, self.upload
-        recorded = upload.offset, upload.expires_at, upload.completed_at, upload.storage
-        upload.offset = await self.writer.sync()
-        upload.storage = self.writer.storage
-        upload.expires_at = ctx.expires_at()
+        ctx = self.ctx
+        offset = await self.writer.sync()
+        upload = replace(
+            self.upload, offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage
+        )
         events = await ctx.hooks.progress(upload, self.request)
-        completing = last and self._completes_with_its_bytes()
-        if completing:
-            upload.completed_at = time.time()
-            upload.expires_at = None
+        if last and self._completes_with_its_bytes(upload):
+            upload = upload.completed()
             events += await ctx.hooks.post(POST_FINISH, upload, self.request)
         try:
-            await ctx.store.save_progress(upload, events)
+            self.upload = await ctx.store.save_progress(upload, events)
         except asyncio.CancelledError:
-            if completing:
-                row = await ctx.store.get(upload.id)
-                if row is not None:
-                    upload.expires_at, upload.completed_at = row.expires_at, row.completed_at
-            raise
-        except Exception:
-            upload.offset, upload.expires_at, upload.completed_at, upload.storage = recorded
+            self.upload = await ctx.store.get(upload.id) or self.upload
             raise
 
-    def _completes_with_its_bytes(self) -> bool:
-        """Whether the last commit may record the upload complete: it is full, and
+    def _completes_with_its_bytes(self, upload: Upload) -> bool:
+        """Whether the last commit may record ``upload`` complete: it is full, and
         :func:`~server.uploads.complete` would do nothing but that (no backend's finish,
         no pre-finish hook)."""
         ctx = self.ctx
         return (
-            is_full(self.upload)
+            is_full(upload)
             and ctx.can.finisher is None
             and PRE_FINISH not in ctx.hooks.events
         )
@@ -266,18 +262,18 @@ class _Body:
         with a checksum records nothing while it arrives, so the expiry recorded may have
         passed meanwhile (a request that takes over from this one must find it alive).
         """
-        ctx, upload = self.ctx, self.upload
-        rolled_back = upload.offset != self.start
-        upload.expires_at = ctx.expires_at()
-        upload.length = self.recorded_length
+        ctx = self.ctx
+        rolled_back = self.upload.offset != self.start
+        upload = replace(
+            self.upload, offset=self.start, length=self.recorded_length,
+            expires_at=ctx.expires_at(),
+        )
         if rolled_back:
-            upload.offset = self.start
             events = await ctx.hooks.post(POST_RECEIVE, upload, self.request)
-            await ctx.store.save_progress(upload, events)
+            self.upload = await ctx.store.save_progress(upload, events)
         await self.writer.discard()
         # The backend's record went back with the discard, to the offset it opened at.
-        upload.storage = self.writer.storage
-        await ctx.store.save_progress(upload)
+        self.upload = await ctx.store.save_progress(replace(upload, storage=self.writer.storage))
 
     async def keep_what_arrived(self) -> None:
         """After the body broke off: commit what arrived, or drop it when it cannot be
@@ -296,8 +292,9 @@ async def write_body(
     holder: Holder,
     checksum: ExpectedChecksum | None,
     recorded_length: int | None,
-) -> BaseException | None:
-    """Append the request body to ``upload`` and commit its new offset.
+) -> tuple[Upload, BaseException | None]:
+    """Append the request body to ``upload`` and commit its new offset; returns the upload
+    as then recorded.
 
     ``upload.length`` may have been declared by this request (``Upload-Length`` on a
     PATCH): ``recorded_length`` is the length recorded before, which stays when the body
@@ -323,13 +320,14 @@ async def write_body(
     )
     holder.on_release_request(stop_receiving)
     try:
-        return await _receive(body, watchdog, room)
+        broke_off = await _receive(body, watchdog, room)
     finally:
         await body.commits.settle()
         watchdog.cancel()
         holder.on_release_request(None)
-        request[RECEIVED] = upload.offset - body.start
+        request[RECEIVED] = body.upload.offset - body.start
         await writer.close()
+    return body.upload, broke_off
 
 
 def _stopper(request: web.Request) -> Callable[[], None]:

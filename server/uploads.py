@@ -2,7 +2,9 @@
 
 The handlers (:mod:`server.handlers`) parse requests and answer them; between the two
 they call one step of this module, which takes the upload's lock where it needs it,
-asks the hooks, and records each change in the state store:
+asks the hooks, and records each change in the state store. An upload is a value
+(:class:`~server.state.Upload`): a step that changes it returns the new one, which the
+handler answers from.
 
 - creation: :func:`create` (a final's parts checked, the pre-create hook, the upload
   stored with its post-create event), then :func:`start` (a final assembled, a body
@@ -24,7 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -154,24 +156,21 @@ async def create(ctx: Context, request: web.Request, creation: Creation) -> Uplo
         expires_at=None if creation.is_final else ctx.expires_at(),
     )
     parts = creation.concat.parts if creation.concat is not None else ()
-    chosen_id = await _ask_pre_create(ctx, request, upload, parts)
-    if chosen_id is None:
-        await _add(ctx, request, upload, parts)
-        return upload
-    upload.id = chosen_id
+    upload, chose_id = await _ask_pre_create(ctx, request, upload, parts)
+    if not chose_id:
+        return await _add(ctx, request, upload, parts)
     # A random id is new, one that a hook chose may be taken: hold it while checking.
     async with ctx.locks.hold(upload.id):
         if await ctx.store.get(upload.id) is not None:
             raise Conflict(f"upload id {upload.id} is already taken", code="id-taken")
-        await _add(ctx, request, upload, parts)
-    return upload
+        return await _add(ctx, request, upload, parts)
 
 
 async def _ask_pre_create(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
-) -> str | None:
-    """The pre-create hook's say: the metadata it set goes into ``upload``; returns the
-    id it chose, if any."""
+) -> tuple[Upload, bool]:
+    """The pre-create hook's say: ``upload`` with the metadata and the id it set, and
+    whether it chose the id."""
     change = await ctx.hooks.before(PRE_CREATE, upload, request, parts)
     if change.metadata is not None:
         limit = ctx.settings.uploads.max_metadata_size
@@ -180,8 +179,10 @@ async def _ask_pre_create(
                 f"{PRE_CREATE} hook gave an invalid answer: change.metadata is longer than "
                 f"the maximum of {limit} bytes"
             )
-        upload.metadata = change.metadata
-    return change.id
+        upload = replace(upload, metadata=change.metadata)
+    if change.id is None:
+        return upload, False
+    return replace(upload, id=change.id), True
 
 
 async def start(ctx: Context, request: web.Request, upload: Upload, creation: Creation) -> Upload:
@@ -195,9 +196,16 @@ async def start(ctx: Context, request: web.Request, upload: Upload, creation: Cr
         # A body on an empty upload must still be refused (413), so this comes first;
         # receiving finishes an upload whose body fills it, Upload-Length: 0 included.
         async with ctx.locks.hold(upload.id) as holder:
-            await receive(ctx, request, upload, holder, creation.checksum, upload.length)
+            upload, broke_off = await receive(
+                ctx, request, upload, holder, creation.checksum, upload.length
+            )
+            if broke_off is not None:
+                if isinstance(broke_off, TusError):
+                    # What arrived is kept: the client resumes from there.
+                    broke_off.headers["Upload-Offset"] = str(upload.offset)
+                raise broke_off
     elif upload.length == 0:
-        await finish(ctx, upload, request)
+        upload = await finish(ctx, upload, request)
     return upload
 
 
@@ -238,8 +246,9 @@ async def _partials(ctx: Context, part_ids: tuple[str, ...]) -> list[Upload]:
 
 async def _add(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
-) -> None:
-    """Store a new upload; its post-create event is recorded with it.
+) -> Upload:
+    """Store a new upload; its post-create event is recorded with it. Returns it as
+    stored, with the backend's record.
 
     When the database refuses the row (its disk is full), the storage made for the
     upload goes again: no client will ever know its id.
@@ -249,16 +258,17 @@ async def _add(
         # termination can come between the look and the insert (uploads.remove).
         async with ctx.concat_locks.hold(shared=parts):
             await _partials(ctx, parts)
-            await _store(ctx, request, upload, parts)
+            upload = await _store(ctx, request, upload, parts)
     else:
-        await _store(ctx, request, upload, parts)
+        upload = await _store(ctx, request, upload, parts)
     ctx.metrics.uploads_created.inc()
+    return upload
 
 
 async def _store(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
-) -> None:
-    upload.storage = await ctx.backend.create(ctx.stored(upload))
+) -> Upload:
+    upload = replace(upload, storage=await ctx.backend.create(ctx.stored(upload)))
     try:
         await ctx.store.create(
             upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
@@ -266,6 +276,7 @@ async def _store(
     except Exception:
         await ctx.backend.delete(ctx.stored(upload))
         raise
+    return upload
 
 
 async def _assemble_new_final(ctx: Context, final: Upload, request: web.Request) -> bool:
@@ -306,28 +317,31 @@ async def append(
             )
         recorded_length = upload.length
         if length is not None:
-            await declare_length(ctx, upload, length)
-        await receive(ctx, request, upload, holder, checksum, recorded_length)
+            upload = await declare_length(ctx, upload, length)
+        upload, broke_off = await receive(ctx, request, upload, holder, checksum, recorded_length)
+        if broke_off is not None:
+            raise broke_off
     return upload
 
 
-async def declare_length(ctx: Context, upload: Upload, length: int) -> None:
-    """Apply ``Upload-Length`` sent on a PATCH; it may set a deferred length once.
+async def declare_length(ctx: Context, upload: Upload, length: int) -> Upload:
+    """Apply ``Upload-Length`` sent on a PATCH; it may set a deferred length once. Returns
+    the upload with it, and with the backend's record for it.
 
     The length is recorded with the PATCH's bytes (see :func:`~server.receive.write_body`),
     so that a PATCH refused for its body records none of it."""
     if upload.length is not None:
         if length != upload.length:
             raise BadRequest("Upload-Length cannot be changed once known")
-        return
+        return upload
     if ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")
     if length < upload.offset:
         raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
     if ctx.settings.uploads.max_size and length > ctx.settings.uploads.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.uploads.max_size}")
-    upload.storage = await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
-    upload.length = length
+    storage = await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
+    return replace(upload, length=length, storage=storage)
 
 
 async def receive(
@@ -337,19 +351,19 @@ async def receive(
     holder: Holder,
     checksum: ExpectedChecksum | None,
     recorded_length: int | None,
-) -> None:
+) -> tuple[Upload, BaseException | None]:
     """Append the request body (see :func:`server.receive.write_body`), then finish an
     upload that its bytes filled, however the body ended: the connection may drop once
     the last byte is in, and an upload whose offset reached its length must not wait
-    for a PATCH that never comes."""
+    for a PATCH that never comes. Returns the upload as it then stands, and why the body
+    broke off, if it did, for the caller to raise."""
     was_complete = upload.is_complete
-    broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length)
+    upload, broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length)
     if upload.is_complete and not was_complete:
         await finished(ctx, upload, request)
     else:
-        await finish_if_full(ctx, upload, request)
-    if broke_off is not None:
-        raise broke_off
+        upload = await finish_if_full(ctx, upload, request)
+    return upload, broke_off
 
 
 async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
@@ -368,8 +382,7 @@ async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
     ):
         return upload
     async with ctx.locks.hold(upload_id):
-        upload = await load(ctx, upload_id, held=True)
-        await finish_if_full(ctx, upload, request)
+        upload = await finish_if_full(ctx, await load(ctx, upload_id, held=True), request)
         if upload.is_final:
             await assemble_if_ready(ctx, upload_id, request, wait=False)
             upload = await load(ctx, upload_id, held=True)
@@ -396,23 +409,27 @@ async def terminate(ctx: Context, request: web.Request, upload_id: str) -> None:
         await remove(ctx, upload, TERMINATED, request)
 
 
-async def finish(ctx: Context, upload: Upload, request: web.Request) -> None:
-    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it.
+async def finish(ctx: Context, upload: Upload, request: web.Request) -> Upload:
+    """Record that every byte of ``upload`` arrived, and assemble finals waiting on it;
+    returns the upload as recorded complete.
 
     The pre-finish hook is asked first (not for a final upload: its parts were). When it
     refuses, the upload keeps its bytes and offset but stays unfinished: the client
     gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
     hook again (see :func:`finish_if_full`).
     """
-    await ctx.store.save_progress(upload, await complete(ctx, upload, request))
+    upload, events = await complete(ctx, upload, request)
+    upload = await ctx.store.save_progress(upload, events)
     await finished(ctx, upload, request)
+    return upload
 
 
 async def complete(
     ctx: Context, upload: Upload, request: web.Request
-) -> tuple[HookEvent, ...]:
+) -> tuple[Upload, tuple[HookEvent, ...]]:
     """The steps of :func:`finish` before its write: the pre-finish hook, the backend's
-    finish, and ``upload`` marked complete. Returns the post-finish events of that write."""
+    finish. Returns ``upload`` marked complete, with the backend's record, and the
+    post-finish events of that write."""
     if not upload.is_final:
         try:
             await ctx.hooks.before(PRE_FINISH, upload, request)
@@ -420,10 +437,9 @@ async def complete(
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
     if ctx.can.finisher is not None:
-        upload.storage = await ctx.can.finisher.finish(ctx.stored(upload))
-    upload.completed_at = time.time()
-    upload.expires_at = None
-    return await ctx.hooks.post(POST_FINISH, upload, request)
+        upload = replace(upload, storage=await ctx.can.finisher.finish(ctx.stored(upload)))
+    upload = upload.completed()
+    return upload, await ctx.hooks.post(POST_FINISH, upload, request)
 
 
 async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
@@ -437,11 +453,13 @@ async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
                 log.exception("assembling final upload %s failed", final_id)
 
 
-async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> None:
+async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> Upload:
     """Finish an upload all of whose bytes are stored: right after its last byte arrived,
-    or later, when finishing failed the first time (the store was down)."""
+    or later, when finishing failed the first time (the store was down). Returns the
+    upload as it then stands."""
     if is_full(upload):
-        await finish(ctx, upload, request)
+        return await finish(ctx, upload, request)
+    return upload
 
 
 async def remove(
@@ -498,7 +516,6 @@ async def _remove(
     await ctx.store.mark_gone(first.id, status, events, also=[u.id for u in others])
     for upload in uploads:
         ctx.metrics.removed(status)
-        upload.status = status
         try:
             await ctx.backend.delete(ctx.stored(upload))
         except StorageError as exc:
@@ -558,12 +575,11 @@ async def assemble_if_ready(
         ready = [p for p in partials if p is not None and p.is_complete]
         if len(ready) != len(partials):
             return False
-        final.length = concatenated_length(partials)
-        final.storage = await concatenator.concatenate(
+        final = replace(final, length=concatenated_length(partials))
+        storage = await concatenator.concatenate(
             ctx.stored(final), [ctx.stored(p) for p in ready]
         )
-        final.offset = final.length or 0
-        await finish(ctx, final, request)
+        await finish(ctx, replace(final, offset=final.length or 0, storage=storage), request)
         return True
 
 

@@ -325,6 +325,25 @@ async def test_pre_finish_rejection_keeps_the_bytes_unfinished(
     assert [r.name for r in receiver.received] == ["pre-finish", "pre-finish", "post-finish"]
 
 
+async def test_pre_finish_rejection_of_a_creation_with_upload_tells_where_it_stands(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    """The body filled the new upload, then pre-finish refused: the answer is the hook's,
+    with the upload's Location and the offset its kept bytes reached."""
+    client = await make_client(hooks_url=receiver.url, hooks_events="pre-finish")
+    receiver.respond = lambda r: reject_json(422, "virus found")
+    response = await client.post(
+        "/files/", data=b"sample", headers={**PATCH_HEADERS, "Upload-Length": "6"}
+    )
+    assert response.status == 422 and await response.text() == "virus found"
+    assert response.headers["Upload-Offset"] == "6"
+    path = path_of(response)
+    upload = await client.app[CONTEXT].store.get(upload_id(path))
+    assert upload is not None and upload.offset == 6 and not upload.is_complete
+    head = await client.head(path, headers=TUS)
+    assert head.status == 422 and head.headers["Upload-Offset"] == "6"
+
+
 async def test_a_body_dropped_after_periodic_commits_is_corrected_by_a_post_receive(
     make_client: ClientFactory, receiver: Receiver
 ) -> None:

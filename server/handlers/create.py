@@ -39,9 +39,11 @@ async def _create(request: web.Request) -> web.Response:
     try:
         upload = await start(ctx, request, upload, creation)
     except TusError as exc:
+        # The upload exists: its Location, and its offset unless the step said where it
+        # stands now (bytes kept, or a finish refused).
         exc.headers.update(headers)
         if not upload.is_final:
-            exc.headers["Upload-Offset"] = str(upload.offset)
+            exc.headers.setdefault("Upload-Offset", str(upload.offset))
         raise
     if not upload.is_final:
         headers["Upload-Offset"] = str(upload.offset)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -48,8 +48,15 @@ class SchemaTooNew(DatabaseUnusable):
     """The database was written by a newer aiotusd than this one."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Upload:
+    """An upload as recorded, or as a step is about to record it: a value.
+
+    A step that changes an upload makes a new one (``dataclasses.replace``) and hands it
+    on; a write that fails leaves its caller holding the one still recorded, because the
+    new one was never adopted. Nothing is rolled back by hand.
+    """
+
     id: str
     length: int | None
     offset: int = 0
@@ -71,6 +78,10 @@ class Upload:
     @property
     def is_complete(self) -> bool:
         return self.completed_at is not None
+
+    def completed(self) -> Upload:
+        """This upload recorded complete now: a finished upload never expires."""
+        return replace(self, completed_at=time.time(), expires_at=None)
 
     @property
     def is_final(self) -> bool:
