@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..base import StorageError, StorageRecord, StoredUpload
 from .parts import Part, parts_to_json
@@ -25,7 +25,25 @@ from .spool import (
 from .uploads import PartUploads
 
 if TYPE_CHECKING:
-    from .backend import S3Backend
+    from pathlib import Path
+
+    from .settings import S3Settings
+
+
+class WriterHost(Protocol):
+    """What a writer asks of the backend that opened it (:class:`~.backend.S3Backend`):
+    named here, so that this module does not import the backend that imports it."""
+
+    settings: S3Settings
+
+    def spool_directory(self, upload_id: str) -> Path: ...
+
+    def part_target(self, state: StorageRecord, length: int | None, number: int) -> int | None:
+        ...
+
+    def remember_spool(self, upload_id: str, sizes: list[int]) -> None: ...
+
+    def carry_over(self, upload_id: str, uploads: PartUploads) -> None: ...
 
 
 def _copy(parts: list[Part]) -> list[Part]:
@@ -40,7 +58,7 @@ class S3Writer:
 
     def __init__(
         self,
-        backend: S3Backend,
+        backend: WriterHost,
         upload: StoredUpload,
         record: dict[str, Any],
         parts: list[Part],
