@@ -8,6 +8,8 @@ attempt (no answer, or not 2xx) is retried after ``hooks_retry_delay``,
 doubled for each further attempt up to :data:`MAX_DELAY` and jittered, until
 ``hooks_max_attempts`` or ``hooks_max_age`` says the event is dead. Dead events
 stay in the outbox for ``aiotusd hooks list --dead`` and ``aiotusd hooks retry``.
+Several servers may deliver from one outbox (on PostgreSQL): each sends only the
+events its store claimed, so none is sent by two at once.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ log = logging.getLogger("aiotusd")
 MAX_DELAY = 600.0
 """The longest wait between two attempts, in seconds."""
 IDLE_POLL = 5.0
-"""With nothing due, look at the outbox this often anyway: ``aiotusd hooks retry`` runs in
-another process and cannot wake this one."""
+"""With nothing due, look at the outbox this often anyway: ``aiotusd hooks retry``, and
+other servers on a shared database, run in other processes and cannot wake this one."""
+CLAIM_MARGIN = 60.0
+"""Seconds a claim on an event lasts beyond ``hooks_timeout``: time enough to record how
+its delivery went. A process that dies delivering gives its events up after that."""
 
 
 class Delivery:
@@ -45,7 +50,9 @@ class Delivery:
         self._store = store
         self._metrics = metrics
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        """Deliveries under way, by upload: one at a time per upload keeps its events in order."""
+        """Deliveries under way, by upload: one at a time per upload keeps its events in order
+        (and the store's claims keep other processes off them)."""
+        self._lease = settings.hooks_timeout + CLAIM_MARGIN
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -89,9 +96,10 @@ class Delivery:
         free = self._settings.hooks.concurrency - len(self._in_flight)
         if free <= 0:
             return IDLE_POLL  # a delivery that ends sets outbox_changed
-        for event in await self._store.due_events(time.time(), tuple(self._in_flight), free):
-            self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event))
-        due = await self._store.next_event_due(tuple(self._in_flight))
+        for event in await self._store.claim_events(time.time(), free, self._lease):
+            if event.upload_id not in self._in_flight:  # else its lease ran out under way
+                self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event))
+        due = await self._store.next_event_due(time.time())
         return IDLE_POLL if due is None else min(max(due - time.time(), 0.0), IDLE_POLL)
 
     async def _deliver(self, event: HookEvent) -> None:

@@ -45,6 +45,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await opened.close()
 
 
+LEASE = 60.0
+"""A claim's lease, longer than any test."""
+
+
 def event(hook_id: str, upload_id: str, created_at: float | None = None) -> HookEvent:
     return HookEvent(
         hook_id, upload_id, "post-receive", b'{"id": "%s"}' % hook_id.encode(),
@@ -273,24 +277,62 @@ async def test_tombstones_are_forgotten_after_retention(store: Store) -> None:
 # --- the outbox -------------------------------------------------------------------------
 
 
-async def test_events_are_due_one_upload_at_a_time_in_their_order(store: Store) -> None:
+def ids(events: list[HookEvent]) -> list[str]:
+    return [e.id for e in events]
+
+
+async def test_events_are_claimed_one_upload_at_a_time_in_their_order(store: Store) -> None:
+    now = time.time()
     a, b = Upload(id="a", length=10), Upload(id="b", length=10)
-    await store.create(a, events=[event("a1", "a", created_at=100.0)])
-    await store.create(b, events=[event("b1", "b", created_at=102.0)])
-    await store.save_progress(replace(a, offset=1), [event("a2", "a", created_at=101.0)])
+    await store.create(a, events=[event("a1", "a", created_at=now - 30)])
+    await store.create(b, events=[event("b1", "b", created_at=now - 10)])
+    await store.save_progress(replace(a, offset=1), [event("a2", "a", created_at=now - 20)])
     assert await event_ids(store) == ["a1", "b1", "a2"]
-    assert [e.id for e in await store.due_events(time.time(), (), 10)] == ["a1", "b1"]
-    assert [e.id for e in await store.due_events(time.time(), (), 1)] == ["a1"]
-    assert [e.id for e in await store.due_events(time.time(), ("a",), 10)] == ["b1"]
-    assert [e.id for e in await store.due_events(101.0, (), 10)] == ["a1"]
-    assert await store.next_event_due(()) == 100.0
-    assert await store.next_event_due(("a",)) == 102.0
-    assert await store.next_event_due(("a", "b")) is None
-    (a1, _) = await store.due_events(time.time(), (), 10)
+    assert await store.next_event_due(now) == now - 30
+    assert ids(await store.claim_events(now - 25, 10, LEASE)) == ["a1"]  # b1 was not due
+    assert await store.next_event_due(now) == now - 10  # a's head is claimed
+    assert ids(await store.claim_events(now, 10, LEASE)) == ["b1"]  # a2 waits behind a1
+    assert await store.next_event_due(now) is None
+    assert await store.claim_events(now, 10, LEASE) == []
+    (a1,) = [e for e in await store.hook_events() if e.id == "a1"]
     assert (a1.upload_id, a1.type, a1.payload) == ("a", "post-receive", b'{"id": "a1"}')
     await store.event_delivered(a1.seq)
-    assert [e.id for e in await store.due_events(time.time(), (), 10)] == ["b1", "a2"]
+    assert ids(await store.claim_events(now, 10, LEASE)) == ["a2"]
     assert await store.count_events() == (2, 0)
+
+
+async def test_a_claim_takes_the_oldest_heads_up_to_its_limit(store: Store) -> None:
+    for name in ("x", "y", "z"):
+        await store.create(Upload(id=name, length=1), events=[event(name + "1", name)])
+    assert ids(await store.claim_events(time.time(), 2, LEASE)) == ["x1", "y1"]
+    assert ids(await store.claim_events(time.time(), 2, LEASE)) == ["z1"]
+
+
+async def test_a_claim_whose_lease_ran_out_is_taken_again(store: Store) -> None:
+    """A process that died delivering gives its events up after the lease."""
+    await store.create(Upload(id="a", length=1), events=[event("a1", "a")])
+    now = time.time()
+    assert ids(await store.claim_events(now, 10, 30.0)) == ["a1"]
+    assert await store.claim_events(now + 30, 10, 30.0) == []
+    assert await store.next_event_due(now + 30) is None
+    assert await store.next_event_due(now + 31) is not None
+    (again,) = await store.claim_events(now + 31, 10, 30.0)
+    await store.event_delivered(again.seq)
+    assert await event_ids(store) == []
+
+
+async def test_only_a_claimed_event_is_settled(store: Store) -> None:
+    """Settling an event that this store does not hold changes nothing: one whose claim
+    went to another store is that store's to settle."""
+    await store.create(Upload(id="a", length=1), events=[event("a1", "a")])
+    (unclaimed,) = await store.hook_events()
+    await store.event_delivered(unclaimed.seq)
+    unclaimed.attempts, unclaimed.dead = 1, True
+    await store.event_failed(unclaimed)
+    assert await store.count_events() == (1, 0)
+    (claimed,) = await store.claim_events(time.time(), 10, LEASE)
+    await store.event_delivered(claimed.seq)
+    assert await store.count_events() == (0, 0)
 
 
 async def test_a_failed_event_waits_and_a_dead_one_is_kept_aside_until_retried(
@@ -298,17 +340,21 @@ async def test_a_failed_event_waits_and_a_dead_one_is_kept_aside_until_retried(
 ) -> None:
     upload = Upload(id="a", length=10)
     await store.create(upload, events=[event("a1", "a"), event("a2", "a")])
-    (first,) = await store.due_events(time.time(), (), 10)
+    (first,) = await store.claim_events(time.time(), 10, LEASE)
     first.attempts, first.next_attempt_at, first.last_error = 1, time.time() + 3600, "answered 502"
     await store.event_failed(first)
-    assert await store.due_events(time.time(), (), 10) == []  # a2 waits behind it
+    assert await store.claim_events(time.time(), 10, LEASE) == []  # a2 waits behind it
     (stored, _) = await store.hook_events()
     assert (stored.attempts, stored.last_error, stored.dead) == (1, "answered 502", False)
+    (first,) = await store.claim_events(time.time() + 7200, 10, LEASE)  # its next attempt
     first.attempts, first.dead = 2, True
     await store.event_failed(first)
     assert await store.count_events() == (1, 1)
     assert await event_ids(store, dead_only=True) == ["a1"]
-    assert [e.id for e in await store.due_events(time.time(), (), 10)] == ["a2"]
+    (second,) = await store.claim_events(time.time(), 10, LEASE)
+    assert second.id == "a2"
+    second.attempts, second.next_attempt_at = 1, time.time() + 3600
+    await store.event_failed(second)
     store.outbox_changed.clear()
     assert await store.retry_events("no-such-event") == 0
     before = time.time()
@@ -318,7 +364,7 @@ async def test_a_failed_event_waits_and_a_dead_one_is_kept_aside_until_retried(
     (revived, _) = await store.hook_events()
     assert (revived.id, revived.attempts, revived.dead) == ("a1", 0, False)
     assert revived.since >= before and before <= revived.next_attempt_at <= time.time()
-    assert [e.id for e in await store.due_events(time.time(), (), 10)] == ["a1"]
+    assert ids(await store.claim_events(time.time(), 10, LEASE)) == ["a1"]
     assert await store.retry_events("a2") == 1
 
 

@@ -87,27 +87,33 @@ class Outbox(Protocol):
 
     Events get a ``seq`` when recorded: the outbox order. Of each upload, only the oldest
     event that is not dead (its head) is ever due, so that one upload's events are
-    delivered in the order of the changes they report."""
+    delivered in the order of the changes they report.
+
+    An event is sent only under a claim, which one store holds at a time, even when
+    several processes deliver from one database: a claimed head is no other store's to
+    take, and its upload's next event is no head until it is settled (delivered, or
+    failed). A claim lapses after its lease, so that the events of a process that died
+    go out all the same; and it ends when the store that holds it closes."""
 
     outbox_changed: asyncio.Event
     """Set whenever events were committed or rescheduled (the delivery worker waits on it);
     also when the caller that committed them was cancelled as the commit ran."""
 
-    async def due_events(
-        self, now: float, busy: Collection[str], limit: int
-    ) -> list[HookEvent]:
-        """Up to ``limit`` heads, of uploads not in ``busy``, whose next attempt is at or
-        before ``now``, oldest first."""
+    async def claim_events(self, now: float, limit: int, lease: float) -> list[HookEvent]:
+        """Claim up to ``limit`` heads whose next attempt is at or before ``now`` and that
+        are under no claim at ``now``, for ``lease`` seconds; them, oldest first."""
 
-    async def next_event_due(self, busy: Collection[str]) -> float | None:
-        """When the next head of an upload not in ``busy`` is due; None if none waits."""
+    async def next_event_due(self, now: float) -> float | None:
+        """When the next head under no claim at ``now`` is due; None if none waits."""
 
     async def event_delivered(self, seq: int) -> None:
-        """Drop the event: the next one of its upload becomes its head."""
+        """Drop the event, if this store holds its claim: the next one of its upload
+        becomes its head. A claim that lapsed and went to another store is that store's."""
 
     async def event_failed(self, event: HookEvent) -> None:
-        """Record a failed attempt as ``event`` now says: its attempts, next attempt, error,
-        and whether it is dead. A dead event stays, but is never due and heads nothing."""
+        """Record a failed attempt as ``event`` now says (its attempts, next attempt,
+        error, and whether it is dead) and end its claim, if this store holds that. A dead
+        event stays, but is never due and heads nothing."""
 
     async def hook_events(self, dead_only: bool = False) -> list[HookEvent]:
         """Every event in the outbox (or only the dead ones), oldest first."""
@@ -128,4 +134,5 @@ class Store(Uploads, Outbox, Protocol):
         """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
 
     async def close(self) -> None:
-        """Let go of the database; nothing may be asked after."""
+        """Give up the claims this store holds and let go of the database; nothing may be
+        asked after."""

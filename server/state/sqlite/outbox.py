@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 from ..interface import Outbox
 from ..model import HookEvent
@@ -16,11 +16,18 @@ _HEADS = "seq IN (SELECT MIN(seq) FROM hook_outbox WHERE dead = 0 GROUP BY uploa
 
 
 class SQLiteOutbox(Outbox):
-    """The outbox's queries and writes, keeping the promises of :class:`Outbox`."""
+    """The outbox's queries and writes, keeping the promises of :class:`Outbox`.
+
+    One process owns an SQLite database, so its claims live in this object: nothing
+    outlives the process that could hold an event back after it."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
         self.outbox_changed = asyncio.Event()
+        self._claims: dict[int, tuple[str, float]] = {}
+        """The claimed events by ``seq``: their upload, and when the claim lapses."""
+        self._claiming = asyncio.Lock()
+        """Claims are taken one call at a time: two must not both take one head."""
 
     async def record(self, transaction: Transaction, events: Sequence[HookEvent]) -> None:
         """Insert ``events`` in ``transaction``, the one of the change they report: they are
@@ -35,33 +42,55 @@ class SQLiteOutbox(Outbox):
         )
         transaction.on_commit(self.outbox_changed.set)
 
-    async def due_events(
-        self, now: float, busy: Collection[str], limit: int
-    ) -> list[HookEvent]:
-        rows = await self._db.rows(
-            f"SELECT {EVENT_COLUMNS} FROM hook_outbox WHERE {_HEADS} AND next_attempt_at <= ? "
-            f"AND upload_id NOT IN ({placeholders(busy)}) ORDER BY seq LIMIT ?",
-            (now, *busy, limit),
-        )
-        return [event_from_row(row) for row in rows]
+    def _claimed_uploads(self, now: float) -> list[str]:
+        """The uploads whose head is under a claim at ``now``."""
+        return [upload for upload, until in self._claims.values() if until >= now]
 
-    async def next_event_due(self, busy: Collection[str]) -> float | None:
+    async def claim_events(self, now: float, limit: int, lease: float) -> list[HookEvent]:
+        async with self._claiming:
+            claimed = self._claimed_uploads(now)
+            rows = await self._db.rows(
+                f"SELECT {EVENT_COLUMNS} FROM hook_outbox WHERE {_HEADS} "
+                f"AND next_attempt_at <= ? AND upload_id NOT IN ({placeholders(claimed)}) "
+                "ORDER BY seq LIMIT ?",
+                (now, *claimed, limit),
+            )
+            events = [event_from_row(row) for row in rows]
+            for event in events:
+                self._claims[event.seq] = (event.upload_id, now + lease)
+            return events
+
+    async def next_event_due(self, now: float) -> float | None:
+        claimed = self._claimed_uploads(now)
         rows = await self._db.rows(
             f"SELECT MIN(next_attempt_at) FROM hook_outbox WHERE {_HEADS} "
-            f"AND upload_id NOT IN ({placeholders(busy)})",
-            tuple(busy),
+            f"AND upload_id NOT IN ({placeholders(claimed)})",
+            tuple(claimed),
         )
         return next((row[0] for row in rows), None)
 
     async def event_delivered(self, seq: int) -> None:
-        await self._db.statement("DELETE FROM hook_outbox WHERE seq = ?", (seq,))
+        if seq not in self._claims:
+            return
+        try:
+            await self._db.statement("DELETE FROM hook_outbox WHERE seq = ?", (seq,))
+        finally:
+            # Also when the write failed: the event is due again, as it would be after a
+            # restart, rather than held back by a claim nobody settles.
+            del self._claims[seq]
 
     async def event_failed(self, event: HookEvent) -> None:
-        await self._db.statement(
-            "UPDATE hook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, dead = ? "
-            "WHERE seq = ?",
-            (event.attempts, event.next_attempt_at, event.last_error, int(event.dead), event.seq),
-        )
+        if event.seq not in self._claims:
+            return
+        try:
+            await self._db.statement(
+                "UPDATE hook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, "
+                "dead = ? WHERE seq = ?",
+                (event.attempts, event.next_attempt_at, event.last_error, int(event.dead),
+                 event.seq),
+            )
+        finally:
+            del self._claims[event.seq]
 
     async def hook_events(self, dead_only: bool = False) -> list[HookEvent]:
         rows = await self._db.rows(
