@@ -16,6 +16,7 @@ from .capabilities import Capabilities
 from .config import Settings
 from .context import CONTEXT, Context
 from .cors import setup_cors
+from .database import open_store
 from .demo import setup_demo
 from .errors import error_middleware
 from .expect import close_after_unasked_body, defer_continue
@@ -29,7 +30,6 @@ from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
 from .request_ids import add_request_id, request_id_middleware
-from .state import StateStore
 
 log = logging.getLogger("aiotusd")
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
         await backend.start()
-        store = await StateStore.open(settings.storage.database_path)
+        store = await open_store(settings)
         can = Capabilities.of(backend)
         ctx = Context(
             settings, store, backend, UploadLocks(settings.limits.lock_timeout),

@@ -29,11 +29,12 @@ from .config import (
     shown,
 )
 from .connections import AppRunner, TlsSite
+from .database import open_store, sqlite_path
 from .errors import ConfigError, one_line
 from .logs import AccessLogger, setup_logging
 from .ops import metrics_app
 from .outbox import IDLE_POLL
-from .state import DatabaseUnusable, HookEvent, SchemaTooNew, StateStore
+from .state import DatabaseUnusable, HookEvent, SchemaTooNew
 
 log = logging.getLogger("aiotusd")
 
@@ -123,11 +124,11 @@ async def hooks_command(
     settings: Settings, action: str, dead: bool = False, hook_id: str | None = None
 ) -> int:
     """``aiotusd hooks list|retry``, on the database the server with these settings uses."""
-    path = settings.storage.database_path
-    if not path.is_file():
+    path = sqlite_path(settings)
+    if path is not None and not path.is_file():
         print(f"aiotusd: error: no database at {path}", file=sys.stderr)
         return 1
-    store = await StateStore.open(path)
+    store = await open_store(settings)
     try:
         if action == "list":
             _print_events(await store.hook_events(dead_only=dead), dead)

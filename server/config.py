@@ -94,8 +94,14 @@ class StorageSettings:
                            choices=("filesystem", "s3"), name="storage")
     data_dir: str = _option("./data", parse_directory,
                             "directory for uploaded files and the database")
-    database: str = _option("", parse_path,
-                            "SQLite file (default: {data_dir}/aiotusd.sqlite3)")
+    database: str = _option(
+        "", parse_path,
+        "SQLite file (default: {data_dir}/aiotusd.sqlite3), or a postgresql:// URL")
+    database_pool_size: int = _option(
+        10, parse_int, "most connections to a PostgreSQL database", minimum=1, maximum=1000)
+    database_timeout: float = _seconds(
+        10.0, "seconds to connect to PostgreSQL, to wait for a pooled connection, and for one "
+        "statement")
     fsync: str = _option(
         "always", parse_str,
         "always: data is fdatasync'd before the offset that covers it is recorded (survives "

@@ -28,6 +28,7 @@ NOTES: dict[str, str] = {
     "host": "; `0.0.0.0` for every IPv4 interface",
     "port": " (0 picks a free port and logs it)",
     "base_path": ": `POST` to it, uploads at `{base_path}{id}`",
+    "database": " (see [PostgreSQL](scale-out.md))",
     "storage": " (see [S3](storage.md#s3-and-s3-compatible-stores))",
     "max_size": ". Announced as `Tus-Max-Size`. A final upload is held to it too: refused with "
     "`413` when its partials already hold more, and answering `410` (never assembled) once a "

@@ -52,7 +52,7 @@ class Delivery:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         """Deliveries under way, by upload: one at a time per upload keeps its events in order
         (and the store's claims keep other processes off them)."""
-        self._lease = settings.hooks_timeout + CLAIM_MARGIN
+        self._lease = settings.hooks.timeout + CLAIM_MARGIN
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
 

@@ -3,8 +3,8 @@
 The app stores uploads on the filesystem, or on S3 (moto's server on loopback) for the
 ``storage`` param that ``support.markers`` gives the tests of ``all_backends`` modules.
 
-The helpers the tests import are in the ``support`` package; its ``markers``, ``s3`` and
-``hooks`` modules are plugins too, for their hooks and fixtures.
+The helpers the tests import are in the ``support`` package; its ``markers``, ``s3``,
+``hooks`` and ``postgres`` modules are plugins too, for their hooks and fixtures.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from support.processes import ServerProcess, free_port
 from support.s3 import s3_settings
 from support.storage import FilesystemView, S3View, StorageView
 
-pytest_plugins = ["support.markers", "support.s3", "support.hooks"]
+pytest_plugins = ["support.markers", "support.s3", "support.hooks", "support.postgres"]
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """A start that cannot succeed: the real ``aiotusd`` process exits promptly, non-zero, with one
-line on stderr that names what cannot be used (the file, the directory, host:port, the
-bucket), and no traceback. Also a server with every setting at its bounds, which must start.
+line on stderr that names what cannot be used (the file, the database, the directory,
+host:port, the bucket), and no traceback. Also a server with every setting at its bounds,
+which must start.
 
 Each failing start runs under a deadline: a process that hangs (an aiosqlite thread left
 open keeps it alive, not listening) fails the test when ``subprocess.run`` times out.
@@ -22,11 +23,13 @@ from pathlib import Path
 import pytest
 import requests
 from support.http import TUS
+from support.postgres import PASSWORD_ROLE
 from support.processes import free_port, wait_listening
 from support.s3 import AWS_ENV, S3Endpoint
 
 from server.config import SETTINGS
 from server.state import SCHEMA_VERSION
+from server.state.postgresql import SCHEMA_VERSION as PG_SCHEMA_VERSION
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +154,73 @@ def test_hooks_commands_on_a_corrupt_database_fail_in_one_line(tmp_path, action)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert_names(lines[0], f"cannot use the database {database}: file is not a database")
+
+
+# --- a PostgreSQL database ------------------------------------------------------------------
+
+
+def test_a_postgresql_database_nothing_listens_for_stops_the_start_in_one_line(tmp_path):
+    url = f"postgresql://aiotusd@127.0.0.1:{free_port()}/uploads"
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", url)
+    assert_names(line, f"cannot use the database {url}: cannot connect: Connection refused")
+
+
+def test_a_postgresql_database_that_never_answers_stops_the_start_within_its_timeout(tmp_path):
+    with socket.socket() as silent:  # the kernel accepts connections; nobody answers them
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://aiotusd@127.0.0.1:{silent.getsockname()[1]}/uploads"
+        line = failed_start(
+            tmp_path, "--data-dir", str(tmp_path / "data"), "--database", url,
+            "--database-timeout", "1",
+        )
+    assert_names(line, f"cannot use the database {url}: no answer within 1 s")
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("postgresql://aiotusd:secret@127.0.0.1:port/uploads", "the port 'port' is not a number"),
+    ("postgres://aiotusd@127.0.0.1/uploads?statement_cache_size=some",
+     "statement_cache_size must be a number of statements, not 'some'"),
+])
+def test_a_postgresql_url_that_names_no_database_is_a_bad_setting(tmp_path, url, reason):
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--database", url, status=2
+    )
+    named = url.replace(":secret", "").partition("?")[0]
+    assert line == f"aiotusd: error: bad value {named!r} for 'database': {reason}"
+
+
+@pytest.mark.postgres
+def test_a_postgresql_login_refused_stops_the_start_in_one_line_without_the_password(
+    tmp_path, postgres_cluster
+):
+    url = postgres_cluster.url("postgres", PASSWORD_ROLE, "not-the-password")
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), AIOTUSD_DATABASE=url)
+    named = postgres_cluster.url("postgres", PASSWORD_ROLE)
+    assert_names(line, f"cannot use the database {named}: ", "password authentication failed")
+    assert "not-the-password" not in line
+
+
+@pytest.mark.postgres
+def test_a_missing_postgresql_database_stops_the_start_in_one_line(tmp_path, postgres_cluster):
+    url = postgres_cluster.url("no_such_database")
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", url)
+    assert_names(line, f"cannot use the database {url}: ", '"no_such_database" does not exist')
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_of_a_newer_schema_stops_the_start_in_one_line(
+    tmp_path, postgres_cluster, postgres_url
+):
+    database = postgres_url.rsplit("/", 1)[1]
+    postgres_cluster.sql(
+        "CREATE TABLE schema_version (version integer NOT NULL); "
+        f"INSERT INTO schema_version VALUES ({PG_SCHEMA_VERSION + 1})", database
+    )
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "data"), "--database", postgres_url, status=2
+    )
+    assert_names(line, f"cannot use the database {postgres_url}: its schema version")
 
 
 # --- the data directory and the ports --------------------------------------------------------

@@ -22,6 +22,7 @@ from server.state import (
     TERMINATED,
     ConcatKind,
     HookEvent,
+    PostgresStore,
     SQLiteStore,
     Status,
     Store,
@@ -30,17 +31,26 @@ from server.state import (
 )
 
 
-async def _sqlite(tmp_path: Path) -> Store:
-    return await SQLiteStore.open(tmp_path / "state.sqlite3")
+async def _sqlite(request: pytest.FixtureRequest) -> Store:
+    return await SQLiteStore.open(request.getfixturevalue("tmp_path") / "state.sqlite3")
 
 
-IMPLEMENTATIONS: dict[str, Callable[[Path], Awaitable[Store]]] = {"sqlite": _sqlite}
-"""A fresh, empty store of each implementation, in a test's own directory."""
+async def _postgresql(request: pytest.FixtureRequest) -> Store:
+    url = request.getfixturevalue("postgres_url")
+    return await PostgresStore.open(url, url)
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await IMPLEMENTATIONS[request.param](tmp_path)
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest], Awaitable[Store]]] = {
+    "sqlite": _sqlite, "postgresql": _postgresql,
+}
+"""A fresh, empty store of each implementation: in a test's own directory, or database."""
+
+
+@pytest.fixture(params=[
+    pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)
+])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    opened = await IMPLEMENTATIONS[request.param](request)
     yield opened
     await opened.close()
 

@@ -2,7 +2,8 @@
 
 ``model`` holds what the state layer speaks in (:class:`Upload`, :class:`HookEvent`, the
 statuses and errors); ``interface`` what the server may ask of a store, and what every
-implementation promises; ``sqlite`` the implementation on SQLite.
+implementation promises; ``sqlite`` the implementation on SQLite, ``postgresql`` the one on
+PostgreSQL (which several processes may share).
 """
 
 from .interface import Outbox, Store, Uploads
@@ -19,10 +20,11 @@ from .model import (
     Upload,
     UploadGone,
 )
+from .postgresql import PostgresStore
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 
 StateStore = SQLiteStore
-"""The store the server opens: SQLite, the only implementation so far."""
+"""The store in a file of its own: SQLite (``server.database`` chooses by the settings)."""
 
 __all__ = [
     "ACTIVE",
@@ -35,6 +37,7 @@ __all__ = [
     "DatabaseUnusable",
     "HookEvent",
     "Outbox",
+    "PostgresStore",
     "SQLiteStore",
     "SchemaTooNew",
     "StateStore",

@@ -7,8 +7,10 @@
 - ``markers``: the backends a test runs on, and the marks a test must have (a pytest plugin)
 - ``s3``: moto's S3 server on loopback, buckets, and what they hold (also a pytest plugin)
 - ``hooks``: webhook receivers on loopback (also a pytest plugin)
+- ``postgres``: a throwaway PostgreSQL cluster on loopback, a database per test (also a
+  pytest plugin)
 - ``tls``: a self-signed certificate for loopback
 
-The fixtures are in ``tests/conftest.py``, which registers ``markers``, ``s3`` and
-``hooks`` as plugins and has pytest rewrite the asserts of every module here.
+The fixtures are in ``tests/conftest.py``, which registers ``markers``, ``s3``, ``hooks``
+and ``postgres`` as plugins and has pytest rewrite the asserts of every module here.
 """

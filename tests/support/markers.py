@@ -4,9 +4,10 @@
   ``client``) run once per backend in :data:`BACKENDS`, through the ``storage`` fixture;
   ``filesystem_only("why")`` keeps a test to the filesystem, ``needs("concatenator")`` to
   the backends with that capability.
-- ``e2e`` and ``s3``: a test that uses ``server_process`` or ``s3_endpoint`` without its
-  mark is refused at collection, so that ``-m 'not e2e and not s3'`` starts no process
-  and no moto.
+- ``e2e``, ``s3`` and ``postgres``: a test that uses ``server_process``, ``s3_endpoint`` or
+  ``postgres_cluster`` without its mark is refused at collection, so that
+  ``-m 'not e2e and not s3 and not postgres'`` starts no process, no moto and no
+  PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from storage_backends import make_backend
 BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
 """Every storage backend, with the marks of its tests."""
 
-MARKED_BY_FIXTURE = {"server_process": "e2e", "s3_endpoint": "s3"}
+MARKED_BY_FIXTURE = {
+    "server_process": "e2e", "s3_endpoint": "s3", "postgres_cluster": "postgres"
+}
 """The mark a test needs that uses the fixture, itself or through another."""
 
 

@@ -1,0 +1,194 @@
+"""The PostgreSQL database under the state store: a pool of asyncpg connections, the
+schema's migrations, and writes that run to their end whatever befalls their caller.
+
+Nothing here assumes that this process is the only one on the database: every write is
+one statement or one transaction, the migrations take a lock in the database, and no
+state lives in a connection's session (no session advisory locks, no ``LISTEN``, no
+``SET``), so that a pooler in transaction mode (PgBouncer) may stand in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ..model import DatabaseUnusable, SchemaTooNew
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger("aiotusd")
+T = TypeVar("T")
+
+Connection = asyncpg.Connection
+"""One connection of the pool, lent to a query or a write."""
+
+MIGRATION_LOCK = 0x6169_6F74_7573_64
+"""The key of the transaction-level advisory lock that migrations take: "aiotusd"."""
+CACHE_OPTION = "statement_cache_size"
+"""The URL's own query option that asyncpg would otherwise send to the server as a setting:
+``0`` turns off asyncpg's prepared statements, which a pooler in transaction mode older
+than PgBouncer 1.21 cannot keep."""
+
+OPEN_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What connecting, logging in or migrating raises when the database cannot be used."""
+
+
+def rows_changed(status: str) -> int:
+    """The count at the end of a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def split_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL for asyncpg without the options that are aiotusd's, and those options as
+    keywords of :func:`asyncpg.create_pool`. Raises ValueError for a port that is no
+    number, which asyncpg would report only as a failed ``int()``."""
+    parts = urlsplit(url)
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        port = host.rpartition("]")[2].partition(":")[2]
+        if port and not port.isdigit():
+            raise ValueError(f"the port {port!r} is not a number")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options: dict[str, Any] = {}
+    for key, value in query:
+        if key == CACHE_OPTION:
+            if not value.isdigit():
+                raise ValueError(f"{CACHE_OPTION} must be a number of statements, not {value!r}")
+            options[CACHE_OPTION] = int(value)
+    rest = urlencode([(key, value) for key, value in query if key != CACHE_OPTION])
+    return urlunsplit(parts._replace(query=rest)), options
+
+
+def _unusable(name: str, exc: BaseException, timeout: float) -> DatabaseUnusable:
+    """The error that says, in one line, which database cannot be used and why: the OS's
+    words for a failed connection rather than asyncpg's repetition of the address."""
+    if isinstance(exc, TimeoutError):
+        reason = f"no answer within {timeout:g} s"
+    elif isinstance(exc, OSError) and exc.errno:
+        reason = f"cannot connect: {os.strerror(exc.errno)}"
+    else:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    return DatabaseUnusable(f"cannot use the database {name}: {reason}")
+
+
+async def _migrate(connection: Connection, name: str) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, in one transaction, alone.
+
+    The advisory lock is the transaction's: it holds through a pooler in transaction mode,
+    and two processes that start on a new database at once never both create its tables.
+    """
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+        )
+        version = await connection.fetchval("SELECT max(version) FROM schema_version") or 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"cannot use the database {name}: its schema version {version} is newer than "
+                f"this aiotusd understands ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        for number in range(version, SCHEMA_VERSION):
+            await connection.execute(MIGRATIONS[number])
+        await connection.execute("DELETE FROM schema_version")
+        await connection.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)
+
+
+class Database:
+    """The pool, and the one ``timeout`` for taking a connection from it."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    @classmethod
+    async def open(cls, url: str, name: str, pool_size: int, timeout: float) -> Database:
+        """The database at ``url``, migrated to :data:`SCHEMA_VERSION`, with a pool of at
+        most ``pool_size`` connections; ``timeout`` bounds connecting, waiting for a
+        connection of the pool, and each statement.
+
+        Raises :class:`DatabaseUnusable` naming ``name`` (the URL without its password)
+        when it cannot be reached, refuses the login, or is of a newer schema. Whatever
+        fails, no connection is left open.
+        """
+        try:
+            dsn, options = split_options(url)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, timeout=timeout, command_timeout=timeout,
+                **options,
+            )
+        except OPEN_ERRORS as exc:
+            raise _unusable(name, exc, timeout) from None
+        database = cls(pool, timeout)
+        try:
+            async with database.connection() as connection:
+                await _migrate(connection, name)
+        except OPEN_ERRORS as exc:
+            await database.close()
+            raise _unusable(name, exc, timeout) from None
+        except BaseException:
+            await database.close()
+            raise
+        return database
+
+    async def close(self) -> None:
+        """Close the pool once its connections are back; those that are not back within
+        ``timeout`` are cut."""
+        try:
+            await asyncio.wait_for(self._pool.close(), self._timeout)
+        except TimeoutError:
+            self._pool.terminate()
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A connection of the pool for the block; waits at most ``timeout`` for one."""
+        return self._pool.acquire(timeout=self._timeout)  # type: ignore[return-value]
+
+    async def rows(self, sql: str, *parameters: Any) -> list[asyncpg.Record]:
+        """The rows of a query."""
+        async with self.connection() as connection:
+            return await connection.fetch(sql, *parameters)
+
+    async def write(
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        transaction: bool = False,
+        committed: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``work`` on a connection (in a transaction if asked), then ``committed``,
+        and return what ``work`` returned. A caller cancelled meanwhile waits for it to
+        have run before the cancellation goes on (the interface's promise, see
+        :mod:`server.state.interface`): it is a task of its own, which the cancellation
+        does not reach, and ``committed`` is called even for a caller that is gone."""
+        task = asyncio.ensure_future(self._run(work, transaction, committed))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("a cancelled request's write failed: %s", task.exception())
+            raise
+
+    async def _run(
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        transaction: bool,
+        committed: Callable[[], None] | None,
+    ) -> T:
+        async with self.connection() as connection:
+            if transaction:
+                async with connection.transaction():
+                    result = await work(connection)
+            else:
+                result = await work(connection)
+        if committed is not None:
+            committed()
+        return result
