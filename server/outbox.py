@@ -97,12 +97,16 @@ class Delivery:
         if free <= 0:
             return IDLE_POLL  # a delivery that ends sets outbox_changed
         for event in await self._store.claim_events(time.time(), free, self._lease):
-            if event.upload_id not in self._in_flight:  # else its lease ran out under way
-                self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event))
+            # An upload still in flight here had its last event settled (or its lease ran
+            # out) as this claim ran: this one goes out once that delivery has ended.
+            previous = self._in_flight.get(event.upload_id)
+            self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event, previous))
         due = await self._store.next_event_due(time.time())
         return IDLE_POLL if due is None else min(max(due - time.time(), 0.0), IDLE_POLL)
 
-    async def _deliver(self, event: HookEvent) -> None:
+    async def _deliver(self, event: HookEvent, after: asyncio.Task[None] | None = None) -> None:
+        if after is not None:
+            await asyncio.wait([after])
         try:
             try:
                 reply = await self._hooks.call(event.type, event.id, event.payload)
@@ -119,7 +123,8 @@ class Delivery:
         except Exception:
             log.exception("delivering %s event %s failed", event.type, event.id)
         finally:
-            del self._in_flight[event.upload_id]
+            if self._in_flight.get(event.upload_id) is asyncio.current_task():
+                del self._in_flight[event.upload_id]
             self._store.outbox_changed.set()
 
     def _schedule_retry(self, event: HookEvent, error: str) -> None:

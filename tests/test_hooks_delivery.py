@@ -32,7 +32,7 @@ from server.context import CONTEXT
 from server.hooks import Hooks, make_transport
 from server.metrics import Metrics
 from server.outbox import Delivery
-from server.state import MIGRATIONS, HookEvent, StateStore, Upload
+from server.state import MIGRATIONS, HookEvent, PostgresStore, StateStore, Upload
 from storage_backends import make_backend
 
 FAST_RETRIES = {"hooks_retry_delay": 0.01}
@@ -227,6 +227,55 @@ async def test_stop_ends_the_worker_when_the_outbox_changes_as_it_is_cancelled(
         if stopping is not None and not stopping.done():
             stopping.cancel()  # a second cancel reaches the worker
             await asyncio.gather(stopping, return_exceptions=True)
+        await hooks.close()
+        await store.close()
+
+
+class HeldAfterDelivered(PostgresStore):
+    """A store that, once it has dropped a delivered event, holds the delivery back until
+    the test lets it go: the worker hears late that its delivery is over."""
+
+    dropped: asyncio.Event
+    release: asyncio.Event
+
+    async def event_delivered(self, seq: int) -> None:
+        await super().event_delivered(seq)
+        self.dropped.set()
+        await self.release.wait()
+
+
+@pytest.mark.postgres
+async def test_the_next_event_claimed_as_the_last_delivery_ends_goes_out_at_once(
+    settings: Settings, receiver: Receiver, postgres_url: str
+) -> None:
+    """The worker may claim an upload's next event while the task that delivered the last
+    one has not ended yet; that event must go out after it, not wait for its lease."""
+    settings = dataclasses.replace(settings, hooks_url=receiver.url)
+    store = await HeldAfterDelivered.open(postgres_url, "x")
+    store.dropped, store.release = asyncio.Event(), asyncio.Event()
+    hooks = Hooks(settings, make_transport(settings), store,
+                  Capabilities.of(make_backend(settings)).locator)
+    delivery = Delivery(settings, hooks, store, Metrics())
+    body = b'{"upload": {"offset": 0}}'
+    await store.create(Upload(id="a", length=1), events=[
+        HookEvent("a1", "a", "post-create", body), HookEvent("a2", "a", "post-receive", body)
+    ])
+    try:
+        delivery.start()
+        await asyncio.wait_for(store.dropped.wait(), 10)
+        store.outbox_changed.set()  # as a commit of another upload's event would
+
+        async def a2_claimed() -> bool:
+            rows = await store._db.rows("SELECT claimed_by FROM hook_outbox WHERE id = 'a2'")
+            return rows[0][0] is not None
+
+        await poll(a2_claimed, "the worker to claim a2")
+        store.release.set()
+        await receiver.wait(lambda: len(receiver.received) == 2, "a2 to go out")
+        assert [r.id for r in receiver.received] == ["a1", "a2"]
+    finally:
+        store.release.set()
+        await delivery.stop()
         await hooks.close()
         await store.close()
 
