@@ -1,7 +1,9 @@
 """Shared fixtures: an in-process app behind aiohttp's test client, and real server processes.
 
 The app stores uploads on the filesystem, or on S3 (moto's server on loopback) for the
-``storage`` param that ``support.markers`` gives the tests of ``all_backends`` modules.
+``storage`` param that ``support.markers`` gives the tests of ``all_backends`` modules; its
+state in SQLite, or in PostgreSQL (a throwaway cluster, ``support.postgres``) for the
+``database`` param of the tests marked ``all_databases``.
 
 The helpers the tests import are in the ``support`` package; its ``markers``, ``s3``,
 ``hooks`` and ``postgres`` modules are plugins too, for their hooks and fixtures.
@@ -40,8 +42,19 @@ def storage(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> Settings:
+def database(request: pytest.FixtureRequest) -> str:
+    """The state store of the test's app: "sqlite" unless parametrized (``all_databases``,
+    see ``support.markers``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, storage: str, database: str, request: pytest.FixtureRequest
+) -> Settings:
     settings = Settings().with_values(data_dir=str(tmp_path / "data"), expiry_interval=3600)
+    if database == "postgresql":
+        settings = settings.with_values(database=request.getfixturevalue("postgres_url"))
     if storage == "s3":
         endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket")
         settings = settings.with_values(**s3_settings(endpoint, bucket))

@@ -58,6 +58,7 @@ async def test_head_of_partial(client):
     assert response.headers["Upload-Length"] == "5"
 
 
+@pytest.mark.all_databases
 async def test_final_from_finished_partials(client):
     first = await partial(client, b"hello ")
     second = await partial(client, b"world")
@@ -250,6 +251,7 @@ async def test_partial_metadata_is_not_inherited(client):
 # --- concatenation-unfinished -------------------------------------------------------------
 
 
+@pytest.mark.all_databases
 async def test_final_before_partials_finish(client):
     a = await partial(client, length=5)
     b = await partial(client, length=6)
@@ -318,6 +320,7 @@ async def test_two_finals_waiting_on_one_partial(client):
     assert await (await client.get(second)).read() == b"XYab"
 
 
+@pytest.mark.all_databases
 async def test_partial_terminated_before_final_finished_takes_the_final(client, storage_view):
     """A final upload that can never be completed goes with its terminated partial."""
     a = await partial(client, length=2)

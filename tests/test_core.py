@@ -142,6 +142,7 @@ async def test_responses_carry_tus_resumable(client):
 # --- HEAD ---------------------------------------------------------------------------------
 
 
+@pytest.mark.all_databases
 async def test_head_of_fresh_upload(client):
     metadata = "filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential,empty "
     path = await create_upload(client, 100, **{"Upload-Metadata": metadata})
@@ -161,6 +162,7 @@ async def test_head_without_metadata_has_no_metadata_header(client):
     assert "Upload-Metadata" not in response.headers
 
 
+@pytest.mark.all_databases
 async def test_head_of_complete_upload(client):
     path = await create_upload(client, 4)
     response = await client.patch(path, data=b"data", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
@@ -183,6 +185,7 @@ async def test_head_of_unknown_upload_is_404_without_offset(client):
 # --- PATCH --------------------------------------------------------------------------------
 
 
+@pytest.mark.all_databases
 async def test_patch_appends_and_reports_offset(client):
     path = await create_upload(client, 10)
     response = await client.patch(path, data=b"01234", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
@@ -232,6 +235,7 @@ async def test_patch_with_bad_upload_offset_is_400(client, offset):
     assert await head_offset(client, path) == "0"
 
 
+@pytest.mark.all_databases
 @pytest.mark.parametrize("offset", ["0", "2", "7"])
 async def test_patch_at_wrong_offset_is_409_and_changes_nothing(client, offset):
     path = await create_upload(client, 10)

@@ -85,6 +85,7 @@ async def test_length_over_max_size_is_413(make_client, storage_view):
     assert response.status == 201
 
 
+@pytest.mark.all_databases
 async def test_zero_length_upload_is_complete_at_once(client):
     path = await create_upload(client, 0)
     response = await client.head(path, headers=TUS)
@@ -151,6 +152,7 @@ async def test_invalid_metadata_is_400(client, storage_view, metadata):
 # --- creation-with-upload -----------------------------------------------------------------
 
 
+@pytest.mark.all_databases
 async def test_post_with_body(client):
     response = await client.post(
         "/files/", data=b"hello", headers={**PATCH_HEADERS, "Upload-Length": "11"}

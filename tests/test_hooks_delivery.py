@@ -59,6 +59,7 @@ async def test_no_outbox_rows_when_hooks_are_off_or_the_event_does_not_fire(
     assert [r.name for r in receiver.received] == ["pre-create"]
 
 
+@pytest.mark.all_databases
 async def test_a_failing_receiver_gets_the_event_again_until_it_takes_it(
     make_client: ClientFactory, receiver: Receiver
 ) -> None:
@@ -79,6 +80,7 @@ async def _empty(client: TestClient) -> bool:
     return not await outbox(client)
 
 
+@pytest.mark.all_databases
 async def test_events_of_one_upload_go_out_in_order_each_after_the_last_was_taken(
     make_client: ClientFactory, receiver: Receiver
 ) -> None:
@@ -298,6 +300,7 @@ async def test_a_version_1_database_gains_the_outbox_and_keeps_its_uploads(tmp_p
         await store.close()
 
 
+@pytest.mark.all_databases
 async def test_post_receive_is_throttled_per_upload(
     make_client: ClientFactory, receiver: Receiver
 ) -> None:

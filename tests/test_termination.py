@@ -13,6 +13,7 @@ async def test_options_advertises_termination(client):
     assert "termination" in response.headers["Tus-Extension"].split(",")
 
 
+@pytest.mark.all_databases
 async def test_delete_unfinished_upload(client, storage_view):
     path = await create_upload(client, 10)
     await client.patch(path, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
@@ -62,6 +63,7 @@ async def test_delete_does_not_touch_other_uploads(client, storage_view):
     assert await (await client.get(keep)).read() == b"keep"
 
 
+@pytest.mark.all_databases
 async def test_delete_partial_then_final_cannot_use_it(client):
     partial = await create_upload(client, 2, **{"Upload-Concat": "partial"})
     await client.patch(partial, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0"})

@@ -4,6 +4,8 @@
   ``client``) run once per backend in :data:`BACKENDS`, through the ``storage`` fixture;
   ``filesystem_only("why")`` keeps a test to the filesystem, ``needs("concatenator")`` to
   the backends with that capability.
+- ``all_databases``: a test that uses the app runs once per kind of state store in
+  :data:`DATABASES` (SQLite, PostgreSQL), through the ``database`` fixture.
 - ``e2e``, ``s3`` and ``postgres``: a test that uses ``server_process``, ``s3_endpoint`` or
   ``postgres_cluster`` without its mark is refused at collection, so that
   ``-m 'not e2e and not s3 and not postgres'`` starts no process, no moto and no
@@ -23,6 +25,8 @@ from storage_backends import make_backend
 
 BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
 """Every storage backend, with the marks of its tests."""
+DATABASES = {"sqlite": (), "postgresql": (pytest.mark.postgres,)}
+"""Every kind of state store, with the marks of its tests."""
 
 MARKED_BY_FIXTURE = {
     "server_process": "e2e", "s3_endpoint": "s3", "postgres_cluster": "postgres"
@@ -45,6 +49,11 @@ def capabilities_of(storage: str) -> Capabilities:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     test = metafunc.definition
+    if "database" in metafunc.fixturenames and test.get_closest_marker("all_databases"):
+        metafunc.parametrize(
+            "database", [pytest.param(name, marks=marks) for name, marks in DATABASES.items()],
+            indirect=True,
+        )
     if "storage" not in metafunc.fixturenames or test.get_closest_marker("all_backends") is None:
         return
     names = list(BACKENDS)
