@@ -252,7 +252,7 @@ async def test_the_next_event_claimed_as_the_last_delivery_ends_goes_out_at_once
 ) -> None:
     """The worker may claim an upload's next event while the task that delivered the last
     one has not ended yet; that event must go out after it, not wait for its lease."""
-    settings = dataclasses.replace(settings, hooks_url=receiver.url)
+    settings = settings.with_values(hooks_url=receiver.url)
     store = await HeldAfterDelivered.open(postgres_url, "x")
     store.dropped, store.release = asyncio.Event(), asyncio.Event()
     hooks = Hooks(settings, make_transport(settings), store,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -25,7 +25,7 @@ from .schema import MIGRATIONS, SCHEMA_VERSION
 log = logging.getLogger("aiotusd")
 T = TypeVar("T")
 
-Connection = asyncpg.Connection
+Connection: TypeAlias = asyncpg.Connection
 """One connection of the pool, lent to a query or a write."""
 
 MIGRATION_LOCK = 0x6169_6F74_7573_64
