@@ -43,8 +43,9 @@ async def record_events(store: Store, uploads: int, each: int) -> dict[str, list
         recorded[upload.id] = [f"u{n}e{k}" for k in range(each)]
         await store.create(upload, events=[event(recorded[upload.id][0], upload.id)])
         for k in range(1, each):
-            upload.offset = k
-            await store.save_progress(upload, [event(recorded[upload.id][k], upload.id)])
+            upload = await store.save_progress(
+                dataclasses.replace(upload, offset=k), [event(recorded[upload.id][k], upload.id)]
+            )
     return recorded
 
 
