@@ -29,7 +29,7 @@ from .config import (
     shown,
 )
 from .connections import AppRunner, TlsSite
-from .database import open_store, sqlite_path
+from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
 from .logs import AccessLogger, setup_logging
 from .ops import metrics_app
@@ -263,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hooks:
             return asyncio.run(hooks_command(settings, **command))
+        # Before anything of the database is touched, and held for the process's life.
+        own_database(settings)
         asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)

@@ -7,15 +7,19 @@ SQLite file (by default in ``data_dir``), which one process owns.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import ConfigError
-from .state import PostgresStore, SQLiteStore, Store
+from .state import DatabaseUnusable, PostgresStore, SQLiteStore, Store
 from .state.postgresql.database import split_options
 
 SCHEMES = ("postgresql://", "postgres://")
+LOCK_SUFFIX = ".lock"
+"""The lock file of an SQLite database is its path with this added."""
 
 
 def postgres_url(settings: Settings) -> str | None:
@@ -40,6 +44,44 @@ def database_name(settings: Settings) -> str:
 def sqlite_path(settings: Settings) -> Path | None:
     """The SQLite file the settings name; None for PostgreSQL."""
     return None if postgres_url(settings) else settings.storage.database_path
+
+
+def own_database(settings: Settings) -> int | None:
+    """Make this process the owner of the SQLite database the settings name: an exclusive
+    ``flock`` on the lock file beside it, held until the process ends; the descriptor, or
+    None when there is nothing to own (PostgreSQL, which processes share by design).
+
+    Two servers on one SQLite file overwrite each other's uploads: each keeps its upload
+    locks and hook claims to itself. The operating system drops the lock with the last
+    descriptor of it, however the process ended (a pid file would outlive ``kill -9``),
+    and forked workers share it with their parent. ``aiotusd hooks`` does not take it:
+    it runs beside the server, one statement at a time.
+
+    Raises :class:`~server.state.DatabaseUnusable` naming the database when another
+    process holds the lock. A lock file that cannot be made (the data directory is a
+    file, or not writable) is left to the start-up that follows, which fails on that
+    database or directory and tells why in its own words; the database's missing
+    directory is made, so that two first starts on one new directory see each other.
+    """
+    path = sqlite_path(settings)
+    if path is None:
+        return None
+    lock_path = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(descriptor)
+        reason = (
+            f"another aiotusd uses it (it holds {lock_path})" if isinstance(exc, BlockingIOError)
+            else f"cannot lock {lock_path}: {exc.strerror or exc}"
+        )
+        raise DatabaseUnusable(f"cannot use the database {path}: {reason}") from None
+    return descriptor
 
 
 async def open_store(settings: Settings) -> Store:
