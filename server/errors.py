@@ -28,7 +28,7 @@ from aiohttp.typedefs import Middleware
 
 from storage_backends.base import StorageError, StorageUnavailable
 
-from .state import UploadGone
+from .state import DatabaseUnavailable, UploadGone
 
 log = logging.getLogger("aiotusd")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -170,6 +170,10 @@ def classify(exc: BaseException) -> ErrorAnswer:
                            storage=isinstance(exc, InsufficientStorage))
     if isinstance(exc, UploadGone):
         return ErrorAnswer(410, "gone", "upload was removed while this request was under way")
+    if isinstance(exc, DatabaseUnavailable):
+        return ErrorAnswer(503, "database-unavailable", "the database is unavailable; try again "
+                           "later", {"Retry-After": str(exc.retry_after)},
+                           log_level=logging.WARNING)
     if isinstance(exc, web.HTTPException):
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return ErrorAnswer(exc.status, _HTTP_CODES.get(exc.status, "bad-request"), exc.reason,

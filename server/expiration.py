@@ -10,7 +10,7 @@ from storage_backends.base import StorageError
 
 from .context import Context
 from .errors import Locked
-from .state import EXPIRED
+from .state import EXPIRED, DatabaseUnavailable
 from .uploads import is_expired, remove
 
 log = logging.getLogger("aiotusd")
@@ -59,6 +59,9 @@ async def run_sweeper(ctx: Context) -> None:
         await asyncio.sleep(ctx.settings.uploads.expiry_interval)
         try:
             removed = await sweep(ctx)
+        except DatabaseUnavailable as exc:
+            log.warning("expiration sweep failed: %s", exc)
+            continue
         except Exception:
             log.exception("expiration sweep failed")
             continue

@@ -24,6 +24,7 @@ from .errors import one_line
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import effective_method
 from .receive import RECEIVED
+from .state import DatabaseUnavailable
 
 log = logging.getLogger("aiotusd")
 
@@ -70,8 +71,13 @@ def metrics_endpoint(app: web.Application) -> Handler:
 
     async def handle(request: web.Request) -> web.Response:
         ctx = app[CONTEXT]
-        ctx.metrics.uploads_in_progress.set(await ctx.store.count_unfinished())
-        ctx.metrics.hook_outbox(*await ctx.store.count_events())
+        try:
+            ctx.metrics.uploads_in_progress.set(await ctx.store.count_unfinished())
+            ctx.metrics.hook_outbox(*await ctx.store.count_events())
+        except DatabaseUnavailable as exc:
+            # An outage is when the counters matter most: they go out, and the gauges
+            # counted in the database keep their last values.
+            log.warning("metrics: the gauges counted in the database are not updated: %s", exc)
         return web.Response(body=ctx.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     return handle

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .errors import one_line
 from .hooks import HookCallError, Hooks
 from .metrics import Metrics
-from .state import HookEvent, Outbox
+from .state import DatabaseUnavailable, HookEvent, Outbox
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -82,6 +82,9 @@ class Delivery:
             changed.clear()
             try:
                 wait = await self._start_due()
+            except DatabaseUnavailable as exc:
+                log.warning("reading the hook outbox failed: %s", exc)
+                wait = IDLE_POLL
             except Exception:
                 log.exception("reading the hook outbox failed")
                 wait = IDLE_POLL
@@ -120,6 +123,10 @@ class Delivery:
             else:
                 await self._store.event_delivered(event.seq)
                 self._metrics.hook_delivery(event.type, "delivered")
+        except DatabaseUnavailable as exc:
+            # Delivered or not, it is due again once its claim lapses: at least once.
+            log.warning("recording the delivery of %s event %s failed: %s",
+                        event.type, event.id, exc)
         except Exception:
             log.exception("delivering %s event %s failed", event.type, event.id)
         finally:

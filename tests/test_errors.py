@@ -19,7 +19,7 @@ from server.errors import (
     TooManyRequests,
     classify,
 )
-from server.state import UploadGone
+from server.state import DatabaseUnavailable, UploadGone
 from storage_backends.base import StorageError, StorageUnavailable
 
 FULL_DATABASE = sqlite3.OperationalError("database or disk is full")
@@ -39,6 +39,8 @@ FULL_DATABASE.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-define
         (web.HTTPNotFound(), 404, "not-found", False),
         (web.HTTPMethodNotAllowed("PUT", ["GET"]), 405, "method-not-allowed", False),
         (StorageUnavailable("down"), 503, "storage-unavailable", True),
+        (DatabaseUnavailable("the database x is unavailable"), 503, "database-unavailable",
+         False),
         (OSError(errno.ENOSPC, "No space left on device"), 507, "storage-full", True),
         (FULL_DATABASE, 507, "storage-full", True),
         (StorageError("lost bytes"), 500, "storage-failed", True),
@@ -57,6 +59,7 @@ def test_the_headers_of_a_refusal_go_with_it():
         "Retry-After": "3"
     }
     assert classify(StorageUnavailable("down")).headers["Retry-After"]
+    assert classify(DatabaseUnavailable("gone")).headers == {"Retry-After": "5"}
     assert classify(web.HTTPMethodNotAllowed("PUT", ["GET", "HEAD"])).headers == {
         "Allow": "GET,HEAD"
     }

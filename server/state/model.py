@@ -48,6 +48,21 @@ class SchemaTooNew(DatabaseUnusable):
     """The database was written by a newer aiotusd than this one."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database of a running server did not answer: the connection to it was lost or
+    refused, it did not answer in time, another program held it locked past the wait, or
+    its disk failed. The message names it and says why.
+
+    Not a bug, and not the client's doing: the request may succeed once the database is
+    back, which the server does not have to be restarted for. A write that raises this was
+    not recorded, or (a connection lost during its commit) was recorded whole: a client
+    that asks for the offset gets one that its stored bytes cover either way.
+    """
+
+    retry_after = 5
+    """Seconds a client is told to wait (``Retry-After``) before it tries again."""
+
+
 @dataclass(frozen=True)
 class Upload:
     """An upload as recorded, or as a step is about to record it: a value.

@@ -95,9 +95,12 @@ class Cluster:
             "-c synchronous_commit=off", "-c full_page_writes=off", "-c max_connections=200",
         ]
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server: ``immediate`` drops everything, ``fast`` first ends every
+        session (each client is told: "terminating connection due to administrator
+        command"), as an operator's restart does."""
         _run(_as_cluster_owner([
-            str(self.bin / "pg_ctl"), "stop", "-w", "-s", "-m", "immediate",
+            str(self.bin / "pg_ctl"), "stop", "-w", "-s", "-m", mode,
             "-D", str(self.directory / "data"),
         ]), "stopping PostgreSQL")
 

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..model import DatabaseUnusable, SchemaTooNew
+from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("aiotusd")
@@ -37,6 +37,15 @@ than PgBouncer 1.21 cannot keep."""
 
 OPEN_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
 """What connecting, logging in or migrating raises when the database cannot be used."""
+LOST_ERRORS = (
+    OSError,  # refused, reset, unreachable: the server is down or the network between
+    TimeoutError,  # no connection of the pool, no connection made, no answer in time
+    asyncpg.PostgresConnectionError,  # the connection broke during a statement
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, cancelled
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+"""What a statement of a running server raises when the database is not there for it: the
+request may succeed once it is back (:class:`DatabaseUnavailable`)."""
 
 
 def rows_changed(status: str) -> int:
@@ -64,16 +73,19 @@ def split_options(url: str) -> tuple[str, dict[str, Any]]:
     return urlunsplit(parts._replace(query=rest)), options
 
 
-def _unusable(name: str, exc: BaseException, timeout: float) -> DatabaseUnusable:
-    """The error that says, in one line, which database cannot be used and why: the OS's
-    words for a failed connection rather than asyncpg's repetition of the address."""
+def _reason(exc: BaseException, timeout: float) -> str:
+    """Why the database could not be used, in one line: the OS's words for a failed
+    connection rather than asyncpg's repetition of the address."""
     if isinstance(exc, TimeoutError):
-        reason = f"no answer within {timeout:g} s"
-    elif isinstance(exc, OSError) and exc.errno:
-        reason = f"cannot connect: {os.strerror(exc.errno)}"
-    else:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-    return DatabaseUnusable(f"cannot use the database {name}: {reason}")
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"cannot connect: {os.strerror(exc.errno)}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _unusable(name: str, exc: BaseException, timeout: float) -> DatabaseUnusable:
+    """The error that says, in one line, which database cannot be used and why."""
+    return DatabaseUnusable(f"cannot use the database {name}: {_reason(exc, timeout)}")
 
 
 async def _migrate(connection: Connection, name: str) -> None:
@@ -102,11 +114,13 @@ async def _migrate(connection: Connection, name: str) -> None:
 
 
 class Database:
-    """The pool, and the one ``timeout`` for taking a connection from it."""
+    """The pool, and the one ``timeout`` for taking a connection from it; ``name`` says
+    which database in messages."""
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float, name: str) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._name = name
 
     @classmethod
     async def open(cls, url: str, name: str, pool_size: int, timeout: float) -> Database:
@@ -120,15 +134,18 @@ class Database:
         """
         try:
             dsn, options = split_options(url)
+            # No floor of connections: while the database is down, the pool's upkeep of
+            # one would log a traceback at each attempt to reconnect. Requests connect
+            # as they need, and a connection made stays for the next one.
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, timeout=timeout, command_timeout=timeout,
+                dsn, min_size=0, max_size=pool_size, timeout=timeout, command_timeout=timeout,
                 **options,
             )
         except OPEN_ERRORS as exc:
             raise _unusable(name, exc, timeout) from None
-        database = cls(pool, timeout)
+        database = cls(pool, timeout, name)
         try:
-            async with database.connection() as connection:
+            async with pool.acquire(timeout=timeout) as connection:
                 await _migrate(connection, name)
         except OPEN_ERRORS as exc:
             await database.close()
@@ -146,9 +163,24 @@ class Database:
         except TimeoutError:
             self._pool.terminate()
 
-    def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
-        """A connection of the pool for the block; waits at most ``timeout`` for one."""
-        return self._pool.acquire(timeout=self._timeout)  # type: ignore[return-value]
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool for the block; waits at most ``timeout`` for one.
+
+        Raises :class:`DatabaseUnavailable` when the database is not there for the block:
+        no connection could be had, or the one lent broke or did not answer."""
+        with self._unavailable_when_lost():
+            async with self._pool.acquire(timeout=self._timeout) as connection:
+                yield connection
+
+    @contextlib.contextmanager
+    def _unavailable_when_lost(self) -> Iterator[None]:
+        try:
+            yield
+        except LOST_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"the database {self._name} is unavailable: {_reason(exc, self._timeout)}"
+            ) from exc
 
     async def rows(self, sql: str, *parameters: Any) -> list[asyncpg.Record]:
         """The rows of a query."""

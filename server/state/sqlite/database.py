@@ -15,17 +15,35 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+)
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..model import DatabaseUnusable, SchemaTooNew
+from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .writes import StatementBatch, WriteGate
 
 log = logging.getLogger("aiotusd")
+
+LOST_CODES = frozenset({
+    sqlite3.SQLITE_BUSY,  # another program holds the database locked past busy_timeout
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_IOERR,  # the disk failed to read or write, or went away
+    sqlite3.SQLITE_CANTOPEN,  # the file, its journal or its directory is gone
+})
+"""SQLite's primary result codes that say the database is not there for a statement now,
+though it may be again (:class:`DatabaseUnavailable`). A full disk (``SQLITE_FULL``) is
+storage that is full, answered 507 (:func:`server.errors.storage_full`); a damaged
+database is a failure that needs the operator."""
 
 
 def placeholders(values: Collection[object]) -> str:
@@ -79,15 +97,29 @@ def _try_connect(path: Path) -> None:
     sqlite3.connect(path).close()
 
 
-def _unusable(path: Path, exc: OSError | sqlite3.Error) -> DatabaseUnusable:
+def _unusable(
+    path: Path, exc: OSError | sqlite3.Error | DatabaseUnavailable
+) -> DatabaseUnusable:
     """The error that says, in one line, which database file cannot be used and why."""
     if os.path.isdir(path):
         reason = "it is a directory"
     elif isinstance(exc, OSError):
         reason = f"cannot make its directory {exc.filename or path.parent}: {exc.strerror or exc}"
     else:
-        reason = str(exc)
+        reason = str(exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc)
     return DatabaseUnusable(f"cannot use the database {path}: {reason}")
+
+
+@contextlib.contextmanager
+def unavailable_when_lost(path: Path | None) -> Iterator[None]:
+    """Raise :class:`DatabaseUnavailable`, naming ``path``, for an error of SQLite's that
+    says the database is not there for the statement (:data:`LOST_CODES`)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF not in LOST_CODES:
+            raise
+        raise DatabaseUnavailable(f"the database {path} is unavailable: {exc}") from exc
 
 
 class Transaction:
@@ -118,11 +150,16 @@ class Transaction:
 
 class Database:
     """The aiosqlite ``connection`` every write goes through, the ``reader`` for lookups by
-    key, and the writes' turns on the connection (``gate``)."""
+    key, and the writes' turns on the connection (``gate``), of the file at ``path``.
+
+    A statement that finds the database not there for it (locked by another program past
+    ``busy_timeout``, a failing disk) raises :class:`DatabaseUnavailable`."""
 
     def __init__(
-        self, connection: aiosqlite.Connection, reader: sqlite3.Connection | None = None
+        self, path: Path, connection: aiosqlite.Connection,
+        reader: sqlite3.Connection | None = None,
     ) -> None:
+        self.path = path
         self.connection = connection
         self.reader = reader
         """Lookups by key try this connection first (see :func:`_open_reader`)."""
@@ -147,10 +184,10 @@ class Database:
             await connection.execute("PRAGMA journal_mode=WAL")
             await connection.execute("PRAGMA synchronous=NORMAL")
             await connection.execute("PRAGMA busy_timeout=5000")
-            database = cls(connection)
+            database = cls(path, connection)
             await database._migrate(path)
             database.reader = _open_reader(path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, DatabaseUnavailable) as exc:
             await connection.close()
             raise _unusable(path, exc) from None
         except BaseException:
@@ -187,13 +224,20 @@ class Database:
     async def statement(self, sql: str, parameters: tuple[Any, ...]) -> int:
         """Run one writing statement, side by side with others (:class:`StatementBatch`);
         the rows it changed. A cancelled caller waits for it to have run."""
-        async with self.gate.statement():
-            return await self._batch.run(sql, parameters)
+        with unavailable_when_lost(self.path):
+            async with self.gate.statement():
+                return await self._batch.run(sql, parameters)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A transaction, alone on the connection; committed when the block ends, rolled
         back when it raises. A caller cancelled as it commits waits for the commit."""
+        with unavailable_when_lost(self.path):
+            async with self._transaction() as transaction:
+                yield transaction
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
         db = self.connection
         async with self.gate.transaction():
             transaction = Transaction(db)
@@ -227,9 +271,11 @@ class Database:
                 # Busy (a checkpoint that must not be waited for here) or failing: the
                 # connection's thread asks again, and reports what is really wrong.
                 pass
-        return await self.connection.execute_fetchall(sql, parameters)
+        with unavailable_when_lost(self.path):
+            return await self.connection.execute_fetchall(sql, parameters)
 
     async def rows(self, sql: str, parameters: tuple[Any, ...] = ()) -> Iterable[Any]:
         """The rows of a query, on the connection's thread: one that scans a table must not
         hold up the event loop."""
-        return await self.connection.execute_fetchall(sql, parameters)
+        with unavailable_when_lost(self.path):
+            return await self.connection.execute_fetchall(sql, parameters)
