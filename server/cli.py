@@ -6,19 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
-import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from aiohttp import web
-
-from storage_backends.base import StorageError
-
 from . import __version__
-from .app import create_app
 from .config import (
     ENV_PREFIX,
     SECTIONS,
@@ -28,13 +21,13 @@ from .config import (
     load_settings,
     shown,
 )
-from .connections import AppRunner, TlsSite
 from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
-from .logs import AccessLogger, setup_logging
-from .ops import metrics_app
+from .listeners import Listeners
+from .logs import setup_logging
 from .outbox import IDLE_POLL
-from .state import DatabaseUnusable, HookEvent, SchemaTooNew
+from .serving import exit_status, serve, tls_context
+from .state import HookEvent
 
 log = logging.getLogger("aiotusd")
 
@@ -147,99 +140,16 @@ async def hooks_command(
     return 0
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The server's TLS context with ``tls_cert`` and ``tls_key``; None without them."""
-    cert, key = settings.server.tls_cert, settings.server.tls_key
-    if not cert and not key:
-        return None
-    if not cert or not key:
-        raise ConfigError("tls_cert and tls_key must be set together")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+def _serve(settings: Settings) -> None:
+    """Serve with these settings until told to stop."""
+    tls = tls_context(settings)  # a bad certificate is told before anything is taken
+    # Before anything of the database is touched, and held for the process's life.
+    own_database(settings)
+    listeners = Listeners.bind(settings)
     try:
-        context.load_cert_chain(cert, key)
-    except ssl.SSLError:
-        raise ConfigError(
-            f"cannot load tls_cert {cert} with tls_key {key}: they are "
-            "not a PEM certificate chain and its private key"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot load tls_cert {cert} with tls_key {key}: {exc.strerror or exc}"
-        ) from None
-    return context
-
-
-class CannotListen(Exception):
-    """A port cannot be opened: in use, not ours to take, or its host is no address of ours."""
-
-
-async def _listen(
-    runner: web.BaseRunner,
-    host: str,
-    port: int,
-    tls: ssl.SSLContext | None = None,
-    handshake_timeout: float = 0.0,
-) -> None:
-    """Serve ``runner`` on ``host:port``; raise :class:`CannotListen` naming both if it cannot.
-
-    The OSError of a failed bind tells the address as a tuple, and a host that does not
-    resolve does not tell it at all.
-    """
-    site = (
-        web.TCPSite(runner, host, port) if tls is None
-        else TlsSite(runner, host, port, tls, handshake_timeout)
-    )
-    try:
-        await site.start()
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise CannotListen(f"cannot listen on {address}: {reason or exc}") from None
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then stop accepting and let uploads record their offsets."""
-    tls = tls_context(settings)
-    if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
-        log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
-    # Handlers first: a signal that comes while starting up (even once the port is
-    # open) then ends in the same clean stop, never in death by the default action.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    app = create_app(settings)
-    runner = AppRunner(
-        app, access_log_class=AccessLogger, shutdown_timeout=settings.server.shutdown_timeout,
-        handle_signals=False,
-    )
-    metrics_runner = None
-    if settings.metrics.enabled and settings.metrics.port:
-        metrics_runner = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        # Inside the try: when the port cannot be bound, the state store and the
-        # backend that setup() started are still closed properly.
-        listen = settings.server
-        await _listen(runner, listen.host, listen.port, tls, settings.limits.header_timeout)
-        if metrics_runner is not None:
-            await metrics_runner.setup()
-            await _listen(metrics_runner, settings.server.host, settings.metrics.port)
-        # Told once both ports are open: a start that fails says only why.
-        scheme = "https" if tls else "http"
-        for sock in runner.addresses:
-            host, port = sock[0], sock[1]
-            log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port, listen.base_path,
-                     extra={"host": host, "port": port})
-        if metrics_runner is not None:
-            log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
-        await stop.wait()
-        log.info("shutting down")
+        asyncio.run(serve(settings, listeners, tls))
     finally:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
-        await runner.cleanup()
-    log.info("stopped")
+        listeners.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,25 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     setup_logging(settings.log.format, settings.log.level)
-    try:
-        if hooks:
-            return asyncio.run(hooks_command(settings, **command))
-        # Before anything of the database is touched, and held for the process's life.
-        own_database(settings)
-        asyncio.run(serve(settings))
-    except ConfigError as exc:
-        print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        log.error("storage cannot be used: %s", one_line(str(exc)))
-        return 1
-    except SchemaTooNew as exc:
-        log.error("%s", one_line(str(exc)))
-        return 2
-    except (DatabaseUnusable, CannotListen) as exc:
-        log.error("%s", one_line(str(exc)))
-        return 1
-    except OSError as exc:
-        log.error("cannot start: %s", one_line(str(exc)))
-        return 1
-    return 0
+    if hooks:
+        return exit_status(lambda: asyncio.run(hooks_command(settings, **command)))
+    return exit_status(lambda: _serve(settings))

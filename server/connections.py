@@ -5,14 +5,14 @@ of connections: a deadline for a request's headers and for a client that takes n
 of its response, counting connections under ``max_connections`` (and making room),
 a deadline for TLS handshakes, and answering requests it cannot parse in one line. So
 this module subclasses its ``RequestHandler`` (the protocol of one connection),
-``Server`` and ``AppRunner``, and its ``TCPSite`` for TLS, and reads these private
+``Server`` and ``AppRunner``, and its ``SockSite`` for TLS, and reads these private
 attributes of theirs; nothing else in aiotusd does:
 
 - ``RequestHandler``: ``_messages`` (requests parsed and waiting), ``_waiter`` (set
   while it waits for the next request), ``_current_request``, ``_request_in_progress``,
   ``_lingering_time``, ``_loop``;
 - ``Server``: ``_kwargs``, ``_loop``; ``AppRunner._make_server``;
-- ``TCPSite``: ``_runner``, ``_host``, ``_port``, ``_ssl_context``, ``_backlog``, ``_server``.
+- ``SockSite``: ``_runner``, ``_sock``, ``_ssl_context``, ``_backlog``, ``_server``.
 
 ``tests/test_connections.py`` checks that the installed aiohttp still has each of them,
 and ``setup.cfg`` allows only the aiohttp releases this was written and tested against.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -298,8 +299,9 @@ class AppRunner(web.AppRunner):
         )
 
 
-class TlsSite(web.TCPSite):
-    """aiohttp's TCP site with a deadline for the TLS handshake.
+class SocketSite(web.SockSite):
+    """aiohttp's site on a bound socket (see :mod:`server.listeners`), with a deadline for
+    the TLS handshake.
 
     asyncio gives a handshake 60 s, and a connection becomes the server's (counted under
     ``max_connections``, its header clock running) only once it is done: a client that
@@ -308,16 +310,17 @@ class TlsSite(web.TCPSite):
     """
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext, deadline: float
+        self, runner: web.BaseRunner, sock: socket.socket, tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 0.0,
     ) -> None:
-        super().__init__(runner, host, port, ssl_context=tls)
-        self._handshake_timeout = deadline
+        super().__init__(runner, sock, ssl_context=tls)
+        self._handshake_timeout = handshake_timeout if tls is not None else None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
             ssl_handshake_timeout=self._handshake_timeout,
         )

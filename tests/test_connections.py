@@ -27,9 +27,9 @@ def test_the_request_handler_has_the_attributes_the_connections_read():
 def test_the_server_runner_and_site_have_what_the_connections_use():
     assert callable(web.AppRunner._make_server)
     site_slots = set()
-    for cls in web.TCPSite.__mro__:
+    for cls in web.SockSite.__mro__:
         site_slots |= set(getattr(cls, "__slots__", ()))
-    for name in ("_runner", "_host", "_port", "_ssl_context", "_backlog", "_server"):
+    for name in ("_runner", "_sock", "_ssl_context", "_backlog", "_server"):
         assert name in site_slots, name
 
 

@@ -1,0 +1,133 @@
+"""Serving the app on the bound ports until told to stop, and the exit status of a run.
+
+:func:`serve` is the life of one server process: the only one, or one of the workers of
+``--workers`` (:mod:`server.supervisor`). :func:`exit_status` turns how a run ended into
+the one line and the status the command exits with, in either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from storage_backends.base import StorageError
+
+from .app import create_app
+from .config import Settings
+from .connections import AppRunner, SocketSite
+from .errors import ConfigError, one_line
+from .listeners import CannotListen, Listeners
+from .logs import AccessLogger
+from .ops import metrics_app
+from .state import DatabaseUnusable, SchemaTooNew
+
+log = logging.getLogger("aiotusd")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context with ``tls_cert`` and ``tls_key``; None without them."""
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("tls_cert and tls_key must be set together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError:
+        raise ConfigError(
+            f"cannot load tls_cert {cert} with tls_key {key}: they are "
+            "not a PEM certificate chain and its private key"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load tls_cert {cert} with tls_key {key}: {exc.strerror or exc}"
+        ) from None
+    return context
+
+
+def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
+    """The start-up lines, once every port serves: where, and how many processes."""
+    scheme = "https" if tls else "http"
+    for sock in listeners.main:
+        host, port = sock.getsockname()[:2]
+        log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port,
+                 settings.server.base_path, extra={"host": host, "port": port})
+    if listeners.metrics:
+        log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+
+
+async def _start_sites(
+    runner: web.BaseRunner, sockets: list[socket.socket], tls: ssl.SSLContext | None = None,
+    handshake_timeout: float = 0.0,
+) -> None:
+    for sock in sockets:
+        await SocketSite(runner, sock, tls, handshake_timeout).start()
+
+
+async def serve(
+    settings: Settings, listeners: Listeners, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve on the bound ``listeners`` (with ``tls``: HTTPS) until SIGTERM or SIGINT, then
+    stop accepting and let uploads record their offsets."""
+    if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
+        log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
+    # Handlers first: a signal that comes while starting up (even once the port is
+    # open) then ends in the same clean stop, never in death by the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings)
+    runner = AppRunner(
+        app, access_log_class=AccessLogger, shutdown_timeout=settings.server.shutdown_timeout,
+        handle_signals=False,
+    )
+    metrics_runner = None
+    if listeners.metrics:
+        metrics_runner = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        # Inside the try: the state store and the backend that setup() started are
+        # closed properly, whatever happens next.
+        await _start_sites(runner, listeners.main, tls, settings.limits.header_timeout)
+        if metrics_runner is not None:
+            await metrics_runner.setup()
+            await _start_sites(metrics_runner, listeners.metrics)
+        announce(settings, listeners, tls is not None)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def exit_status(run: Callable[[], int | None]) -> int:
+    """Run ``run``: its status, or the status of the failure it raised, which is reported
+    in one line without a traceback (2 for a setting, 1 for what cannot be used)."""
+    try:
+        return run() or 0
+    except ConfigError as exc:
+        print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        log.error("storage cannot be used: %s", one_line(str(exc)))
+        return 1
+    except SchemaTooNew as exc:
+        log.error("%s", one_line(str(exc)))
+        return 2
+    except (DatabaseUnusable, CannotListen) as exc:
+        log.error("%s", one_line(str(exc)))
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", one_line(str(exc)))
+        return 1
