@@ -16,7 +16,7 @@ from .capabilities import Capabilities
 from .config import Settings
 from .context import CONTEXT, Context
 from .cors import setup_cors
-from .database import open_store
+from .database import open_store, postgres_url
 from .demo import setup_demo
 from .errors import error_middleware
 from .expect import close_after_unasked_body, defer_continue
@@ -30,6 +30,7 @@ from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
 from .proxy import PROXY, ProxyPolicy
 from .request_ids import add_request_id, request_id_middleware
+from .workers import Worker
 
 log = logging.getLogger("aiotusd")
 
@@ -38,13 +39,17 @@ async def _add_tus_resumable(request: web.Request, response: web.StreamResponse)
     response.headers.setdefault("Tus-Resumable", TUS_VERSION)
 
 
-def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Application:
-    """The server; ``hooks`` receives hook events in-process (see :mod:`server.hooks`).
+def create_app(
+    settings: Settings, hooks: PythonHook | None = None, worker: Worker | None = None
+) -> web.Application:
+    """The server; ``hooks`` receives hook events in-process (see :mod:`server.hooks`);
+    ``worker``: the app is one worker's of ``--workers``, with its share of the limits
+    in ``settings`` (:func:`server.workers.share_of`).
 
     Raises :class:`~server.errors.ConfigError` when the hook settings cannot work.
     """
     transport = make_transport(settings, hooks)
-    metrics = Metrics()
+    metrics = Metrics(None if worker is None else worker.metrics_dir)
     observe = request_metrics(metrics)
     app = web.Application()
     cors = setup_cors(app, settings)
@@ -64,17 +69,25 @@ def create_app(settings: Settings, hooks: PythonHook | None = None) -> web.Appli
             Hooks(settings, transport, store, can.locator), can, metrics=metrics,
         )
         app[CONTEXT] = ctx
-        sweeper = asyncio.create_task(run_sweeper(ctx))
+        sweeps = worker is None or worker.runs_sweeps
+        sweeper = asyncio.create_task(run_sweeper(ctx)) if sweeps else None
         # Events left from an earlier run go out too, whatever hooks_events says now.
-        delivery = None if transport is None else Delivery(settings, ctx.hooks, store, metrics)
+        # Claims on PostgreSQL's outbox are in the database, so every worker delivers;
+        # SQLite's are in the store object, so the worker that sweeps delivers alone.
+        delivers = sweeps or postgres_url(settings) is not None
+        delivery = (
+            Delivery(settings, ctx.hooks, store, metrics)
+            if transport is not None and delivers else None
+        )
         if delivery is not None:
             delivery.start()
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             if delivery is not None:
                 await delivery.stop()
             await ctx.hooks.close()

@@ -28,6 +28,7 @@ from .logs import setup_logging
 from .outbox import IDLE_POLL
 from .serving import exit_status, serve, tls_context
 from .state import HookEvent
+from .supervisor import Supervisor
 
 log = logging.getLogger("aiotusd")
 
@@ -140,14 +141,21 @@ async def hooks_command(
     return 0
 
 
-def _serve(settings: Settings) -> None:
-    """Serve with these settings until told to stop."""
+def _serve(settings: Settings) -> int | None:
+    """Serve with these settings until told to stop: in this process, or in the workers
+    of a :class:`Supervisor`; the exit status of the supervisor."""
     tls = tls_context(settings)  # a bad certificate is told before anything is taken
-    # Before anything of the database is touched, and held for the process's life.
+    if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
+        log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
+    # Before anything of the database is touched, and held for the process's life (and
+    # the workers', who inherit it).
     own_database(settings)
     listeners = Listeners.bind(settings)
     try:
+        if settings.server.workers > 1:
+            return Supervisor(settings, listeners, tls).run()
         asyncio.run(serve(settings, listeners, tls))
+        return None
     finally:
         listeners.close()
 

@@ -43,6 +43,9 @@ from .errors import ConfigError
 from .events import EVENTS, PRE_ACCESS
 
 ENV_PREFIX = "AIOTUSD_"
+MAX_WORKERS = 64
+"""Most ``workers``: more cores than a tus server's disk and network keep busy; beyond,
+run several servers on PostgreSQL."""
 
 
 def _option(
@@ -82,6 +85,11 @@ class ServerSettings:
     tls_key: str = _option("", parse_path, "PEM private key file of tls_cert")
     shutdown_timeout: float = _seconds(
         10.0, "seconds in-flight requests get to finish on SIGTERM", minimum=0)
+    workers: int = _option(
+        1, parse_int,
+        "processes that serve the port, to use more cores; max_connections, "
+        "max_uploads_receiving(_per_client), create_rate and create_burst stay the server's, "
+        "divided between them", minimum=1, maximum=MAX_WORKERS)
     demo: bool = _option(False, parse_bool, "serve a demo upload page (Uppy) at /")
 
 

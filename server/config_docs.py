@@ -44,6 +44,7 @@ NOTES: dict[str, str] = {
     "cors_origins": " (see [Browsers and CORS](deployment.md#browsers-and-cors))",
     "demo": " (see [Demo page](deployment.md#demo-page))",
     "tls_cert": " (with `tls_key`; see [TLS](deployment.md#tls))",
+    "workers": " (see [Workers](scale-out.md#workers-several-processes-on-one-port))",
 }
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 _MARKDOWN = str.maketrans({"|": "\\|", "*": "\\*"})

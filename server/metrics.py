@@ -7,12 +7,19 @@ request and none per body chunk (:mod:`server.ops` counts requests and serves
 
 Hook delivery is counted by whoever delivers: :meth:`Metrics.hook_delivery` for each
 attempt of a post-hook event and :meth:`Metrics.hook_outbox` for the outbox's depth.
+
+With ``--workers``, each worker counts in files of a directory they share
+(:func:`count_across_processes`, prometheus_client's multiprocess mode), and ``/metrics``
+of whichever worker answers reports the sums: the server's totals.
 """
 
 from __future__ import annotations
 
+import os
+
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Counters get no ``_created`` series: they double the output and nobody reads them.
 prometheus_client.disable_created_metrics()
@@ -27,8 +34,24 @@ REFUSAL_REASONS = (
 )
 
 
+def count_across_processes(directory: str) -> None:
+    """Count the metrics made from now on in this process in files in ``directory``, where
+    every worker of one server counts, so that any of them can report the sums.
+
+    prometheus_client chooses this mode as it is imported, when ``PROMETHEUS_MULTIPROC_DIR``
+    is set; a worker is forked from a process that imported it long before, so this makes
+    the same choice, with the same variable, for the metrics the worker makes.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """The metrics of one server; ``shared_dir``: the directory of
+    :func:`count_across_processes`, whose sums :meth:`exposition` reports."""
+
+    def __init__(self, shared_dir: str | None = None) -> None:
+        self._shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
 
         def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
@@ -64,16 +87,19 @@ class Metrics:
         )
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
+        # Counted in the database at each scrape: across workers, the latest count is it.
         self.uploads_in_progress = Gauge(
             "aiotusd_uploads_in_progress",
             "Active uploads that are not finished yet.",
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.hook_outbox_events = Gauge(
             "aiotusd_hook_outbox_events",
             "Post-hook events in the outbox, pending or dead.",
             ("state",),
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.request_duration = Histogram(
             "aiotusd_request_duration_seconds",
@@ -106,4 +132,8 @@ class Metrics:
         self.refusals.labels(reason).inc()
 
     def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        if self._shared_dir is None:
+            return prometheus_client.generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, self._shared_dir)
+        return prometheus_client.generate_latest(registry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -27,6 +28,7 @@ from .listeners import CannotListen, Listeners
 from .logs import AccessLogger
 from .ops import metrics_app
 from .state import DatabaseUnusable, SchemaTooNew
+from .workers import Worker
 
 log = logging.getLogger("aiotusd")
 
@@ -56,10 +58,12 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
     """The start-up lines, once every port serves: where, and how many processes."""
     scheme = "https" if tls else "http"
+    workers = settings.server.workers
     for sock in listeners.main:
         host, port = sock.getsockname()[:2]
-        log.info("aiotusd listening on %s://%s:%d%s", scheme, host, port,
-                 settings.server.base_path, extra={"host": host, "port": port})
+        log.info("aiotusd listening on %s://%s:%d%s, workers %d", scheme, host, port,
+                 settings.server.base_path, workers,
+                 extra={"host": host, "port": port, "workers": workers})
     if listeners.metrics:
         log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
 
@@ -73,19 +77,19 @@ async def _start_sites(
 
 
 async def serve(
-    settings: Settings, listeners: Listeners, tls: ssl.SSLContext | None = None
+    settings: Settings, listeners: Listeners, tls: ssl.SSLContext | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Serve on the bound ``listeners`` (with ``tls``: HTTPS) until SIGTERM or SIGINT, then
-    stop accepting and let uploads record their offsets."""
-    if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
-        log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
+    stop accepting and let uploads record their offsets. As a ``worker`` of ``--workers``,
+    tell the supervisor once serving (it announces the server), and stop when it is gone."""
     # Handlers first: a signal that comes while starting up (even once the port is
     # open) then ends in the same clean stop, never in death by the default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(settings)
+    app = create_app(settings, worker=worker)
     runner = AppRunner(
         app, access_log_class=AccessLogger, shutdown_timeout=settings.server.shutdown_timeout,
         handle_signals=False,
@@ -93,6 +97,8 @@ async def serve(
     metrics_runner = None
     if listeners.metrics:
         metrics_runner = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
+    # A worker's start and stop are the supervisor's to tell, once for all of them.
+    level = logging.INFO if worker is None else logging.DEBUG
     await runner.setup()
     try:
         # Inside the try: the state store and the backend that setup() started are
@@ -101,14 +107,32 @@ async def serve(
         if metrics_runner is not None:
             await metrics_runner.setup()
             await _start_sites(metrics_runner, listeners.metrics)
-        announce(settings, listeners, tls is not None)
+        if worker is None:
+            announce(settings, listeners, tls is not None)
+        else:
+            _serving_under(worker, stop)
         await stop.wait()
-        log.info("shutting down")
+        log.log(level, "shutting down")
     finally:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()
-    log.info("stopped")
+    log.log(level, "stopped")
+
+
+def _serving_under(worker: Worker, stop: asyncio.Event) -> None:
+    """Tell the supervisor that this worker serves, and stop when the supervisor is gone
+    (its end of the lifeline closes: it died, or was killed with SIGKILL)."""
+    os.write(worker.ready, b".")
+    os.close(worker.ready)
+    loop = asyncio.get_running_loop()
+
+    def orphaned() -> None:
+        loop.remove_reader(worker.lifeline)
+        log.warning("worker %d: the supervising process is gone; stopping", worker.index)
+        stop.set()
+
+    loop.add_reader(worker.lifeline, orphaned)
 
 
 def exit_status(run: Callable[[], int | None]) -> int:

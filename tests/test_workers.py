@@ -1,0 +1,315 @@
+"""``--workers N``: N real processes serving one port under a supervisor.
+
+Which worker takes a connection is the kernel's choice; the tests choose for it by
+stopping one worker (SIGSTOP): a stopped process accepts nothing, so every new
+connection goes to the other one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from support.hooks import Receiver
+from support.http import PATCH_HEADERS
+from support.processes import ServerProcess, clean_env, free_port
+from support.waiting import poll, wait_for
+
+from server.config import Settings
+from server.workers import share_of
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 10.0
+"""Seconds a refused start may take, Python's own start-up included."""
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    """The pids of the server's workers: the children of its process."""
+    assert server.process is not None
+    pid = server.process.pid
+    return sorted(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                  .split())
+
+
+def state_of(pid: int) -> str:
+    """The process's state letter (R, S, T for stopped, Z for a zombie), "" once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def gone(pid: int) -> bool:
+    return state_of(pid) in ("", "Z", "X")
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """The worker ``pid`` stopped (it accepts no connection) for the block."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: state_of(pid) == "T", 10, f"worker {pid} to stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that opens a new connection for every request, so that the kernel hands
+    each to a worker afresh."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        yield s
+
+
+async def create(session: aiohttp.ClientSession, server: ServerProcess, body: bytes = b"") -> str:
+    headers = {**PATCH_HEADERS, "Upload-Length": "10"}
+    async with session.post(server.url, data=body, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return response.headers["Location"]
+
+
+async def created_total(session: aiohttp.ClientSession, server: ServerProcess) -> str:
+    async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return next(line for line in text.splitlines()
+                if line.startswith("aiotusd_uploads_created_total ")).split()[1]
+
+
+def start_lines(server: ServerProcess) -> list[str]:
+    return [line for line in server.log().splitlines() if "listening on" in line]
+
+
+def with_workers(
+    server_process: Callable[..., ServerProcess], count: int, *args: str
+) -> ServerProcess:
+    """A server with ``count`` workers, once every one serves: the port takes connections
+    once the first does, the start-up line comes once all do."""
+    server = server_process("--workers", str(count), *args)
+    wait_for(lambda: start_lines(server), 20, "the start-up line")
+    assert len(workers_of(server)) == count
+    return server
+
+
+async def test_two_workers_serve_one_port_and_metrics_give_the_server_s_totals(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 2, "--metrics", "true")
+    assert len(start_lines(server)) == 1
+    assert start_lines(server)[0].endswith(
+        f" INFO aiotusd: aiotusd listening on {server.url}, workers 2"
+    )
+    first, second = workers_of(server)
+    with paused(second):
+        url = await create(session, server, b"hello")  # by the first worker
+        await create(session, server)
+        await create(session, server)
+    with paused(first):
+        async with session.patch(
+            url, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "5"}
+        ) as response:
+            assert (response.status, response.headers["Upload-Offset"]) == (204, "10")
+        await create(session, server)
+        assert await created_total(session, server) == "4.0"  # the second one's answer
+        async with session.get(url) as response:
+            assert await response.read() == b"helloworld"
+    with paused(second):
+        assert await created_total(session, server) == "4.0"  # the first one's answer
+
+
+async def test_a_worker_that_dies_is_started_again_and_the_server_serves_on(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 2)
+    first, second = workers_of(server)
+    os.kill(second, signal.SIGKILL)
+    with paused(first):  # a request the new worker answers
+        await poll(lambda: len(set(workers_of(server)) - {first, second}) == 1,
+                   "a worker in place of the one killed", timeout=10)
+        await create(session, server)
+    assert f"worker 1 (pid {second}) was killed by SIGKILL; starting it again in 0.5 s" in (
+        server.log()
+    )
+    assert len(start_lines(server)) == 1
+
+
+async def test_sigterm_stops_every_worker_and_the_server_exits_0(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 3)
+    await create(session, server)
+    workers = workers_of(server)
+    assert await asyncio.to_thread(server.stop, signal.SIGTERM) == 0
+    assert all(gone(pid) for pid in workers)
+    told = [line.split(" INFO aiotusd: ")[1] for line in server.log().splitlines()
+            if " INFO aiotusd: " in line]
+    assert told[1:] == ["shutting down", "stopped"]  # the supervisor's, once
+
+
+def refused_start(cwd: Path, *args: str) -> str:
+    """Run ``aiotusd *args``, which must exit 1 within :data:`DEADLINE` with one stderr
+    line and no traceback; returns that line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        check=False, cwd=cwd, env=clean_env(), capture_output=True, text=True,
+        timeout=DEADLINE,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_workers_share_the_database_lock_and_stop_when_their_supervisor_is_killed(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    server = with_workers(server_process, 2)
+    line = refused_start(tmp_path, "--port", str(free_port()), "--data-dir", str(server.data_dir))
+    assert "another aiotusd uses it" in line, line
+    workers = workers_of(server)
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: all(gone(pid) for pid in workers), 20, "the orphaned workers to stop")
+    server.start()  # the lock went with the last of them
+    wait_for(lambda: len(start_lines(server)) == 2, 20, "the second start-up line")
+
+
+def test_a_start_that_fails_with_workers_is_told_in_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "state.sqlite3"
+    database.write_bytes(os.urandom(20000))
+    line = refused_start(
+        tmp_path, "--port", "0", "--workers", "2", "--data-dir", str(tmp_path / "data"),
+        "--database", str(database),
+    )
+    assert f"ERROR aiotusd: cannot use the database {database}: file is not a database" in line
+    with socket_taken() as port:
+        line = refused_start(
+            tmp_path, "--port", str(port), "--workers", "2", "--data-dir", str(tmp_path / "data")
+        )
+        assert f"ERROR aiotusd: cannot listen on 127.0.0.1:{port}: Address already in use" in line
+
+
+@contextlib.contextmanager
+def socket_taken() -> Iterator[int]:
+    """A loopback port that another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+async def test_hook_events_from_every_worker_on_sqlite_are_delivered_once(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        server = with_workers(server_process, 2, "--hooks-url", receiver.url,
+                              "--hooks-events", "post-create")
+        first, second = workers_of(server)
+        urls = []
+        for worker in (second, first):
+            with paused(worker):
+                urls += [await create(session, server) for _ in range(2)]
+        # Those the second worker recorded go out too, from the first one's outbox poll.
+        await receiver.wait(lambda: len(receiver.received) >= 4, "every post-create", 20)
+        ids = sorted(r.json["upload"]["id"] for r in receiver.received)
+        assert ids == sorted(url.rsplit("/", 1)[1] for url in urls)
+        assert len({r.id for r in receiver.received}) == 4
+    finally:
+        await receiver.stop()
+
+
+def test_each_worker_gets_its_share_of_the_server_s_limits() -> None:
+    settings = Settings().with_values(
+        max_connections=601, max_uploads_receiving=0, max_uploads_receiving_per_client=32,
+        create_rate=20, create_burst=3000,
+    )
+    limits = share_of(settings, 4).limits
+    assert (limits.max_connections, limits.max_uploads_receiving,
+            limits.max_uploads_receiving_per_client, limits.create_rate,
+            limits.create_burst) == (151, 0, 8, 5.0, 750)
+    assert share_of(settings, 1) is settings
+
+
+async def test_a_worker_refuses_bodies_beyond_its_share_of_max_uploads_receiving(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 2, "--max-uploads-receiving", "2")
+    second = workers_of(server)[1]
+    sending, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        # Sent once the server answered "100 Continue": the body's slot is taken by then.
+        sending.set()
+        yield b"hello"
+        await asyncio.wait_for(go_on.wait(), 30)
+        yield b"world"
+
+    with paused(second):
+        held, refused = await create(session, server), await create(session, server)
+        receiving = asyncio.create_task(session.patch(
+            held, data=slow_body(), expect100=True,
+            headers={**PATCH_HEADERS, "Upload-Offset": "0"},
+        ))
+        try:
+            async with asyncio.timeout(10):
+                await sending.wait()
+            async with session.patch(
+                refused, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"}
+            ) as response:
+                # One slot of the server's two is free, but it is the other worker's.
+                assert response.status == 503, (response.status, await response.text())
+                assert response.headers["Retry-After"] == "5"
+        finally:
+            go_on.set()
+            response = await receiving
+            assert response.status == 204, await response.text()
+            response.release()
+
+
+@pytest.mark.postgres
+async def test_two_workers_on_postgresql_share_its_uploads(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession,
+    postgres_url: str,
+) -> None:
+    server = with_workers(server_process, 2, "--database", postgres_url)
+    first, second = workers_of(server)
+    with paused(second):
+        url = await create(session, server, b"hello")
+    with paused(first):
+        async with session.patch(
+            url, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "5"}
+        ) as response:
+            assert (response.status, response.headers["Upload-Offset"]) == (204, "10")
+    async with session.get(url) as response:
+        assert await response.read() == b"helloworld"
+
+
+async def test_expired_uploads_are_swept_once_whichever_worker_made_them(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 2, "--metrics", "true", "--expiration", "1",
+                          "--expiry-interval", "0.2")
+    first, second = workers_of(server)
+    for worker in (first, second):
+        with paused(worker):
+            await create(session, server)
+
+    async def expired() -> bool:
+        async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+            text = await response.text()
+        return "\naiotusd_uploads_expired_total 2.0\n" in text
+
+    await poll(expired, "both uploads to be counted expired", timeout=20)
