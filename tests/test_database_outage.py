@@ -15,10 +15,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from support.http import (
     PATCH_HEADERS,
     TUS,
+    ClientFactory,
     assert_one_line_error,
     create_upload,
     head_offset,
@@ -48,7 +48,8 @@ def own_cluster() -> Iterator[Cluster]:
 
 
 async def answer(
-    session: aiohttp.ClientSession, method: str, url: str, body: bytes = b"", **headers: str
+    session: aiohttp.ClientSession, method: str, url: str, body: bytes = b"",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], str]:
     async with session.request(method, url, data=body or None, headers=headers) as response:
         return response.status, dict(response.headers), await response.text()
@@ -74,19 +75,19 @@ async def test_postgresql_stopped_under_a_running_server_gives_503_then_serves_o
     root = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as session:
         status, headers, _ = await answer(
-            session, "POST", server.url, b"hello", **PATCH_HEADERS, **{"Upload-Length": "10"}
+            session, "POST", server.url, b"hello", {**PATCH_HEADERS, "Upload-Length": "10"}
         )
         assert (status, headers["Upload-Offset"]) == (201, "5")
         url = headers["Location"]
 
         await asyncio.to_thread(own_cluster.stop, "fast")
         try:
-            assert_unavailable(*await answer(session, "HEAD", url, **TUS), head=True)
+            assert_unavailable(*await answer(session, "HEAD", url, headers=TUS), head=True)
             assert_unavailable(*await answer(
-                session, "PATCH", url, b"world", **PATCH_HEADERS, **{"Upload-Offset": "5"}
+                session, "PATCH", url, b"world", {**PATCH_HEADERS, "Upload-Offset": "5"}
             ))
             assert_unavailable(*await answer(
-                session, "POST", server.url, **TUS, **{"Upload-Length": "3"}
+                session, "POST", server.url, headers={**TUS, "Upload-Length": "3"}
             ))
             status, _, text = await answer(session, "GET", f"{root}/readyz")
             assert status == 503 and text.startswith("not ready: database: "), text
@@ -98,13 +99,13 @@ async def test_postgresql_stopped_under_a_running_server_gives_503_then_serves_o
             await asyncio.to_thread(own_cluster.start)
 
         async def head_answers() -> tuple[int, dict[str, str], str] | None:
-            got = await answer(session, "HEAD", url, **TUS)
+            got = await answer(session, "HEAD", url, headers=TUS)
             return got if got[0] == 200 else None
 
         status, headers, _ = await poll(head_answers, "HEAD to succeed again", timeout=20)
         assert headers["Upload-Offset"] == "5"  # what was acknowledged before
         status, headers, _ = await answer(
-            session, "PATCH", url, b"world", **PATCH_HEADERS, **{"Upload-Offset": "5"}
+            session, "PATCH", url, b"world", {**PATCH_HEADERS, "Upload-Offset": "5"}
         )
         assert (status, headers["Upload-Offset"]) == (204, "10")
         async with session.get(url) as response:
@@ -116,8 +117,9 @@ async def test_postgresql_stopped_under_a_running_server_gives_503_then_serves_o
     assert "(database-unavailable): the database postgresql://postgres@127.0.0.1:" in log, log
 
 
+@pytest.mark.slow
 async def test_an_sqlite_database_locked_past_the_busy_timeout_gives_503_then_serves_on(
-    make_client: Callable[..., asyncio.Future[TestClient]], settings: Settings
+    make_client: ClientFactory, settings: Settings
 ) -> None:
     client = await make_client()
     path = await create_upload(client, 10)

@@ -83,6 +83,7 @@ def test_a_server_killed_with_sigkill_starts_again_at_once_on_its_database(
     assert offset_of(url) == "0"
 
 
+@pytest.mark.slow
 def test_hooks_commands_work_while_the_server_runs(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:

@@ -172,6 +172,7 @@ def refused_start(cwd: Path, *args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_workers_share_the_database_lock_and_stop_when_their_supervisor_is_killed(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -297,19 +298,39 @@ async def test_two_workers_on_postgresql_share_its_uploads(
         assert await response.read() == b"helloworld"
 
 
+@pytest.mark.slow
 async def test_expired_uploads_are_swept_once_whichever_worker_made_them(
     server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
 ) -> None:
+    metrics_port = free_port()
     server = with_workers(server_process, 2, "--metrics", "true", "--expiration", "1",
-                          "--expiry-interval", "0.2")
+                          "--expiry-interval", "0.2", "--metrics-port", str(metrics_port))
     first, second = workers_of(server)
     for worker in (first, second):
         with paused(worker):
             await create(session, server)
 
     async def expired() -> bool:
-        async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+        # On the metrics port, which the workers share as they share the main one.
+        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
             text = await response.text()
         return "\naiotusd_uploads_expired_total 2.0\n" in text
 
     await poll(expired, "both uploads to be counted expired", timeout=20)
+
+
+@pytest.mark.slow
+def test_workers_that_keep_dying_stop_the_server_with_status_1(
+    server_process: Callable[..., ServerProcess]
+) -> None:
+    server = with_workers(server_process, 2)
+    assert server.process is not None
+    killed: set[int] = set()
+    # Each death within a minute doubles the wait for the next start: 0.5 s, 1, 2, 4, 8.
+    for _ in range(6):
+        pid = wait_for(lambda: next(iter(set(workers_of(server)) - killed), None), 30,
+                       "a worker not killed yet")
+        killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+    assert server.process.wait(timeout=30) == 1
+    assert "workers died within 60 s; stopping" in server.log()
