@@ -259,6 +259,7 @@ class Supervisor:
         """The life of a forked worker, which ends the process: it never returns into the
         supervisor's code."""
         status = 1
+        supervisor = os.getppid()
         try:
             signal.set_wakeup_fd(-1)
             for signum in _SIGNALS:
@@ -276,6 +277,9 @@ class Supervisor:
             status = exit_status(
                 lambda: asyncio.run(serve(settings, self._listeners, self._tls, worker))
             )
+            if os.getppid() != supervisor:
+                # The supervisor died without removing the metrics' files: its workers do.
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
         finally:
             for handler in logging.getLogger().handlers:
                 handler.flush()

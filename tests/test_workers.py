@@ -174,14 +174,20 @@ def refused_start(cwd: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_workers_share_the_database_lock_and_stop_when_their_supervisor_is_killed(
-    server_process: Callable[..., ServerProcess], tmp_path: Path
+    server_process: Callable[..., ServerProcess], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    temporary = tmp_path / "tmp"  # where the server keeps its metrics' files
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     server = with_workers(server_process, 2)
+    assert [path.name[:16] for path in temporary.iterdir()] == ["aiotusd-metrics-"]
     line = refused_start(tmp_path, "--port", str(free_port()), "--data-dir", str(server.data_dir))
     assert "another aiotusd uses it" in line, line
     workers = workers_of(server)
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_for(lambda: all(gone(pid) for pid in workers), 20, "the orphaned workers to stop")
+    assert list(temporary.iterdir()) == []  # the workers removed the metrics' files
     server.start()  # the lock went with the last of them
     wait_for(lambda: len(start_lines(server)) == 2, 20, "the second start-up line")
 
