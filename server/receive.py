@@ -156,7 +156,7 @@ class _PeriodicCommit:
             task, self._task = self._task, None
             task.result()
         self.began_at = offset
-        self._task = asyncio.create_task(self._body.commit())
+        self._task = asyncio.create_task(self._body.commit(body_goes_on=True))
         return True
 
     async def wait(self) -> None:
@@ -209,9 +209,11 @@ class _Body:
         self.start = upload.offset
         self.commits = _PeriodicCommit(self)
 
-    async def commit(self, *, last: bool = False) -> None:
+    async def commit(self, *, last: bool = False, body_goes_on: bool = False) -> None:
         """Record the synced offset, with the writer's record that goes with it; a due
-        post-receive event rides along in the same write.
+        post-receive event rides along in the same write. A periodic commit, while the
+        ``body_goes_on``, records what the backend holds without extra work (see
+        :meth:`~storage_backends.base.UploadWriter.sync`).
 
         The ``last`` commit of a body that fills the upload also records it complete, when
         nothing is left to do first (no :class:`Finisher` backend, no pre-finish hook to
@@ -224,7 +226,7 @@ class _Body:
         nor records one without its event.
         """
         ctx = self.ctx
-        offset = await self.writer.sync()
+        offset = await self.writer.sync(body_goes_on=body_goes_on)
         upload = replace(
             self.upload, offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage
         )

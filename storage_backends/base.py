@@ -63,8 +63,14 @@ class UploadWriter(Protocol):
     async def write(self, data: bytes) -> None:
         """Append ``data``. May keep it in the page cache or a buffer until :meth:`sync`."""
 
-    async def sync(self) -> int:
-        """Make every byte written so far durable and return the durable offset."""
+    async def sync(self, *, body_goes_on: bool = False) -> int:
+        """Make every byte written so far durable and return the durable offset.
+
+        ``body_goes_on``: the request's body is still arriving (a periodic commit). The
+        backend may then return less than was written, down to the offset of its last
+        sync, sparing work that the bytes to come make needless (S3 claims only bytes
+        already in its parts and tail object, rather than put a tail that a part will
+        hold soon). The sync at the end of a request makes every byte durable."""
 
     @property
     def storage(self) -> StorageRecord:

@@ -123,7 +123,7 @@ class FileWriter:
             self._offset += written
             view = view[written:]
 
-    async def sync(self) -> int:
+    async def sync(self, *, body_goes_on: bool = False) -> int:
         # Linux reports a failed writeback (ENOSPC on NFS, EIO) to one fdatasync only; the
         # next one succeeds with the bytes lost. So a failed sync fails every later one.
         if self._sync_failed is not None:

@@ -144,7 +144,9 @@ def stored_view(
         key = upload_id(path)
         found = [f"multipart upload {mpu['UploadId']}" for mpu in multipart_uploads(s3, bucket)
                  if mpu["Key"] == key]
-        found += ["object"] if key in object_keys(s3, bucket) else []
+        keys = object_keys(s3, bucket)
+        found += ["object"] if key in keys else []
+        found += [name for name in keys if name.startswith(key + ".part")]
         spool: Path = server.data_dir / "s3-spool" / key
         return found + (["spool directory"] if spool.exists() else [])
 
@@ -157,7 +159,7 @@ def test_bytes_of_an_upload_whose_expiry_was_cut_short_are_deleted(server_proces
     leaves a tombstone with bytes. It answers as gone, and forgetting it deletes them."""
     args, leftovers = stored_view
     server = server_process(*args)
-    data = payload(6 * MIB, seed=63)  # S3: one part in a multipart upload, one in the spool
+    data = payload(6 * MIB, seed=63)  # S3: one part in a multipart upload, one in a tail
     path = create(server, 8 * MIB)
     patch(server, path, 0, data)
     kill(server)

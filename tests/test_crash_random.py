@@ -35,12 +35,12 @@ Then for every upload whose creation the client saw acknowledged:
   is where the body started or where it ended;
 * HEAD never reports more than is stored: for the filesystem, the offset <= the data
   file's size and the file's first ``offset`` bytes are the source's; for S3, the
-  offset <= the bytes in S3 parts, spool files and the finished object;
+  offset <= the bytes in S3 parts, tail objects and the finished object;
 * HEAD's ``Upload-Length``, when present, is the source's length, and is present once
   a request that declared it was acknowledged;
 * an upload whose DELETE was answered 204 answers 404 or 410 and its bytes are gone
-  (no data file; no S3 object, multipart upload or spool directory); one whose DELETE
-  was not answered is either whole (as above) or gone;
+  (no data file; no S3 object, tail object, multipart upload or spool directory); one
+  whose DELETE was not answered is either whole (as above) or gone;
 * a final upload whose parts are all finished reports itself finished, and one whose
   partial was terminated is either finished or gone.
 
@@ -480,7 +480,7 @@ class FilesystemView:
 
 
 class S3View:
-    """Unfinished bytes are in S3 parts and local spool files; finished ones the object."""
+    """Unfinished bytes are in S3 parts and tail objects; finished ones the object."""
 
     name = "s3"
     big_uploads = 0.15
@@ -501,19 +501,24 @@ class S3View:
         except self.s3.exceptions.ClientError:
             return None
 
+    def _tails(self, upload_id: str) -> dict[str, int]:
+        """The tail objects ``{key}.part{n}.{start}.{token}``: the end of each in its part."""
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=upload_id + ".part")
+        return {
+            item["Key"]: int(item["Key"].split(".")[2]) + int(item["Size"])
+            for item in listing.get("Contents", [])
+        }
+
     def _stored(self, upload_id: str) -> int:
-        spool = self.data_dir / "s3-spool" / upload_id
+        """What S3 holds, any server could read: the parts, and the furthest a tail object
+        reaches beyond them (never the local spool, a buffer of one server)."""
         sizes: dict[int, int] = {}
-        if spool.exists():
-            for entry in spool.iterdir():
-                if entry.name.isdigit():
-                    sizes[int(entry.name)] = entry.stat().st_size
         for mpu in self._multipart_uploads(upload_id):
             parts = self.s3.list_parts(Bucket=self.bucket, Key=upload_id, UploadId=mpu)
             for part in parts.get("Parts", []):
-                number = part["PartNumber"]
-                sizes[number] = max(sizes.get(number, 0), part["Size"])
-        return max(self._object_size(upload_id) or 0, sum(sizes.values()))
+                sizes[part["PartNumber"]] = part["Size"]
+        tail = max(self._tails(upload_id).values(), default=0)
+        return max(self._object_size(upload_id) or 0, sum(sizes.values()) + tail)
 
     async def check_stored(self, upload_id: str, offset: int, data: bytes) -> None:
         size = await asyncio.to_thread(self._stored, upload_id)
@@ -532,6 +537,7 @@ class S3View:
             found = [f"multipart upload {mpu}" for mpu in self._multipart_uploads(upload_id)]
             if self._object_size(upload_id) is not None:
                 found.append("object")
+            found += [f"tail object {key}" for key in self._tails(upload_id)]
             if (self.data_dir / "s3-spool" / upload_id).exists():
                 found.append("spool directory")
             return found

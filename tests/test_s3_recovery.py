@@ -106,7 +106,7 @@ def test_resume_after_server_restart(server_process, s3_endpoint, bucket, s3):
     server = server_process(*s3_args(s3_endpoint, bucket))
     data = payload(14 * MIB, seed=21)
     url = create(server, len(data))
-    middle = 7 * MIB + MIB // 2  # one part in S3, a tail of 2.5 MiB in the spool
+    middle = 7 * MIB + MIB // 2  # one part in S3, a tail object of 2.5 MiB
     assert patch(url, 0, data[:middle]).status_code == 204
     server.restart()
     assert head_offset(url) == middle
@@ -258,14 +258,38 @@ def test_missing_credentials_stop_start_up(server_process, s3_endpoint, bucket, 
 
 
 @pytest.mark.slow
+async def test_bytes_s3_did_not_take_are_not_acknowledged(make_client, own_endpoint):
+    """The offset never runs ahead of what S3 holds: a body whose bytes cannot be put
+    (as the whole object here) records nothing, and the client sends it again."""
+    endpoint, s3, bucket = own_endpoint
+    client = await make_client(**s3_settings(endpoint, bucket))
+    data = payload(MIB, seed=30)
+    path = await create_upload(client, len(data))
+    endpoint.stop()
+    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 503, await response.text()
+    response = await client.head(path, headers=TUS)
+    assert response.status == 200 and response.headers["Upload-Offset"] == "0"
+    endpoint.start()
+    response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204, await response.text()
+    assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+
+
+@pytest.mark.slow
 async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_client, own_endpoint):
     endpoint, s3, bucket = own_endpoint
     client = await make_client(**s3_settings(endpoint, bucket))
     data = payload(MIB, seed=31)
-    path = await create_upload(client, len(data))
-    endpoint.stop()
-    # Every byte is stored (spooled), but the single PutObject of the finish cannot go.
+    path = await create_upload(client, None, **{"Upload-Defer-Length": "1"})
     response = await client.patch(path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert response.status == 204
+    endpoint.stop()
+    # Every byte is stored (in a tail object), but the finish, which makes it the last
+    # part, cannot go.
+    response = await client.patch(path, data=b"", headers={
+        **PATCH_HEADERS, "Upload-Offset": str(len(data)), "Upload-Length": str(len(data)),
+    })
     assert response.status == 503, await response.text()
     response = await client.head(path, headers=TUS)
     assert response.status == 503
@@ -277,7 +301,9 @@ async def test_a_finish_that_failed_while_s3_was_down_completes_later(make_clien
     assert response.headers["Upload-Offset"] == str(len(data))
     response = await client.get(path)
     assert response.status == 200 and await response.read() == data
-    assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+    key = path.rsplit("/", 1)[1]
+    assert object_bytes(s3, bucket, key) == data
+    assert object_keys(s3, bucket) == [key]
 
 
 @pytest.mark.slow

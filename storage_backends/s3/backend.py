@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..base import StorageError, StorageRecord, StoredUpload
-from . import spool
+from . import spool, tails
 from .client import S3Client, S3Error
 from .concat import Pieces, copy_parts, read_pieces, stream_parts
 from .metadata import object_headers
@@ -27,29 +27,24 @@ from .parts import (
     parts_to_json,
     plan_part_size,
 )
-from .recovery import abort_strays, reconcile_parts
+from .recovery import abort_strays, check_parts
 from .settings import S3Settings
-from .uploads import PartUploads
-from .writer import FinishedWriter, S3Writer
+from .tails import Chain, holding, tails_from_json, tails_to_json
+from .uploads import PartSource, PartUploads
+from .writer import FinishedWriter, LocalCopy, Opening, S3Writer
 
 SEEN_LIMIT = 100_000
 
 
-def _stored_numbers(parts: list[Part]) -> set[int]:
-    return {number for number, part in enumerate(parts, 1) if part.etag is not None}
+def is_spooled(state: StorageRecord) -> bool:
+    """Whether a record is of an earlier version, which kept unsent bytes in this server's
+    spool: it names no tail objects."""
+    return "tails" not in state
 
 
 def _stored_as_object(state: StorageRecord) -> StorageRecord:
-    """The record of an upload that is its object now: no multipart upload, no parts."""
-    return {**state, "done": True, "mpu": None, "parts": []}
-
-
-def _unsent_closed_parts(parts: list[Part], carried: PartUploads | None) -> list[int]:
-    """Closed parts neither recorded as stored nor being sent by ``carried``."""
-    return [
-        number for number, part in enumerate(parts[:-1], 1)
-        if part.etag is None and (carried is None or number not in carried.tasks)
-    ]
+    """The record of an upload that is its object now: no multipart upload, parts or tails."""
+    return {**state, "done": True, "mpu": None, "parts": [], "tails": []}
 
 
 class S3Backend:
@@ -58,12 +53,9 @@ class S3Backend:
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self.client = S3Client(settings)
-        self._seen: collections.OrderedDict[str, list[int] | None] = collections.OrderedDict()
-        """Uploads this process has opened, each with the sizes of its spool files when
-        its last writer closed, if known: a spool that matches the committed state needs no
-        reconciliation."""
-        self._carried: dict[str, PartUploads] = {}
-        """Part uploads that went on after the request that started them, by upload id."""
+        self._seen: collections.OrderedDict[str, LocalCopy] = collections.OrderedDict()
+        """Uploads this process has opened (or made), each with what its spool holds of
+        it: an upload not among them is looked up in S3's lists first."""
 
     # -- plumbing
 
@@ -82,11 +74,16 @@ class S3Backend:
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self.settings.spool / upload_id
 
-    def _remember(self, upload_id: str, spool_sizes: list[int] | None = None) -> None:
-        self._seen[upload_id] = spool_sizes
+    def _remember(self, upload_id: str, local: LocalCopy | None = None) -> None:
+        self._seen[upload_id] = local or LocalCopy()
         self._seen.move_to_end(upload_id)
         while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
+
+    def remember_local(self, upload_id: str, local: LocalCopy) -> None:
+        """What the spool holds of ``upload_id`` as its writer closes."""
+        if upload_id in self._seen:
+            self._remember(upload_id, local)
 
     def plan_part_size(self, length: int | None) -> int:
         """The part size for an upload of ``length`` bytes within ``max_parts`` parts."""
@@ -113,28 +110,7 @@ class S3Backend:
         await self.client.open()
 
     async def stop(self) -> None:
-        carried, self._carried = self._carried, {}
-        for uploads in carried.values():
-            await uploads.stop()
         await self.client.close()
-
-    def remember_spool(self, upload_id: str, sizes: list[int]) -> None:
-        """The spool files of ``upload_id`` now hold parts of these sizes, and nothing else
-        wrote to them."""
-        if upload_id in self._seen:
-            self._remember(upload_id, sizes)
-
-    def carry_over(self, upload_id: str, uploads: PartUploads) -> None:
-        """Keep the part uploads of an ended request for the upload's next writer."""
-        self._carried[upload_id] = uploads
-
-    async def _take_over(self, upload_id: str, mpu: str | None) -> PartUploads | None:
-        """The part uploads an earlier request of the upload left running, if still of use."""
-        carried = self._carried.pop(upload_id, None)
-        if carried is not None and (carried.error is not None or carried.mpu != mpu):
-            await carried.stop()
-            return None
-        return carried
 
     # -- creation
 
@@ -147,7 +123,7 @@ class S3Backend:
         self._remember(upload.id)
         return {
             **upload.storage, "key": key, "mpu": mpu, "part_size": part_size,
-            "parts": parts_to_json([Part(0)]), "done": False,
+            "parts": parts_to_json([Part(0)]), "tails": [], "done": False,
         }
 
     async def _create_multipart(self, key: str, metadata: dict[str, bytes]) -> str:
@@ -187,30 +163,95 @@ class S3Backend:
             # Full: finish() takes it from here, and it alone may find that a crash came
             # after the multipart upload was completed (which ListParts would call lost).
             return FinishedWriter(upload)
+        if is_spooled(state):
+            return S3Writer(self, upload, await self._open_spooled(upload))
+        return S3Writer(self, upload, await self._open(upload))
+
+    async def _open(self, upload: StoredUpload) -> Opening:
+        """Where a writer starts: the stored parts, checked once per process, and the tail
+        objects of the open part in the spool (downloaded, unless the spool kept them).
+
+        Tail objects that no record names hold bytes past the offset: they go before the
+        writer opens. Those the record names but the open part does not need are copies of
+        bytes now in parts or in a longer tail: they go while the body arrives."""
+        state, key = upload.storage, self.key(upload)
         parts = self._committed_parts(upload)
-        carried = await self._take_over(upload.id, state.get("mpu"))
-        if carried is not None:
-            # Parts from the open tail on were cut back (a body dropped): theirs go again.
-            await carried.cancel(lambda number: number >= len(parts))
+        chain = self._chain_of(upload, parts)
         first = upload.id not in self._seen
-        pending = _unsent_closed_parts(parts, carried)
-        # ListParts is asked after a possible crash, or for parts that no one is sending.
-        list_parts = bool(state.get("mpu")) and (first or bool(pending))
-        digests = await self._reconcile_spool(upload, parts, pending if list_parts else None)
-        committed_stored = _stored_numbers(parts)
-        if carried is not None:
-            carried.forget(committed_stored)
-        key = self.key(upload)
-        record = dict(state)
-        if list_parts:
-            record["mpu"] = await reconcile_parts(self.client, upload, key, parts, digests)
-        mpu = record.get("mpu")
+        local = self._seen.get(upload.id, LocalCopy())
+        mpu = state.get("mpu")
+        named = {t.key for t in tails_from_json(state["tails"])}
+        strays = local.put - named
+        if first:
+            if mpu:
+                mpu = await check_parts(self.client, upload, key, parts)
+            await abort_strays(self.client, key, keep=mpu)
+            strays |= set(await self.client.keys(tails.prefix_of(key))) - named
+        if strays:
+            await tails.delete(self.client, strays)
+        await self._fill_spool(upload.id, len(parts), chain, local)
+        self._remember(upload.id)
+        superseded = (named | local.held) - {tail.key for tail in chain}
+        uploads = PartUploads(self.client, key, mpu, self.settings.concurrency) if mpu else None
+        record = {**state, "mpu": mpu, "parts": parts_to_json(parts), "tails": tails_to_json(chain)}
+        housekeeping = None
+        if superseded:
+            housekeeping = asyncio.create_task(tails.delete_quietly(self.client, superseded))
+        return Opening(key, record, parts, chain, uploads, frozenset(), housekeeping)
+
+    def _chain_of(self, upload: StoredUpload, parts: list[Part]) -> Chain:
+        """The tail objects that hold the bytes of the open part of ``parts``."""
+        number, open_part = len(parts), parts[-1]
+        if open_part.etag is not None:
+            return ()
+        chain = holding(tails_from_json(upload.storage["tails"]), number, open_part.size)
+        if chain is None:
+            raise StorageError(
+                f"upload {upload.id}: no tail objects hold the {open_part.size} bytes of part "
+                f"{number} recorded: data was lost"
+            )
+        return chain
+
+    async def _fill_spool(
+        self, upload_id: str, number: int, chain: Chain, local: LocalCopy
+    ) -> None:
+        """Make the spool hold the bytes of ``chain`` as part ``number``, and nothing else.
+        A spool file that holds a chain this one begins is cut to it: tail objects are
+        never written over, so a key names the same bytes wherever it is read."""
+        directory = self.spool_directory(upload_id)
+        size = sum(tail.size for tail in chain)
+        if {tail.key for tail in chain} <= local.held and await asyncio.to_thread(
+            spool.keep_only, directory, number, size
+        ):
+            return
+        await asyncio.to_thread(spool.clear, directory)
+        if chain:
+            bodies = await tails.read_chain(self.client, chain)
+            await asyncio.to_thread(spool.write_file, directory / str(number), bodies)
+
+    async def _open_spooled(self, upload: StoredUpload) -> Opening:
+        """Where a writer starts on a record of an earlier version: the spool as that
+        record names it (on this server only), its unsent parts sent again."""
+        state, key = upload.storage, self.key(upload)
+        parts = self._committed_parts(upload)
+        directory = self.spool_directory(upload.id)
+        await asyncio.to_thread(spool.reconcile, upload.id, directory, parts)
+        pending = [n for n, part in enumerate(parts[:-1], 1) if part.etag is None]
+        first = upload.id not in self._seen
+        mpu = state.get("mpu")
+        if mpu and (first or pending):
+            mpu = await check_parts(self.client, upload, key, parts)
         if first:
             await abort_strays(self.client, key, keep=mpu)
         self._remember(upload.id)
-        uploads = await self._part_uploads(upload.id, key, mpu, parts, carried)
-        record["parts"] = parts_to_json(parts)
-        return S3Writer(self, upload, record, parts, committed_stored, uploads)
+        uploads = None
+        if mpu:
+            uploads = PartUploads(self.client, key, mpu, self.settings.concurrency)
+            for number in pending:
+                uploads.submit(number, (directory / str(number), parts[number - 1].size))
+        kept = frozenset(n for n, part in enumerate(parts, 1) if part.etag is None and part.size)
+        record = {**state, "mpu": mpu, "parts": parts_to_json(parts)}
+        return Opening(key, record, parts, (), uploads, kept)
 
     def _committed_parts(self, upload: StoredUpload) -> list[Part]:
         """The parts holding exactly the committed offset, which the writer's record names
@@ -224,109 +265,67 @@ class S3Backend:
             )
         return parts
 
-    async def _reconcile_spool(
-        self, upload: StoredUpload, parts: list[Part], digest_numbers: list[int] | None
-    ) -> dict[int, str]:
-        """Make the spool match ``parts``; the MD5s of parts ``digest_numbers`` (None when
-        ListParts is not asked: then a spool left as committed needs no look)."""
-        if digest_numbers is None and self._seen.get(upload.id) == [part.size for part in parts]:
-            # The last writer left the spool as committed (the files of parts stored since
-            # then go at the new writer's first sync).
-            return {}
-        return await asyncio.to_thread(
-            spool.reconcile, upload.id, self.spool_directory(upload.id), parts,
-            digest_numbers or [],
-        )
-
-    async def _part_uploads(
-        self, upload_id: str, key: str, mpu: str | None, parts: list[Part],
-        carried: PartUploads | None,
-    ) -> PartUploads | None:
-        """The part uploads of a new writer, every closed part not stored yet among them:
-        those ``carried`` over from the last request if of the same multipart upload."""
-        if carried is not None and carried.mpu != mpu:  # a new multipart upload, after all
-            await carried.stop()
-            carried = None
-        if not mpu:
-            return None
-        uploads = carried or PartUploads(self.client, key, mpu, self.settings.concurrency)
-        directory = self.spool_directory(upload_id)
-        for number, part in enumerate(parts[:-1], 1):
-            if part.etag is None and number not in uploads.tasks:
-                uploads.submit(number, (directory / str(number), part.size))
-        return uploads
-
     # -- finishing
 
     async def finish(self, upload: StoredUpload) -> StorageRecord:
-        """Make the object the upload: complete the multipart upload, or put a small one."""
+        """Make the object the upload: complete the multipart upload, or put a small one;
+        then delete its tail objects."""
         state = upload.storage
-        if state.get("done"):
-            return state
         key = self.key(upload)
-        parts = parts_from_json(state["parts"])
-        if not await self._stored_before(upload, key, parts):
-            mpu = state.get("mpu")
-            if mpu:
-                await self._complete_spooled(upload, key, str(mpu), parts)
-            else:
-                body = await asyncio.to_thread(
-                    spool.read_parts, self.spool_directory(upload.id), parts
-                )
-                await self._put(upload, key, body)
+        if not state.get("done"):
+            await self._store_object(upload, key, parts_from_json(state["parts"]))
+        named = {t.key for t in tails_from_json(state.get("tails", []))}
+        if named or state.get("mpu"):
+            # Tails put just before a crash are named by no record: look for them too.
+            found = await self.client.keys(tails.prefix_of(key))
+            await tails.delete(self.client, named.union(found))
         await asyncio.to_thread(shutil.rmtree, self.spool_directory(upload.id), True)
         self._seen.pop(upload.id, None)
         return _stored_as_object(state)
 
-    async def _stored_before(self, upload: StoredUpload, key: str, parts: list[Part]) -> bool:
-        """Whether the object already is the upload: this process (or one that crashed)
-        stored it, but the finish was not recorded. Sending parts again would go to a
-        multipart upload that is no more. Asked once per process, and whenever spool
-        files are missing."""
-        directory = self.spool_directory(upload.id)
-        spooled = [
-            directory / str(n) for n, part in enumerate(parts, 1) if part.etag is None and part.size
-        ]
-        maybe_stored = upload.id not in self._seen or not await asyncio.to_thread(
-            lambda: all(path.exists() for path in spooled)
-        )
-        return maybe_stored and await self.client.object_size(key) == upload.length
-
-    async def _complete_spooled(
-        self, upload: StoredUpload, key: str, mpu: str, parts: list[Part]
-    ) -> None:
-        """Send the parts still spooled, then assemble the object from every part."""
-        await self._send_rest(upload, key, mpu, parts)
-        missing = [n for n, part in enumerate(parts, 1) if part.size and part.etag is None]
-        if missing:
-            raise StorageError(f"upload {upload.id}: parts {missing} of {key} were not stored")
-        stored = [(n, str(part.etag)) for n, part in enumerate(parts, 1) if part.size]
-        if not stored:
-            await self.client.abort(key, mpu)
-            await self._put(upload, key, io.BytesIO())
+    async def _store_object(self, upload: StoredUpload, key: str, parts: list[Part]) -> None:
+        """Complete the multipart upload, or put the object, unless that was done already
+        (by this server or another) and only the record of it was lost."""
+        mpu = upload.storage.get("mpu")
+        if await self._stored_before(upload, key, parts):
             return
         try:
-            await self.client.complete(key, mpu, stored)
+            if mpu:
+                await self._complete(upload, key, str(mpu), parts)
+            else:
+                await self.put_object(upload, await self._single_body(upload, parts))
         except S3Error as exc:
-            # Completed before a crash kept us from recording it?
             if exc.code != "NoSuchUpload" or await self.client.object_size(key) != upload.length:
                 raise
 
+    async def _stored_before(self, upload: StoredUpload, key: str, parts: list[Part]) -> bool:
+        """Whether the object already is the upload, though bytes of it are still to be sent:
+        a finish went through (here or on another server) but was not recorded. Sending them
+        again would go to a multipart upload that is no more, and their tail objects may be
+        gone with it. Asked only when there is something to send: rarely (a length declared
+        after the bytes, a record of an earlier version)."""
+        if all(part.etag is not None or not part.size for part in parts):
+            return False  # a completion that was done already is told by its NoSuchUpload
+        return await self.client.object_size(key) == upload.length
+
+    async def _complete(self, upload: StoredUpload, key: str, mpu: str, parts: list[Part]) -> None:
+        """Send the parts not stored yet, then assemble the object from every part."""
+        await self._send_rest(upload, key, mpu, parts)
+        stored = [(n, str(part.etag)) for n, part in enumerate(parts, 1) if part.size]
+        if not stored:
+            await self.client.abort(key, mpu)
+            await self.put_object(upload, io.BytesIO())
+            return
+        await self.client.complete(key, mpu, stored)
+
     async def _send_rest(self, upload: StoredUpload, key: str, mpu: str, parts: list[Part]) -> None:
-        """Give every part of ``parts`` an ETag: those the last request's uploads got, then
-        the rest sent."""
-        carried = await self._take_over(upload.id, mpu)
-        if carried is not None:
-            await carried.wait_all()
-            for number, etag in carried.results.items():
-                if number <= len(parts) and parts[number - 1].etag is None:
-                    parts[number - 1].etag = etag
-            await carried.stop()
+        """Give every part of ``parts`` an ETag: the open part of a full upload whose bytes
+        are in a tail object (its length was declared after them), or, with a record of an
+        earlier version, the parts still spooled."""
         uploads = PartUploads(self.client, key, mpu, self.settings.concurrency)
-        directory = self.spool_directory(upload.id)
         for number, part in enumerate(parts, 1):
             if part.etag is None and part.size:
-                uploads.submit(number, (directory / str(number), part.size))
+                uploads.submit(number, await self._part_source(upload, number, part))
         try:
             await uploads.drain()
         finally:
@@ -334,10 +333,36 @@ class S3Backend:
         for number, etag in uploads.results.items():
             parts[number - 1].etag = etag
 
-    async def _put(self, upload: StoredUpload, key: str, data: io.BytesIO) -> None:
-        md5 = (await asyncio.to_thread(spool.body_digest, data))[1]
-        data.seek(0)
-        await self.client.put(key, data, md5, object_headers(upload.metadata))
+    async def _part_source(self, upload: StoredUpload, number: int, part: Part) -> PartSource:
+        """Where the bytes of part ``number``, not stored as a part, are."""
+        if is_spooled(upload.storage):
+            return (self.spool_directory(upload.id) / str(number), part.size)
+        chain = holding(tails_from_json(upload.storage["tails"]), number, part.size)
+        if chain is None:
+            raise StorageError(
+                f"upload {upload.id}: nothing holds the {part.size} bytes of part {number}: "
+                "data was lost"
+            )
+        body = io.BytesIO()
+        for piece in await tails.read_chain(self.client, chain):
+            body.write(piece.getbuffer())
+        body.seek(0)
+        return body
+
+    async def _single_body(self, upload: StoredUpload, parts: list[Part]) -> io.BytesIO:
+        """The bytes of an upload without a multipart upload (one part at most)."""
+        if not parts or not parts[0].size:
+            return io.BytesIO()
+        source = await self._part_source(upload, 1, parts[0])
+        if isinstance(source, tuple):
+            return (await asyncio.to_thread(spool.read_part, *source))[0]
+        return source
+
+    async def put_object(self, upload: StoredUpload, body: io.BytesIO) -> None:
+        """Store ``body`` as the upload's object, with its content headers."""
+        md5 = (await asyncio.to_thread(spool.body_digest, body))[1]
+        body.seek(0)
+        await self.client.put(self.key(upload), body, md5, object_headers(upload.metadata))
 
     # -- reading and removing
 
@@ -356,13 +381,11 @@ class S3Backend:
     async def delete(self, upload: StoredUpload) -> None:
         key = self.key(upload)
         mpu = upload.storage.get("mpu")
-        carried = self._carried.pop(upload.id, None)
-        if carried is not None:
-            await carried.stop()
         if mpu:
             await self.client.abort(key, mpu)
         await abort_strays(self.client, key, keep=None)
         await self.client.delete(key)
+        await tails.delete(self.client, await self.client.keys(tails.prefix_of(key)))
         await asyncio.to_thread(shutil.rmtree, self.spool_directory(upload.id), True)
         self._seen.pop(upload.id, None)
 
@@ -385,7 +408,7 @@ class S3Backend:
         if total == 0 or (not by_copy and total <= self.settings.part_size):
             if state.get("mpu"):
                 await self.client.abort(key, state["mpu"])
-            await self._put(final, key, await read_pieces(self.client, pieces))
+            await self.put_object(final, await read_pieces(self.client, pieces))
         else:
             await self._assemble(final, key, pieces, by_copy)
         return _stored_as_object(state)

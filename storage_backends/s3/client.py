@@ -241,6 +241,17 @@ class S3Client:
     async def delete(self, key: str) -> None:
         await self._call(f"deleting {key}", "delete_object", Key=key)
 
+    async def keys(self, prefix: str) -> list[str]:
+        """The keys of the objects whose keys begin with ``prefix``."""
+        found: list[str] = []
+        params: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            response = await self._call(f"listing {prefix}*", "list_objects_v2", **params)
+            found += [str(item["Key"]) for item in response.get("Contents", [])]
+            if not response.get("IsTruncated"):
+                return found
+            params = {"Prefix": prefix, "ContinuationToken": response["NextContinuationToken"]}
+
     # -- multipart uploads
 
     async def create_multipart(self, key: str, headers: dict[str, Any]) -> str:

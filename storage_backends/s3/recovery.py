@@ -1,9 +1,13 @@
-"""After a crash: S3's own lists are the truth about what it holds.
+"""After a crash, or on a server that did not write the upload last: S3's own lists are the truth.
 
-The state in the database may lag behind S3 (a part stored, or a multipart upload started
-or completed, just before a crash kept it from being recorded) but never run ahead of it
-unless S3 lost something. ``ListParts`` settles which parts S3 holds, and
-``ListMultipartUploads`` finds multipart uploads that no state names.
+The record in the database may lag behind S3 (a part or a tail object stored, or a
+multipart upload started or completed, just before a crash kept it from being recorded)
+but never runs ahead of it unless S3 lost something. ``ListParts`` settles that the parts
+recorded are there, and ``ListMultipartUploads`` finds multipart uploads that no record
+names. Nothing here reads the local spool: any server can recover any upload.
+
+Recovery never undoes what another server finished: a multipart upload that is gone
+while the object stands was completed, and is left as it is.
 """
 
 from __future__ import annotations
@@ -23,14 +27,12 @@ def etag_hex(etag: str) -> str:
     return etag.strip().strip('"').lower()
 
 
-async def reconcile_parts(
-    client: S3Client, upload: StoredUpload, key: str, parts: list[Part], digests: dict[int, str]
-) -> str:
-    """Check ``parts`` against ListParts; adopt parts S3 already holds. Returns the UploadId,
-    a new one if S3 lost the multipart upload before any part of it was stored.
+async def check_parts(client: S3Client, upload: StoredUpload, key: str, parts: list[Part]) -> str:
+    """Check the stored ``parts`` against ListParts. Returns the UploadId, a new one if S3
+    lost the multipart upload before any part of it was stored.
 
-    ``digests`` are the MD5s (hex) of the spool files of unrecorded parts: S3 holding a
-    part of that MD5 and size under that number holds these very bytes.
+    Parts S3 holds that the record does not name are left: they are sent again, under
+    the same numbers, with the bytes the client sends again.
     """
     mpu = str(upload.storage["mpu"])
     try:
@@ -38,25 +40,31 @@ async def reconcile_parts(
     except S3Error as exc:
         if exc.code != "NoSuchUpload":
             raise
-        if any(part.etag is not None for part in parts):
-            raise StorageError(
-                f"upload {upload.id}: the multipart upload {mpu} of {key} is gone from S3 "
-                "(aborted by a lifecycle rule?) with parts already stored"
-            ) from None
-        # Nothing was stored in it: every byte is in the spool, start afresh.
-        log.warning("upload %s: multipart upload of %s was gone; starting a new one",
-                    upload.id, key)
-        return await client.create_multipart(key, object_headers(upload.metadata))
+        return await _replace_vanished(client, upload, key, mpu, parts)
     for number, part in enumerate(parts, 1):
-        found = listed.get(number)
         if part.etag is not None:
-            _check_recorded(upload.id, key, number, part, found)
-        elif (
-            number in digests and found is not None and found[1] == part.size
-            and etag_hex(found[0]) == digests[number]
-        ):
-            part.etag = found[0]
+            _check_recorded(upload.id, key, number, part, listed.get(number))
     return mpu
+
+
+async def _replace_vanished(
+    client: S3Client, upload: StoredUpload, key: str, mpu: str, parts: list[Part]
+) -> str:
+    """A new multipart upload for one that S3 no longer knows, if nothing was lost with it."""
+    if await client.object_size(key) is not None:
+        raise StorageError(
+            f"upload {upload.id}: the multipart upload {mpu} of {key} was completed, by a "
+            "server that finished the upload after this record was read; it is left as it is"
+        )
+    if any(part.etag is not None for part in parts):
+        raise StorageError(
+            f"upload {upload.id}: the multipart upload {mpu} of {key} is gone from S3 "
+            "(aborted by a lifecycle rule?) with parts already stored"
+        )
+    # Nothing was stored in it: every byte is in tail objects (or, recorded by an earlier
+    # version, the spool): start afresh.
+    log.warning("upload %s: multipart upload of %s was gone; starting a new one", upload.id, key)
+    return await client.create_multipart(key, object_headers(upload.metadata))
 
 
 def _check_recorded(

@@ -40,9 +40,8 @@ class S3Settings:
     download_redirect: bool
     """Answer a download with a presigned URL instead of streaming the object."""
     spool: Path
-    """Where parts wait on the local disk until S3 holds them: ``{data_dir}/s3-spool``."""
-    fsync: bool
-    """fdatasync spool files before their bytes count as received."""
+    """Where a request's parts wait on the local disk until S3 holds them:
+    ``{data_dir}/s3-spool``. A buffer, never synced: S3 is where bytes are durable."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Settings:
@@ -63,5 +62,4 @@ class S3Settings:
             concurrency=max(settings.s3.concurrency, 1),
             download_redirect=settings.s3.download_redirect,
             spool=Path(settings.storage.data_dir) / "s3-spool",
-            fsync=settings.storage.fsync == "always",
         )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from ..base import StorageError
@@ -92,14 +92,6 @@ class PartUploads:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.tasks.pop(number)
             self.results.pop(number, None)
-
-    def forget(self, numbers: Iterable[int]) -> None:
-        """Drop the finished uploads of these parts: their ETags are recorded."""
-        for number in numbers:
-            task = self.tasks.get(number)
-            if task is not None and task.done():
-                del self.tasks[number]
-                self.results.pop(number, None)
 
     async def stop(self) -> None:
         """Stop the uploads still running; keep the results of those that finished."""

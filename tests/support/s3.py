@@ -169,3 +169,14 @@ def object_keys(s3: Any, bucket: str) -> list[str]:
 def spooled_files(data_dir: Path) -> list[Path]:
     spool = data_dir / "s3-spool"
     return sorted(path for path in spool.rglob("*") if path.is_file()) if spool.exists() else []
+
+
+def tail_objects(s3: Any, bucket: str, key: str) -> list[tuple[int, int, int]]:
+    """The tail objects (``{key}.part{n}.{start}.{token}``) of the upload stored as ``key``:
+    ``(n, start, size)`` of each, sorted."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key + ".part").get("Contents", [])
+    found = []
+    for item in listed:
+        part, start, _ = item["Key"].removeprefix(key + ".part").split(".")
+        found.append((int(part), int(start), int(item["Size"])))
+    return sorted(found)

@@ -82,10 +82,11 @@ class FilesystemView(StorageView):
 
 @dataclass(frozen=True)
 class S3View(StorageView):
-    """The bucket, its multipart uploads and the local spool.
+    """The bucket (objects, tail objects ``{key}.part{n}.{start}.{token}``, multipart
+    uploads and their parts) and the local spool.
 
     S3 makes nothing at creation for an upload of one part (known length, at most the
-    part size); its bytes are in the spool until it is finished, then in its object.
+    part size); its bytes are in tail objects between requests, then in its object.
     """
 
     s3: Any
@@ -99,24 +100,52 @@ class S3View(StorageView):
         bucket, prefix = self.settings.bucket, self.settings.prefix
         listed = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         multipart = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
-        keys = {item["Key"] for item in [*listed, *multipart]}
+        # Upload ids hold no dot: what follows one in a key is a tail object's suffix.
+        keys = {item["Key"].removeprefix(prefix).split(".")[0] for item in [*listed, *multipart]}
         spool = self.settings.spool
         spooled = {p.name for p in spool.iterdir()} if spool.exists() else set()
-        return sorted({key.removeprefix(prefix) for key in keys} | spooled)
+        return sorted(keys | spooled)
+
+    def _parts(self, key: str) -> dict[int, int]:
+        """The sizes of the parts S3 holds of the multipart uploads of ``key``, by number."""
+        bucket = self.settings.bucket
+        found: dict[int, int] = {}
+        for mpu in self.s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
+            if mpu["Key"] == key:
+                listed = self.s3.list_parts(Bucket=bucket, Key=key, UploadId=mpu["UploadId"])
+                found |= {p["PartNumber"]: p["Size"] for p in listed.get("Parts", [])}
+        return found
 
     def size(self, path: str) -> int:
-        """The object's size once there is one; else the bytes spooled of its part files (all
-        of them while an upload is within one part), 0 for a multipart upload alone."""
+        """What a server would find: the object's size once there is one; else the larger of
+        what S3 holds (the parts before the part of the last tail objects, and the bytes of
+        that part they reach; the parts alone, from the first on, without any) and what the
+        spool holds, which
+        while a request is under way is the bytes received of it; -1 when nothing is held."""
         upload = _id(path)
         key = self._key(upload)
-        listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=key).get("Contents", [])
-        sizes = [int(item["Size"]) for item in listed if item["Key"] == key]
-        if sizes:
-            return sizes[0]
+        listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=key)
+        sizes = {item["Key"]: int(item["Size"]) for item in listed.get("Contents", [])}
+        if key in sizes:
+            return sizes[key]
+        tails = []  # (part, end) of each tail object, ``{key}.part{n}.{start}.{token}``
+        for name, size in sizes.items():
+            if name.startswith(key + ".part"):
+                part, start, _ = name.removeprefix(key + ".part").split(".")
+                tails.append((int(part), int(start) + size))
+        parts = self._parts(key)
+        if tails:
+            number, end = max(tails)
+            held = sum(part for n, part in parts.items() if n < number) + end
+        else:
+            count = 0
+            while count + 1 in parts:
+                count += 1
+            held = sum(parts[n] for n in range(1, count + 1))
         spooled = self.settings.spool / upload
         if spooled.is_dir():
-            return sum(p.stat().st_size for p in spooled.iterdir() if p.name.isdigit())
-        return 0 if upload in self.ids() else -1
+            held = max(held, sum(p.stat().st_size for p in spooled.iterdir() if p.name.isdigit()))
+        return held if held or upload in self.ids() else -1
 
 
 def _id(path: str) -> str:
