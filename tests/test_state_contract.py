@@ -21,6 +21,7 @@ from server.state import (
     TERMINATED,
     ConcatKind,
     HookEvent,
+    LeaseLost,
     PostgresStore,
     SQLiteStore,
     Status,
@@ -54,8 +55,19 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await opened.close()
 
 
+@pytest.fixture
+async def other(store: Store, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A second store on the database of ``store``: another process, as far as claims and
+    leases go."""
+    opened = await IMPLEMENTATIONS[request.node.callspec.params["store"]](request)
+    yield opened
+    await opened.close()
+
+
 LEASE = 60.0
-"""A claim's lease, longer than any test."""
+"""A claim's or an upload lease's length, longer than any test."""
+SHORT = 0.3
+"""An upload lease's length that a test waits out."""
 
 
 def event(hook_id: str, upload_id: str, created_at: float | None = None) -> HookEvent:
@@ -393,3 +405,126 @@ async def test_committed_events_wake_the_delivery(store: Store) -> None:
 
 async def test_a_store_knows_its_schema_version(store: Store) -> None:
     assert await store.schema_version() >= 1
+
+
+# --- upload leases ---------------------------------------------------------------------
+
+
+async def take_when_lapsed(store: Store, upload_id: str, length: float = LEASE) -> int:
+    """Take the upload's lease as soon as the one on it lapses; its token."""
+    deadline = time.monotonic() + 10
+    while (lease := await store.take_lease(upload_id, length)) is None:
+        assert time.monotonic() < deadline, "the lease never lapsed"
+        await asyncio.sleep(0.02)
+    return lease.token
+
+
+async def test_a_lease_is_one_stores_until_it_is_released(store: Store, other: Store) -> None:
+    assert store.owner != other.owner
+    assert await store.lease_of("u") is None
+    taken = await store.take_lease("u", LEASE)
+    assert taken is not None and (taken.upload_id, taken.owner) == ("u", store.owner)
+    assert 0 < taken.expires_in <= LEASE and not taken.release_requested
+    assert await other.take_lease("u", LEASE) is None
+    assert await store.take_lease("u", LEASE) is None  # not even its own store takes it twice
+    seen = await other.lease_of("u")
+    assert seen is not None and replace(seen, expires_in=taken.expires_in) == taken
+    assert LEASE - 5 < seen.expires_in <= LEASE
+    assert await other.take_lease("v", LEASE) is not None  # another upload's is another lease
+    await other.release_lease("u", taken.token + 1000)  # not that lease's token: no effect
+    assert await other.take_lease("u", LEASE) is None
+    await store.release_lease("u", taken.token)
+    assert await store.lease_of("u") is None
+    again = await other.take_lease("u", LEASE)
+    assert again is not None and again.owner == other.owner and again.token > taken.token
+
+
+async def test_a_lapsed_lease_is_taken_over_with_a_greater_token(
+    store: Store, other: Store
+) -> None:
+    first = await store.take_lease("u", SHORT)
+    assert first is not None
+    assert await other.take_lease("u", LEASE) is None
+    token = await take_when_lapsed(other, "u")
+    assert token > first.token
+    assert await store.renew_leases([first.token], LEASE) == []  # lost: not renewed
+    lease = await store.lease_of("u")
+    assert lease is not None and (lease.owner, lease.token) == (other.owner, token)
+
+
+async def test_renewed_leases_stay_and_lapse_once_no_longer_renewed(
+    store: Store, other: Store
+) -> None:
+    leases = [await store.take_lease(upload_id, SHORT) for upload_id in ("a", "b")]
+    tokens = [lease.token for lease in leases if lease is not None]
+    until = time.monotonic() + 3 * SHORT
+    while time.monotonic() < until:
+        renewed = await store.renew_leases(tokens, SHORT)
+        assert sorted(lease.token for lease in renewed) == sorted(tokens)
+        assert all(lease.owner == store.owner for lease in renewed)
+        assert await other.take_lease("a", LEASE) is None
+        await asyncio.sleep(SHORT / 4)
+    assert await store.renew_leases([], SHORT) == []
+    # Another store's renewal does not renew this one's, and it lapses.
+    assert await other.renew_leases(tokens, LEASE) == []
+    assert await take_when_lapsed(other, "a") > max(tokens)
+
+
+async def test_writes_under_a_lease_that_was_taken_over_change_nothing(
+    store: Store, other: Store
+) -> None:
+    """The fence: once a lease is taken over, its holder's writes record nothing, events
+    included, and say so; the new holder's land."""
+    upload = Upload(id="u", length=10)
+    await store.create(upload)
+    old = await store.take_lease("u", SHORT)
+    assert old is not None
+    saved = await store.save_progress(replace(upload, offset=3), [event("e1", "u")], old.token)
+    new = await take_when_lapsed(other, "u")
+    with pytest.raises(LeaseLost):
+        await store.save_progress(replace(saved, offset=8), [event("e2", "u")], old.token)
+    with pytest.raises(LeaseLost):
+        await store.mark_gone("u", TERMINATED, [event("e3", "u")], lease=old.token)
+    found = await store.get("u")
+    assert found is not None and (found.status, found.offset) == (ACTIVE, 3)
+    assert await event_ids(store) == ["e1"]
+    await other.save_progress(replace(saved, offset=5), [event("e4", "u")], new)
+    await other.mark_gone("u", TERMINATED, [event("e5", "u")], lease=new)
+    found = await store.get("u")
+    assert found is not None and (found.status, found.offset) == (TERMINATED, 5)
+    assert await event_ids(store) == ["e1", "e4", "e5"]
+    # Under its lease still, a write for an upload that is gone is refused as gone.
+    with pytest.raises(UploadGone):
+        await other.save_progress(replace(saved, offset=6), lease=new)
+    await other.mark_gone("u", EXPIRED, lease=new)  # nothing active: nothing changes
+    assert (await store.get("u")).status == TERMINATED  # type: ignore[union-attr]
+
+
+async def test_a_holder_is_asked_to_let_go_through_the_database(
+    store: Store, other: Store
+) -> None:
+    assert await other.request_release("u") is None  # nobody holds it
+    taken = await store.take_lease("u", LEASE)
+    assert taken is not None
+    assert await store.asked_back() == []
+    asked = await other.request_release("u")
+    assert asked is not None and (asked.owner, asked.token) == (store.owner, taken.token)
+    assert asked.release_requested
+    assert [(lease.upload_id, lease.token) for lease in await store.asked_back()] == [
+        ("u", taken.token)
+    ]
+    assert await other.asked_back() == []
+    await store.release_lease("u", taken.token)
+    assert await store.asked_back() == []
+    assert await other.request_release("u") is None
+    again = await other.take_lease("u", LEASE)
+    assert again is not None and not again.release_requested
+
+
+async def test_a_store_that_closes_gives_its_leases_up(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    closing = await IMPLEMENTATIONS[request.node.callspec.params["store"]](request)
+    assert await closing.take_lease("u", LEASE) is not None
+    await closing.close()
+    assert await store.take_lease("u", LEASE) is not None

@@ -10,10 +10,15 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
+from support.postgres import Cluster
+from support.waiting import poll
 
-from server.state import HookEvent, PostgresStore, Store, Upload
+from server.state import HookEvent, LeaseLost, PostgresStore, Store, Upload
 from server.state.postgresql import SCHEMA_VERSION
+from server.state.postgresql.database import LISTENER_NAME
+from server.state.postgresql.uploads import _SAVE_UNDER_LEASE
 
 pytestmark = pytest.mark.postgres
 
@@ -182,3 +187,87 @@ async def test_a_pool_of_one_connection_serves_writes_that_come_at_once(postgres
         assert sorted(u.offset for u in stored.values()) == [4] * 10
     finally:
         await store.close()
+
+
+class Notices:
+    """What a store's :meth:`watch_leases` heard."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.asked: list[tuple[str, int]] = []
+        self.freed: list[str] = []
+        store.watch_leases(lambda upload, token: self.asked.append((upload, token)),
+                           self.freed.append)
+
+
+async def ask_until_heard(asking: Store, upload_id: str, notices: Notices, count: int) -> None:
+    """Ask the upload's holder to let go until its store heard ``count`` requests: the
+    listener connects in the background, and a notice sent before it listens is lost."""
+    deadline = time.monotonic() + 20
+    while len(notices.asked) < count:
+        assert time.monotonic() < deadline, "the holder's store never heard the request"
+        assert await asking.request_release(upload_id) is not None
+        await asyncio.sleep(0.05)
+
+
+async def test_lease_notices_reach_the_holder_and_the_waiters_even_after_a_lost_connection(
+    two_stores: tuple[PostgresStore, PostgresStore], postgres_cluster: Cluster, postgres_url: str
+) -> None:
+    holding, waiting = two_stores
+    held, waited = Notices(holding), Notices(waiting)
+    lease = await holding.take_lease("u", LEASE)
+    assert lease is not None
+    await ask_until_heard(waiting, "u", held, 1)
+    assert set(held.asked) == {("u", lease.token)}
+    assert waited.asked == []  # a request to let go is only for the holder's store
+    await holding.release_lease("u", lease.token)
+    await poll(lambda: waited.freed == held.freed == ["u"], "the notice of the release")
+
+    # The listener's connection dies (a restarted server, a lost network): it connects
+    # and listens again by itself.
+    terminated = postgres_cluster.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE application_name = '{LISTENER_NAME}' AND datname = current_database()",
+        database=postgres_url.rsplit("/", 1)[1],
+    )
+    assert terminated == "2"
+    lease = await holding.take_lease("u", LEASE)
+    assert lease is not None
+    heard = len(held.asked)
+    await ask_until_heard(waiting, "u", held, heard + 1)
+    assert held.asked[-1] == ("u", lease.token)
+
+
+async def test_a_take_over_waits_for_a_write_under_the_old_lease_that_is_under_way(
+    two_stores: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    """Read committed lets a write check the lease with what it saw when it began: were
+    it not put in turn with the take-over, it could land after the new holder looked up
+    the offset it resumes from."""
+    old_store, new_store = two_stores
+    await old_store.create(Upload(id="u", length=10))
+    old = await old_store.take_lease("u", 0.5)
+    assert old is not None
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        async with connection.transaction():  # the old holder's save, not committed yet
+            status = await connection.execute(
+                _SAVE_UNDER_LEASE, 7, 10, None, None, "{}", time.time(), "u", "active",
+                old.token,
+            )
+            assert status == "UPDATE 1"
+
+            async def lapsed() -> bool:
+                return await old_store.lease_of("u") is None
+
+            await poll(lapsed, "the old lease to lapse")
+            taking = asyncio.create_task(new_store.take_lease("u", LEASE))
+            await asyncio.wait([taking], timeout=1)
+            assert not taking.done(), "the lease was taken over under a write of the old one"
+        new = await asyncio.wait_for(taking, 10)
+    finally:
+        await connection.close()
+    assert new is not None and new.token > old.token
+    found = await new_store.get("u")
+    assert found is not None and found.offset == 7  # the old holder's write came first
+    with pytest.raises(LeaseLost):
+        await old_store.save_progress(dataclasses.replace(found, offset=9), lease=old.token)

@@ -1,12 +1,12 @@
-"""Upload state: the uploads, and the outbox of post-hook events, in a database.
+"""Upload state: the uploads, their leases, and the outbox of post-hook events, in a database.
 
-``model`` holds what the state layer speaks in (:class:`Upload`, :class:`HookEvent`, the
-statuses and errors); ``interface`` what the server may ask of a store, and what every
-implementation promises; ``sqlite`` the implementation on SQLite, ``postgresql`` the one on
-PostgreSQL (which several processes may share).
+``model`` holds what the state layer speaks in (:class:`Upload`, :class:`HookEvent`,
+:class:`Lease`, the statuses and errors); ``interface`` what the server may ask of a store,
+and what every implementation promises; ``sqlite`` the implementation on SQLite,
+``postgresql`` the one on PostgreSQL (which several processes may share).
 """
 
-from .interface import Outbox, Store, Uploads
+from .interface import Leases, Outbox, Store, Uploads
 from .model import (
     ACTIVE,
     EXPIRED,
@@ -16,6 +16,8 @@ from .model import (
     DatabaseUnavailable,
     DatabaseUnusable,
     HookEvent,
+    Lease,
+    LeaseLost,
     SchemaTooNew,
     Status,
     Upload,
@@ -38,6 +40,9 @@ __all__ = [
     "DatabaseUnavailable",
     "DatabaseUnusable",
     "HookEvent",
+    "Lease",
+    "LeaseLost",
+    "Leases",
     "Outbox",
     "PostgresStore",
     "SQLiteStore",

@@ -13,15 +13,18 @@ hook receivers rely on them:
   lock, never after (when a later request's write could be overtaken by it).
 * Writes of different uploads may run side by side; a write never sees, nor is rolled back
   with, half of another.
+* A write made under a lease (``lease``, its token) lands only while that is the upload's
+  lease, checked in the write's own statement: a holder whose lease another process took
+  over records nothing more (see :class:`Leases`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from .model import HookEvent, Status, Upload
+from .model import HookEvent, Lease, Status, Upload
 
 
 class Uploads(Protocol):
@@ -40,14 +43,18 @@ class Uploads(Protocol):
         all or nothing. An id that exists already raises (the database's own error) and
         records nothing, events included."""
 
-    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> Upload:
+    async def save_progress(
+        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+    ) -> Upload:
         """Write ``upload``'s offset, length, expiry, completion and storage info, with
         ``events``; returns the upload as saved, with its new ``updated_at`` (``upload``
         itself is a value, left as it was).
 
         Raises :class:`~server.state.model.UploadGone` and records nothing (no events
         either) when the upload is not active: a request must never be told its bytes are
-        kept by an upload that was terminated or expired meanwhile."""
+        kept by an upload that was terminated or expired meanwhile. With ``lease`` (the
+        token of the caller's lease), raises :class:`~server.state.model.LeaseLost` and
+        records nothing when that is not the upload's lease any more."""
 
     async def mark_gone(
         self,
@@ -55,12 +62,15 @@ class Uploads(Protocol):
         status: Status,
         events: Sequence[HookEvent] = (),
         also: Sequence[str] = (),
+        lease: int | None = None,
     ) -> None:
         """Make the upload, and those ``also`` names (the finals that go with a partial), a
         tombstone with ``status`` and no expiry, in one transaction with ``events``.
 
         Only active uploads change: one that is gone already keeps its status, and when
-        none of them was active, ``events`` are not recorded either."""
+        none of them was active, ``events`` are not recorded either. With ``lease``, as
+        :meth:`save_progress`: nothing changes, and :class:`~server.state.model.LeaseLost`
+        is raised, unless that is the upload's lease."""
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         """The partial uploads of a final upload, in the order of its ``Upload-Concat``
@@ -80,6 +90,55 @@ class Uploads(Protocol):
 
     async def forget(self, upload_ids: Collection[str]) -> None:
         """Drop these uploads for good, with the parts of those that are final."""
+
+
+class Leases(Protocol):
+    """Upload locks that processes sharing the database respect: a lease per held upload.
+
+    A lease is taken only when the upload has none that is live, and lapses ``length``
+    seconds after it was taken or last renewed, so that the uploads of a process that died
+    are free again within that time. Each lease gets a token greater than any before it,
+    which the writes made under it name (``lease`` of :meth:`Uploads.save_progress` and
+    :meth:`Uploads.mark_gone`): once an upload's lease was taken over, the old holder's
+    writes change nothing. Times are the database's own clock, never the caller's, so that
+    processes on hosts whose clocks differ agree on when a lease lapses.
+
+    A request that wants a held upload asks its holder to let go
+    (:meth:`request_release`); the holder's process sees the request by polling
+    (:meth:`asked_back`) or, sooner, through :meth:`watch_leases`.
+    """
+
+    owner: str
+    """Whose leases are this store's: unique to each store that is opened."""
+
+    async def take_lease(self, upload_id: str, length: float) -> Lease | None:
+        """A new lease of this store's on the upload for ``length`` seconds, when no live
+        lease holds it (none, or one that lapsed); None when one does."""
+
+    async def lease_of(self, upload_id: str) -> Lease | None:
+        """The upload's live lease; None when it has none."""
+
+    async def renew_leases(self, tokens: Collection[int], length: float) -> list[Lease]:
+        """Make the leases of these tokens that are still this store's last ``length``
+        seconds from now; them (one that is missing was lost)."""
+
+    async def asked_back(self) -> list[Lease]:
+        """This store's leases whose holder another request asked to let go."""
+
+    async def request_release(self, upload_id: str) -> Lease | None:
+        """Ask the holder of the upload's live lease to let go; that lease, or None when
+        there is none."""
+
+    async def release_lease(self, upload_id: str, token: int) -> None:
+        """End the lease of ``token`` on the upload, if it is still the upload's."""
+
+    def watch_leases(
+        self, asked: Callable[[str, int], None], freed: Callable[[str], None]
+    ) -> None:
+        """Call ``asked(upload_id, token)`` when the holder of that lease is asked to let
+        go, and ``freed(upload_id)`` when a lease that was asked for is released, as soon
+        as the database tells. A notice may come late, twice or never (a store may have no
+        way to tell at all): callers poll as well."""
 
 
 class Outbox(Protocol):
@@ -126,13 +185,14 @@ class Outbox(Protocol):
         """How many events are pending, and how many dead (for metrics)."""
 
 
-class Store(Uploads, Outbox, Protocol):
-    """The uploads and their outbox in one database, so a change and its events commit
-    together. Opening one is the implementation's own (its settings differ)."""
+class Store(Uploads, Leases, Outbox, Protocol):
+    """The uploads, their leases and their outbox in one database, so a change and its
+    events commit together, and a write and its lease are checked together. Opening one is
+    the implementation's own (its settings differ)."""
 
     async def schema_version(self) -> int:
         """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
 
     async def close(self) -> None:
-        """Give up the claims this store holds and let go of the database; nothing may be
-        asked after."""
+        """Give up the claims and leases this store holds and let go of the database;
+        nothing may be asked after."""

@@ -40,6 +40,11 @@ class UploadGone(Exception):
     """The upload a write was for is not active (any more): nothing was recorded."""
 
 
+class LeaseLost(Exception):
+    """The lease a write or a byte was for is no longer the caller's: another request took
+    the upload over (its lease lapsed, or was given up). Nothing was recorded."""
+
+
 class DatabaseUnusable(Exception):
     """The database cannot be opened, read or migrated; the message names it."""
 
@@ -101,6 +106,23 @@ class Upload:
     @property
     def is_final(self) -> bool:
         return self.concat == ConcatKind.FINAL
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease on an upload: the lock on it that processes sharing the database respect.
+
+    ``token`` grows with every lease any upload gets, so that a lease once lost is never
+    the upload's again: writes under a lease name it (see :class:`~.interface.Leases`)."""
+
+    upload_id: str
+    owner: str
+    """The store (one per process) whose lease it is."""
+    token: int
+    expires_in: float
+    """Seconds until it lapses, by the database's clock when it was read."""
+    release_requested: bool = False
+    """Another request asked the holder to let go."""
 
 
 @dataclass

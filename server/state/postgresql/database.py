@@ -3,8 +3,10 @@ schema's migrations, and writes that run to their end whatever befalls their cal
 
 Nothing here assumes that this process is the only one on the database: every write is
 one statement or one transaction, the migrations take a lock in the database, and no
-state lives in a connection's session (no session advisory locks, no ``LISTEN``, no
-``SET``), so that a pooler in transaction mode (PgBouncer) may stand in between.
+state lives in a pooled connection's session (no session advisory locks, no ``LISTEN``,
+no ``SET``), so that a pooler in transaction mode (PgBouncer) may stand in between. The
+one connection with a session of its own, for ``LISTEN``, is outside the pool
+(:meth:`Database.connect_alone`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ CACHE_OPTION = "statement_cache_size"
 ``0`` turns off asyncpg's prepared statements, which a pooler in transaction mode older
 than PgBouncer 1.21 cannot keep."""
 
+LISTENER_NAME = "aiotusd lease notices"
+"""The ``application_name`` of the connection outside the pool, in ``pg_stat_activity``."""
 OPEN_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
 """What connecting, logging in or migrating raises when the database cannot be used."""
 LOST_ERRORS = (
@@ -117,10 +121,15 @@ class Database:
     """The pool, and the one ``timeout`` for taking a connection from it; ``name`` says
     which database in messages."""
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float, name: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, timeout: float, name: str, dsn: str, options: dict[str, Any]
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
         self._name = name
+        self._dsn = dsn
+        self._options = options
+        """Where and how the pool connects, for :meth:`connect_alone`."""
 
     @classmethod
     async def open(cls, url: str, name: str, pool_size: int, timeout: float) -> Database:
@@ -143,7 +152,7 @@ class Database:
             )
         except OPEN_ERRORS as exc:
             raise _unusable(name, exc, timeout) from None
-        database = cls(pool, timeout, name)
+        database = cls(pool, timeout, name, dsn, options)
         try:
             async with pool.acquire(timeout=timeout) as connection:
                 await _migrate(connection, name)
@@ -181,6 +190,15 @@ class Database:
             raise DatabaseUnavailable(
                 f"the database {self._name} is unavailable: {_reason(exc, self._timeout)}"
             ) from exc
+
+    async def connect_alone(self) -> Connection:
+        """A connection outside the pool, as the pool's connect, for a session of its own
+        (``LISTEN``); the caller closes it."""
+        connection: Connection = await asyncpg.connect(
+            self._dsn, timeout=self._timeout, command_timeout=self._timeout,
+            server_settings={"application_name": LISTENER_NAME}, **self._options,
+        )
+        return connection
 
     async def rows(self, sql: str, *parameters: Any) -> list[asyncpg.Record]:
         """The rows of a query."""

@@ -1,6 +1,7 @@
 """The PostgreSQL schema, as the migrations that make it, and how its rows load.
 
-The tables are SQLite's, in PostgreSQL's types; times stay seconds since the epoch as
+The tables are SQLite's, in PostgreSQL's types (a lease's token comes from a sequence
+rather than SQLite's ``AUTOINCREMENT``); times stay seconds since the epoch as
 ``double precision``, as the model has them. Each migration runs in one transaction with
 the schema's version, under a transaction-level advisory lock: processes that start on
 one database at once migrate it one after the other (see :mod:`.database`).
@@ -56,6 +57,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX hook_outbox_pending ON hook_outbox (upload_id, seq) WHERE NOT dead;
     CREATE INDEX hook_outbox_claims ON hook_outbox (claimed_by) WHERE claimed_by IS NOT NULL;
+    """,
+    """
+    CREATE SEQUENCE upload_lease_tokens;
+    CREATE TABLE upload_leases (
+        upload_id text PRIMARY KEY,
+        owner text NOT NULL,
+        token bigint NOT NULL DEFAULT nextval('upload_lease_tokens'),
+        expires_at double precision NOT NULL,
+        release_requested boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX upload_leases_owner ON upload_leases (owner);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

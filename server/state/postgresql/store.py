@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..interface import Store
-from .database import Database
+from .database import OPEN_ERRORS, Database
+from .leases import PostgresLeases
 from .outbox import PostgresOutbox
 from .uploads import PostgresUploads
 
+log = logging.getLogger("aiotusd")
 
-class PostgresStore(PostgresUploads, PostgresOutbox, Store):
-    """The uploads and the outbox on one :class:`Database` (a pool), as one object.
+
+class PostgresStore(PostgresUploads, PostgresLeases, PostgresOutbox, Store):
+    """The uploads, their leases and the outbox on one :class:`Database` (a pool), as one
+    object.
 
     Unlike SQLite, one database may serve several processes: each store claims the hook
-    events it delivers (see :mod:`.outbox`), and holds nothing else that another process
+    events it delivers (see :mod:`.outbox`) and leases the uploads it works on (see
+    :mod:`.leases`), both under its ``owner``, and holds nothing else that another process
     would have to know.
     """
 
     def __init__(self, database: Database) -> None:
         PostgresOutbox.__init__(self, database)
+        PostgresLeases.__init__(self, database, self.owner)
         PostgresUploads.__init__(self, database, outbox=self)
 
     @classmethod
@@ -37,4 +45,8 @@ class PostgresStore(PostgresUploads, PostgresOutbox, Store):
 
     async def close(self) -> None:
         await self.release_claims()
+        try:
+            await self.release_leases()
+        except OPEN_ERRORS as exc:
+            log.warning("uploads leased by this process stay locked until the lease: %s", exc)
         await self._db.close()

@@ -10,12 +10,38 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..interface import Uploads
-from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
+from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
 from .database import Connection, Database, rows_changed
 from .outbox import PostgresOutbox
 from .schema import UPLOAD_COLUMNS, upload_from_row, upload_values
 
 _ACTIVE = ACTIVE.value
+_SAVE = (
+    'UPDATE uploads SET "offset" = $1, length = $2, expires_at = $3, '
+    "completed_at = $4, storage = $5, updated_at = $6 WHERE id = $7 AND status = $8"
+)
+_MARK_GONE = (
+    "UPDATE uploads SET status = $1, updated_at = $2, expires_at = NULL "
+    "WHERE id = ANY($3::text[]) AND status = $4"
+)
+
+
+def _under_lease(upload_id: str, token: str) -> str:
+    """The fence of a write made under a lease, for the write's numbered parameters
+    ``upload_id`` and ``token``: it lands only while that is the upload's lease.
+
+    ``FOR SHARE`` puts the write and a take-over of the lease in turn: read committed
+    would otherwise let a write that saw the old lease land after the new holder took the
+    upload over (and looked up its offset). A take-over waits for the write under way;
+    a write that comes after it rechecks the row it waited for, and finds another token."""
+    return (
+        f" AND EXISTS (SELECT 1 FROM upload_leases WHERE upload_id = {upload_id} "
+        f"AND token = {token} FOR SHARE)"
+    )
+
+
+_SAVE_UNDER_LEASE = _SAVE + _under_lease("$7", "$9")
+_MARK_GONE_UNDER_LEASE = _MARK_GONE + _under_lease("$5", "$6")
 _INSERT_UPLOAD = (
     f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES "
     f"({', '.join(f'${n}' for n in range(1, 13))})"
@@ -81,18 +107,21 @@ class PostgresUploads(Uploads):
         )
         return {row[0]: upload_from_row(row) for row in rows}
 
-    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> Upload:
+    async def save_progress(
+        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+    ) -> Upload:
         saved = dataclasses.replace(upload, updated_at=time.time())
-        changed = await self._write(
-            'UPDATE uploads SET "offset" = $1, length = $2, expires_at = $3, '
-            "completed_at = $4, storage = $5, updated_at = $6 WHERE id = $7 AND status = $8",
-            (
-                saved.offset, saved.length, saved.expires_at, saved.completed_at,
-                json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
-            ),
-            events,
+        values = (
+            saved.offset, saved.length, saved.expires_at, saved.completed_at,
+            json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
         )
+        if lease is None:
+            changed = await self._write(_SAVE, values, events)
+        else:
+            changed = await self._write(_SAVE_UNDER_LEASE, (*values, lease), events)
         if not changed:
+            if lease is not None and not await self._lease_holds(upload.id, lease):
+                raise LeaseLost(upload.id)
             raise UploadGone(upload.id)
         return saved
 
@@ -102,13 +131,22 @@ class PostgresUploads(Uploads):
         status: Status,
         events: Sequence[HookEvent] = (),
         also: Sequence[str] = (),
+        lease: int | None = None,
     ) -> None:
-        await self._write(
-            "UPDATE uploads SET status = $1, updated_at = $2, expires_at = NULL "
-            "WHERE id = ANY($3::text[]) AND status = $4",
-            (str(status), time.time(), [upload_id, *also], _ACTIVE),
-            events,
+        values: tuple[Any, ...] = (str(status), time.time(), [upload_id, *also], _ACTIVE)
+        if lease is None:
+            await self._write(_MARK_GONE, values, events)
+            return
+        changed = await self._write(_MARK_GONE_UNDER_LEASE, (*values, upload_id, lease), events)
+        if not changed and not await self._lease_holds(upload_id, lease):
+            raise LeaseLost(upload_id)
+
+    async def _lease_holds(self, upload_id: str, token: int) -> bool:
+        """Whether ``token`` is still the upload's lease: why a fenced write changed nothing."""
+        rows = await self._db.rows(
+            "SELECT 1 FROM upload_leases WHERE upload_id = $1 AND token = $2", upload_id, token
         )
+        return bool(rows)
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(

@@ -49,6 +49,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX hook_outbox_pending ON hook_outbox (upload_id, seq) WHERE dead = 0;
     """,
+    # AUTOINCREMENT: a token is never handed out twice, not even after its row was deleted.
+    """
+    CREATE TABLE upload_leases (
+        token INTEGER PRIMARY KEY AUTOINCREMENT,
+        upload_id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        release_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX upload_leases_owner ON upload_leases (owner);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 from ..interface import Store
 from .database import Database
+from .leases import SQLiteLeases
 from .outbox import SQLiteOutbox
 from .uploads import SQLiteUploads
 
+log = logging.getLogger("aiotusd")
 
-class SQLiteStore(SQLiteUploads, SQLiteOutbox, Store):
-    """The uploads and the outbox on one :class:`Database`, as one object.
 
-    The two parts are kept apart by what they know: the uploads' SQL and the outbox's SQL.
-    The writes of the uploads record the events they are given through the outbox, in the
-    transaction of the change (:meth:`SQLiteOutbox.record`).
+class SQLiteStore(SQLiteUploads, SQLiteLeases, SQLiteOutbox, Store):
+    """The uploads, their leases and the outbox on one :class:`Database`, as one object.
+
+    The parts are kept apart by what they know: the uploads' SQL, the leases' SQL and the
+    outbox's SQL. The writes of the uploads record the events they are given through the
+    outbox, in the transaction of the change (:meth:`SQLiteOutbox.record`).
     """
 
     def __init__(self, database: Database) -> None:
         SQLiteOutbox.__init__(self, database)
+        SQLiteLeases.__init__(self, database)
         SQLiteUploads.__init__(self, database, outbox=self)
 
     @classmethod
@@ -34,4 +40,8 @@ class SQLiteStore(SQLiteUploads, SQLiteOutbox, Store):
         return await self._db.schema_version()
 
     async def close(self) -> None:
+        try:
+            await self.release_leases()
+        except sqlite3.Error as exc:
+            log.warning("uploads leased by this process stay locked until the lease: %s", exc)
         await self._db.close()

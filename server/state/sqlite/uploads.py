@@ -10,13 +10,19 @@ from dataclasses import replace
 from typing import Any
 
 from ..interface import Uploads
-from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
+from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
 from .schema import UPLOAD_COLUMNS, upload_from_row, upload_values
 
 _ACTIVE = ACTIVE.value
 """Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
+_SAVE = (
+    'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
+    "storage = ?, updated_at = ? WHERE id = ? AND status = ?"
+)
+_UNDER_LEASE = " AND EXISTS (SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?)"
+"""The fence of a write made under a lease: it lands only while that is the upload's."""
 
 
 class SQLiteUploads(Uploads):
@@ -71,18 +77,21 @@ class SQLiteUploads(Uploads):
         )
         return {row[0]: upload_from_row(row) for row in rows}
 
-    async def save_progress(self, upload: Upload, events: Sequence[HookEvent] = ()) -> Upload:
+    async def save_progress(
+        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+    ) -> Upload:
         saved = replace(upload, updated_at=time.time())
-        changed = await self._write(
-            'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
-            "storage = ?, updated_at = ? WHERE id = ? AND status = ?",
-            (
-                saved.offset, saved.length, saved.expires_at, saved.completed_at,
-                json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
-            ),
-            events,
+        values = (
+            saved.offset, saved.length, saved.expires_at, saved.completed_at,
+            json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
         )
+        if lease is None:
+            changed = await self._write(_SAVE, values, events)
+        else:
+            changed = await self._write(_SAVE + _UNDER_LEASE, (*values, saved.id, lease), events)
         if not changed:
+            if lease is not None and not await self._lease_holds(upload.id, lease):
+                raise LeaseLost(upload.id)
             raise UploadGone(upload.id)
         return saved
 
@@ -92,14 +101,26 @@ class SQLiteUploads(Uploads):
         status: Status,
         events: Sequence[HookEvent] = (),
         also: Sequence[str] = (),
+        lease: int | None = None,
     ) -> None:
         ids = (upload_id, *also)
-        await self._write(
+        sql = (
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
-            f"WHERE id IN ({placeholders(ids)}) AND status = ?",
-            (status, time.time(), *ids, _ACTIVE),
-            events,
+            f"WHERE id IN ({placeholders(ids)}) AND status = ?"
         )
+        values: tuple[Any, ...] = (status, time.time(), *ids, _ACTIVE)
+        if lease is not None:
+            sql, values = sql + _UNDER_LEASE, (*values, upload_id, lease)
+        changed = await self._write(sql, values, events)
+        if not changed and lease is not None and not await self._lease_holds(upload_id, lease):
+            raise LeaseLost(upload_id)
+
+    async def _lease_holds(self, upload_id: str, token: int) -> bool:
+        """Whether ``token`` is still the upload's lease: why a fenced write changed nothing."""
+        rows = await self._db.lookup(
+            "SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?", (upload_id, token)
+        )
+        return bool(list(rows))
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(
