@@ -16,12 +16,13 @@ from .capabilities import Capabilities
 from .config import Settings
 from .context import CONTEXT, Context
 from .cors import setup_cors
-from .database import open_store, postgres_url
+from .database import open_store, postgres_url, shares_locks
 from .demo import setup_demo
 from .errors import error_middleware
 from .expect import close_after_unasked_body, defer_continue
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
+from .leases import LeaseKeeper
 from .limits import LIMITS, Limits
 from .locks import UploadLocks
 from .metrics import Metrics
@@ -64,11 +65,13 @@ def create_app(
         await backend.start()
         store = await open_store(settings)
         can = Capabilities.of(backend)
+        leases = LeaseKeeper(store, settings.limits.lock_lease) if shares_locks(settings) else None
         ctx = Context(
-            settings, store, backend, UploadLocks(settings.limits.lock_timeout),
+            settings, store, backend, UploadLocks(settings.limits.lock_timeout, leases),
             Hooks(settings, transport, store, can.locator), can, metrics=metrics,
         )
         app[CONTEXT] = ctx
+        ctx.locks.start()
         sweeps = worker is None or worker.runs_sweeps
         sweeper = asyncio.create_task(run_sweeper(ctx)) if sweeps else None
         # Events left from an earlier run go out too, whatever hooks_events says now.
@@ -91,6 +94,7 @@ def create_app(
             if delivery is not None:
                 await delivery.stop()
             await ctx.hooks.close()
+            await ctx.locks.stop()
             await store.close()
             await backend.stop()
 

@@ -182,6 +182,10 @@ class LimitSettings:
     lock_timeout: float = _seconds(
         3.0, "seconds a request waits for another request on the same upload to let go",
         minimum=0)
+    lock_lease: float = _seconds(
+        10.0, "seconds an upload's lock lasts in a database that several processes share "
+        "(PostgreSQL), renewed while held: how long a process that died keeps its uploads "
+        "locked", minimum=1)
     idle_timeout: float = _seconds(
         60.0, "seconds a request body may stall before the connection is closed")
     body_min_rate: int = _option(

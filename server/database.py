@@ -41,6 +41,14 @@ def database_name(settings: Settings) -> str:
     return str(settings.storage.database_path) if url is None else without_secrets(url)
 
 
+def shares_locks(settings: Settings) -> bool:
+    """Whether other processes may work on the uploads of this database, so that an
+    upload's lock must be a lease in it (:mod:`server.leases`): with PostgreSQL, and with
+    several workers on one SQLite file. One process alone on an SQLite file (it holds the
+    file's flock) keeps its locks to itself, at no cost in writes."""
+    return postgres_url(settings) is not None or settings.server.workers > 1
+
+
 def sqlite_path(settings: Settings) -> Path | None:
     """The SQLite file the settings name; None for PostgreSQL."""
     return None if postgres_url(settings) else settings.storage.database_path

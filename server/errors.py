@@ -28,7 +28,7 @@ from aiohttp.typedefs import Middleware
 
 from storage_backends.base import StorageError, StorageUnavailable
 
-from .state import DatabaseUnavailable, UploadGone
+from .state import DatabaseUnavailable, LeaseLost, UploadGone
 
 log = logging.getLogger("aiotusd")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -174,6 +174,9 @@ def classify(exc: BaseException) -> ErrorAnswer:
         return ErrorAnswer(503, "database-unavailable", "the database is unavailable; try again "
                            "later", {"Retry-After": str(exc.retry_after)},
                            log_level=logging.WARNING)
+    if isinstance(exc, LeaseLost):
+        return ErrorAnswer(423, "taken-over", "another request took this upload over; nothing "
+                           "more of this one was kept")
     if isinstance(exc, web.HTTPException):
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return ErrorAnswer(exc.status, _HTTP_CODES.get(exc.status, "bad-request"), exc.reason,

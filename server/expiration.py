@@ -22,14 +22,14 @@ async def sweep(ctx: Context) -> int:
     now = time.time()
     removed = 0
     for upload_id in await ctx.store.expired_ids(now, BATCH):
-        if ctx.locks.is_held(upload_id):
+        if await ctx.locks.is_held(upload_id):
             # A request is writing to it right now: it is alive, whatever its clock says.
             continue
         try:
-            async with ctx.locks.hold(upload_id):
+            async with ctx.locks.hold(upload_id) as holder:
                 upload = await ctx.store.get(upload_id)
                 if upload is not None and is_expired(upload, now):
-                    await remove(ctx, upload, EXPIRED)
+                    await remove(ctx, upload, EXPIRED, holder=holder)
                     removed += 1
         except Locked:
             continue

@@ -6,16 +6,27 @@ new request asks the holder to let go (:meth:`Holder.request_release`); a
 receiving holder then stops reading, records the bytes it got and releases.
 Only if the holder does not let go within ``timeout`` is the new request
 answered 423.
+
+Within a process the holders are told directly. When several processes share the
+database, a lock is also a lease in it (:mod:`server.leases`): the holder of another
+process is asked through the database, and a holder whose lease was lost stops writing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import Locked
+from .state import LeaseLost
+
+if TYPE_CHECKING:
+    from .leases import LeaseKeeper
 
 
 class Holder:
@@ -25,11 +36,19 @@ class Holder:
         self.released = asyncio.Event()
         self.release_requested = False
         self._on_release_request: Callable[[], None] | None = None
+        self.token: int | None = None
+        """The token of its lease, which its writes name, when processes share the locks;
+        None when the lock is this process's alone."""
+        self.deadline = math.inf
+        """When its lease lapses as this process counts (``time.monotonic()``), from the
+        moment its take or last renewal was sent: never later than the database counts.
+        Not one byte may be written from then on: another process may have the upload."""
 
     def on_release_request(self, callback: Callable[[], None] | None) -> None:
-        """Set what stops this holder's work when another request wants the upload."""
+        """Set what stops this holder's work when another request wants the upload, or
+        when its lease is lost."""
         self._on_release_request = callback
-        if callback is not None and self.release_requested:
+        if callback is not None and (self.release_requested or self.lost):
             callback()
 
     def request_release(self) -> None:
@@ -37,12 +56,44 @@ class Holder:
         if self._on_release_request is not None:
             self._on_release_request()
 
+    def leased(self, token: int, deadline: float) -> None:
+        """It holds the lease of ``token`` until ``deadline`` (see :attr:`deadline`)."""
+        self.token = token
+        self.deadline = deadline
+
+    @property
+    def lost(self) -> bool:
+        return self.deadline == -math.inf
+
+    def lose(self) -> None:
+        """Its lease is gone, or may be (not renewed in time): stop its work at once."""
+        self.deadline = -math.inf
+        if self._on_release_request is not None:
+            self._on_release_request()
+
+    def check(self) -> None:
+        """Raise :class:`~server.state.LeaseLost` once its lease may have lapsed: before
+        every byte written and every write that cannot be fenced in the database."""
+        if time.monotonic() >= self.deadline:
+            raise LeaseLost("another request took this upload over")
+
 
 class UploadLocks:
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, leases: LeaseKeeper | None = None) -> None:
+        """``leases``: the upload's lease is taken too, for processes that share the
+        database; None when this process is the database's only one."""
         self.timeout = timeout
+        self._leases = leases
         self._holders: dict[str, Holder] = {}
         self._closing = False
+
+    def start(self) -> None:
+        if self._leases is not None:
+            self._leases.start()
+
+    async def stop(self) -> None:
+        if self._leases is not None:
+            await self._leases.stop()
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[Holder]:
@@ -63,13 +114,20 @@ class UploadLocks:
             holder.request_release()
         self._holders[upload_id] = holder
         try:
-            yield holder
+            if self._leases is None:
+                yield holder
+            else:
+                async with self._leases.hold(upload_id, holder, deadline):
+                    yield holder
         finally:
             del self._holders[upload_id]
             holder.released.set()
 
-    def is_held(self, upload_id: str) -> bool:
-        return upload_id in self._holders
+    async def is_held(self, upload_id: str) -> bool:
+        """Whether a request holds the upload, in this process or, with leases, another."""
+        if upload_id in self._holders:
+            return True
+        return self._leases is not None and await self._leases.is_leased(upload_id)
 
     def release_all(self) -> None:
         """Ask every holder, present and future, to let go (server shutdown)."""

@@ -196,6 +196,7 @@ class _Body:
         ctx: Context,
         request: web.Request,
         upload: Upload,
+        holder: Holder,
         writer: UploadWriter,
         checksum: ExpectedChecksum | None,
         recorded_length: int | None,
@@ -203,6 +204,8 @@ class _Body:
         self.ctx = ctx
         self.request = request
         self.upload = upload
+        self.holder = holder
+        """Its lock: each write names its lease, if it has one (see :mod:`server.leases`)."""
         self.writer = writer
         self.checksum = checksum
         self.recorded_length = recorded_length
@@ -235,7 +238,7 @@ class _Body:
             upload = upload.completed()
             events += await ctx.hooks.post(POST_FINISH, upload, self.request)
         try:
-            self.upload = await ctx.store.save_progress(upload, events)
+            self.upload = await ctx.store.save_progress(upload, events, self.holder.token)
         except asyncio.CancelledError:
             self.upload = await ctx.store.get(upload.id) or self.upload
             raise
@@ -263,8 +266,11 @@ class _Body:
         The expiry moves on all the same: the upload was receiving until now, and a body
         with a checksum records nothing while it arrives, so the expiry recorded may have
         passed meanwhile (a request that takes over from this one must find it alive).
+
+        A holder whose lease is lost drops nothing: the bytes past its start may be the
+        next holder's by now.
         """
-        ctx = self.ctx
+        ctx, lease = self.ctx, self.holder.token
         rolled_back = self.upload.offset != self.start
         upload = replace(
             self.upload, offset=self.start, length=self.recorded_length,
@@ -272,10 +278,13 @@ class _Body:
         )
         if rolled_back:
             events = await ctx.hooks.post(POST_RECEIVE, upload, self.request)
-            self.upload = await ctx.store.save_progress(upload, events)
+            self.upload = await ctx.store.save_progress(upload, events, lease)
+        self.holder.check()
         await self.writer.discard()
         # The backend's record went back with the discard, to the offset it opened at.
-        self.upload = await ctx.store.save_progress(replace(upload, storage=self.writer.storage))
+        self.upload = await ctx.store.save_progress(
+            replace(upload, storage=self.writer.storage), lease=lease
+        )
 
     async def keep_what_arrived(self) -> None:
         """After the body broke off: commit what arrived, or drop it when it cannot be
@@ -314,7 +323,7 @@ async def write_body(
         raise TooLarge(f"body of {request.content_length} bytes exceeds the {room} bytes left")
     await continue_body(request)
     writer = await ctx.backend.open_writer(ctx.stored(upload))
-    body = _Body(ctx, request, upload, writer, checksum, recorded_length)
+    body = _Body(ctx, request, upload, holder, writer, checksum, recorded_length)
     stop_receiving = _stopper(request)
     watchdog = _BodyWatchdog(
         ctx.settings, request.content, lambda: writer.offset - body.start,
@@ -399,8 +408,14 @@ async def _keep_on_a_full_disk(body: _Body) -> None:
 
 async def _stream(body: _Body, watchdog: _BodyWatchdog, room: int) -> None:
     """The loop over the body's chunks: write each, start periodic commits when due.
-    Locals, not attributes, in the loop: it runs for every chunk."""
-    reader, writer, checksum = body.request.content, body.writer, body.checksum
+    Locals, not attributes, in the loop: it runs for every chunk.
+
+    Each chunk is written only while the lock's lease holds (:meth:`Holder.check`), right
+    before the write and with nothing awaited in between: once another process may have
+    taken the upload over, not one more byte goes to its storage."""
+    reader, writer, checksum, holder = (
+        body.request.content, body.writer, body.checksum, body.holder
+    )
     commits, settings = body.commits, body.ctx.settings
     limit = body.start + room
     committed_at = watchdog.last
@@ -420,6 +435,7 @@ async def _stream(body: _Body, watchdog: _BodyWatchdog, room: int) -> None:
             raise TooLarge(f"body exceeds the {room} bytes left in the upload")
         if checksum is not None:
             checksum.hasher.update(chunk)
+        holder.check()
         await writer.write(chunk)
         if (
             checksum is None

@@ -105,11 +105,11 @@ def metadata_too_long(metadata: str, limit: int) -> bool:
     return len(metadata.encode("utf-8", "surrogateescape")) > limit
 
 
-async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
+async def load(ctx: Context, upload_id: str, *, holder: Holder | None = None) -> Upload:
     """The active upload ``upload_id``, or 404 / 410 with a reason.
 
-    An upload past its expiry is removed here, under its lock: ``held`` says that the
-    caller holds it. One that another request holds is alive, whatever its clock says:
+    An upload past its expiry is removed here, under its lock: ``holder`` is the caller's,
+    when it holds it. One that another request holds is alive, whatever its clock says:
     that request is receiving its bytes, and its commit moves the expiry on.
     """
     if not is_upload_id(upload_id):
@@ -124,12 +124,12 @@ async def load(ctx: Context, upload_id: str, *, held: bool = False) -> Upload:
     if upload.status != ACTIVE:
         raise Gone(f"upload was {upload.status}", code=upload.status)
     if is_expired(upload):
-        if not held:
-            if ctx.locks.is_held(upload_id):
+        if holder is None:
+            if await ctx.locks.is_held(upload_id):
                 return upload
-            async with ctx.locks.hold(upload_id):
-                return await load(ctx, upload_id, held=True)
-        await remove(ctx, upload, EXPIRED)
+            async with ctx.locks.hold(upload_id) as taken:
+                return await load(ctx, upload_id, holder=taken)
+        await remove(ctx, upload, EXPIRED, holder=holder)
         raise Gone("upload was expired", code=EXPIRED)
     return upload
 
@@ -307,7 +307,7 @@ async def append(
         # Outside the lock: a hook that takes its time must not hold up the upload's requests.
         await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
     async with ctx.locks.hold(upload_id) as holder:
-        upload = await load(ctx, upload_id, held=True)
+        upload = await load(ctx, upload_id, holder=holder)
         if upload.is_final:
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
@@ -362,7 +362,7 @@ async def receive(
     if upload.is_complete and not was_complete:
         await finished(ctx, upload, request)
     else:
-        upload = await finish_if_full(ctx, upload, request)
+        upload = await finish_if_full(ctx, upload, request, holder)
     return upload, broke_off
 
 
@@ -378,14 +378,15 @@ async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
     upload = await load(ctx, upload_id)
     await ctx.hooks.before(PRE_ACCESS, upload, request)
     if upload.is_complete or not (
-        ctx.locks.is_held(upload_id) or upload.is_final or upload.offset == upload.length
+        upload.is_final or upload.offset == upload.length or await ctx.locks.is_held(upload_id)
     ):
         return upload
-    async with ctx.locks.hold(upload_id):
-        upload = await finish_if_full(ctx, await load(ctx, upload_id, held=True), request)
+    async with ctx.locks.hold(upload_id) as holder:
+        upload = await load(ctx, upload_id, holder=holder)
+        upload = await finish_if_full(ctx, upload, request, holder)
         if upload.is_final:
             await assemble_if_ready(ctx, upload_id, request, wait=False)
-            upload = await load(ctx, upload_id, held=True)
+            upload = await load(ctx, upload_id, holder=holder)
     return upload
 
 
@@ -404,14 +405,17 @@ async def terminate(ctx: Context, request: web.Request, upload_id: str) -> None:
     # Outside the lock: a hook that takes its time must not hold up the upload's requests.
     await ctx.hooks.before(PRE_ACCESS, upload, request)
     await ctx.hooks.before(PRE_TERMINATE, upload, request)
-    async with ctx.locks.hold(upload_id):
-        upload = await load(ctx, upload_id, held=True)
-        await remove(ctx, upload, TERMINATED, request)
+    async with ctx.locks.hold(upload_id) as holder:
+        upload = await load(ctx, upload_id, holder=holder)
+        await remove(ctx, upload, TERMINATED, request, holder)
 
 
-async def finish(ctx: Context, upload: Upload, request: web.Request) -> Upload:
+async def finish(
+    ctx: Context, upload: Upload, request: web.Request, holder: Holder | None = None
+) -> Upload:
     """Record that every byte of ``upload`` arrived, and assemble finals waiting on it;
-    returns the upload as recorded complete.
+    returns the upload as recorded complete. ``holder``: the caller's lock on it, if it
+    holds it, whose lease the write names.
 
     The pre-finish hook is asked first (not for a final upload: its parts were). When it
     refuses, the upload keeps its bytes and offset but stays unfinished: the client
@@ -419,7 +423,7 @@ async def finish(ctx: Context, upload: Upload, request: web.Request) -> Upload:
     hook again (see :func:`finish_if_full`).
     """
     upload, events = await complete(ctx, upload, request)
-    upload = await ctx.store.save_progress(upload, events)
+    upload = await ctx.store.save_progress(upload, events, _lease(holder))
     await finished(ctx, upload, request)
     return upload
 
@@ -453,17 +457,28 @@ async def finished(ctx: Context, upload: Upload, request: web.Request) -> None:
                 log.exception("assembling final upload %s failed", final_id)
 
 
-async def finish_if_full(ctx: Context, upload: Upload, request: web.Request) -> Upload:
+async def finish_if_full(
+    ctx: Context, upload: Upload, request: web.Request, holder: Holder | None = None
+) -> Upload:
     """Finish an upload all of whose bytes are stored: right after its last byte arrived,
     or later, when finishing failed the first time (the store was down). Returns the
     upload as it then stands."""
     if is_full(upload):
-        return await finish(ctx, upload, request)
+        return await finish(ctx, upload, request, holder)
     return upload
 
 
+def _lease(holder: Holder | None) -> int | None:
+    """The lease a write under ``holder`` names: None without one (see :mod:`server.leases`)."""
+    return None if holder is None else holder.token
+
+
 async def remove(
-    ctx: Context, upload: Upload, status: Status, request: web.Request | None = None
+    ctx: Context,
+    upload: Upload,
+    status: Status,
+    request: web.Request | None = None,
+    holder: Holder | None = None,
 ) -> None:
     """Delete an upload's bytes and keep a tombstone with ``status``.
 
@@ -480,10 +495,11 @@ async def remove(
     time the lock is had (it went with a partial): then there is nothing left to do.
 
     Every upload terminated here, a final that goes with its partial included,
-    gets a post-terminate event; expired ones get none.
+    gets a post-terminate event; expired ones get none. ``holder``: the caller's lock on
+    ``upload``, whose lease the tombstone's write names.
     """
     if upload.concat is None:
-        await _remove(ctx, [upload], status, request)
+        await _remove(ctx, [upload], status, request, _lease(holder))
         return
     async with ctx.concat_locks.hold(exclusive=[upload.id]):
         current = await ctx.store.get(upload.id)
@@ -501,19 +517,25 @@ async def remove(
                 final for final in waiting.values()
                 if final.status == ACTIVE and not final.is_complete
             ]
-            await _remove(ctx, [current, *finals], status, request)
+            await _remove(ctx, [current, *finals], status, request, _lease(holder))
 
 
 async def _remove(
-    ctx: Context, uploads: list[Upload], status: Status, request: web.Request | None
+    ctx: Context,
+    uploads: list[Upload],
+    status: Status,
+    request: web.Request | None,
+    lease: int | None = None,
 ) -> None:
-    """Tombstones for all of ``uploads`` in one transaction, then their bytes."""
+    """Tombstones for all of ``uploads`` in one transaction (under the first one's
+    ``lease``, if any), then their bytes."""
     events: list[HookEvent] = []
     if status == TERMINATED:
         for upload in uploads:
             events += await ctx.hooks.post(POST_TERMINATE, upload, request)
     first, *others = uploads
-    await ctx.store.mark_gone(first.id, status, events, also=[u.id for u in others])
+    await ctx.store.mark_gone(first.id, status, events, also=[u.id for u in others],
+                              lease=lease)
     for upload in uploads:
         ctx.metrics.removed(status)
         try:

@@ -1,14 +1,20 @@
-"""Upload locks: one holder per upload, take-over on request, 423 when the holder hangs on;
-concatenation locks: exclusive and shared, taken whole, in order of arrival."""
+"""Upload locks: one holder per upload, take-over on request, 423 when the holder hangs on,
+within a process and, as leases in a shared database, across processes; concatenation
+locks: exclusive and shared, taken whole, in order of arrival."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from server.errors import Locked
-from server.locks import ConcatLocks, UploadLocks
+from server.leases import LeaseKeeper
+from server.locks import ConcatLocks, Holder, UploadLocks
+from server.state import LeaseLost, PostgresStore, SQLiteStore, Store, Upload
 
 
 async def test_a_new_request_asks_the_holder_to_let_go() -> None:
@@ -53,6 +59,176 @@ async def test_release_all_reaches_every_holder_even_one_registering_late() -> N
         locks.release_all()
         b.on_release_request(lambda: calls.append("b"))
     assert calls == ["a", "b"]
+
+
+# --- across processes: two stores on one database, each with its own keeper -------------
+
+
+@pytest.fixture(params=[
+    pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)
+])
+async def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
+    """Opens a store on the test's one database, as each process would its own."""
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        if request.param == "sqlite":
+            store: Store = await SQLiteStore.open(tmp_path / "state.sqlite3")
+        else:
+            url = request.getfixturevalue("postgres_url")
+            store = await PostgresStore.open(url, url)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def process_locks(
+    open_store: Callable[[], Awaitable[Store]]
+) -> AsyncIterator[Callable[..., Awaitable[tuple[UploadLocks, Store]]]]:
+    """``await process_locks(timeout, lease)``: the upload locks of one more process."""
+    started: list[UploadLocks] = []
+
+    async def make(timeout: float = 5.0, lease: float = 10.0) -> tuple[UploadLocks, Store]:
+        store = await open_store()
+        locks = UploadLocks(timeout, LeaseKeeper(store, lease))
+        locks.start()
+        started.append(locks)
+        return locks, store
+
+    yield make
+    for locks in started:
+        await locks.stop()
+
+
+class _Stale:
+    """A request that holds an upload in one process until it is told to stop (never,
+    unless ``lets_go``), as a stalled PATCH does."""
+
+    def __init__(self, locks: UploadLocks, upload_id: str, lets_go: bool = True) -> None:
+        self.holding = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._leave = asyncio.Event()
+        self.holder: Holder | None = None
+        self.task = asyncio.create_task(self._hold(locks, upload_id, lets_go))
+
+    async def _hold(self, locks: UploadLocks, upload_id: str, lets_go: bool) -> None:
+        async with locks.hold(upload_id) as holder:
+            self.holder = holder
+            holder.on_release_request(self.stopped.set)
+            self.holding.set()
+            await (self.stopped if lets_go else self._leave).wait()
+
+    async def leave(self) -> None:
+        self._leave.set()
+        await asyncio.wait_for(self.task, 5)
+
+
+async def _stale(locks: UploadLocks, upload_id: str, lets_go: bool = True) -> _Stale:
+    stale = _Stale(locks, upload_id, lets_go)
+    await asyncio.wait_for(stale.holding.wait(), 5)
+    return stale
+
+
+async def test_a_holder_in_another_process_is_asked_to_let_go(
+    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+) -> None:
+    (here, _), (there, _) = await process_locks(), await process_locks()
+    stale = await _stale(there, "u")
+    started = time.monotonic()
+    async with here.hold("u") as holder:
+        took = time.monotonic() - started
+        assert stale.stopped.is_set()
+        assert stale.holder is not None and stale.holder.token is not None
+        assert holder.token is not None and holder.token > stale.holder.token
+    assert took < 2, f"the take-over across processes took {took:.2f} s"
+    await asyncio.wait_for(stale.task, 5)
+
+
+async def test_a_holder_of_this_process_is_told_directly_even_with_leases(
+    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+) -> None:
+    locks, _ = await process_locks()
+    stale = await _stale(locks, "u")
+    started = time.monotonic()
+    async with locks.hold("u"):
+        took = time.monotonic() - started
+    assert stale.stopped.is_set()
+    assert took < 0.1, f"a take-over within the process took {took:.3f} s"
+
+
+async def test_a_holder_in_another_process_that_does_not_let_go_gives_423(
+    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+) -> None:
+    (here, _), (there, _) = await process_locks(timeout=0.5), await process_locks()
+    stale = await _stale(there, "u", lets_go=False)
+    started = time.monotonic()
+    with pytest.raises(Locked):
+        async with here.hold("u"):
+            pass
+    assert 0.5 <= time.monotonic() - started < 2
+    assert stale.stopped.is_set()  # it was asked, and did not let go
+    assert await here.is_held("u")
+    await stale.leave()
+    assert not await here.is_held("u")
+    async with here.hold("u"):
+        pass
+
+
+async def lapse_leases(store: Store) -> None:
+    """Make every lease in the database lapse now, as the holder's being paused would."""
+    sql = "UPDATE upload_leases SET expires_at = 0"
+    if isinstance(store, SQLiteStore):
+        await store._db.statement(sql, ())
+    else:
+        assert isinstance(store, PostgresStore)
+        await store._db.write(lambda connection: connection.execute(sql))
+
+
+async def test_a_holder_whose_lease_was_taken_over_stops_and_records_nothing(
+    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+) -> None:
+    (here, store), (there, _) = await process_locks(), await process_locks(lease=1.5)
+    await store.create(Upload(id="u", length=10))
+    stale = await _stale(there, "u", lets_go=False)
+    await lapse_leases(store)
+    async with here.hold("u") as holder:
+        assert not stale.stopped.is_set()  # a lapsed lease is taken without asking
+        # The stale holder's renewal finds its lease gone: it is stopped at once ...
+        await asyncio.wait_for(stale.stopped.wait(), 5)
+        assert stale.holder is not None
+        with pytest.raises(LeaseLost):
+            stale.holder.check()
+        # ... and whatever it still writes records nothing.
+        upload = await store.get("u")
+        assert upload is not None
+        with pytest.raises(LeaseLost):
+            await store.save_progress(upload, lease=stale.holder.token)
+        await store.save_progress(upload, lease=holder.token)
+    await stale.leave()
+
+
+async def test_a_holder_that_cannot_renew_its_lease_stops_before_it_lapses(
+    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+) -> None:
+    """A paused process, or one that lost the database: its holders stop by their own
+    clock, before the database lets another process take the upload."""
+    (here, _), (there, _) = await process_locks(), await process_locks(lease=1)
+    stale = await _stale(there, "u", lets_go=False)
+    await there.stop()  # no renewal from now on
+    assert stale.holder is not None
+    taken_over = time.monotonic()
+    async with here.hold("u"):
+        taken_over = time.monotonic()
+    assert stale.holder.deadline <= taken_over
+    with pytest.raises(LeaseLost):
+        stale.holder.check()
+    await stale.leave()
 
 
 class _Claimant:
