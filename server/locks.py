@@ -123,6 +123,25 @@ class UploadLocks:
             del self._holders[upload_id]
             holder.released.set()
 
+    @contextlib.asynccontextmanager
+    async def alone(self, name: str) -> AsyncIterator[bool]:
+        """Hold ``name`` alone among the processes that share the database, for work that
+        is not taken over (a final's assembly): nobody is asked to let go, and a caller
+        that does not get it within ``timeout`` is told so (False) rather than refused.
+        Within this process the caller's own locks keep it alone; without leases, there
+        is nothing else to hold (True)."""
+        if self._leases is None:
+            yield True
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self._leases.hold(name, Holder(), deadline))
+                held = True
+            except Locked:
+                held = False
+            yield held
+
     async def is_held(self, upload_id: str) -> bool:
         """Whether a request holds the upload, in this process or, with leases, another."""
         if upload_id in self._holders:

@@ -69,6 +69,9 @@ from .state import (
 
 log = logging.getLogger("aiotusd")
 
+ASSEMBLY = "assembly:"
+"""The name of a final's assembly among the leases: no upload id has a colon."""
+
 
 @dataclass(frozen=True)
 class Creation:
@@ -578,13 +581,23 @@ async def assemble_if_ready(
     it: that one sees the state this caller would (a HEAD changes nothing), whereas a
     partial that just finished must wait its turn, or a final whose assembly looked
     at the partial a moment too early would never be assembled.
+
+    The concatenation locks are this process's own. Processes that share the database
+    also take a lease on the assembly (:meth:`UploadLocks.alone`), so that no two of them
+    assemble one final at once; one that finds another process at it leaves it to that
+    one (False), which reads the parts after this caller's write.
     """
     concatenator = ctx.can.concatenator
     assert concatenator is not None, "finals exist only with a backend that concatenates"
     part_ids = await ctx.store.parts(final_id)
     if not wait and not ctx.concat_locks.is_free([final_id], part_ids):
         return False
-    async with ctx.concat_locks.hold(exclusive=[final_id], shared=part_ids):
+    async with (
+        ctx.concat_locks.hold(exclusive=[final_id], shared=part_ids),
+        ctx.locks.alone(ASSEMBLY + final_id) as alone,
+    ):
+        if not alone:
+            return False
         final = await ctx.store.get(final_id)
         if final is None or final.status != ACTIVE:
             return False
