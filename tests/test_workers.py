@@ -19,9 +19,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from support import rawhttp
 from support.hooks import Receiver
 from support.http import PATCH_HEADERS
 from support.processes import ServerProcess, clean_env, free_port
+from support.rawhttp import MIB
+from support.storage import data_file, file_size, payload
 from support.waiting import poll, wait_for
 
 from server.config import Settings
@@ -340,3 +343,39 @@ def test_workers_that_keep_dying_stop_the_server_with_status_1(
         os.kill(pid, signal.SIGKILL)
     assert server.process.wait(timeout=30) == 1
     assert "workers died within 60 s; stopping" in server.log()
+
+
+async def test_a_stalled_patch_in_one_worker_is_taken_over_by_a_request_in_the_other(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """With several workers on one SQLite file the upload lock is a lease in the file: a
+    client whose PATCH stalls in one worker and who comes back through the other gets the
+    upload (not 423 after lock_timeout), and the stalled body's late bytes land nowhere."""
+    server = with_workers(server_process, 2, "--lock-timeout", "5", "--lock-lease", "10")
+    first, second = workers_of(server)
+    data = payload(3 * MIB, seed=77)
+    sent = MIB + 333
+    with paused(second):
+        path = await rawhttp.create(server.port, len(data))
+        stale = await rawhttp.OpenPatch.start(server.port, path, 0, len(data))
+        await stale.send(data[:sent])
+        await poll(lambda: file_size(data_file(server, path)) == sent, "the stalled bytes")
+    url = f"http://127.0.0.1:{server.port}{path}"
+    # A kept-alive connection that the second worker answered once: the HEAD goes there.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as other:
+        with paused(first):
+            async with other.get(f"http://127.0.0.1:{server.port}/healthz") as response:
+                assert response.status == 200
+        started = asyncio.get_running_loop().time()
+        async with other.head(url, headers={"Tus-Resumable": "1.0.0"}) as response:
+            assert response.status == 200, response.status
+            assert response.headers["Upload-Offset"] == str(sent)
+        assert asyncio.get_running_loop().time() - started < 5
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await stale.send(b"\xee" * (len(data) - sent))
+        await stale.abort()
+        async with other.patch(url, data=data[sent:], headers={
+            **PATCH_HEADERS, "Upload-Offset": str(sent)
+        }) as response:
+            assert response.status == 204, await response.text()
+    assert data_file(server, path).read_bytes() == data
