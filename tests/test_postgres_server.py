@@ -15,6 +15,7 @@ from aiohttp import web
 from support.hooks import Received, Receiver
 from support.http import PATCH_HEADERS, TUS, upload_id
 from support.processes import ServerProcess, run_cli
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -157,3 +158,16 @@ async def test_two_servers_on_one_database_share_uploads_and_send_each_event_onc
     assert len({r.id for r in receiver.received}) == len(receiver.received) == 60
     got = names_by_upload(receiver)
     assert {upload: got[upload] for upload in ids} == {upload: expected for upload in ids}
+
+
+def test_filesystem_storage_on_postgresql_says_the_data_dir_must_be_shared(
+    server_process: Callable[..., ServerProcess], postgres_url: str
+) -> None:
+    """Several servers on one database with filesystem storage must share one directory;
+    nothing can check that, so the start-up says it, naming the directory."""
+    server = on_postgres(server_process, postgres_url)
+    line = wait_for(
+        lambda: next((line for line in server.log().splitlines() if "data_dir" in line), None),
+        10, "the start-up line about the data directory",
+    )
+    assert "must use this one data_dir" in line and str(server.data_dir) in line
