@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from ..interface import Outbox
 from ..model import HookEvent
+from ..rows import EVENT_COLUMNS, event_from_row
 from .database import OPEN_ERRORS, Connection, Database, rows_changed
-from .schema import EVENT_COLUMNS, event_from_row
 
 log = logging.getLogger("aiotusd")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
+from ..rows import UPLOAD_COLUMNS, upload_from_row, upload_values
 from .database import Connection, Database, rows_changed
 from .outbox import PostgresOutbox
-from .schema import UPLOAD_COLUMNS, upload_from_row, upload_values
 
 _ACTIVE = ACTIVE.value
 _SAVE = (

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from ..interface import Outbox
 from ..model import HookEvent
+from ..rows import EVENT_COLUMNS, event_from_row
 from .database import Database, Transaction, placeholders
-from .schema import EVENT_COLUMNS, event_from_row
 
 # The oldest undelivered, live event of each upload: the only one of it that may go out.
 _HEADS = "seq IN (SELECT MIN(seq) FROM hook_outbox WHERE dead = 0 GROUP BY upload_id)"

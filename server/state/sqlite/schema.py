@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from ..model import ConcatKind, HookEvent, Status, Upload
-
 # Each entry moves the schema from version N to N+1; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -62,48 +57,3 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-UPLOAD_COLUMNS = (
-    'id, status, length, defer_length, "offset", metadata, concat, '
-    "created_at, updated_at, expires_at, completed_at, storage"
-)
-EVENT_COLUMNS = (
-    "seq, id, upload_id, type, payload, created_at, since, attempts, next_attempt_at, "
-    "last_error, dead"
-)
-
-
-def upload_from_row(row: Any) -> Upload:
-    """The upload in a row of ``UPLOAD_COLUMNS``."""
-    return Upload(
-        id=row[0],
-        status=Status(row[1]),
-        length=row[2],
-        defer_length=bool(row[3]),
-        offset=row[4],
-        metadata=row[5],
-        concat=None if row[6] is None else ConcatKind(row[6]),
-        created_at=row[7],
-        updated_at=row[8],
-        expires_at=row[9],
-        completed_at=row[10],
-        storage=json.loads(row[11]),
-    )
-
-
-def upload_values(upload: Upload) -> tuple[Any, ...]:
-    """The values of ``UPLOAD_COLUMNS`` for ``upload``."""
-    return (
-        upload.id, upload.status, upload.length, int(upload.defer_length), upload.offset,
-        upload.metadata, upload.concat, upload.created_at, upload.updated_at,
-        upload.expires_at, upload.completed_at, json.dumps(upload.storage),
-    )
-
-
-def event_from_row(row: Any) -> HookEvent:
-    """The event in a row of ``EVENT_COLUMNS``."""
-    return HookEvent(
-        seq=row[0], id=row[1], upload_id=row[2], type=row[3], payload=row[4],
-        created_at=row[5], since=row[6], attempts=row[7], next_attempt_at=row[8],
-        last_error=row[9], dead=bool(row[10]),
-    )

@@ -11,9 +11,9 @@ from typing import Any
 
 from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
+from ..rows import UPLOAD_COLUMNS, upload_from_row, upload_values
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
-from .schema import UPLOAD_COLUMNS, upload_from_row, upload_values
 
 _ACTIVE = ACTIVE.value
 """Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
