@@ -7,11 +7,8 @@ was acknowledged before still there.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,7 +20,7 @@ from support.http import (
     create_upload,
     head_offset,
 )
-from support.postgres import Cluster, make_cluster
+from support.postgres import Cluster, throwaway_cluster
 from support.processes import ServerProcess
 from support.waiting import poll
 
@@ -36,15 +33,8 @@ UNAVAILABLE = "the database is unavailable; try again later\n"
 def own_cluster() -> Iterator[Cluster]:
     """A PostgreSQL cluster of this test's own, which it may stop and start again without
     disturbing the session's."""
-    directory = Path(tempfile.mkdtemp(prefix="aiotusd-postgres-"))
-    try:
-        cluster = make_cluster(directory)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 async def answer(

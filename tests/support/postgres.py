@@ -14,6 +14,7 @@ them out.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -124,9 +125,9 @@ def make_cluster(directory: Path) -> Cluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """The session's cluster, stopped and removed at the end."""
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    """A cluster for the block, stopped and removed at its end."""
     # Not under pytest's own temporary directory: only root may enter that one.
     directory = Path(tempfile.mkdtemp(prefix="aiotusd-postgres-"))
     try:
@@ -137,6 +138,13 @@ def postgres_cluster() -> Iterator[Cluster]:
             cluster.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """The session's cluster."""
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 _numbers = itertools.count()
