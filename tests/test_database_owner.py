@@ -6,35 +6,21 @@ however it ended, so that a restart right after ``kill -9`` starts normally.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 from support.http import TUS
-from support.processes import ServerProcess, clean_env, free_port, run_cli
+from support.processes import (
+    ServerProcess,
+    refused_start,
+    run_cli,
+)
 
 pytestmark = pytest.mark.e2e
 
-DEADLINE = 10.0
-"""Seconds a refused start may take, Python's own start-up included."""
 
-
-def refused_start(cwd: Path, *args: str) -> str:
-    """Run ``aiotusd *args``, which must exit 1 within :data:`DEADLINE` with one stderr
-    line and no traceback; returns that line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--port", str(free_port()), *args],
-        check=False, cwd=cwd, env=clean_env(), capture_output=True, text=True,
-        timeout=DEADLINE,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def create_upload(server: ServerProcess) -> str:

@@ -12,8 +12,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 from support import rawhttp
 from support.hooks import Receiver
 from support.http import PATCH_HEADERS
-from support.processes import ServerProcess, clean_env, free_port
+from support.processes import ServerProcess, free_port, refused_start
 from support.rawhttp import MIB
 from support.storage import data_file, file_size, payload
 from support.waiting import poll, wait_for
@@ -32,8 +30,6 @@ from server.workers import share_of
 
 pytestmark = pytest.mark.e2e
 
-DEADLINE = 10.0
-"""Seconds a refused start may take, Python's own start-up included."""
 
 
 def workers_of(server: ServerProcess) -> list[int]:
@@ -159,20 +155,6 @@ async def test_sigterm_stops_every_worker_and_the_server_exits_0(
             if " INFO aiotusd: " in line]
     assert told[1:] == ["shutting down", "stopped"]  # the supervisor's, once
 
-
-def refused_start(cwd: Path, *args: str) -> str:
-    """Run ``aiotusd *args``, which must exit 1 within :data:`DEADLINE` with one stderr
-    line and no traceback; returns that line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        check=False, cwd=cwd, env=clean_env(), capture_output=True, text=True,
-        timeout=DEADLINE,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.mark.slow

@@ -94,3 +94,20 @@ def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
         [sys.executable, "-m", "server", *args],
         check=False, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=30,
     )
+
+
+def refused_start(cwd: Path, *args: str, deadline: float = 10.0) -> str:
+    """Run ``aiotusd *args`` (on a free port unless ``--port`` is among them), which must
+    exit 1 within ``deadline`` seconds, Python's start-up included, with one stderr line
+    and no traceback; returns that line."""
+    port = () if "--port" in args else ("--port", str(free_port()))
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *port, *args],
+        check=False, cwd=cwd, env=clean_env(), capture_output=True, text=True,
+        timeout=deadline,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
