@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import ipaddress
 import logging
 import math
@@ -62,6 +63,8 @@ _DESCRIPTOR_RESERVE = 64
 """File descriptors besides connections and uploads: database, S3 pool, hooks, logs."""
 _MAX_CLIENT_KEY = 64
 """Longest client identifier kept: a forwarded ``for=`` may be any token, of any length."""
+_CACHED_CLIENT_KEYS = 4096
+"""Client addresses whose keys are remembered (the least recently used go first)."""
 _MAX_RETRY_AFTER = 86400
 """Longest ``Retry-After`` given, whatever tiny ``create_rate`` would make the wait."""
 _SLACK = 1e-6
@@ -188,13 +191,27 @@ def client_address(request: web.Request) -> str:
 def client_key(address: str) -> str:
     """Whose bucket a client address draws on: its IP, or for IPv6 its /64, the network
     one subscriber gets (and could otherwise take a fresh address from for each request);
-    an identifier that is not an IP (``Forwarded: for=_hidden``) stands for itself."""
+    an identifier that is not an IP (``Forwarded: for=_hidden``) stands for itself.
+
+    Worked out once per address: a client sends request after request from the same one,
+    and :mod:`ipaddress`, pure Python, parsing it again cost a body request more than the
+    rest of the per-client share. Addresses longer than any IP are not remembered.
+    """
+    if len(address) > _MAX_CLIENT_KEY:
+        return _client_key(address)
+    return _cached_client_key(address)
+
+
+def _client_key(address: str) -> str:
     ip = ip_address_of(address)
     if ip is None:
         return address[:_MAX_CLIENT_KEY]
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+_cached_client_key = functools.lru_cache(maxsize=_CACHED_CLIENT_KEYS)(_client_key)
 
 
 class Limits:
