@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -57,11 +58,17 @@ def is_upload_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=256)
 def is_host(value: str) -> bool:
     """A host that URLs of this server can name: ``host``, ``host:port`` or ``[v6]:port``.
 
     Not empty: RFC 9110 section 4.2.1 makes an ``http`` URL with an empty host
     invalid. The port is 1 to 65535, or empty (RFC 3986: the scheme's default).
+
+    The answers for the last 256 values are remembered: every request's ``Host`` is
+    checked before it is handled and again for a URL it is given, and clients send the
+    same few, so most requests find their answer without the match (headers are at most
+    8 KiB: at worst 2 MiB kept).
     """
     match = _HOST_RE.fullmatch(value)
     if match is None:

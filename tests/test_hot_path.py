@@ -50,3 +50,10 @@ async def test_a_client_address_is_parsed_once_not_on_every_body(client: TestCli
     calls = await calls_while(post_and_patch(client))
     assert calls[("limits.py", "_take_client_slot")] == 1  # the per-client share holds
     assert calls_in(calls, "ipaddress.py") == 0, calls
+
+
+async def test_a_host_seen_before_is_not_validated_again(client: TestClient) -> None:
+    await post_and_patch(client)
+    calls = await calls_while(post_and_patch(client))
+    assert calls[("__init__.py", "_check_host")] == 2  # each request's Host is checked
+    assert calls[("protocol.py", "is_host")] == 0, calls
