@@ -94,7 +94,8 @@ class _OneLineErrorHandler(RequestHandler):
         (the idle wait itself is ``keepalive_timeout``'s). Body chunks pass two tests."""
         super().data_received(data)
         if self._messages:
-            self._stop_header_clock()
+            if self._header_deadline is not None:  # on every request: no call when idle
+                self._stop_header_clock()
         elif self._waiter is not None and data:
             self._start_header_clock()
 
@@ -129,16 +130,19 @@ class _OneLineErrorHandler(RequestHandler):
         super().resume_writing()
         self._stop_send_clock()
 
-    async def finish_response(
-        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
+    def log_access(
+        self, request: BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
         """A response written whole but not yet taken whole gets ``send_timeout`` seconds
         too: a connection that closes waits for it to go out, for ever if the client
-        takes nothing."""
-        finished = await super().finish_response(request, resp, start_time)
+        takes nothing.
+
+        aiohttp calls this once a response is written whole (or its client left): here
+        rather than in an override of ``finish_response``, a coroutine, which would add
+        a layer to every request."""
+        super().log_access(request, response, time)
         if self._raw_transport is not None and self._raw_transport.get_write_buffer_size():
             self._start_send_clock()
-        return finished
 
     def _start_send_clock(self) -> None:
         if self._send_timeout:
@@ -231,7 +235,7 @@ def _one_line_http_errors(
             and protocol.admission is not Admission.ADMITTED
         ):
             response = await _over_connection_limit(request, handler)
-        elif (reason := unknown_expectation(request)) is not None:
+        elif "Expect" in request.headers and (reason := unknown_expectation(request)):
             # aiohttp's own answer puts the value into its body and fails on undecodable bytes.
             response = web.Response(status=417, text=reason)
         else:

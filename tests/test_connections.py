@@ -20,7 +20,7 @@ def test_the_request_handler_has_the_attributes_the_connections_read():
                  "_lingering_time", "_loop"):
         assert name in slots, name
     for method in ("data_received", "connection_made", "connection_lost", "pause_writing",
-                   "resume_writing", "finish_response", "handle_error", "log_exception"):
+                   "resume_writing", "log_access", "handle_error", "log_exception"):
         assert callable(getattr(RequestHandler, method)), method
 
 

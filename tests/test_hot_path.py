@@ -2,9 +2,10 @@
 request of a client or an upload is done once, not again on each request.
 
 Server CPU per small upload is mostly Python function calls, so these tests profile
-real requests against the in-process app (``cProfile``, on the thread the app runs on)
-and count the calls made while they were answered: deterministic where a timing is not.
-Each request is sent once first, so that what is rightly done once is done by then.
+real requests to the app as aiotusd serves it (behind its own runner, on a loopback
+port, in this process) with ``cProfile`` and count the calls made while they were
+answered: deterministic where a timing is not. Each exchange runs once first, so that
+what is rightly done once is done by then.
 """
 
 from __future__ import annotations
@@ -12,22 +13,41 @@ from __future__ import annotations
 import cProfile
 import pstats
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient
-from support.http import PATCH_HEADERS, create_upload
+import pytest
+from aiohttp import ClientSession, TCPConnector, web
+from support.http import PATCH_HEADERS, TUS
+
+from server.app import create_app
+from server.config import Settings
+from server.connections import AppRunner
 
 BODY = b"x" * 1024
 
 
-async def calls_while(request: Awaitable[object]) -> Counter[tuple[str, str]]:
-    """The Python functions called while ``request`` was awaited, as (file name, function
+@pytest.fixture
+async def session(settings: Settings) -> AsyncIterator[tuple[ClientSession, str]]:
+    """A client on one keep-alive connection, and the URL of the app's uploads."""
+    runner = AppRunner(create_app(settings), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with ClientSession(connector=TCPConnector(limit=1)) as client:
+            yield client, f"http://127.0.0.1:{site.port}/files/"
+    finally:
+        await runner.cleanup()
+
+
+async def calls_while(exchange: Awaitable[object]) -> Counter[tuple[str, str]]:
+    """The Python functions called while ``exchange`` was awaited, as (file name, function
     name), with how many times each was called."""
     profile = cProfile.Profile()
     profile.enable()
     try:
-        await request
+        await exchange
     finally:
         profile.disable()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # not in the stubs
@@ -39,21 +59,38 @@ def calls_in(calls: Counter[tuple[str, str]], file_name: str) -> int:
     return sum(count for (file, _), count in calls.items() if file == file_name)
 
 
-async def post_and_patch(client: TestClient) -> None:
-    path = await create_upload(client, len(BODY))
-    response = await client.patch(path, data=BODY, headers={**PATCH_HEADERS, "Upload-Offset": "0"})
-    assert response.status == 204, await response.text()
+async def post_and_patch(session: tuple[ClientSession, str]) -> None:
+    client, url = session
+    async with client.post(url, headers={**TUS, "Upload-Length": str(len(BODY))}) as created:
+        assert created.status == 201, await created.text()
+        location = created.headers["Location"]
+    headers = {**PATCH_HEADERS, "Upload-Offset": "0"}
+    async with client.patch(location, data=BODY, headers=headers) as patched:
+        assert patched.status == 204, await patched.text()
 
 
-async def test_a_client_address_is_parsed_once_not_on_every_body(client: TestClient) -> None:
-    await post_and_patch(client)
-    calls = await calls_while(post_and_patch(client))
+async def profiled_upload(session: tuple[ClientSession, str]) -> Counter[tuple[str, str]]:
+    """The calls of a POST + PATCH after one like it."""
+    await post_and_patch(session)
+    return await calls_while(post_and_patch(session))
+
+
+async def test_a_client_address_is_parsed_once_not_on_every_body(session) -> None:
+    calls = await profiled_upload(session)
     assert calls[("limits.py", "_take_client_slot")] == 1  # the per-client share holds
     assert calls_in(calls, "ipaddress.py") == 0, calls
 
 
-async def test_a_host_seen_before_is_not_validated_again(client: TestClient) -> None:
-    await post_and_patch(client)
-    calls = await calls_while(post_and_patch(client))
+async def test_a_host_seen_before_is_not_validated_again(session) -> None:
+    calls = await profiled_upload(session)
     assert calls[("__init__.py", "_check_host")] == 2  # each request's Host is checked
     assert calls[("protocol.py", "is_host")] == 0, calls
+
+
+async def test_the_connection_layer_adds_no_call_of_its_own_to_a_request(session) -> None:
+    """Its deadlines hold (tests/test_slow_clients.py): on a connection that keeps to them
+    it only passes requests, data and finished responses through."""
+    calls = await profiled_upload(session)
+    own = {name for file, name in calls if file == "connections.py"}
+    assert own == {"handle", "data_received", "log_access"}, own
+    assert calls[("connections.py", "log_access")] == 2
