@@ -94,3 +94,9 @@ async def test_the_connection_layer_adds_no_call_of_its_own_to_a_request(session
     own = {name for file, name in calls if file == "connections.py"}
     assert own == {"handle", "data_received", "log_access"}, own
     assert calls[("connections.py", "log_access")] == 2
+
+
+async def test_an_upload_file_is_named_without_pathlib(session) -> None:
+    calls = await profiled_upload(session)
+    assert calls[("filesystem.py", "create")] == 1 and calls[("filesystem.py", "open_writer")] == 1
+    assert calls_in(calls, "pathlib.py") == 0, calls
