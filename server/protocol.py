@@ -109,7 +109,23 @@ def parse_non_negative(value: str, header: str) -> int:
 
 
 def parse_metadata(value: str) -> dict[str, bytes]:
-    """Decode ``Upload-Metadata``: ``key base64,key2 base64,key3``."""
+    """Decode ``Upload-Metadata``: ``key base64,key2 base64,key3``.
+
+    The last 256 values of up to 4 KiB are decoded once, and the caller gets its own
+    copy: an upload's metadata is decoded for its creation and again for every call to
+    the storage backend and every hook event of its requests, and decoding (base64 and
+    the checks of each pair, in Python) cost a small upload more than anything else it
+    does with its metadata.
+    """
+    if len(value) > _REMEMBERED_METADATA:
+        return _decode_metadata(value)
+    return dict(_remembered_metadata(value))
+
+
+_REMEMBERED_METADATA = 4096
+
+
+def _decode_metadata(value: str) -> dict[str, bytes]:
     metadata: dict[str, bytes] = {}
     if not value.strip():
         return metadata
@@ -129,6 +145,9 @@ def parse_metadata(value: str) -> dict[str, bytes]:
         except binascii.Error:
             raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64") from None
     return metadata
+
+
+_remembered_metadata = functools.lru_cache(maxsize=256)(_decode_metadata)
 
 
 def format_metadata(metadata: Mapping[str, str]) -> str:
