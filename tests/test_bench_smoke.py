@@ -29,5 +29,10 @@ def test_bench_runs_aiotusd_and_prints_its_rows(tmp_path: Path) -> None:
     rows = re.findall(r"^\| aiotusd[^|]*\| [\d,]+", done.stdout, re.MULTILINE)
     assert len(rows) == 2, done.stdout  # W1 and W3, each with a figure
     assert "| aiohttp sink (ceiling) |" in done.stdout
+    # W3's row has every figure: the server CPU per upload of each kind too.
+    w3 = re.search(r"^\| aiotusd \(fsync always\) \|(.*)$", done.stdout.split("### W3")[1],
+                   re.MULTILINE)
+    assert w3 is not None and "server CPU, µs/upload" in done.stdout, done.stdout
+    assert re.fullmatch(r"( [\d,.]+ \|){6}", w3.group(1)), w3.group(1)
     assert (tmp_path / "out" / "results.json").exists()
     assert not list((tmp_path / "work").iterdir()), "the run left files behind"

@@ -100,8 +100,10 @@ METRICS = {
     "w2_mibs": Metric("throughput", "MiB/s", True),
     "w3_rate": Metric("POST+PATCH", "uploads/s", True),
     "w3_p99": Metric("POST+PATCH p99", "ms", False, 1),
+    "w3_cpu": Metric("POST+PATCH server CPU", "µs/upload", False),
     "w3c_rate": Metric("creation-with-upload", "uploads/s", True),
     "w3c_p99": Metric("creation-with-upload p99", "ms", False, 1),
+    "w3c_cpu": Metric("creation-with-upload server CPU", "µs/upload", False),
     "w4_rss": Metric("peak RSS", "MiB", False, 1),
     "w4_mibs": Metric("throughput", "MiB/s", True),
     "w5_p50": Metric("HEAD p50", "ms", False, 2),
@@ -207,7 +209,8 @@ async def patches(target: Target, bench: Bench, run_dir: Path) -> Outcome:
 
 
 async def small_uploads(target: Target, bench: Bench, run_dir: Path) -> Outcome:
-    """W3: many small uploads at once, as POST + PATCH and as creation-with-upload."""
+    """W3: many small uploads at once, as POST + PATCH and as creation-with-upload; with
+    the server's CPU time per upload, which a busy machine moves less than throughput."""
     options = bench.options
     body = bench.payload(options.small_size).view
     outcome = Outcome()
@@ -223,6 +226,7 @@ async def small_uploads(target: Target, bench: Bench, run_dir: Path) -> Outcome:
                                                with_upload)
             outcome.figures |= {f"{key}_rate": options.small_count / clock.wall,
                                 f"{key}_p99": percentile(latencies, 99) * 1000,
+                                f"{key}_cpu": clock.server_cpu / options.small_count * 1e6,
                                 **clock.usage(key)}
     return outcome
 
@@ -314,7 +318,8 @@ WORKLOADS = {
                                  "on one connection", patches, ("w2_mibs",)),
         Workload("W3", lambda o: f"{o.small_count} uploads of {format_size(o.small_size)}, "
                                  f"{o.small_concurrency} at once", small_uploads,
-                 ("w3_rate", "w3_p99", "w3c_rate", "w3c_p99"), keeps_run_dirs=True),
+                 ("w3_rate", "w3_p99", "w3_cpu", "w3c_rate", "w3c_p99", "w3c_cpu"),
+                 keeps_run_dirs=True),
         Workload("W4", lambda o: f"peak server RSS: during W1, and during {o.many_count} "
                                  f"concurrent {format_size(o.many_size)} uploads",
                  concurrent_uploads, ("w1_rss", "w4_rss", "w4_mibs")),
