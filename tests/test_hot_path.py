@@ -119,3 +119,12 @@ async def test_an_uploads_metadata_is_decoded_once(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("filesystem.py", "create")] == 1 and calls[("filesystem.py", "open_writer")] == 1
     assert calls[("base64.py", "b64decode")] == 2, calls  # one per pair
+
+
+async def test_a_write_takes_its_turn_without_an_async_generator(session) -> None:
+    """The upload's creation and the offset of its body are two writes, each in its turn
+    at the gate (server/state/sqlite/writes.py); only the PATCH's upload lock is a
+    ``contextlib.asynccontextmanager``."""
+    calls = await profiled_upload(session)
+    assert calls[("writes.py", "_let_in")] == 2  # the two writes' turns
+    assert calls[("contextlib.py", "__aenter__")] == 1, calls
