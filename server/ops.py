@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import Histogram
 
 from .context import CONTEXT
 from .errors import one_line
@@ -93,7 +94,13 @@ def metrics_app(app: web.Application) -> web.Application:
 def request_metrics(metrics: Metrics) -> Middleware:
     """The middleware (around the error middleware) that observes every request's
     latency, status and body bytes. Storage failures are counted where errors become
-    answers (:func:`server.errors.error_middleware`)."""
+    answers (:func:`server.errors.error_middleware`).
+
+    The histogram of each method and status is looked up once: prometheus_client's
+    ``labels`` checks and converts the values under a lock, some five calls a request.
+    There are at most eight methods and the statuses aiotusd answers with.
+    """
+    durations: dict[tuple[str, str], Histogram] = {}
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -108,9 +115,11 @@ def request_metrics(metrics: Metrics) -> Middleware:
             raise
         finally:
             method = effective_method(request)
-            metrics.request_duration.labels(
-                method if method in _METHODS else "other", status
-            ).observe(time.monotonic() - start)
+            labels = (method if method in _METHODS else "other", status)
+            duration = durations.get(labels)
+            if duration is None:
+                duration = durations[labels] = metrics.request_duration.labels(*labels)
+            duration.observe(time.monotonic() - start)
             received = request.get(RECEIVED, 0)
             if received > 0:
                 metrics.received_bytes.inc(received)

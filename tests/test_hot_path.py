@@ -128,3 +128,9 @@ async def test_a_write_takes_its_turn_without_an_async_generator(session) -> Non
     calls = await profiled_upload(session)
     assert calls[("writes.py", "_let_in")] == 2  # the two writes' turns
     assert calls[("contextlib.py", "__aenter__")] == 1, calls
+
+
+async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(session) -> None:
+    calls = await profiled_upload(session)
+    assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe
+    assert calls[("metrics.py", "labels")] == 0, calls
