@@ -134,3 +134,9 @@ async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(s
     calls = await profiled_upload(session)
     assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe
     assert calls[("metrics.py", "labels")] == 0, calls
+
+
+async def test_a_request_id_is_made_without_the_uuid_module(session) -> None:
+    calls = await profiled_upload(session)
+    assert calls[("request_ids.py", "request_id_of")] == 2  # tests/test_request_ids.py: its form
+    assert calls_in(calls, "uuid.py") == 0, calls
