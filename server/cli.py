@@ -21,7 +21,7 @@ from .config import (
     load_settings,
     shown,
 )
-from .database import open_store, own_database, postgres_url, sqlite_path
+from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
 from .listeners import Listeners
 from .logs import setup_logging
@@ -147,10 +147,6 @@ def _serve(settings: Settings) -> int | None:
     tls = tls_context(settings)  # a bad certificate is told before anything is taken
     if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
         log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
-    if postgres_url(settings) and settings.storage.backend == "filesystem":
-        log.info("filesystem storage with a PostgreSQL database: every server that shares the "
-                 "database must use this one data_dir (%s), on storage they all mount",
-                 settings.storage.data_dir)
     # Before anything of the database is touched, and held for the process's life (and
     # the workers', who inherit it).
     own_database(settings)

@@ -23,6 +23,7 @@ from storage_backends.base import StorageError
 from .app import create_app
 from .config import Settings
 from .connections import AppRunner, SocketSite
+from .database import postgres_url
 from .errors import ConfigError, one_line
 from .listeners import CannotListen, Listeners
 from .logs import AccessLogger
@@ -66,6 +67,10 @@ def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
                  extra={"host": host, "port": port, "workers": workers})
     if listeners.metrics:
         log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+    if postgres_url(settings) and settings.storage.backend == "filesystem":
+        log.info("filesystem storage with a PostgreSQL database: every server that shares the "
+                 "database must use this one data_dir (%s), on storage they all mount",
+                 settings.storage.data_dir)
 
 
 async def _start_sites(
