@@ -140,3 +140,11 @@ async def test_a_request_id_is_made_without_the_uuid_module(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("request_ids.py", "request_id_of")] == 2  # tests/test_request_ids.py: its form
     assert calls_in(calls, "uuid.py") == 0, calls
+
+
+async def test_a_request_holds_its_receiving_slots_without_a_generator(session) -> None:
+    """The PATCH's body holds one of the receiving slots and one of its client's
+    (tests/test_limits.py: their limits)."""
+    calls = await profiled_upload(session)
+    assert calls[("limits.py", "_take_client_slot")] == 1
+    assert calls[("contextlib.py", "__enter__")] == 0, calls
