@@ -19,7 +19,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import replace
 
 from aiohttp import StreamReader, web
 
@@ -230,8 +229,8 @@ class _Body:
         """
         ctx = self.ctx
         offset = await self.writer.sync(body_goes_on=body_goes_on)
-        upload = replace(
-            self.upload, offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage
+        upload = self.upload.but(
+            offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage
         )
         events = await ctx.hooks.progress(upload, self.request)
         if last and self._completes_with_its_bytes(upload):
@@ -272,9 +271,8 @@ class _Body:
         """
         ctx, lease = self.ctx, self.holder.token
         rolled_back = self.upload.offset != self.start
-        upload = replace(
-            self.upload, offset=self.start, length=self.recorded_length,
-            expires_at=ctx.expires_at(),
+        upload = self.upload.but(
+            offset=self.start, length=self.recorded_length, expires_at=ctx.expires_at()
         )
         if rolled_back:
             events = await ctx.hooks.post(POST_RECEIVE, upload, self.request)
@@ -283,7 +281,7 @@ class _Body:
         await self.writer.discard()
         # The backend's record went back with the discard, to the offset it opened at.
         self.upload = await ctx.store.save_progress(
-            replace(upload, storage=self.writer.storage), lease=lease
+            upload.but(storage=self.writer.storage), lease=lease
         )
 
     async def keep_what_arrived(self) -> None:

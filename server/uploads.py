@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -182,10 +182,10 @@ async def _ask_pre_create(
                 f"{PRE_CREATE} hook gave an invalid answer: change.metadata is longer than "
                 f"the maximum of {limit} bytes"
             )
-        upload = replace(upload, metadata=change.metadata)
+        upload = upload.but(metadata=change.metadata)
     if change.id is None:
         return upload, False
-    return replace(upload, id=change.id), True
+    return upload.but(id=change.id), True
 
 
 async def start(ctx: Context, request: web.Request, upload: Upload, creation: Creation) -> Upload:
@@ -271,7 +271,7 @@ async def _add(
 async def _store(
     ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
 ) -> Upload:
-    upload = replace(upload, storage=await ctx.backend.create(ctx.stored(upload)))
+    upload = upload.but(storage=await ctx.backend.create(ctx.stored(upload)))
     try:
         await ctx.store.create(
             upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
@@ -344,7 +344,7 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> Upload:
     if ctx.settings.uploads.max_size and length > ctx.settings.uploads.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.uploads.max_size}")
     storage = await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)
-    return replace(upload, length=length, storage=storage)
+    return upload.but(length=length, storage=storage)
 
 
 async def receive(
@@ -444,7 +444,7 @@ async def complete(
             exc.headers.setdefault("Upload-Offset", str(upload.offset))
             raise
     if ctx.can.finisher is not None:
-        upload = replace(upload, storage=await ctx.can.finisher.finish(ctx.stored(upload)))
+        upload = upload.but(storage=await ctx.can.finisher.finish(ctx.stored(upload)))
     upload = upload.completed()
     return upload, await ctx.hooks.post(POST_FINISH, upload, request)
 
@@ -610,11 +610,11 @@ async def assemble_if_ready(
         ready = [p for p in partials if p is not None and p.is_complete]
         if len(ready) != len(partials):
             return False
-        final = replace(final, length=concatenated_length(partials))
+        final = final.but(length=concatenated_length(partials))
         storage = await concatenator.concatenate(
             ctx.stored(final), [ctx.stored(p) for p in ready]
         )
-        await finish(ctx, replace(final, offset=final.length or 0, storage=storage), request)
+        await finish(ctx, final.but(offset=final.length or 0, storage=storage), request)
         return True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import cProfile
+import dataclasses
 import itertools
 import pstats
 from collections import Counter
@@ -25,6 +26,7 @@ from support.http import PATCH_HEADERS, TUS
 from server.app import create_app
 from server.config import Settings
 from server.connections import AppRunner
+from server.state import Upload
 
 BODY = b"x" * 1024
 NUMBERS = itertools.count()
@@ -148,3 +150,22 @@ async def test_a_request_holds_its_receiving_slots_without_a_generator(session) 
     calls = await profiled_upload(session)
     assert calls[("limits.py", "_take_client_slot")] == 1
     assert calls[("contextlib.py", "__enter__")] == 0, calls
+
+
+async def test_an_upload_is_changed_without_dataclasses_replace(session) -> None:
+    """Each step hands on a new upload value: :meth:`Upload.but` copies it without the
+    field-by-field ``__init__`` of ``dataclasses.replace``."""
+    calls = await profiled_upload(session)
+    assert calls[("model.py", "but")] >= 2  # the POST's storage record, the PATCH's offset
+    assert calls[("dataclasses.py", "replace")] == 0, calls
+
+
+def test_a_changed_upload_is_the_value_replace_makes() -> None:
+    upload = Upload(id="a", length=10, metadata="filename eA==", storage={"path": "a"})
+    changed = upload.but(offset=4, storage={"path": "b"})
+    assert changed == dataclasses.replace(upload, offset=4, storage={"path": "b"})
+    assert upload.offset == 0 and upload.storage == {"path": "a"}  # the original stays
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.offset = 5  # type: ignore[misc]
+    with pytest.raises(AssertionError):
+        upload.but(ofset=4)

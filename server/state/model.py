@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -72,8 +72,7 @@ class DatabaseUnavailable(Exception):
 class Upload:
     """An upload as recorded, or as a step is about to record it: a value.
 
-    A step that changes an upload makes a new one (``dataclasses.replace``) and hands it
-    on; a write that fails leaves its caller holding the one still recorded, because the
+    A step that changes an upload makes a new one (:meth:`but`) and hands it on; a write that fails leaves its caller holding the one still recorded, because the
     new one was never adopted. Nothing is rolled back by hand.
     """
 
@@ -95,17 +94,31 @@ class Upload:
     so that a value handed on is the value recorded. (A read-only proxy would guard only
     its top level, the parts lists inside stay lists, and JSON does not encode one.)"""
 
+    def but(self, **changes: Any) -> Upload:
+        """This upload with some fields changed, as ``dataclasses.replace`` makes it, in a
+        fifth of the time: every step of every request makes a few, and ``replace`` runs
+        ``__init__`` field by field (no field here needs ``__init__``'s work)."""
+        assert changes.keys() <= _UPLOAD_FIELDS, changes.keys() - _UPLOAD_FIELDS
+        new = object.__new__(Upload)
+        state = new.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        return new
+
     @property
     def is_complete(self) -> bool:
         return self.completed_at is not None
 
     def completed(self) -> Upload:
         """This upload recorded complete now: a finished upload never expires."""
-        return replace(self, completed_at=time.time(), expires_at=None)
+        return self.but(completed_at=time.time(), expires_at=None)
 
     @property
     def is_final(self) -> bool:
         return self.concat == ConcatKind.FINAL
+
+
+_UPLOAD_FIELDS = frozenset(item.name for item in fields(Upload))
 
 
 @dataclass(frozen=True)

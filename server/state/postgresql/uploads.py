@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Collection, Sequence
@@ -110,7 +109,7 @@ class PostgresUploads(Uploads):
     async def save_progress(
         self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
     ) -> Upload:
-        saved = dataclasses.replace(upload, updated_at=time.time())
+        saved = upload.but(updated_at=time.time())
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,

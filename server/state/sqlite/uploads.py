@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..interface import Uploads
@@ -80,7 +79,7 @@ class SQLiteUploads(Uploads):
     async def save_progress(
         self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
     ) -> Upload:
-        saved = replace(upload, updated_at=time.time())
+        saved = upload.but(updated_at=time.time())
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
