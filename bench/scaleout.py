@@ -1,0 +1,187 @@
+"""Small uploads over more than one process: what sharing the state costs.
+
+    .venv/bin/python bench/scaleout.py [--uploads 2000] [--rounds 3] [--fsync always]
+
+Run with the test environment's interpreter (``pip install -e '.[test]'``): PostgreSQL is
+the test suite's throwaway cluster (tests/support/postgres.py: Debian's binaries,
+loopback, ``fsync`` off). Four setups, each on a fresh data directory and database:
+
+| setup | what runs |
+|---|---|
+| ``sqlite`` | one server, SQLite (the default) |
+| ``sqlite-workers-2`` | one server with ``--workers 2`` on SQLite |
+| ``postgresql`` | one server on PostgreSQL |
+| ``postgresql-2-servers`` | two servers on one PostgreSQL database and one data directory, each sent half the uploads |
+
+Each round sends ``--uploads`` uploads of ``--size`` bytes, ``--concurrency`` at once, as
+POST + PATCH and then as creation-with-upload, to each setup in turn (the order reversed
+every other round), after a warm-up. Figures, medians over the rounds: uploads per
+second, and CPU per upload in microseconds of the servers (every process of each, workers
+included) and of PostgreSQL (the postmaster and its backends). On a machine with two
+cores the uploads per second of two processes say little (the load generator needs a
+core too); the CPU per upload is what sharing costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.client import many_uploads
+from harness.common import BENCH, KIB, REPO, free_port, parse_size
+from harness.procs import TICKS, Command, clean_env, running
+
+sys.path.insert(0, str(REPO / "tests"))
+from support.postgres import Cluster, throwaway_cluster
+
+KINDS = (("post+patch", False), ("cwu", True))
+SETUPS = ("sqlite", "sqlite-workers-2", "postgresql", "postgresql-2-servers")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time of ``pid`` and of every descendant, the waited-for ones included."""
+    total, queue, seen = 0, [pid], 0
+    while queue and seen < 1000:
+        current = queue.pop()
+        seen += 1
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+        for task in os.listdir(f"/proc/{current}/task"):
+            try:
+                queue += map(int, Path(f"/proc/{current}/task/{task}/children").read_text().split())
+            except OSError:
+                continue
+    return total
+
+
+def _postmaster(cluster: Cluster) -> int:
+    return int((cluster.directory / "data" / "postmaster.pid").read_text().split()[0])
+
+
+@dataclass
+class Setup:
+    name: str
+    urls: list[str]
+    pids: list[int]
+
+
+@asynccontextmanager
+async def started(name: str, cluster: Cluster, fsync: str, work: Path) -> AsyncIterator[Setup]:
+    """The servers of setup ``name``, on a fresh data directory (and database)."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+    options = ["--data-dir", str(run_dir / "data"), "--fsync", fsync, "--log-level", "warning",
+               "--create-rate", "0", "--expiry-interval", "3600"]
+    servers = 1
+    if name == "sqlite-workers-2":
+        options += ["--workers", "2"]
+    if name.startswith("postgresql"):
+        database = name.replace("-", "_")
+        cluster.sql(f"DROP DATABASE IF EXISTS {database}")
+        cluster.sql(f"CREATE DATABASE {database}")
+        options += ["--database", cluster.url(database)]
+        servers = 2 if name.endswith("2-servers") else 1
+    async with AsyncExitStack() as stack:
+        setup = Setup(name, [], [])
+        for number in range(servers):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/files/"
+            argv = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+                    *options]
+            command = Command(argv, clean_env(), REPO)
+            log = run_dir / f"log-{number}"
+            setup.pids.append(await stack.enter_async_context(running(command, url, log)))
+            setup.urls.append(url)
+        yield setup
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _send(setup: Setup, body: memoryview, count: int, concurrency: int,
+                with_upload: bool) -> None:
+    """``count`` uploads, split evenly between the setup's servers."""
+    share = len(setup.urls)
+    await asyncio.gather(*(
+        many_uploads(url, body, count // share, max(1, concurrency // share), 600, with_upload)
+        for url in setup.urls
+    ))
+
+
+Figures = dict[tuple[str, str], list[tuple[float, float, float]]]
+
+
+async def measure(args: argparse.Namespace, cluster: Cluster, work: Path) -> Figures:
+    """Per (setup, kind): (uploads/s, server CPU us/upload, PostgreSQL CPU us/upload) a round."""
+    body = memoryview(os.urandom(args.size))
+    figures: Figures = {}
+    postmaster = _postmaster(cluster)
+    names = [name for name in SETUPS if name in args.setups.split(",")]
+    for number in range(args.rounds):
+        for name in names if number % 2 == 0 else names[::-1]:
+            async with started(name, cluster, args.fsync, work) as setup:
+                for _, with_upload in KINDS:
+                    await _send(setup, body, args.warmup, args.concurrency, with_upload)
+                for kind, with_upload in KINDS:
+                    servers = sum(_cpu_ticks(pid) for pid in setup.pids)
+                    database = _cpu_ticks(postmaster)
+                    began = time.perf_counter()
+                    await _send(setup, body, args.uploads, args.concurrency, with_upload)
+                    seconds = time.perf_counter() - began
+                    servers = sum(_cpu_ticks(pid) for pid in setup.pids) - servers
+                    database = _cpu_ticks(postmaster) - database
+                    figures.setdefault((name, kind), []).append((
+                        args.uploads / seconds,
+                        servers / TICKS / args.uploads * 1e6,
+                        database / TICKS / args.uploads * 1e6,
+                    ))
+    return figures
+
+
+def report(figures: Figures, args: argparse.Namespace) -> None:
+    print(f"\n{args.uploads} uploads of {args.size // KIB} KiB, {args.concurrency} at once, "
+          f"fsync {args.fsync}; medians of {args.rounds} rounds")
+    print("| setup | kind | uploads/s | server CPU us/upload | PostgreSQL CPU us/upload |"
+          " all CPU us/upload |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (name, kind), rounds in figures.items():
+        rate, server, database = (statistics.median(column) for column in zip(*rounds, strict=True))
+        print(f"| {name} | {kind} | {rate:,.0f} | {server:,.0f} | {database:,.0f} | "
+              f"{server + database:,.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--uploads", type=int, default=2000, help="uploads per round and kind (default 2000)")
+    add("--rounds", type=int, default=3, help="rounds (default 3)")
+    add("--warmup", type=int, default=200, help="uploads before measuring (default 200)")
+    add("--concurrency", type=int, default=32, help="uploads at once (default 32)")
+    add("--size", type=parse_size, default=64 * KIB, help="upload size (default 64KiB)")
+    add("--fsync", default="always", choices=("always", "none"), help="(default always)")
+    add("--setups", default=",".join(SETUPS), help=f"some of {','.join(SETUPS)}")
+    add("--work-dir", type=Path, default=BENCH / ".work",
+        help="where the data directories go (default bench/.work)")
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="scaleout-", dir=args.work_dir))
+    try:
+        with throwaway_cluster() as cluster:
+            figures = asyncio.run(measure(args, cluster, work))
+        report(figures, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
