@@ -271,3 +271,23 @@ async def test_a_take_over_waits_for_a_write_under_the_old_lease_that_is_under_w
     assert found is not None and found.offset == 7  # the old holder's write came first
     with pytest.raises(LeaseLost):
         await old_store.save_progress(dataclasses.replace(found, offset=9), lease=old.token)
+
+
+async def test_a_connection_goes_back_to_the_pool_without_a_reset_query(
+    postgres_url: str, postgres_cluster: Cluster
+) -> None:
+    """No state lives in a pooled connection's session, so none is reset: asyncpg's reset
+    query would be one more round trip after every statement. The idle connection's last
+    query (pg_stat_activity) is the store's own statement."""
+    store = await PostgresStore.open(postgres_url, "x", pool_size=1)
+    try:
+        await store.create(Upload(id="a", length=1))
+        assert await store.get("a") is not None
+        database = postgres_url.rsplit("/", 1)[1]
+        last = postgres_cluster.sql(
+            "SELECT query FROM pg_stat_activity WHERE state = 'idle' "
+            f"AND datname = '{database}' AND application_name <> '{LISTENER_NAME}'"
+        )
+        assert "uploads" in last and "pg_advisory_unlock_all" not in last, last
+    finally:
+        await store.close()

@@ -117,6 +117,13 @@ async def _migrate(connection: Connection, name: str) -> None:
         await connection.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)
 
 
+async def _session_kept(connection: Connection) -> None:
+    """What a connection back in the pool needs beyond asyncpg's own steps (which roll
+    back a transaction left open): nothing. asyncpg's default runs ``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` instead, a round trip
+    to the database after each statement, for session state that nothing here makes."""
+
+
 class Database:
     """The pool, and the one ``timeout`` for taking a connection from it; ``name`` says
     which database in messages."""
@@ -148,7 +155,7 @@ class Database:
             # as they need, and a connection made stays for the next one.
             pool = await asyncpg.create_pool(
                 dsn, min_size=0, max_size=pool_size, timeout=timeout, command_timeout=timeout,
-                **options,
+                reset=_session_kept, **options,
             )
         except OPEN_ERRORS as exc:
             raise _unusable(name, exc, timeout) from None
