@@ -120,7 +120,7 @@ def create_app(
             "*", base.rstrip("/"), handlers.collection, expect_handler=defer_continue
         )
     app.router.add_route(
-        "*", base + "{upload_id:" + ID_PATTERN + "}", handlers.upload,
+        "*", base + "{upload_id:" + ID_PATTERN + "}", handlers.upload(settings.uploads),
         expect_handler=defer_continue,
     )
     return app

@@ -172,6 +172,14 @@ class UploadSettings:
         604800, parse_int,
         "seconds a terminated or expired upload answers 410 before it is forgotten",
         minimum=0, maximum=MAX_SECONDS)
+    disable_download: bool = _option(
+        False, parse_bool, "refuse GET of an upload's bytes with 405 (HEAD still answers)")
+
+    @property
+    def disabled_methods(self) -> frozenset[str]:
+        """The methods on an upload's URL that these settings turn off: its handler
+        refuses them and CORS does not offer them."""
+        return frozenset({"GET"} if self.disable_download else ())
 
 
 @dataclass(frozen=True)

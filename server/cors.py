@@ -25,7 +25,7 @@ from .protocol import is_header_name
 if TYPE_CHECKING:
     from .config import Settings
 
-ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
+METHODS = ("POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
 ALLOW_HEADERS = (
     "Authorization",
     "Content-Type",
@@ -77,6 +77,8 @@ class CorsPolicy:
     origins: frozenset[str] | None
     """The allowed origins, lower-case; None for any."""
     credentials: bool
+    methods: str = ", ".join(METHODS)
+    """``Access-Control-Allow-Methods``: the tus methods the server has."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CorsPolicy | None:
@@ -84,7 +86,11 @@ class CorsPolicy:
         if not settings.cors.origins:
             return None
         origins = settings.cors.origins
-        return cls(None if "*" in origins else frozenset(origins), settings.cors.credentials)
+        disabled = settings.uploads.disabled_methods
+        return cls(
+            None if "*" in origins else frozenset(origins), settings.cors.credentials,
+            ", ".join(method for method in METHODS if method not in disabled),
+        )
 
     @property
     def echoes(self) -> bool:
@@ -109,7 +115,7 @@ class CorsPolicy:
         ):
             return await handler(request)
         headers = {
-            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Methods": self.methods,
             "Access-Control-Allow-Headers": ", ".join(
                 (
                     *ALLOW_HEADERS,

@@ -282,3 +282,24 @@ async def test_a_download_that_fails_midway_cuts_the_connection(client, settings
     # The server goes on serving.
     response = await client.get(path, headers={"Range": "bytes=0-9"})
     assert response.status == 206 and await response.read() == data[:10]
+
+
+async def test_disable_download_refuses_get_but_head_still_answers(make_client):
+    client = await make_client(disable_download=True)
+    path = await finished(client)
+    for response in (
+        await client.get(path),
+        await client.post(path, headers={**TUS, "X-HTTP-Method-Override": "GET"}),
+    ):
+        await assert_one_line_error(response, 405)
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert allowed == {"HEAD", "PATCH", "DELETE", "OPTIONS"}
+    head = await client.head(path, headers=TUS)
+    assert head.status == 200
+    assert head.headers["Upload-Offset"] == str(len(DATA))
+    preflight = await client.options(
+        path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    )
+    assert preflight.status == 204
+    methods = {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
+    assert methods == {"POST", "HEAD", "PATCH", "DELETE", "OPTIONS"}

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
+from ..config import UploadSettings
 from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from ..protocol import TUS_VERSION, effective_method, is_host
 from ..proxy import target_authority
@@ -81,4 +82,11 @@ def _dispatch(handlers: dict[str, Handler]) -> Handler:
 
 
 collection = _dispatch(COLLECTION)
-upload = _dispatch(UPLOAD)
+
+
+def upload(settings: UploadSettings) -> Handler:
+    """The handler of an upload's URL, without the methods the settings turn off: they
+    are answered 405 and left out of ``Allow``, as methods this server does not have."""
+    return _dispatch(
+        {method: h for method, h in UPLOAD.items() if method not in settings.disabled_methods}
+    )
