@@ -174,12 +174,18 @@ class UploadSettings:
         minimum=0, maximum=MAX_SECONDS)
     disable_download: bool = _option(
         False, parse_bool, "refuse GET of an upload's bytes with 405 (HEAD still answers)")
+    disable_termination: bool = _option(
+        False, parse_bool,
+        "refuse DELETE of an upload with 405 and do not announce termination (expired "
+        "uploads are still removed)")
 
     @property
     def disabled_methods(self) -> frozenset[str]:
         """The methods on an upload's URL that these settings turn off: its handler
         refuses them and CORS does not offer them."""
-        return frozenset({"GET"} if self.disable_download else ())
+        return frozenset(
+            {"GET"} if self.disable_download else ()
+        ) | frozenset({"DELETE"} if self.disable_termination else ())
 
 
 @dataclass(frozen=True)

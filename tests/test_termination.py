@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from support.http import PATCH_HEADERS, TUS, assert_one_line_error, create_upload
+from support.waiting import poll
 
 pytestmark = pytest.mark.all_backends
 
@@ -70,3 +71,28 @@ async def test_delete_partial_then_final_cannot_use_it(client):
     assert (await client.delete(partial, headers=TUS)).status == 204
     response = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{partial}"})
     await assert_one_line_error(response, 400)
+
+
+async def test_disable_termination_refuses_delete_and_expired_uploads_still_go(
+    make_client, storage_view
+):
+    client = await make_client(disable_termination=True, expiration=1, expiry_interval=0.05)
+    options = await client.options("/files/")
+    assert "termination" not in options.headers["Tus-Extension"].split(",")
+    assert "creation" in options.headers["Tus-Extension"].split(",")
+    path = await create_upload(client, 10)
+    await client.patch(path, data=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    for response in (
+        await client.delete(path, headers=TUS),
+        await client.post(path, headers={**TUS, "X-HTTP-Method-Override": "DELETE"}),
+    ):
+        await assert_one_line_error(response, 405)
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert allowed == {"HEAD", "PATCH", "GET", "OPTIONS"}
+    preflight = await client.options(
+        path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE"}
+    )
+    methods = {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
+    assert methods == {"POST", "HEAD", "PATCH", "GET", "OPTIONS"}
+    await poll(lambda: not storage_view.holds(path), "the sweeper to remove the expired upload")
+    assert (await client.head(path, headers=TUS)).status == 410

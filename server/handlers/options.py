@@ -18,6 +18,8 @@ def extensions(ctx: Context) -> list[str]:
         unavailable |= {"concatenation", "concatenation-unfinished"}
     if ctx.can.length_deferrer is None:
         unavailable.add("creation-defer-length")
+    if ctx.settings.uploads.disable_termination:
+        unavailable.add("termination")
     return [name for name in EXTENSIONS if name not in unavailable]
 
 
