@@ -289,6 +289,12 @@ class CorsSettings:
     credentials: bool = _option(
         False, parse_bool,
         "let browsers send cookies and credentials (the origin is echoed instead of *)")
+    expose_headers: tuple[str, ...] = _option(
+        (), parse_header_names,
+        "response headers pages may read, besides tus's own (Access-Control-Expose-Headers)")
+    allow_headers: tuple[str, ...] = _option(
+        (), parse_header_names,
+        "request headers pages may send, besides tus's own (Access-Control-Allow-Headers)")
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ max-age; a tus ``OPTIONS`` (without ``Access-Control-Request-Method``) is answer
 tus as ever. Every other response, errors included so that a page can read the reason,
 carries ``Access-Control-Allow-Origin`` and ``Access-Control-Expose-Headers`` listing
 every tus response header. With ``cors_credentials`` (or a list of origins) the
-request's origin is echoed instead of ``*``, with ``Vary: Origin``.
+request's origin is echoed instead of ``*``, with ``Vary: Origin``. ``cors_allow_headers``
+and ``cors_expose_headers`` add an application's own headers to tus's, and the methods
+that ``disable_download`` and ``disable_termination`` turn off are not offered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,34 +42,31 @@ ALLOW_HEADERS = (
     "X-Request-ID",
     "X-Requested-With",
 )
-EXPOSE_HEADERS = ", ".join(
-    (
-        "Location",
-        "Upload-Offset",
-        "Upload-Length",
-        "Upload-Metadata",
-        "Upload-Defer-Length",
-        "Upload-Concat",
-        "Upload-Expires",
-        "Tus-Resumable",
-        "Tus-Version",
-        "Tus-Extension",
-        "Tus-Max-Size",
-        "Tus-Checksum-Algorithm",
-        "X-Request-ID",
-        "Content-Range",
-        "Accept-Ranges",
-        "Content-Disposition",
-        "ETag",
-        "Retry-After",
-        "Allow",
-    )
+EXPOSE_HEADERS = (
+    "Location",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Expires",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "X-Request-ID",
+    "Content-Range",
+    "Accept-Ranges",
+    "Content-Disposition",
+    "ETag",
+    "Retry-After",
+    "Allow",
 )
 MAX_AGE = "86400"
-# Request headers a preflight may ask for beyond ALLOW_HEADERS (an uploader's own
+# Request headers a preflight may ask for beyond the allowed ones (an uploader's own
 # authentication header, say): at most this many, each a valid header name.
 _MAX_EXTRA_HEADERS = 32
-_LOWER_ALLOWED = frozenset(name.lower() for name in ALLOW_HEADERS)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,6 +78,10 @@ class CorsPolicy:
     credentials: bool
     methods: str = ", ".join(METHODS)
     """``Access-Control-Allow-Methods``: the tus methods the server has."""
+    allow_headers: tuple[str, ...] = ALLOW_HEADERS
+    """The request headers a preflight is always told are allowed."""
+    expose_headers: str = ", ".join(EXPOSE_HEADERS)
+    """``Access-Control-Expose-Headers``."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CorsPolicy | None:
@@ -90,6 +93,8 @@ class CorsPolicy:
         return cls(
             None if "*" in origins else frozenset(origins), settings.cors.credentials,
             ", ".join(method for method in METHODS if method not in disabled),
+            _joined(ALLOW_HEADERS, settings.cors.allow_headers),
+            ", ".join(_joined(EXPOSE_HEADERS, settings.cors.expose_headers)),
         )
 
     @property
@@ -117,10 +122,10 @@ class CorsPolicy:
         headers = {
             "Access-Control-Allow-Methods": self.methods,
             "Access-Control-Allow-Headers": ", ".join(
-                (
-                    *ALLOW_HEADERS,
-                    *_extra_headers(request.headers.get("Access-Control-Request-Headers", "")),
-                )
+                _joined(
+                    self.allow_headers,
+                    _requested(request.headers.get("Access-Control-Request-Headers", "")),
+                )[: len(self.allow_headers) + _MAX_EXTRA_HEADERS]
             ),
             "Access-Control-Max-Age": MAX_AGE,
         }
@@ -139,7 +144,7 @@ class CorsPolicy:
         response.headers["Access-Control-Allow-Origin"] = allowed
         if self.credentials:
             response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        response.headers["Access-Control-Expose-Headers"] = self.expose_headers
 
 
 CORS = web.AppKey("cors", CorsPolicy)
@@ -157,10 +162,22 @@ def setup_cors(app: web.Application, settings: Settings) -> list[Middleware]:
     return [policy.preflight]
 
 
-def _extra_headers(requested: str) -> list[str]:
-    names = [name.strip() for name in requested.split(",")]
-    extra = [n for n in names if is_header_name(n) and n.lower() not in _LOWER_ALLOWED]
-    return list(dict.fromkeys(name.lower() for name in extra))[:_MAX_EXTRA_HEADERS]
+def _requested(requested: str) -> list[str]:
+    """The valid header names a preflight asks for, lower-case."""
+    names = [name.strip().lower() for name in requested.split(",")]
+    return [name for name in names if is_header_name(name)]
+
+
+def _joined(ours: tuple[str, ...], more: Iterable[str]) -> tuple[str, ...]:
+    """``ours`` followed by those of ``more`` that are not among them, each once (header
+    names are compared without regard to case)."""
+    seen = {name.lower() for name in ours}
+    added = []
+    for name in more:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            added.append(name)
+    return (*ours, *added)
 
 
 def _vary(response: web.StreamResponse, *names: str) -> None:

@@ -194,3 +194,32 @@ def test_cors_origins_are_checked_and_normalised():
     for bad in ("app.example", "https://app.example/path", "https://a.example?x=1"):
         with pytest.raises(ConfigError, match="'cors_origins'"):
             load_settings(flags={"cors_origins": bad})
+
+
+async def test_extra_allowed_and_exposed_headers_are_added_to_tus_s_own(make_client):
+    client = await make_client(
+        cors_allow_headers="X-Api-Key, Upload-Offset", cors_expose_headers="X-Quota,ETag"
+    )
+    response = await client.options(
+        "/files/", headers=preflight(headers="upload-offset,x-api-key,x-trace")
+    )
+    allowed = [h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")]
+    assert set(map(str.lower, allowed)) >= TUS_REQUEST_HEADERS | {"x-api-key", "x-trace"}
+    assert len(allowed) == len(set(map(str.lower, allowed)))  # each once
+    path = await create_upload(client, 3, Origin=ORIGIN)
+    for answer in (
+        await client.head(path, headers={**TUS, "Origin": ORIGIN}),
+        await client.head("/files/ffffffffffffffffffffffffffffffff", headers={**TUS, "Origin": ORIGIN}),
+    ):
+        assert_readable(answer)
+        exposed = [h.strip() for h in answer.headers["Access-Control-Expose-Headers"].split(",")]
+        assert "X-Quota" in exposed
+        assert [h.lower() for h in exposed].count("etag") == 1
+
+
+def test_extra_cors_headers_must_be_header_names():
+    settings = load_settings(flags={"cors_expose_headers": "X-Quota, X-Used"})
+    assert settings.cors.expose_headers == ("X-Quota", "X-Used")
+    for name in ("cors_expose_headers", "cors_allow_headers"):
+        with pytest.raises(ConfigError, match=f"bad value 'X-Ok, bad header' for '{name}'"):
+            load_settings(flags={name: "X-Ok, bad header"})
