@@ -81,6 +81,10 @@ class ServerSettings:
     host: str = _option("127.0.0.1", parse_host, "address to listen on")
     port: int = _option(1080, parse_int, "TCP port to listen on", minimum=0, maximum=65535)
     base_path: str = _option("/files/", parse_base_path, "URL path under which uploads live")
+    relative_location: bool = _option(
+        False, parse_bool,
+        "answer a creation with Location: {base_path}{id} (below a proxy's X-Forwarded-Prefix) "
+        "rather than an absolute URL")
     tls_cert: str = _option("", parse_path, "PEM certificate chain file: serve HTTPS")
     tls_key: str = _option("", parse_path, "PEM private key file of tls_cert")
     shutdown_timeout: float = _seconds(

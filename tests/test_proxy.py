@@ -230,3 +230,23 @@ def test_trusted_proxies_setting_is_checked_and_normalised():
         load_settings(flags={"trusted_proxies": "10.0.0.0/33"})
     with pytest.raises(ConfigError, match="'behind_proxy'"):
         load_settings(environ={"AIOTUSD_BEHIND_PROXY": "maybe"})
+
+
+async def test_relative_location_is_the_path_below_the_proxy_s_prefix(make_client):
+    plain = await make_client(relative_location=True)
+    path = await location(plain, **FORGED)
+    assert path == "/files/" + upload_id(path)
+    assert (await plain.head(path, headers=TUS)).status == 200
+
+    proxied = await make_client(relative_location=True, behind_proxy=True)
+    path = await location(
+        proxied, **{"X-Forwarded-Host": "up.example", "X-Forwarded-Prefix": "/tus"}
+    )
+    assert path == "/tus/files/" + upload_id(path)
+    # A final upload may name its partials by the paths it was given.
+    partial = await location(proxied, **{"Upload-Concat": "partial", "X-Forwarded-Prefix": "/tus"})
+    response = await proxied.post(
+        "/files/", headers={**TUS, "Upload-Concat": f"final;{partial}", "X-Forwarded-Prefix": "/tus"}
+    )
+    assert response.status == 201, await response.text()
+    assert response.headers["Location"].startswith("/tus/files/")

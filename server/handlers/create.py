@@ -16,7 +16,7 @@ from ..protocol import (
     parse_metadata,
     parse_non_negative,
 )
-from ..proxy import base_paths, external_url
+from ..proxy import base_paths, external_path, external_url
 from ..receive import check_content_type
 from ..uploads import Creation, create, metadata_too_long, start
 
@@ -35,7 +35,9 @@ async def _create(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     creation = parse_creation(request, ctx)
     upload = await create(ctx, request, creation)
-    headers = {"Location": external_url(request, ctx.settings.server.base_path + upload.id)}
+    path = ctx.settings.server.base_path + upload.id
+    relative = ctx.settings.server.relative_location
+    headers = {"Location": (external_path if relative else external_url)(request, path)}
     try:
         upload = await start(ctx, request, upload, creation)
     except TusError as exc:
