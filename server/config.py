@@ -80,6 +80,10 @@ class ServerSettings:
     PREFIX: ClassVar[str] = ""
     host: str = _option("127.0.0.1", parse_host, "address to listen on")
     port: int = _option(1080, parse_int, "TCP port to listen on", minimum=0, maximum=65535)
+    unix_socket: str = _option(
+        "", parse_path,
+        "path of a unix socket to serve HTTP on instead of host:port (every worker serves "
+        "it; metrics_port stays a TCP port on host)")
     base_path: str = _option("/files/", parse_base_path, "URL path under which uploads live")
     relative_location: bool = _option(
         False, parse_bool,

@@ -60,11 +60,17 @@ def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
     """The start-up lines, once every port serves: where, and how many processes."""
     scheme = "https" if tls else "http"
     workers = settings.server.workers
-    for sock in listeners.main:
-        host, port = sock.getsockname()[:2]
-        log.info("aiotusd listening on %s://%s:%d%s, workers %d", scheme, host, port,
+    if listeners.unix_file is not None:
+        path = listeners.unix_file[0]
+        log.info("aiotusd listening on unix socket %s (%s, %s), workers %d", path, scheme,
                  settings.server.base_path, workers,
-                 extra={"host": host, "port": port, "workers": workers})
+                 extra={"unix_socket": path, "workers": workers})
+    else:
+        for sock in listeners.main:
+            host, port = sock.getsockname()[:2]
+            log.info("aiotusd listening on %s://%s:%d%s, workers %d", scheme, host, port,
+                     settings.server.base_path, workers,
+                     extra={"host": host, "port": port, "workers": workers})
     if listeners.metrics:
         log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
     if postgres_url(settings) and settings.storage.backend == "filesystem":
