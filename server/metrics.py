@@ -11,15 +11,34 @@ attempt of a post-hook event and :meth:`Metrics.hook_outbox` for the outbox's de
 With ``--workers``, each worker counts in files of a directory they share
 (:func:`count_across_processes`, prometheus_client's multiprocess mode), and ``/metrics``
 of whichever worker answers reports the sums: the server's totals.
+
+The process's own metrics (``process_open_fds``, ``process_resident_memory_bytes``,
+``process_cpu_seconds_total`` and the rest of prometheus_client's
+:class:`~prometheus_client.ProcessCollector`) come with them. Multiprocess mode has no
+such thing: it sums what was counted in files, and CPU or memory are not counted but read
+from ``/proc`` at the scrape. So with ``--workers`` the worker that answers reads them for
+every worker (the children of the supervising process) and labels each with its ``pid``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    values,
+)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 # Counters get no ``_created`` series: they double the output and nobody reads them.
 prometheus_client.disable_created_metrics()
@@ -52,7 +71,11 @@ class Metrics:
 
     def __init__(self, shared_dir: str | None = None) -> None:
         self._shared_dir = shared_dir
+        # A worker is made by the supervisor: its parent now, not once it is orphaned.
+        self._supervisor = os.getppid()
         self.registry = CollectorRegistry(auto_describe=True)
+        if shared_dir is None:
+            ProcessCollector(registry=self.registry)
 
         def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, help, labels, registry=self.registry)
@@ -136,4 +159,37 @@ class Metrics:
             return prometheus_client.generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, self._shared_dir)
+        registry.register(WorkerProcesses(self._supervisor))
         return prometheus_client.generate_latest(registry)
+
+
+class WorkerProcesses(Collector):
+    """The process metrics of every worker of the supervisor ``supervisor`` (a pid), each
+    sample labelled with the worker's ``pid``: what a :class:`ProcessCollector` reads of one
+    process in ``/proc``, for each child of the supervisor at the time of the scrape."""
+
+    def __init__(self, supervisor: int) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.workers():
+            collector = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+            for metric in collector.collect():
+                family = families.setdefault(
+                    metric.name, Metric(metric.name, metric.documentation, metric.type)
+                )
+                for sample in metric.samples:
+                    family.add_sample(sample.name, {"pid": str(pid)}, sample.value)
+        return families.values()
+
+    def workers(self) -> list[int]:
+        """The supervisor's children (it forks nothing but workers); none if ``/proc``
+        does not tell them."""
+        children: list[int] = []
+        try:
+            for task in Path(f"/proc/{self._supervisor}/task").iterdir():
+                children += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            return []
+        return sorted(set(children))

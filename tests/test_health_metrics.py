@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from support.http import PATCH_HEADERS, TUS
+from support.metrics import assert_plausible_process, samples, value
 from support.processes import free_port
 from support.storage import data_file, file_size, payload
 from support.waiting import poll
@@ -19,24 +19,11 @@ pytestmark = pytest.mark.e2e
 CHUNK = 256 * 1024
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus exposition: ``(name, sorted labels) -> value``."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict:
     async with session.get(url) as response:
         assert response.status == 200
         assert response.content_type == "text/plain"
         return samples(await response.text())
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def requests_of(metrics: dict, method: str, status: int) -> float:
@@ -184,6 +171,14 @@ async def test_metrics_on_a_port_of_their_own(server_process):
         metrics = await scrape(session, f"http://127.0.0.1:{metrics_port}/metrics")
     assert value(metrics, "aiotusd_uploads_created_total") == 1
     assert requests_of(metrics, "POST", 201) == 1
+
+
+async def test_metrics_tell_the_process_s_descriptors_memory_and_cpu(server_process):
+    server = server_process("--metrics", "true")
+    assert server.process is not None
+    async with aiohttp.ClientSession() as session:
+        metrics = await scrape(session, f"http://127.0.0.1:{server.port}/metrics")
+    assert_plausible_process(metrics, server.process.pid)
 
 
 async def test_no_metrics_unless_asked_for_and_health_outside_base_path(server_process):

@@ -20,6 +20,7 @@ import pytest
 from support import rawhttp
 from support.hooks import Receiver
 from support.http import PATCH_HEADERS
+from support.metrics import assert_plausible_process, samples
 from support.processes import ServerProcess, free_port, refused_start
 from support.rawhttp import MIB
 from support.storage import data_file, file_size, payload
@@ -125,6 +126,18 @@ async def test_two_workers_serve_one_port_and_metrics_give_the_server_s_totals(
             assert await response.read() == b"helloworld"
     with paused(second):
         assert await created_total(session, server) == "4.0"  # the first one's answer
+
+
+async def test_metrics_tell_each_worker_s_process_metrics_by_pid(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = with_workers(server_process, 2, "--metrics", "true")
+    async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+        metrics = samples(await response.text())
+    for pid in workers_of(server):
+        assert_plausible_process(metrics, pid, labelled=True)
+    labelled = {labels for name, labels in metrics if name == "process_open_fds"}
+    assert labelled == {(("pid", str(pid)),) for pid in workers_of(server)}
 
 
 async def test_a_worker_that_dies_is_started_again_and_the_server_serves_on(
