@@ -14,6 +14,7 @@ from storage_backends import make_backend
 from . import handlers
 from .capabilities import Capabilities
 from .config import Settings
+from .connections import client_address_middleware
 from .context import CONTEXT, Context
 from .cors import setup_cors
 from .database import open_store, postgres_url, shares_locks
@@ -54,9 +55,12 @@ def create_app(
     observe = request_metrics(metrics)
     app = web.Application()
     cors = setup_cors(app, settings)
-    app.middlewares.extend(
-        [request_id_middleware, observe, *cors, error_middleware(metrics.storage_errors.inc)]
-    )
+    # Only behind a proxy can the client be another than the peer: a layer less otherwise.
+    forwarded = [client_address_middleware] if settings.proxy.behind_proxy else []
+    app.middlewares.extend([
+        *forwarded, request_id_middleware, observe, *cors,
+        error_middleware(metrics.storage_errors.inc),
+    ])
     app[PROXY] = ProxyPolicy.from_settings(settings)
     app[LIMITS] = Limits(settings, metrics)
 

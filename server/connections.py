@@ -12,7 +12,8 @@ attributes of theirs; nothing else in aiotusd does:
   while it waits for the next request), ``_current_request``, ``_request_in_progress``,
   ``_lingering_time``, ``_loop``;
 - ``Server``: ``_kwargs``, ``_loop``; ``AppRunner._make_server``;
-- ``SockSite``: ``_runner``, ``_sock``, ``_ssl_context``, ``_backlog``, ``_server``.
+- ``SockSite``: ``_runner``, ``_sock``, ``_ssl_context``, ``_backlog``, ``_server``;
+- ``BaseRequest._cache``, where its ``remote`` is kept (see :func:`client_address_middleware`).
 
 ``tests/test_connections.py`` checks that the installed aiohttp still has each of them,
 and ``setup.cfg`` allows only the aiohttp releases this was written and tested against.
@@ -38,6 +39,7 @@ from .errors import Overloaded, classify, error_response, one_line
 from .expect import unknown_expectation
 from .limits import BUSY_RETRY_AFTER, LIMITS, REFUSAL_GRACE, Admission, Limits
 from .protocol import TUS_VERSION
+from .proxy import PEER, client_address
 
 log = logging.getLogger("aiotusd")
 
@@ -328,3 +330,23 @@ class SocketSite(web.SockSite):
             server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
             ssl_handshake_timeout=self._handshake_timeout,
         )
+
+
+@web.middleware
+async def client_address_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """``request.remote`` becomes the client's address that a trusted proxy tells
+    (:func:`server.proxy.client_address`), once, for all that read it: hooks, the
+    per-client limits; the proxy's is kept as :data:`~server.proxy.PEER`.
+
+    aiohttp sets ``remote`` only in a ``clone(remote=...)``: a new request with a copy of
+    the state, while the access log and the response signals get the request aiohttp made,
+    without what the handlers recorded (bytes received, the error). So the address goes
+    where ``clone`` puts it, in the request's cache of ``remote``.
+    """
+    address = client_address(request)
+    if address != request.remote:
+        request[PEER] = request.remote or ""
+        request._cache["remote"] = address
+    return await handler(request)

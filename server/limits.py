@@ -43,7 +43,7 @@ from aiohttp import web
 from .config import Settings
 from .errors import Overloaded, TooManyRequests
 from .metrics import Metrics
-from .proxy import PROXY, ip_address_of
+from .proxy import ip_address_of
 
 log = logging.getLogger("aiotusd")
 
@@ -158,35 +158,6 @@ class Admission(enum.Enum):
     """Over the limit and :data:`REFUSING_CONNECTIONS`: closed without an answer."""
 
 
-def client_address(request: web.Request) -> str:
-    """The address of the client that sent ``request``, as far as it can be known.
-
-    The peer, unless the proxy policy (:mod:`server.proxy`) believes its forwarded
-    headers: then the last hop of ``X-Forwarded-For`` or, without that header, of
-    ``Forwarded: for=``, the one the proxy next to aiotusd added. With
-    ``trusted_proxies`` the hops are followed back past those that are trusted proxies
-    too, as far as the first that is not. Empty when there is no peer address.
-    """
-    peer = request.remote or ""
-    policy = request.app.get(PROXY)
-    if policy is None or not policy.trusts(peer):
-        return peer
-    hops = [
-        hop.strip()
-        for line in request.headers.getall("X-Forwarded-For", ())
-        for hop in line.split(",")
-        if hop.strip()
-    ]
-    if not hops:
-        hops = [element["for"] for element in request.forwarded if element.get("for")]
-    if not hops:
-        return peer
-    index = len(hops) - 1
-    while index > 0 and policy.networks and policy.trusts(hops[index]):
-        index -= 1
-    return hops[index]
-
-
 def client_key(address: str) -> str:
     """Whose bucket a client address draws on: its IP, or for IPv6 its /64, the network
     one subscriber gets (and could otherwise take a fresh address from for each request);
@@ -241,7 +212,7 @@ class Limits:
         """Take a token of the client's for a ``POST`` to the creation URL, or refuse (429)."""
         if self.creations is None:
             return
-        client = client_address(request)
+        client = request.remote or ""
         wait = self.creations.take(client_key(client))
         if wait:
             seconds = max(1, math.ceil(min(wait, _MAX_RETRY_AFTER)))
@@ -290,7 +261,7 @@ class Limits:
         limit = self.settings.limits.max_uploads_receiving_per_client
         if not limit or not self.bodies.limit:
             return None
-        address = client_address(request)
+        address = request.remote or ""
         client = client_key(address)
         bodies = self._client_bodies.get(client, 0)
         if bodies >= limit and 2 * self.bodies.in_use >= self.bodies.limit:

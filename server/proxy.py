@@ -21,7 +21,9 @@ A proxy that sets ``Forwarded`` must remove clients' ``X-Forwarded-*``; every pr
 set or remove ``X-Forwarded-Prefix`` (and ``X-Forwarded-Port``, with ``X-Forwarded-*``).
 
 Of a list of values (one per proxy hop) the last is used: the one the proxy next to
-aiotusd added, not one a client made up. With ``trusted_proxies`` the headers are
+aiotusd added, not one a client made up. So it is for the client's address
+(:func:`client_address`), which becomes ``request.remote`` for everything that reads it:
+hooks, the per-client limits. With ``trusted_proxies`` the headers are
 believed only from peers in those networks, and a ``Forwarded`` chain is followed back
 past hops whose ``for=`` is trusted too. Malformed values are ignored.
 """
@@ -86,6 +88,9 @@ class External:
 
 
 _EXTERNAL = web.RequestKey("aiotusd.external", External)
+PEER = web.RequestKey("aiotusd.peer", str)
+"""The address of the peer, the proxy next to aiotusd, once ``request.remote`` is the
+client's (see :func:`server.connections.client_address_middleware`)."""
 
 
 def external_url(request: web.Request, path: str) -> str:
@@ -116,7 +121,7 @@ def _external(request: web.Request) -> External:
 def _from_request(request: web.Request) -> External:
     scheme, host, prefix = request.scheme, _addressed_host(request), ""
     policy = request.app.get(PROXY)
-    if policy is not None and policy.trusts(request.remote):
+    if policy is not None and policy.trusts(request.get(PEER, request.remote)):
         scheme, host, prefix = _forwarded(request, policy, scheme, host)
     host = host.rstrip(":")  # an empty port is the default one (RFC 3986 section 3.2.3)
     if host.endswith(":" + _DEFAULT_PORTS[scheme]):
@@ -206,6 +211,35 @@ def _prefix(value: str) -> str:
     if any(s in (".", "..") or not _SEGMENT_RE.fullmatch(s) for s in segments):
         return ""
     return "".join("/" + segment for segment in segments)
+
+
+def client_address(request: web.Request) -> str:
+    """The address of the client that sent ``request``, as far as it can be known.
+
+    The peer, unless the proxy policy believes its forwarded headers: then the last hop
+    of ``X-Forwarded-For`` or, without that header, of ``Forwarded: for=``, the one the
+    proxy next to aiotusd added (a client can put anything in front of it, not after).
+    With ``trusted_proxies`` the hops are followed back past those that are trusted
+    proxies too, as far as the first that is not. Empty when there is no peer address.
+    """
+    peer = request.remote or ""
+    policy = request.app.get(PROXY)
+    if policy is None or not policy.trusts(peer):
+        return peer
+    hops = [
+        hop.strip()
+        for line in request.headers.getall("X-Forwarded-For", ())
+        for hop in line.split(",")
+        if hop.strip()
+    ]
+    if not hops:
+        hops = [element["for"] for element in request.forwarded if element.get("for")]
+    if not hops:
+        return peer
+    index = len(hops) - 1
+    while index > 0 and policy.networks and policy.trusts(hops[index]):
+        index -= 1
+    return hops[index]
 
 
 def ip_address_of(node: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

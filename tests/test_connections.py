@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_protocol import RequestHandler
 
 from server import connections
@@ -31,6 +32,14 @@ def test_the_server_runner_and_site_have_what_the_connections_use():
         site_slots |= set(getattr(cls, "__slots__", ()))
     for name in ("_runner", "_sock", "_ssl_context", "_backlog", "_server"):
         assert name in site_slots, name
+
+
+def test_a_request_keeps_its_remote_in_its_cache():
+    request = make_mocked_request("GET", "/")
+    assert request.remote is None  # read, and so cached, before it is replaced
+    assert isinstance(request._cache, dict)
+    request._cache["remote"] = "203.0.113.9"
+    assert request.remote == "203.0.113.9"
 
 
 async def test_a_server_made_by_the_runner_keeps_its_arguments():

@@ -455,6 +455,35 @@ async def test_a_silent_hook_fails_closed_with_503_or_open_when_told(
         release.set()
 
 
+@pytest.mark.e2e
+async def test_hook_events_carry_the_client_address_a_trusted_proxy_tells(
+    server_process: Any, receiver: Receiver
+) -> None:
+    server = server_process(
+        "--hooks-url", receiver.url, "--hooks-events", "pre-create",
+        "--behind-proxy", "true", "--trusted-proxies", "127.0.0.1/32,10.0.0.0/8",
+    )
+
+    async def remote_addr(source: str, forwarded_for: str) -> str:
+        """The remote_addr of the pre-create event of a POST from ``source``."""
+        count = len(receiver.received)
+        connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            headers = {**TUS, "Upload-Length": "1", "X-Forwarded-For": forwarded_for}
+            async with session.post(server.url, headers=headers) as response:
+                assert response.status == 201, await response.text()
+        # A blocking event: asked before the answer.
+        assert len(receiver.received) == count + 1
+        return str(receiver.received[-1].json["request"]["remote_addr"])
+
+    # From the trusted proxy: the rightmost hop that is no trusted proxy, not the
+    # leftmost, which the client wrote itself.
+    assert await remote_addr("127.0.0.1", "198.51.100.7, 203.0.113.9") == "203.0.113.9"
+    assert await remote_addr("127.0.0.1", "203.0.113.9, 10.1.2.3") == "203.0.113.9"
+    # From a peer that is no trusted proxy: the peer, whatever it says.
+    assert await remote_addr("127.0.0.2", "203.0.113.9") == "127.0.0.2"
+
+
 async def test_an_unreachable_receiver_fails_closed_with_503_or_open_when_told(
     make_client: ClientFactory, settings: Settings
 ) -> None:
