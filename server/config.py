@@ -41,6 +41,7 @@ from .config_values import (
 )
 from .errors import ConfigError
 from .events import EVENTS, PRE_ACCESS
+from .signing import SIGNINGS
 
 ENV_PREFIX = "AIOTUSD_"
 MAX_WORKERS = 64
@@ -253,6 +254,11 @@ class HookSettings:
     python: str = _option("", parse_str,
                           "in-process hooks: an async callable named module:attribute")
     secret: str = _option("", parse_str, "key that signs hook requests (HMAC-SHA256)")
+    signing: str = _option(
+        "aiotusd", parse_str,
+        "how hooks_url requests are signed: aiotusd (Hook-Signature), standard (Standard "
+        "Webhooks: webhook-signature; a whsec_ secret is its base64 key) or both",
+        choices=SIGNINGS)
     events: tuple[str, ...] = _option(
         tuple(event for event in EVENTS if event != PRE_ACCESS), parse_events,
         "hook events that fire")

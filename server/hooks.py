@@ -19,8 +19,6 @@ report, and :mod:`server.outbox` delivers them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import importlib
 import json
 import logging
@@ -54,6 +52,7 @@ from .protocol import (
     parse_metadata,
 )
 from .request_ids import REQUEST_ID
+from .signing import Signer
 from .state import HookEvent, Upload, Uploads
 
 log = logging.getLogger("aiotusd")
@@ -79,12 +78,6 @@ _STDERR_TAIL = 4096
 _FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e]*")
 # post-receive throttling remembers uploads by id; past this many it forgets the idle ones.
 _PROGRESS_ENTRIES = 10_000
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The ``Hook-Signature`` of ``body`` sent at ``timestamp``: ``sha256=<hex HMAC>``."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 class HookCallError(Exception):
@@ -115,9 +108,9 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    def __init__(self, url: str, secret: str) -> None:
+    def __init__(self, url: str, signer: Signer | None = None) -> None:
         self._url = url
-        self._secret = secret
+        self._signer = signer
         self._session: aiohttp.ClientSession | None = None
 
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
@@ -127,11 +120,8 @@ class HttpTransport:
             "Hook-Name": event,
             "Hook-Id": hook_id,
         }
-        if self._secret:
-            # Signed afresh on every attempt: the timestamp lets receivers refuse replays.
-            timestamp = str(int(time.time()))
-            headers["Hook-Timestamp"] = timestamp
-            headers["Hook-Signature"] = signature(self._secret, timestamp, body)
+        if self._signer is not None:
+            headers.update(self._signer.headers(hook_id, body))
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
@@ -287,7 +277,7 @@ def make_transport(settings: Settings, python_hook: PythonHook | None = None) ->
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(chosen)} are both set; hooks go to one of them")
     if settings.hooks.url:
-        return HttpTransport(settings.hooks.url, settings.hooks.secret)
+        return HttpTransport(settings.hooks.url, _signer(settings))
     if settings.hooks.command:
         if shutil.which(settings.hooks.command) is None:
             raise ConfigError(f"hooks_command {settings.hooks.command!r} is not an executable file")
@@ -295,6 +285,15 @@ def make_transport(settings: Settings, python_hook: PythonHook | None = None) ->
     if settings.hooks.python:
         python_hook = load_python_hook(settings.hooks.python)
     return None if python_hook is None else PythonTransport(python_hook)
+
+
+def _signer(settings: Settings) -> Signer | None:
+    """How webhook requests are signed (:mod:`server.signing`); None without a secret."""
+    if not settings.hooks.secret:
+        if settings.hooks.signing != "aiotusd":
+            raise ConfigError(f"hooks_signing = {settings.hooks.signing} needs a hooks_secret")
+        return None
+    return Signer(settings.hooks.secret, settings.hooks.signing)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import sys
 import time
@@ -455,6 +457,51 @@ async def test_a_silent_hook_fails_closed_with_503_or_open_when_told(
         release.set()
 
 
+def verify_standard(secret: str, received: Received) -> bool:
+    """What a Standard Webhooks receiver does (standardwebhooks.com, "Verifying
+    webhooks"): the key is the base64 after ``whsec_``; one of the space-separated
+    ``v1,<base64>`` signatures must be the HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    headers = received.headers
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + received.body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        version == "v1" and hmac.compare_digest(value, expected)
+        for version, _, value in (item.partition(",") for item in headers["webhook-signature"].split())
+    )
+
+
+async def test_standard_webhooks_signing(make_client: ClientFactory, receiver: Receiver) -> None:
+    secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    client = await make_client(
+        hooks_url=receiver.url, hooks_secret=secret, hooks_signing="standard",
+        hooks_events="pre-create,post-create",
+    )
+    await create_upload(client, 3)
+    received = await receiver.wait_for_names("pre-create", "post-create")
+    for r in received:
+        assert r.headers["webhook-id"] == r.id == r.json["id"]
+        assert abs(int(r.headers["webhook-timestamp"]) - time.time()) < 60
+        assert verify_standard(secret, r)
+        assert not verify_standard("whsec_" + base64.b64encode(b"another key").decode(), r)
+        assert "Hook-Signature" not in r.headers and "Hook-Timestamp" not in r.headers
+
+
+async def test_both_signings_with_a_plain_secret(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    client = await make_client(
+        hooks_url=receiver.url, hooks_secret=SECRET, hooks_signing="both",
+        hooks_events="pre-create",
+    )
+    await create_upload(client, 3)
+    (received,) = await receiver.wait_for_names("pre-create")
+    assert verify(SECRET, received)
+    # A plain secret is, to Standard Webhooks libraries, whsec_ and its base64.
+    assert verify_standard("whsec_" + base64.b64encode(SECRET.encode()).decode(), received)
+    assert received.headers["webhook-timestamp"] == received.headers["Hook-Timestamp"]
+
+
 @pytest.mark.e2e
 async def test_hook_events_carry_the_client_address_a_trusted_proxy_tells(
     server_process: Any, receiver: Receiver
@@ -610,6 +657,10 @@ async def test_python_hooks_from_the_settings(
         ({"hooks_python": "json"}, "module:attribute"),
         ({"hooks_python": "json:__doc__"}, "not callable"),
         ({"hooks_command": "/nonexistent/hook"}, "not an executable file"),
+        ({"hooks_url": "http://127.0.0.1:1/", "hooks_signing": "standard"},
+         "hooks_signing = standard needs a hooks_secret"),
+        ({"hooks_url": "http://127.0.0.1:1/", "hooks_signing": "both",
+          "hooks_secret": "whsec_not base64!"}, "whsec_ but what follows is not base64"),
     ],
 )
 def test_hook_settings_that_cannot_work_are_config_errors(
