@@ -387,9 +387,24 @@ def _response_headers(event: str, headers: Any) -> dict[str, str]:
     }
 
 
+_ANSWER_KEYS = frozenset({"reject", "change"})
+_REJECT_KEYS = frozenset({"status", "body", "headers"})
+_CHANGE_KEYS = frozenset({"id", "metadata"})
+
+
+def _known_keys(event: str, where: str, document: dict[str, Any], known: frozenset[str]) -> None:
+    """Refuse a key the answer format does not have: the hook meant something by it (a
+    receiver written for tusd says ``RejectUpload``), and going on without knowing what
+    could let through a request it meant to refuse."""
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise _invalid(event, f"unknown key {unknown[0][:40]!r}{where}")
+
+
 def _rejection(event: str, reject: Any) -> HookRejected:
     if not isinstance(reject, dict):
         raise _invalid(event, "reject must be an object")
+    _known_keys(event, " in reject", reject, _REJECT_KEYS)
     status = reject.get("status", 403)
     body = reject.get("body", "")
     if not _is_error_status(status):
@@ -416,6 +431,7 @@ def _refusal(event: str, reply: Reply) -> HookRejected:
 def _change(change: Any) -> Change:
     if not isinstance(change, dict):
         raise _invalid(PRE_CREATE, "change must be an object")
+    _known_keys(PRE_CREATE, " in change", change, _CHANGE_KEYS)
     new_id = change.get("id")
     if new_id is not None and not (isinstance(new_id, str) and is_upload_id(new_id)):
         raise _invalid(PRE_CREATE, "change.id is not a valid upload id")
@@ -443,6 +459,7 @@ def _answer(event: str, reply: Reply) -> Change:
     document = _document(event, reply.body)
     if document is None:
         return Change()
+    _known_keys(event, "", document, _ANSWER_KEYS)
     if document.get("reject") is not None:
         raise _rejection(event, document["reject"])
     if event == PRE_CREATE and document.get("change") is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support.hooks import RawReceiver, Receiver
+from support.hooks import RawReceiver, Received, Receiver
 from support.http import (
     PATCH_HEADERS,
     TUS,
@@ -26,6 +26,7 @@ from support.http import (
     upload_id,
 )
 from support.storage import data_files
+from support.waiting import poll
 
 from server.app import create_app
 from server.config import Settings
@@ -170,6 +171,10 @@ def nested(depth: int) -> bytes:
         (b'{"change": {"metadata": {"a b": "x"}}}', "Upload-Metadata keys"),
         (b'{"change": {"metadata": {"name": 1}}}', "change.metadata must map"),
         (b'{"pad": "' + b"x" * MAX_ANSWER_SIZE + b'"}', f"longer than {MAX_ANSWER_SIZE} bytes"),
+        (b'{"RejectUpload": true}', "unknown key 'RejectUpload'"),
+        (b'{"reject": null, "rejected": true}', "unknown key 'rejected'"),
+        (b'{"reject": {"status": 403, "reason": "no"}}', "unknown key 'reason' in reject"),
+        (b'{"change": {"ID": "invoice-42"}}', "unknown key 'ID' in change"),
     ],
 )
 async def test_a_json_answer_without_one_meaning_is_invalid(
@@ -179,6 +184,42 @@ async def test_a_json_answer_without_one_meaning_is_invalid(
     client = await make_client(hooks_url=receiver.url, hooks_fail_open=True)
     response = await client.post("/files/", headers=CREATE)
     await assert_invalid_and_nothing_created(response, client, settings, why)
+
+
+async def test_a_tusd_answer_to_the_aiotusd_format_refuses_instead_of_allowing(
+    make_client: ClientFactory, receiver: Receiver, settings: Settings
+) -> None:
+    """A receiver written for tusd answers ``{"RejectUpload": true}`` with a 200: keys the
+    format does not have make the answer invalid (503), never an agreement. Post events'
+    answers are not read: the same answer still delivers them."""
+    client = await make_client(
+        hooks_url=receiver.url, hooks_events="pre-create,post-create,pre-terminate"
+    )
+    tusd_answer = {"RejectUpload": True, "RejectTermination": True,
+                   "HTTPResponse": {"StatusCode": 403, "Body": "no"}}
+    creating = [False]
+
+    def respond(r: Received) -> web.Response:
+        if r.name == "pre-create" and creating[0]:
+            return web.Response()
+        return web.json_response(tusd_answer)
+
+    receiver.respond = respond
+    response = await client.post("/files/", headers=CREATE)
+    await assert_invalid_and_nothing_created(response, client, settings, "unknown key")
+
+    creating[0] = True
+    path = await create_upload(client, 3)
+    await receiver.wait(lambda: receiver.named("post-create"), "post-create")
+    deleted = await client.delete(path, headers=TUS)
+    await assert_one_line_error(deleted, 503)
+    assert (await client.head(path, headers=TUS)).status == 200
+
+    async def delivered() -> bool:
+        return await client.app[CONTEXT].store.hook_events() == []
+
+    await poll(delivered, "the post-create delivered")
+    assert len(receiver.named("post-create")) == 1
 
 
 async def test_an_endless_answer_is_read_no_further_than_its_bound(
