@@ -20,7 +20,7 @@ import errno
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from aiohttp.typedefs import Middleware
 
 from storage_backends.base import StorageError, StorageUnavailable
 
+from .request_ids import REQUEST_ID
 from .state import DatabaseUnavailable, LeaseLost, UploadGone
 
 log = logging.getLogger("aiotusd")
@@ -115,9 +116,16 @@ class Overloaded(TusError):
 
 
 class HookFailed(TusError):
-    """A blocking hook could not be asked or answered nonsense: the request fails closed."""
+    """A blocking hook could not be asked or answered nonsense: the request fails closed.
+
+    Its reason names the hook (a URL may hold a token) and says what went wrong with it:
+    the server's business. It goes to the log; the client gets :data:`HOOK_FAILED`."""
 
     status, code = 503, "hook-failed"
+
+
+HOOK_FAILED = "hook failed"
+"""All that a client is told of a hook that failed, with its request's id to ask about."""
 
 
 class HookRejected(TusError):
@@ -155,6 +163,8 @@ class ErrorAnswer:
     """A hook's own body, sent as it is; otherwise the reason, as one line of text."""
     storage: bool = False
     """Counted in ``aiotusd_storage_errors_total``."""
+    public: str | None = None
+    """What the client gets instead of the reason, which is for the log only."""
     log_level: int | None = None
     """Logged at this level (with the traceback when ``ERROR`` and unforeseen); None: the
     client's doing, in the access log only."""
@@ -165,6 +175,9 @@ def classify(exc: BaseException) -> ErrorAnswer:
     """The answer to ``exc``: the one table from failures to statuses and codes."""
     if isinstance(exc, HookRejected):
         return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers, body=exc.body)
+    if isinstance(exc, HookFailed):
+        return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers,
+                           public=HOOK_FAILED, log_level=logging.WARNING)
     if isinstance(exc, TusError):
         return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers,
                            storage=isinstance(exc, InsufficientStorage))
@@ -233,6 +246,8 @@ def error_middleware(count_storage_error: Callable[[], None]) -> Middleware:
             abort_response(request, failure, answer)
         request[ERROR_CODE] = answer.code
         _log(request, answer, failure)
+        if answer.public is not None:
+            answer = replace(answer, reason=f"{answer.public}; request id {request.get(REQUEST_ID)}")
         return error_response(answer)
 
     return answer_errors
@@ -240,6 +255,11 @@ def error_middleware(count_storage_error: Callable[[], None]) -> Middleware:
 
 def _log(request: web.Request, answer: ErrorAnswer, exc: BaseException) -> None:
     if answer.log_level is None:
+        return
+    if answer.public is not None:
+        # The client was told only the request id: the line must carry it, in text logs too.
+        log.log(answer.log_level, "request %s: %s %s: %s (%s)", request.get(REQUEST_ID),
+                request.method, request.path, one_line(answer.reason), answer.code)
         return
     log.log(answer.log_level, "%s %s: %s (%s): %s", request.method, request.path,
             answer.reason, answer.code, one_line(str(exc) or type(exc).__name__),

@@ -100,6 +100,9 @@ def _too_long() -> str:
 
 
 class Transport(Protocol):
+    target: str
+    """Where events go (a URL, a program), for the server's log: never told to a client."""
+
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
         """Send one event; raises :class:`HookCallError` when there is no answer."""
 
@@ -109,6 +112,7 @@ class Transport(Protocol):
 
 class HttpTransport:
     def __init__(self, url: str, signer: Signer | None = None) -> None:
+        self.target = url
         self._url = url
         self._signer = signer
         self._session: aiohttp.ClientSession | None = None
@@ -149,6 +153,7 @@ class CommandTransport:
     """
 
     def __init__(self, command: str) -> None:
+        self.target = command
         self._command = command
 
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
@@ -224,6 +229,7 @@ async def _drain(stream: asyncio.StreamReader, keep: int, tail: bool = False) ->
 
 class PythonTransport:
     def __init__(self, hook: PythonHook) -> None:
+        self.target = f"the Python hook {getattr(hook, '__qualname__', hook)!r}"
         self._hook = hook
 
     async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
@@ -499,7 +505,9 @@ class Hooks:
             async with asyncio.timeout(timeout):
                 return await self._transport.call(event, hook_id, body)
         except TimeoutError:
-            raise HookCallError(f"no answer within {timeout:g} s") from None
+            raise HookCallError(
+                f"{self._transport.target} gave no answer within {timeout:g} s"
+            ) from None
 
     async def before(
         self, event: str, upload: Upload, request: web.Request, parts: tuple[str, ...] = ()
@@ -511,6 +519,7 @@ class Hooks:
         """
         if event not in self.events:
             return Change()
+        assert self._transport is not None
         hook = await self._event(event, upload, request, parts)
         try:
             reply = await self.call(event, hook.id, hook.payload)
@@ -519,7 +528,10 @@ class Hooks:
                 raise HookFailed(f"{event} hook failed: {exc}") from None
             log.warning("%s hook failed, letting the request through: %s", event, exc)
             return Change()
-        return _answer(event, reply)
+        try:
+            return _answer(event, reply)
+        except HookFailed as exc:
+            raise HookFailed(f"{exc.reason} (from {self._transport.target})") from None
 
     async def post(
         self, event: str, upload: Upload, request: web.Request | None, parts: tuple[str, ...] = ()

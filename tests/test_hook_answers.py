@@ -1,4 +1,5 @@
-"""Every answer a blocking hook can give is understood or refused with 503 "invalid answer":
+"""Every answer a blocking hook can give is understood or refused with 503 (the log says
+"invalid answer" and why):
 statuses that are no refusal, JSON without one meaning, answers too long to hold, headers
 that would break the response; over HTTP (real receivers on loopback), commands and
 in-process hooks. The tus client never gets a status other than a 4xx or 5xx from a hook,
@@ -10,13 +11,14 @@ import asyncio
 import base64
 import math
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from support.hooks import RawReceiver, Received, Receiver
+from support.hooks import RawReceiver, Received, Receiver, assert_hook_failed
 from support.http import (
     PATCH_HEADERS,
     TUS,
@@ -43,14 +45,20 @@ def http_answer(status_line: str, *headers: str, body: bytes = b"") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def assert_invalid_and_nothing_created(
-    response: aiohttp.ClientResponse, client: Any, settings: Settings, why: str = ""
-) -> None:
-    await assert_one_line_error(response, 503)
-    text = await response.text()
-    assert "invalid answer" in text and why in text, text
-    assert data_files(settings) == []
-    assert await client.app[CONTEXT].store.hook_events() == []
+InvalidCheck = Callable[[aiohttp.ClientResponse, Any, str], Awaitable[None]]
+
+
+@pytest.fixture
+def assert_invalid(caplog: pytest.LogCaptureFixture, settings: Settings) -> InvalidCheck:
+    """``await assert_invalid(response, client, why)``: the answer was invalid (503, the log
+    says why) and nothing was created."""
+
+    async def check(response: aiohttp.ClientResponse, client: Any, why: str = "") -> None:
+        await assert_hook_failed(response, caplog, "invalid answer", why)
+        assert data_files(settings) == []
+        assert await client.app[CONTEXT].store.hook_events() == []
+
+    return check
 
 
 @pytest.mark.parametrize(
@@ -67,15 +75,15 @@ async def assert_invalid_and_nothing_created(
 )
 @pytest.mark.parametrize("fail_open", [False, True], ids=["closed", "fail_open"])
 async def test_a_webhook_status_that_is_no_refusal_is_an_invalid_answer(
-    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings,
+    assert_invalid: InvalidCheck, make_client: ClientFactory, raw_receiver: RawReceiver,
     answer: bytes, fail_open: bool,
 ) -> None:
     raw_receiver.answer = answer
     client = await make_client(hooks_url=raw_receiver.url, hooks_fail_open=fail_open)
     response = await client.post("/files/", headers=CREATE)
     status = answer.split(b" ")[1].decode()
-    await assert_invalid_and_nothing_created(
-        response, client, settings, f"HTTP status {status} is neither 2xx nor 400 to 599"
+    await assert_invalid(
+        response, client, f"HTTP status {status} is neither 2xx nor 400 to 599"
     )
     assert raw_receiver.requests == 1
 
@@ -86,7 +94,8 @@ async def test_a_webhook_status_that_is_no_refusal_is_an_invalid_answer(
      ("pre-terminate", "DELETE")],
 )
 async def test_every_blocking_event_refuses_a_redirect_as_invalid(
-    make_client: ClientFactory, raw_receiver: RawReceiver, event: str, answer_to: str
+    make_client: ClientFactory, raw_receiver: RawReceiver, event: str, answer_to: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = await make_client(hooks_url=raw_receiver.url, hooks_events=event)
     path = await create_upload(client, 3)
@@ -95,15 +104,18 @@ async def test_every_blocking_event_refuses_a_redirect_as_invalid(
         answer_to, path, data=b"abc" if answer_to == "PATCH" else None,
         headers={**PATCH_HEADERS, "Upload-Offset": "0"} if answer_to == "PATCH" else TUS,
     )
-    assert response.status == 503
-    if answer_to != "HEAD":
-        assert f"{event} hook gave an invalid answer" in await response.text()
+    why = f"{event} hook gave an invalid answer"
+    if answer_to == "HEAD":
+        assert response.status == 503
+        assert any(why in r.getMessage() for r in caplog.records)
+    else:
+        await assert_hook_failed(response, caplog, why, raw_receiver.url)
     upload = await client.app[CONTEXT].store.get(upload_id(path))
     assert upload is not None and not upload.is_complete
 
 
 async def test_a_refusal_is_passed_on_with_a_content_type_only_if_it_is_a_header_value(
-    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings
+    assert_invalid: InvalidCheck, make_client: ClientFactory, raw_receiver: RawReceiver
 ) -> None:
     client = await make_client(hooks_url=raw_receiver.url)
     raw_receiver.answer = http_answer(
@@ -118,7 +130,7 @@ async def test_a_refusal_is_passed_on_with_a_content_type_only_if_it_is_a_header
             b"Content-Type: " + content_type + b"\r\n\r\nno"
         )
         response = await client.post("/files/", headers=CREATE)
-        await assert_invalid_and_nothing_created(response, client, settings, "Content-Type")
+        await assert_invalid(response, client, "Content-Type")
 
 
 def nested(depth: int) -> bytes:
@@ -178,16 +190,17 @@ def nested(depth: int) -> bytes:
     ],
 )
 async def test_a_json_answer_without_one_meaning_is_invalid(
-    make_client: ClientFactory, receiver: Receiver, settings: Settings, body: bytes, why: str
+    assert_invalid: InvalidCheck, make_client: ClientFactory, receiver: Receiver, body: bytes,
+    why: str,
 ) -> None:
     receiver.respond = lambda r: web.Response(body=body, content_type="application/json")
     client = await make_client(hooks_url=receiver.url, hooks_fail_open=True)
     response = await client.post("/files/", headers=CREATE)
-    await assert_invalid_and_nothing_created(response, client, settings, why)
+    await assert_invalid(response, client, why)
 
 
 async def test_a_tusd_answer_to_the_aiotusd_format_refuses_instead_of_allowing(
-    make_client: ClientFactory, receiver: Receiver, settings: Settings
+    assert_invalid: InvalidCheck, make_client: ClientFactory, receiver: Receiver
 ) -> None:
     """A receiver written for tusd answers ``{"RejectUpload": true}`` with a 200: keys the
     format does not have make the answer invalid (503), never an agreement. Post events'
@@ -206,7 +219,7 @@ async def test_a_tusd_answer_to_the_aiotusd_format_refuses_instead_of_allowing(
 
     receiver.respond = respond
     response = await client.post("/files/", headers=CREATE)
-    await assert_invalid_and_nothing_created(response, client, settings, "unknown key")
+    await assert_invalid(response, client, "unknown key")
 
     creating[0] = True
     path = await create_upload(client, 3)
@@ -223,7 +236,7 @@ async def test_a_tusd_answer_to_the_aiotusd_format_refuses_instead_of_allowing(
 
 
 async def test_an_endless_answer_is_read_no_further_than_its_bound(
-    make_client: ClientFactory, raw_receiver: RawReceiver, settings: Settings
+    assert_invalid: InvalidCheck, make_client: ClientFactory, raw_receiver: RawReceiver
 ) -> None:
     """A valid JSON answer that never ends: the server stops reading after the bound."""
     sent = 0
@@ -246,9 +259,7 @@ async def test_an_endless_answer_is_read_no_further_than_its_bound(
     raw_receiver.answer = endless
     client = await make_client(hooks_url=raw_receiver.url)
     response = await client.post("/files/", headers=CREATE)
-    await assert_invalid_and_nothing_created(
-        response, client, settings, f"longer than {MAX_ANSWER_SIZE} bytes"
-    )
+    await assert_invalid(response, client, f"longer than {MAX_ANSWER_SIZE} bytes")
     await asyncio.wait_for(hung_up.wait(), 10)
     assert sent < 64 * MAX_ANSWER_SIZE
 
@@ -324,7 +335,7 @@ def command_hook(tmp_path: Path) -> str:
 )
 @pytest.mark.e2e
 async def test_command_hook_answers_are_bounded_and_checked(
-    make_client: ClientFactory, tmp_path: Path, settings: Settings,
+    assert_invalid: InvalidCheck, make_client: ClientFactory, tmp_path: Path,
     filename: str, status: int, why: str,
 ) -> None:
     client = await make_client(
@@ -336,20 +347,21 @@ async def test_command_hook_answers_are_bounded_and_checked(
     )
     assert response.status == status, await response.text()
     if status == 503:
-        await assert_invalid_and_nothing_created(response, client, settings, why)
+        await assert_invalid(response, client, why)
 
 
 @pytest.mark.e2e
 async def test_a_failing_command_is_named_by_the_last_line_of_a_long_stderr(
-    make_client: ClientFactory, tmp_path: Path, settings: Settings
+    make_client: ClientFactory, tmp_path: Path, settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = await make_client(hooks_command=command_hook(tmp_path), hooks_events="pre-create")
     value = base64.b64encode(b"noisy").decode()
     response = await client.post(
         "/files/", headers={**CREATE, "Upload-Metadata": f"filename {value}"}
     )
-    await assert_one_line_error(response, 503)
-    assert (await response.text()).endswith("exited with status 3: the last word\n")
+    line = await assert_hook_failed(response, caplog)
+    assert line.endswith("exited with status 3: the last word (hook-failed)")
     assert data_files(settings) == []
 
 
@@ -379,7 +391,8 @@ def deep_dict(depth: int) -> dict[str, Any]:
     ],
 )
 async def test_python_hook_answers_are_checked_and_never_let_through(
-    aiohttp_client: Any, settings: Settings, answer: Any, why: str
+    assert_invalid: InvalidCheck, aiohttp_client: Any, settings: Settings, answer: Any,
+    why: str,
 ) -> None:
     """Even with hooks_fail_open: an answer is not a failure to answer."""
 
@@ -389,4 +402,4 @@ async def test_python_hook_answers_are_checked_and_never_let_through(
     app = create_app(settings.with_values(hooks_fail_open=True), hooks=hook)
     client = await aiohttp_client(app)
     response = await client.post("/files/", headers=CREATE)
-    await assert_invalid_and_nothing_created(response, client, settings, why)
+    await assert_invalid(response, client, why)

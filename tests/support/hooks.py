@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from multidict import CIMultiDictProxy
 
 from support.processes import free_port
@@ -171,3 +171,18 @@ def verify(secret: str, received: Received) -> bool:
     timestamp = received.headers["Hook-Timestamp"]
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256)
     return hmac.compare_digest("sha256=" + expected.hexdigest(), received.headers["Hook-Signature"])
+
+
+async def assert_hook_failed(
+    response: ClientResponse, caplog: pytest.LogCaptureFixture, *details: str
+) -> str:
+    """A blocking hook's failure as the client sees it (503, a body that names only the
+    request id: no hook URL, no error) and as the server's log has it (one line with the
+    request id and every one of ``details``). Returns that line."""
+    assert response.status == 503, response.status
+    request_id = response.headers["X-Request-ID"]
+    assert await response.text() == f"hook failed; request id {request_id}\n"
+    lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert all(detail in lines[0] for detail in details), (lines[0], details)
+    return lines[0]
