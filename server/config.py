@@ -253,6 +253,9 @@ class HookSettings:
                            "program run for each hook event, JSON on stdin, answer on stdout")
     python: str = _option("", parse_str,
                           "in-process hooks: an async callable named module:attribute")
+    format: str = _option(
+        "aiotusd", parse_str, "JSON of hook events and answers: aiotusd's own, or tusd's (v2)",
+        choices=("aiotusd", "tusd"))
     secret: str = _option("", parse_str, "key that signs hook requests (HMAC-SHA256)")
     signing: str = _option(
         "aiotusd", parse_str,

@@ -139,6 +139,13 @@ class HookRejected(TusError):
         self.body = body
 
 
+class UploadStopped(HookRejected):
+    """A post-receive hook stopped the body under way (tusd's ``StopUpload``): the upload
+    is terminated, and the client gets the hook's status, body and headers."""
+
+    code = "upload-stopped"
+
+
 def storage_full(exc: BaseException) -> bool:
     """Whether ``exc`` says that the disk or the quota is full: ``ENOSPC`` or ``EDQUOT`` from
     the data files, or SQLite's "database or disk is full" from the database."""

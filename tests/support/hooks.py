@@ -39,6 +39,14 @@ class Received:
     def id(self) -> str:
         return self.headers["Hook-Id"]
 
+    @property
+    def offset(self) -> int:
+        """The upload's offset, in either format (aiotusd's own, tusd's)."""
+        document = self.json
+        if "Event" in document:
+            return int(document["Event"]["Upload"]["Offset"])
+        return int(document["upload"]["offset"])
+
 
 Responder = Callable[[Received], web.StreamResponse | Awaitable[web.StreamResponse]]
 
@@ -89,7 +97,7 @@ class Receiver:
             async with asyncio.timeout(timeout), self._changed:
                 await self._changed.wait_for(probe)
         except TimeoutError:
-            got = [(r.name, r.json["upload"]["offset"]) for r in self.received]
+            got = [(r.name, r.offset) for r in self.received]
             raise AssertionError(
                 f"timed out after {timeout} s waiting for {what}; got {got}"
             ) from None
