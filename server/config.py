@@ -253,6 +253,9 @@ class HookSettings:
                            "program run for each hook event, JSON on stdin, answer on stdout")
     python: str = _option("", parse_str,
                           "in-process hooks: an async callable named module:attribute")
+    dir: str = _option("", parse_path,
+                       "directory of tusd's file hooks: the program named after each event, "
+                       "tusd's JSON on stdin")
     format: str = _option(
         "aiotusd", parse_str, "JSON of hook events and answers: aiotusd's own, or tusd's (v2)",
         choices=("aiotusd", "tusd"))

@@ -1,7 +1,8 @@
 """Hooks: an upload's life told to an integration, which may veto (pre-) or must hear (post-).
 
 A hook event is one JSON document, the same for every transport: an HTTP POST
-to ``hooks_url``, a program (``hooks_command``) that reads it on stdin, or an async Python callable in this process. Its dialect
+to ``hooks_url``, a program (``hooks_command``, or tusd's file hooks in ``hooks_dir``)
+that reads it on stdin, or an async Python callable in this process. Its dialect
 (aiotusd's own, or tusd's: ``hooks_format``) says what the document holds and how the
 answer reads; one is chosen at start (:func:`make_dialect`).
 
@@ -134,6 +135,35 @@ class CommandTransport:
         return None
 
 
+class DirTransport:
+    """tusd's file hooks (``hooks_dir``): the program ``DIR/<event>``, run in ``DIR``, with
+    tusd's hook request on stdin, ``TUS_ID``, ``TUS_OFFSET`` and ``TUS_SIZE`` in its
+    environment, and tusd's hook response on stdout.
+
+    An event whose file does not exist is no one's business, as with tusd: it answers
+    nothing (a blocking one goes on, a post one is delivered). A file that is there but
+    cannot be run is a hook that fails.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.target = directory
+        self._directory = Path(directory).absolute()
+
+    async def call(self, event: str, hook_id: str, body: bytes) -> Reply:
+        program = self._directory / event
+        if not program.exists():
+            return Reply(200, b"")
+        upload = json.loads(body)["Event"]["Upload"]
+        env = {
+            **os.environ, "HOOK_NAME": event, "HOOK_ID": hook_id, "TUS_ID": upload["ID"],
+            "TUS_OFFSET": str(upload["Offset"]), "TUS_SIZE": str(upload["Size"]),
+        }
+        return await run_program([str(program)], env, body, cwd=self._directory)
+
+    async def close(self) -> None:
+        return None
+
+
 async def run_program(
     argv: list[str], env: dict[str, str], body: bytes, cwd: Path | None = None
 ) -> Reply:
@@ -252,6 +282,7 @@ def make_transport(settings: Settings, python_hook: PythonHook | None = None) ->
         name for name, value in (
             ("hooks_url", settings.hooks.url),
             ("hooks_command", settings.hooks.command),
+            ("hooks_dir", settings.hooks.dir),
             ("hooks_python", settings.hooks.python),
             ("create_app(hooks=...)", python_hook),
         ) if value
@@ -264,6 +295,10 @@ def make_transport(settings: Settings, python_hook: PythonHook | None = None) ->
         if shutil.which(settings.hooks.command) is None:
             raise ConfigError(f"hooks_command {settings.hooks.command!r} is not an executable file")
         return CommandTransport(settings.hooks.command)
+    if settings.hooks.dir:
+        if not Path(settings.hooks.dir).is_dir():
+            raise ConfigError(f"hooks_dir {settings.hooks.dir!r} is not a directory")
+        return DirTransport(settings.hooks.dir)
     if settings.hooks.python:
         python_hook = load_python_hook(settings.hooks.python)
     return None if python_hook is None else PythonTransport(python_hook)
@@ -279,9 +314,9 @@ def _signer(settings: Settings) -> Signer | None:
 
 
 def make_dialect(settings: Settings) -> Dialect:
-    """The dialect of every event and answer: tusd's for ``hooks_format = "tusd"``,
-    aiotusd's own otherwise."""
-    if settings.hooks.format == "tusd":
+    """The dialect of every event and answer: tusd's for ``hooks_dir``, which runs tusd's
+    file hooks, and for ``hooks_format = "tusd"``; aiotusd's own otherwise."""
+    if settings.hooks.dir or settings.hooks.format == "tusd":
         return TusdDialect(settings.storage.backend)
     return AiotusdDialect(settings.storage.backend, settings.hooks.forward_headers)
 
