@@ -21,6 +21,7 @@ report, and :mod:`server.outbox` delivers them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import logging
@@ -39,7 +40,7 @@ from storage_backends.base import StorageLocator
 
 from . import __version__
 from .config import Settings
-from .errors import ConfigError, HookFailed
+from .errors import ConfigError, HookFailed, UploadStopped
 from .events import POST_RECEIVE
 from .hook_answers import Change, Dialect, Occurrence, Reply
 from .hooks_aiotusd import AiotusdDialect
@@ -340,6 +341,8 @@ class Hooks:
         self.events = frozenset(settings.hooks.events if transport else ())
         """The events that fire."""
         self._progress_sent: dict[str, float] = {}
+        self._asking: dict[str, asyncio.Task[None]] = {}
+        """post-receive answers awaited while a body streams, by upload: one at a time each."""
 
     async def close(self) -> None:
         if self._transport is not None:
@@ -404,6 +407,51 @@ class Hooks:
             }
         self._progress_sent[upload.id] = now
         return await self.post(POST_RECEIVE, upload, request)
+
+    def ask_progress(
+        self, events: tuple[HookEvent, ...], on_stop: Callable[[UploadStopped], None]
+    ) -> None:
+        """Also send a post-receive among ``events``, recorded while a body streams, directly,
+        to read its answer (a dialect whose answers can stop a body: tusd's ``StopUpload``).
+
+        The outbox still delivers the event, so that every recorded offset is reported at
+        least once; this copy carries the same ``Hook-Id``, for a receiver to act once.
+        It runs beside the body, never holding it up, one at a time per upload (a due
+        event while one is awaited is not sent this way) and within ``hooks_timeout``;
+        :meth:`stop_asking` ends it with the body. ``on_stop`` gets the answer that stops
+        the body; a hook that fails or answers nonsense is logged and stops nothing.
+        """
+        if not self._dialect.reads_progress:
+            return
+        for event in events:
+            if event.type == POST_RECEIVE and event.upload_id not in self._asking:
+                task = asyncio.create_task(self._ask_progress(event, on_stop))
+                self._asking[event.upload_id] = task
+                task.add_done_callback(functools.partial(self._asked, event.upload_id))
+
+    def _asked(self, upload_id: str, task: asyncio.Task[None]) -> None:
+        if self._asking.get(upload_id) is task:
+            del self._asking[upload_id]
+
+    async def _ask_progress(
+        self, event: HookEvent, on_stop: Callable[[UploadStopped], None]
+    ) -> None:
+        assert self._transport is not None
+        try:
+            stopped = self._dialect.stop(await self.call(event.type, event.id, event.payload))
+        except (HookCallError, HookFailed) as exc:
+            log.warning("post-receive hook of upload %s (%s): %s", event.upload_id,
+                        self._transport.target, exc)
+            return
+        if stopped is not None:
+            log.info("post-receive hook stops the body of upload %s", event.upload_id)
+            on_stop(stopped)
+
+    def stop_asking(self, upload_id: str) -> None:
+        """The body of ``upload_id`` ended: an answer that comes now has nothing to stop."""
+        task = self._asking.pop(upload_id, None)
+        if task is not None:
+            task.cancel()
 
     async def _event(
         self, event: str, upload: Upload, request: web.Request | None, parts: tuple[str, ...]

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import Locked
+from .errors import Locked, UploadStopped
 from .state import LeaseLost
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class Holder:
         """When its lease lapses as this process counts (``time.monotonic()``), from the
         moment its take or last renewal was sent: never later than the database counts.
         Not one byte may be written from then on: another process may have the upload."""
+        self.stopped: UploadStopped | None = None
+        """Why a hook stopped its body (tusd's ``StopUpload``), once one did."""
 
     def on_release_request(self, callback: Callable[[], None] | None) -> None:
         """Set what stops this holder's work when another request wants the upload, or
@@ -50,6 +52,13 @@ class Holder:
         self._on_release_request = callback
         if callback is not None and (self.release_requested or self.lost):
             callback()
+
+    def stop(self, cause: UploadStopped) -> None:
+        """A hook stopped this holder's body: it takes no more bytes, and its client gets
+        ``cause``. Unlike a take-over, which closes the connection to stop a body at once
+        (its client is gone, or has moved on), the body is stopped at its next chunk: the
+        connection stays, for the client to get the hook's answer."""
+        self.stopped = cause
 
     def request_release(self) -> None:
         self.release_requested = True

@@ -33,6 +33,7 @@ from .errors import (
     InsufficientStorage,
     TooLarge,
     UnsupportedMediaType,
+    UploadStopped,
     storage_full,
 )
 from .events import POST_FINISH, POST_RECEIVE, PRE_FINISH
@@ -241,6 +242,8 @@ class _Body:
         except asyncio.CancelledError:
             self.upload = await ctx.store.get(upload.id) or self.upload
             raise
+        if body_goes_on:
+            ctx.hooks.ask_progress(events, self.holder.stop)
 
     def _completes_with_its_bytes(self, upload: Upload) -> bool:
         """Whether the last commit may record ``upload`` complete: it is full, and
@@ -331,6 +334,7 @@ async def write_body(
     try:
         broke_off = await _receive(body, watchdog, room)
     finally:
+        ctx.hooks.stop_asking(upload.id)
         await body.commits.settle()
         watchdog.cancel()
         holder.on_release_request(None)
@@ -374,7 +378,7 @@ async def _receive(body: _Body, watchdog: _BodyWatchdog, room: int) -> BaseExcep
             raise ChecksumMismatch(f"{checksum.algorithm} checksum of the body does not match")
         await body.commit(last=True)
         return None
-    except BodyInterrupted as exc:
+    except (BodyInterrupted, UploadStopped) as exc:
         await body.keep_what_arrived()
         return exc
     except asyncio.CancelledError as exc:
@@ -434,6 +438,8 @@ async def _stream(body: _Body, watchdog: _BodyWatchdog, room: int) -> None:
         if checksum is not None:
             checksum.hasher.update(chunk)
         holder.check()
+        if holder.stopped is not None:
+            raise holder.stopped
         await writer.write(chunk)
         if (
             checksum is None

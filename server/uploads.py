@@ -43,6 +43,7 @@ from .errors import (
     NotFound,
     TooLarge,
     TusError,
+    UploadStopped,
 )
 from .events import (
     POST_CREATE,
@@ -203,7 +204,7 @@ async def start(ctx: Context, request: web.Request, upload: Upload, creation: Cr
                 ctx, request, upload, holder, creation.checksum, upload.length
             )
             if broke_off is not None:
-                if isinstance(broke_off, TusError):
+                if isinstance(broke_off, TusError) and not isinstance(broke_off, UploadStopped):
                     # What arrived is kept: the client resumes from there.
                     broke_off.headers["Upload-Offset"] = str(upload.offset)
                 raise broke_off
@@ -359,9 +360,15 @@ async def receive(
     upload that its bytes filled, however the body ended: the connection may drop once
     the last byte is in, and an upload whose offset reached its length must not wait
     for a PATCH that never comes. Returns the upload as it then stands, and why the body
-    broke off, if it did, for the caller to raise."""
+    broke off, if it did, for the caller to raise.
+
+    A body that a hook stopped (tusd's ``StopUpload``) ends its upload as a DELETE does:
+    its client is answered what the hook chose, and the upload is gone."""
     was_complete = upload.is_complete
     upload, broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length)
+    if isinstance(broke_off, UploadStopped):
+        await remove(ctx, upload, TERMINATED, request, holder)
+        return upload, broke_off
     if upload.is_complete and not was_complete:
         await finished(ctx, upload, request)
     else:

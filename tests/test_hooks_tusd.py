@@ -4,8 +4,10 @@ StopUpload of its response), real over HTTP on loopback, keeps working with aiot
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from support.http import (
     upload_id,
 )
 from support.storage import data_files
+from support.waiting import poll
 
 from server.config import Settings
 from server.context import CONTEXT
@@ -270,3 +273,60 @@ async def test_an_error_status_refuses_pre_finish_and_other_answers_let_it_throu
     patched = await client.patch(path, data=b"", headers={**PATCH_HEADERS, "Upload-Offset": "3"})
     assert patched.status == 204
     assert await (await client.get(path)).read() == b"abc"
+
+
+async def _stopped_patch(client: Any, path: str) -> tuple[int, bytes, dict[str, str]]:
+    """PATCH a long body in chunks paced like a slow uplink's, for the hook to stop it at
+    its first post-receive. A client that goes on sending gets the answer all the same."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(500):  # 5 s of body at most
+            yield b"x" * 1024
+            await asyncio.sleep(0.01)
+
+    response = await client.patch(
+        path, data=body(), headers={**PATCH_HEADERS, "Upload-Offset": "0"}
+    )
+    return response.status, await response.read(), dict(response.headers)
+
+
+async def test_stop_upload_stops_a_streaming_patch_and_removes_the_upload(
+    make_client: ClientFactory, receiver: Receiver, settings: Settings
+) -> None:
+    client = await make_client(
+        **TUSD, hooks_url=receiver.url, hooks_events="post-receive,post-terminate",
+        hooks_progress_interval=0, commit_bytes=1,
+    )
+    stop = {
+        "HTTPResponse": {"StatusCode": 400,
+                         "Body": '{"message":"associated project is no longer available"}',
+                         "Header": {"Content-Type": "application/json"}},
+        "StopUpload": True,
+    }
+    receiver.respond = lambda r: web.json_response(stop if r.name == "post-receive" else {})
+    path = await create_upload(client, 10 * 1024 * 1024)
+    status, text, headers = await _stopped_patch(client, path)
+    assert status == 400, text
+    assert text == b'{"message":"associated project is no longer available"}'
+    assert headers["Content-Type"] == "application/json" and "Upload-Offset" not in headers
+    # Terminated as a DELETE would: gone for its client, its bytes removed, post-terminate.
+    assert (await client.head(path, headers=TUS)).status == 410
+    patched = await client.patch(path, data=b"x", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+    assert patched.status == 410
+    assert data_files(settings) == []
+    (gone,) = await receiver.wait(lambda: receiver.named("post-terminate"), "post-terminate")
+    assert upload_of(gone)["ID"] == upload_id(path)
+    assert upload_of(gone)["Offset"] < 10 * 1024 * 1024
+
+    # Without an HTTPResponse: tusd's own answer.
+    receiver.respond = lambda r: web.json_response(
+        {"StopUpload": True} if r.name == "post-receive" else {}
+    )
+    path = await create_upload(client, 10 * 1024 * 1024)
+    status, text, headers = await _stopped_patch(client, path)
+    assert status == 400 and text == b"ERR_UPLOAD_STOPPED: upload has been stopped by server\n"
+
+    async def outbox_empty() -> bool:
+        return await client.app[CONTEXT].store.hook_events() == []
+
+    await poll(outbox_empty, "every event delivered")
