@@ -15,7 +15,9 @@ request through could allow what the hook meant to refuse.
 
 Post events (``post-*``) are not sent here: :meth:`Hooks.post` turns them into
 outbox rows that the state store commits together with the change they
-report, and :mod:`server.outbox` delivers them.
+report, and :mod:`server.outbox` delivers them. The one exception is a dialect
+whose post-receive answer may stop a body (tusd's ``StopUpload``): that event is
+also sent here while a body streams, to read its answer (:meth:`Hooks.ask_progress`).
 """
 
 from __future__ import annotations
