@@ -26,6 +26,7 @@ from support.http import (
 from support.storage import data_files
 from support.waiting import poll
 
+from server.app import create_app
 from server.config import Settings
 from server.context import CONTEXT
 from server.protocol import parse_metadata
@@ -162,6 +163,22 @@ async def test_reject_upload_answers_tusds_error_or_the_hooks_http_response(
     assert response.status == 400 and await response.read() == b"no"
     assert data_files(settings) == []
     assert await client.app[CONTEXT].store.hook_events() == []
+
+
+async def test_an_in_process_hook_gets_and_answers_tusds_json(
+    aiohttp_client: Any, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def hook(event: dict[str, Any]) -> dict[str, Any]:
+        seen.append(event)
+        return {"RejectUpload": True, "HTTPResponse": {"StatusCode": 451, "Body": "not here"}}
+
+    client = await aiohttp_client(create_app(settings.with_values(**TUSD), hooks=hook))
+    response = await client.post("/files/", headers=CREATE)
+    assert response.status == 451 and await response.read() == b"not here"
+    assert [event["Type"] for event in seen] == ["pre-create"]
+    assert seen[0]["Event"]["Upload"]["Size"] == 3
 
 
 async def test_change_file_info_sets_the_id_and_metadata(
