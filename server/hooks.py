@@ -156,7 +156,12 @@ class DirTransport:
         program = self._directory / event
         if not program.exists():
             return Reply(200, b"")
-        upload = json.loads(body)["Event"]["Upload"]
+        try:
+            upload = json.loads(body)["Event"]["Upload"]
+        except (ValueError, KeyError, TypeError):
+            # An event the outbox kept from before hooks_dir was set, in aiotusd's format:
+            # a tusd script would misread it. It fails, and ends as a dead event.
+            raise HookCallError(f"{program}: the event is not in tusd's format") from None
         env = {
             **os.environ, "HOOK_NAME": event, "HOOK_ID": hook_id, "TUS_ID": upload["ID"],
             "TUS_OFFSET": str(upload["Offset"]), "TUS_SIZE": str(upload["Size"]),

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from support.hooks import assert_hook_failed
-from support.http import PATCH_HEADERS, TUS, ClientFactory, path_of, upload_id
+from support.http import (
+    PATCH_HEADERS,
+    TUS,
+    ClientFactory,
+    create_upload,
+    path_of,
+    upload_id,
+)
+from support.processes import free_port
 from support.storage import data_files
 from support.waiting import poll
 
@@ -101,6 +109,32 @@ async def test_a_hook_file_that_cannot_be_run_fails_the_request(
     response = await client.post("/files/", headers=named("a"))
     await assert_hook_failed(response, caplog, "cannot be run: Permission denied")
     assert data_files(settings) == []
+
+
+@pytest.mark.e2e
+async def test_an_event_kept_from_before_in_aiotusds_format_fails_instead_of_running(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The outbox may hold events written in aiotusd's format before hooks_dir was set: a
+    tusd script is not run with them; each attempt fails, as a delivery that ``aiotusd
+    hooks retry`` can send again once the hooks are right."""
+    before = await make_client(
+        hooks_url=f"http://127.0.0.1:{free_port()}/hook", hooks_events="post-create",
+        hooks_retry_delay=0.01,
+    )
+    await create_upload(before, 3)
+    await before.close()
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    script(hooks, "post-create", "#!/bin/sh\ntouch ran\n")
+    client = await make_client(hooks_dir=str(hooks), hooks_retry_delay=60)
+
+    async def refused() -> bool:
+        events = await client.app[CONTEXT].store.hook_events()
+        return any("not in tusd's format" in event.last_error for event in events)
+
+    await poll(refused, "the old event refused")
+    assert not (hooks / "ran").exists()
 
 
 @pytest.mark.parametrize(
