@@ -20,6 +20,7 @@ from .config import (
     Settings,
     load_settings,
     shown,
+    unknown_variables,
 )
 from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
@@ -178,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     setup_logging(settings.log.format, settings.log.level)
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     if hooks:
         return exit_status(lambda: asyncio.run(hooks_command(settings, **command)))
     return exit_status(lambda: _serve(settings))

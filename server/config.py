@@ -13,6 +13,8 @@ in its section's table (``[hooks]`` then ``url = ...``); ``--help`` and
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,17 @@ from .events import EVENTS, PRE_ACCESS
 from .signing import SIGNINGS
 
 ENV_PREFIX = "AIOTUSD_"
+_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG"})
+"""``AIOTUSD_*`` variables the command reads itself, not settings."""
+# What Kubernetes injects into a pod for a Service named ``aiotusd`` (or ``aiotusd-x``):
+# ``AIOTUSD_SERVICE_HOST``, ``AIOTUSD_SERVICE_PORT(_<NAME>)``, ``AIOTUSD_PORT_1080_TCP(_PROTO
+# |_PORT|_ADDR)``, and ``AIOTUSD_PORT=tcp://10.96.0.5:1080``, which shares its name with our
+# ``port``: in that URL form it is Kubernetes', a number is ours.
+_SERVICE_LINK = re.compile(
+    r"(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)"
+    r"(?:_PROTO|_PORT|_ADDR)?)"
+)
+_SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+")
 MAX_WORKERS = 64
 """Most ``workers``: more cores than a tus server's disk and network keep busy; beyond,
 run several servers on PostgreSQL."""
@@ -482,17 +495,51 @@ def _read_file(config_file: str) -> dict[str, Any]:
     return values
 
 
+def _is_service_link(env_name: str, raw: str) -> bool:
+    """Whether ``env_name`` is one of the variables Kubernetes makes for a Service."""
+    name = env_name[len(ENV_PREFIX) :]
+    if _SERVICE_LINK.fullmatch(name):
+        return True
+    return name.endswith("PORT") and bool(_SERVICE_LINK_URL.fullmatch(raw.strip()))
+
+
+def _settings_in(environ: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
+    """``(setting name, variable, value)`` of each variable that sets a setting."""
+    for env_name, raw in environ.items():
+        if not env_name.startswith(ENV_PREFIX) or env_name in _NOT_SETTINGS:
+            continue
+        key = env_name[len(ENV_PREFIX) :].lower()
+        if key in _BY_NAME and not _is_service_link(env_name, raw):
+            yield key, env_name, raw
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """What to warn about: one line for each ``AIOTUSD_*`` variable that is no setting
+    (a typo, or one of a newer version), and not one of Kubernetes' service links, which
+    a pod gets without asking. Not an error: one stray variable in a shared environment
+    must not keep the server down."""
+    warnings = []
+    for env_name, raw in sorted(environ.items()):
+        key = env_name[len(ENV_PREFIX) :].lower()
+        if (not env_name.startswith(ENV_PREFIX) or env_name in _NOT_SETTINGS
+                or key in _BY_NAME or _is_service_link(env_name, raw)):
+            continue
+        close = difflib.get_close_matches(key, _BY_NAME, n=1, cutoff=0.75)
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else ""
+        warnings.append(f"ignoring environment variable {env_name}: no such setting{hint}")
+    return warnings
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | None = None,
 ) -> Settings:
-    """Merge the sources; unknown keys and bad values raise :class:`ConfigError`."""
+    """Merge the sources; unknown keys (but for variables: see :func:`unknown_variables`)
+    and bad values raise :class:`ConfigError`."""
     values: dict[str, Any] = _read_file(config_file) if config_file else {}
-    for env_name, raw in (environ or {}).items():
-        if env_name.startswith(ENV_PREFIX) and env_name != ENV_PREFIX + "CONFIG":
-            key = env_name[len(ENV_PREFIX) :].lower()
-            values[key] = _validated(key, raw, f"environment variable {env_name}")
+    for key, env_name, raw in _settings_in(environ or {}):
+        values[key] = _validated(key, raw, f"environment variable {env_name}")
     for key, raw in (flags or {}).items():
         if raw is not None:
             values[key] = _validated(key, raw, f"flag --{key.replace('_', '-')}")

@@ -88,9 +88,42 @@ def test_config_file_that_is_not_utf8_exits_2(tmp_path):
     assert_one_line_error(result, str(config), "UTF-8")
 
 
-def test_unknown_environment_variable_exits_2_naming_it(tmp_path):
-    result = run_cli(tmp_path, AIOTUSD_MAX_SIZ="10")
-    assert_one_line_error(result, "AIOTUSD_MAX_SIZ")
+KUBERNETES = {  # what a pod gets for a Service named aiotusd
+    "AIOTUSD_SERVICE_HOST": "10.96.0.5", "AIOTUSD_SERVICE_PORT": "1080",
+    "AIOTUSD_SERVICE_PORT_HTTP": "1080", "AIOTUSD_PORT": "tcp://10.96.0.5:1080",
+    "AIOTUSD_PORT_1080_TCP": "tcp://10.96.0.5:1080", "AIOTUSD_PORT_1080_TCP_PROTO": "tcp",
+    "AIOTUSD_PORT_1080_TCP_PORT": "1080", "AIOTUSD_PORT_1080_TCP_ADDR": "10.96.0.5",
+}
+
+
+def _served_log(tmp_path, *args: str, **env: str) -> str:
+    """Start a real server with ``args`` and ``env``, check that it answers OPTIONS, stop
+    it; its log."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), *args], cwd=tmp_path,
+            env=clean_env(**env), stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(process, port, "aiotusd", log.read_text)
+        assert _request(port, "OPTIONS", "/files/", {}).status == 204
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()
+    return log.read_text()
+
+
+def test_kubernetes_variables_are_ignored_and_an_unknown_one_is_warned_about(tmp_path):
+    text = _served_log(tmp_path, **KUBERNETES, AIOTUSD_MAX_SIZ="10", AIOTUSD_TYPO="1")
+    warnings = [line for line in text.splitlines() if " WARNING " in line]
+    assert [line.split(" WARNING aiotusd: ")[1] for line in warnings] == [
+        ("ignoring environment variable AIOTUSD_MAX_SIZ: no such setting; "
+         "did you mean AIOTUSD_MAX_SIZE?"),
+        "ignoring environment variable AIOTUSD_TYPO: no such setting",
+    ]
+    assert "SERVICE" not in text and "tcp://" not in text and "Traceback" not in text
 
 
 def test_bad_file_value_exits_2_naming_key_and_file(tmp_path):

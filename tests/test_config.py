@@ -18,7 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.config import SETTINGS, ConfigError, Setting, Settings, load_settings
+from server.config import (
+    SETTINGS,
+    ConfigError,
+    Setting,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -163,11 +170,42 @@ def test_settings_changed_in_code_are_checked_as_flags_are():
         Settings().with_values(max_size="-1")
 
 
-def test_unknown_environment_variable_names_it():
-    with pytest.raises(ConfigError) as raised:
-        load_settings(environ={"AIOTUSD_PROT": "8080"})
-    assert "AIOTUSD_PROT" in str(raised.value)
-    assert "'prot'" in str(raised.value)
+def test_unknown_environment_variable_is_warned_about_by_name_not_refused():
+    environ = {"AIOTUSD_PROT": "8080", "AIOTUSD_TYPO": "1", "AIOTUSD_HOST": "::1"}
+    assert load_settings(environ=environ).server.host == "::1"
+    assert unknown_variables(environ) == [
+        "ignoring environment variable AIOTUSD_PROT: no such setting; did you mean AIOTUSD_PORT?",
+        "ignoring environment variable AIOTUSD_TYPO: no such setting",
+    ]
+
+
+# What Kubernetes injects for Services named aiotusd and aiotusd-metrics.
+KUBERNETES = {
+    "AIOTUSD_SERVICE_HOST": "10.96.0.5",
+    "AIOTUSD_SERVICE_PORT": "1080",
+    "AIOTUSD_SERVICE_PORT_HTTP": "1080",
+    "AIOTUSD_PORT": "tcp://10.96.0.5:1080",
+    "AIOTUSD_PORT_1080_TCP": "tcp://10.96.0.5:1080",
+    "AIOTUSD_PORT_1080_TCP_PROTO": "tcp",
+    "AIOTUSD_PORT_1080_TCP_PORT": "1080",
+    "AIOTUSD_PORT_1080_TCP_ADDR": "10.96.0.5",
+    "AIOTUSD_METRICS_SERVICE_HOST": "10.96.0.6",
+    "AIOTUSD_METRICS_PORT": "tcp://10.96.0.6:9100",
+    "AIOTUSD_METRICS_PORT_9100_TCP_ADDR": "10.96.0.6",
+}
+
+
+def test_kubernetes_service_links_are_ignored_without_a_warning():
+    assert load_settings(environ=KUBERNETES) == Settings()
+    assert unknown_variables(KUBERNETES) == []
+
+
+def test_a_port_variable_that_is_a_number_is_ours_and_a_bad_one_is_refused():
+    environ = {**KUBERNETES, "AIOTUSD_PORT": "8080", "AIOTUSD_METRICS_PORT": "9100"}
+    settings = load_settings(environ=environ)
+    assert (settings.server.port, settings.metrics.port) == (8080, 9100)
+    with pytest.raises(ConfigError, match="'port'.*AIOTUSD_PORT"):
+        load_settings(environ={"AIOTUSD_PORT": "http://10.96.0.5:1080"})
 
 
 def test_unknown_flag_key_is_refused():
