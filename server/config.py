@@ -28,8 +28,8 @@ from .config_values import (
     parse_base_path,
     parse_bool,
     parse_directory,
+    parse_duration,
     parse_events,
-    parse_float,
     parse_header_names,
     parse_host,
     parse_int,
@@ -40,6 +40,7 @@ from .config_values import (
     parse_size,
     parse_str,
     parse_url,
+    parse_whole_seconds,
 )
 from .errors import ConfigError
 from .events import EVENTS, PRE_ACCESS
@@ -80,7 +81,11 @@ def _option(
 
 
 def _seconds(default: float, help: str, minimum: float = 0.01) -> Any:
-    return _option(default, parse_float, help, minimum=minimum, maximum=MAX_SECONDS)
+    return _option(default, parse_duration, help, minimum=minimum, maximum=MAX_SECONDS)
+
+
+def _whole_seconds(default: int, help: str, minimum: int = 0) -> Any:
+    return _option(default, parse_whole_seconds, help, minimum=minimum, maximum=MAX_SECONDS)
 
 
 def _count(default: int, help: str, minimum: int = 1) -> Any:
@@ -185,15 +190,11 @@ class UploadSettings:
         minimum=1, maximum=MAX_INTEGER)
     max_concat_parts: int = _count(
         100, "most partial uploads one final upload may concatenate")
-    expiration: int = _option(
-        604800, parse_int,
-        "seconds an unfinished upload lives after its last write, 0 to keep forever",
-        minimum=0, maximum=MAX_SECONDS)
+    expiration: int = _whole_seconds(
+        604800, "seconds an unfinished upload lives after its last write, 0 to keep forever")
     expiry_interval: float = _seconds(60.0, "seconds between sweeps for expired uploads")
-    gone_retention: int = _option(
-        604800, parse_int,
-        "seconds a terminated or expired upload answers 410 before it is forgotten",
-        minimum=0, maximum=MAX_SECONDS)
+    gone_retention: int = _whole_seconds(
+        604800, "seconds a terminated or expired upload answers 410 before it is forgotten")
     disable_download: bool = _option(
         False, parse_bool, "refuse GET of an upload's bytes with 405 (HEAD still answers)")
     disable_termination: bool = _option(
@@ -292,8 +293,8 @@ class HookSettings:
     progress_interval: float = _seconds(
         1.0, "least seconds between post-receive events of one upload", minimum=0)
     max_attempts: int = _count(50, "delivery attempts before an event is dead")
-    max_age: int = _option(86400, parse_int, "seconds an event is retried before it is dead",
-                           minimum=1, maximum=MAX_SECONDS)
+    max_age: int = _whole_seconds(86400, "seconds an event is retried before it is dead",
+                                  minimum=1)
     retry_delay: float = _seconds(
         1.0, "seconds before the first retry; doubles with each further one", minimum=0)
     concurrency: int = _count(4, "events delivered at once")

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ENV_PREFIX, SETTINGS, Setting, Settings
-from .config_values import parse_size
+from .config_values import (
+    format_duration,
+    parse_duration,
+    parse_size,
+    parse_whole_seconds,
+)
 
 COMMAND = "python -m server.config_docs"
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -58,6 +63,8 @@ def _number(value: float, setting: Setting) -> str:
         for power in range(len(_UNITS), 0, -1):
             if value % 1024**power == 0:
                 return f"{int(value) // 1024**power} {_UNITS[power - 1]}"
+    if setting.parse in (parse_duration, parse_whole_seconds):
+        return format_duration(value)
     return str(value)
 
 

@@ -61,6 +61,54 @@ def parse_float(value: Any) -> float:
     return number
 
 
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)"
+_DURATION_RE = re.compile(f"(?:{_DURATION_PART})+")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds: a number (``2.5``, from text or TOML), or text with units as operators
+    and Go's ``time.Duration`` write them: ``500ms``, ``15s``, ``1m``, ``2h``, ``7d``,
+    ``1h30m``."""
+    text = value.strip() if isinstance(value, str) else None
+    if text is None or not _DURATION_RE.fullmatch(text):
+        try:
+            return parse_float(value)
+        except ValueError as exc:
+            if text is None or "finite" in str(exc):
+                raise
+            raise ValueError(
+                "expected seconds, or a duration such as 500ms, 15s, 1m, 2h, 7d or 1h30m"
+            ) from None
+    seconds = sum(float(number) * _DURATION_UNITS[unit]
+                  for number, unit in re.findall(_DURATION_PART, text))
+    return parse_float(seconds)
+
+
+def parse_whole_seconds(value: Any) -> int:
+    """A duration (:func:`parse_duration`) of whole seconds, for what is stored as such."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    seconds = parse_duration(value)
+    if not seconds.is_integer():
+        raise ValueError("expected whole seconds")
+    return int(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as :func:`parse_duration` reads it back, shortest first: ``7d``,
+    ``1m30s``, ``500ms``."""
+    if not float(seconds).is_integer():
+        millis = seconds * 1000
+        return f"{millis:g}ms" if seconds < 1 and millis.is_integer() else f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit in ("d", "h", "m", "s"):
+        count, rest = divmod(rest, int(_DURATION_UNITS[unit]))
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value

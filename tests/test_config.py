@@ -404,6 +404,40 @@ def test_numbers_from_text_and_toml(tmp_path):
     assert settings.uploads.expiration == 30
 
 
+DURATIONS = [
+    ("15s", 15), ("1m", 60), ("2h", 7200), ("7d", 604800), ("1h30m", 5400), ("2.5", 2.5),
+    (" 30 ", 30), ("1m0.5s", 60.5), ("500ms", 0.5),
+]
+
+
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
+def test_durations_take_units_in_flags_environment_and_file(tmp_path, text, seconds):
+    config = write_toml(tmp_path / "c.toml", f'[hooks]\ntimeout = "{text}"\n')
+    for loaded in (load_settings(flags={"hooks_timeout": text}),
+                     load_settings(environ={"AIOTUSD_HOOKS_TIMEOUT": text}),
+                     load_settings(config_file=config)):
+        assert loaded.hooks.timeout == seconds
+        assert isinstance(loaded.hooks.timeout, float)
+
+
+@pytest.mark.parametrize("name", ["expiration", "gone_retention", "hooks_max_age"])
+def test_whole_second_durations_take_units_and_stay_integers(tmp_path, name):
+    config = write_toml(tmp_path / "c.toml", f'{name} = "1h30m"\n')
+    for loaded in (load_settings(flags={name: "7d"}), load_settings(config_file=config),
+                     load_settings(environ={"AIOTUSD_" + name.upper(): "2h"})):
+        value = BY_NAME[name].get(loaded)
+        assert value in (604800, 5400, 7200) and type(value) is int
+    assert BY_NAME[name].get(load_settings(flags={name: 120})) == 120  # a TOML number
+    with pytest.raises(ConfigError, match=f"'{name}'.*whole seconds"):
+        load_settings(flags={name: "1500ms"})
+
+
+@pytest.mark.parametrize("text", ["1w", "soon", "1h 30m", "m", "-1s", "1.s", "inf"])
+def test_bad_durations_are_refused_naming_the_setting(text):
+    with pytest.raises(ConfigError, match="'idle_timeout'"):
+        load_settings(flags={"idle_timeout": text})
+
+
 def test_database_path_defaults_into_data_dir():
     assert load_settings(flags={"data_dir": "/srv/tus"}).storage.database_path == Path(
         "/srv/tus/aiotusd.sqlite3"
