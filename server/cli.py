@@ -8,10 +8,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import __version__
+from .cli_args import plain, split_command
 from .config import (
     ENV_PREFIX,
     SECTIONS,
@@ -21,6 +22,21 @@ from .config import (
     load_settings,
     shown,
     unknown_variables,
+)
+from .config_values import (
+    parse_base_path,
+    parse_directory,
+    parse_duration,
+    parse_events,
+    parse_header_names,
+    parse_int,
+    parse_networks,
+    parse_origins,
+    parse_path,
+    parse_rate,
+    parse_size,
+    parse_url,
+    parse_whole_seconds,
 )
 from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
@@ -37,16 +53,47 @@ log = logging.getLogger("aiotusd")
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like the errors of bad setting values."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Room for "--database-timeout DURATION" beside its help, not above it.
+        super().__init__(**kwargs, formatter_class=lambda prog: argparse.HelpFormatter(
+            prog, max_help_position=36))
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_METAVARS: dict[Callable[[Any], Any], str] = {
+    parse_size: "SIZE", parse_duration: "DURATION", parse_whole_seconds: "DURATION",
+    parse_int: "N", parse_rate: "PER_SECOND", parse_path: "PATH", parse_directory: "DIR",
+    parse_url: "URL", parse_events: "EVENTS", parse_header_names: "HEADERS",
+    parse_networks: "NETWORKS", parse_origins: "ORIGINS", parse_base_path: "PATH",
+}
+
+
 def _metavar(setting: Setting) -> str:
+    """What a flag's value is (``SIZE``, ``DURATION``), shorter than its name in capitals."""
     if setting.choices:
         return "{" + ",".join(setting.choices) + "}"
+    return _METAVARS.get(setting.parse, setting.name.upper())
+
+
+def _add_setting(parser: argparse._ActionsContainer, setting: Setting, hidden: bool = False,
+                 ) -> None:
+    """The flag of ``setting``: a boolean as ``--x``/``--no-x`` (see :mod:`server.cli_args`),
+    the default in its help once, in the form a flag takes. ``hidden``: left out of the
+    help and absent from the result unless given (a subcommand's own options)."""
+    default = shown(setting)
+    help_text = setting.help + (f" (default: {default})" if default else "")
+    options: dict[str, Any] = {
+        "dest": setting.name,
+        "default": argparse.SUPPRESS if hidden else None,
+        "help": argparse.SUPPRESS if hidden else help_text.replace("%", "%%"),
+    }
     if isinstance(setting.default, bool):
-        return "{true,false}"
-    return setting.name.upper()
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["metavar"] = _metavar(setting)
+    parser.add_argument("--" + setting.name.replace("_", "-"), **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--config FILE] [--SETTING VALUE ...] | %(prog)s hooks {list,retry} ...",
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
-        "the environment over the file.",
+        "the environment over the file. Sizes take units (8MiB, 5GB), durations too "
+        "(500ms, 15s, 2h, 7d); a boolean flag alone is true (--metrics, --no-metrics).",
         epilog="aiotusd hooks {list,retry} --help: post-hook events that were not delivered",
     )
     parser.add_argument("--version", action="version", version=f"aiotusd {__version__}")
@@ -64,14 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = {section: parser.add_argument_group(f"{section} settings") for section in SECTIONS}
     for setting in SETTINGS:
-        groups[setting.section].add_argument(
-            "--" + setting.name.replace("_", "-"),
-            dest=setting.name,
-            default=None,
-            metavar=_metavar(setting),
-            help=f"{setting.help} (default: {shown(setting.default)})".replace("%", "%%"),
-        )
+        _add_setting(groups[setting.section], setting)
     return parser
+
+
+_HOOKS_OPTIONS = ("data_dir", "database")
+"""The settings ``aiotusd hooks --help`` shows: those that find the database."""
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the server that a subcommand takes too, before or after its action:
+    ``--config`` and the settings (only those of :data:`_HOOKS_OPTIONS` in its help)."""
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML config file")
+    for setting in SETTINGS:
+        if setting.name in _HOOKS_OPTIONS:
+            parser.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name,
+                                metavar=_metavar(setting), default=argparse.SUPPRESS,
+                                help=setting.help)
+        else:
+            _add_setting(parser, setting, hidden=True)
 
 
 def build_hooks_parser() -> argparse.ArgumentParser:
@@ -82,6 +142,7 @@ def build_hooks_parser() -> argparse.ArgumentParser:
         "again. The database is found as the server finds it: flags, "
         f"{ENV_PREFIX}<NAME> and the config file.",
     )
+    _add_global_options(parser)
     actions = parser.add_subparsers(dest="action", metavar="{list,retry}", required=True)
     listing = actions.add_parser("list", help="events not delivered yet, oldest first")
     listing.add_argument("--dead", action="store_true", help="only the events given up on")
@@ -90,11 +151,7 @@ def build_hooks_parser() -> argparse.ArgumentParser:
     which.add_argument("hook_id", nargs="?", metavar="ID", help="the event's Hook-Id")
     which.add_argument("--all-dead", action="store_true", help="every dead event")
     for action in (listing, retry):
-        action.add_argument("--config", metavar="FILE", help="TOML config file")
-        for setting in SETTINGS:
-            if setting.name in ("data_dir", "database"):
-                action.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name,
-                                    metavar=_metavar(setting), help=setting.help)
+        _add_global_options(action)
     return parser
 
 
@@ -161,18 +218,25 @@ def _serve(settings: Settings) -> int | None:
         listeners.close()
 
 
+def _arguments(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """The subcommand (None: serve) and the parsed arguments of the command line."""
+    command, argv = split_command(plain(argv))
+    if command == "hooks":
+        return command, vars(build_hooks_parser().parse_args(argv))
+    return command, vars(build_parser().parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    hooks = argv[:1] == ["hooks"]
-    if hooks:
-        arguments = vars(build_hooks_parser().parse_args(argv[1:]))
-        arguments.pop("all_dead", None)  # retry without an ID is retry of every dead event
-        command = {
-            key: arguments.pop(key) for key in ("action", "dead", "hook_id") if key in arguments
-        }
-    else:
-        arguments = vars(build_parser().parse_args(argv))
-    config_file = arguments.pop("config") or os.environ.get(ENV_PREFIX + "CONFIG")
+    try:
+        command, arguments = _arguments(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as exc:
+        print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    options = {
+        key: arguments.pop(key) for key in ("action", "dead", "hook_id") if key in arguments
+    }
+    arguments.pop("all_dead", None)  # retry without an ID is retry of every dead event
+    config_file = arguments.pop("config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
     try:
         settings = load_settings(arguments, os.environ, config_file)
     except ConfigError as exc:
@@ -181,6 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log.format, settings.log.level)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
-    if hooks:
-        return exit_status(lambda: asyncio.run(hooks_command(settings, **command)))
+    if command == "hooks":
+        return exit_status(lambda: asyncio.run(hooks_command(settings, **options)))
     return exit_status(lambda: _serve(settings))

@@ -25,6 +25,8 @@ from .config_values import (
     MAX_INTEGER,
     MAX_SECONDS,
     Network,
+    format_duration,
+    format_size,
     parse_base_path,
     parse_bool,
     parse_directory,
@@ -394,11 +396,21 @@ class Setting:
         return getattr(getattr(settings, self.section), self.key)
 
 
-def shown(value: Any) -> str:
-    """A default as ``--help`` shows it: a list as the comma-separated text a flag takes."""
+def shown(setting: Setting) -> str:
+    """The default of ``setting`` as a flag would give it (``8MiB``, ``10s``, a list with
+    commas), or empty when there is nothing to show: no value, or the help tells it."""
+    value = setting.default
+    if "default" in setting.help:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, tuple):
-        return repr(",".join(str(item) for item in value))
-    return repr(value)
+        return ",".join(str(item) for item in value)
+    if setting.parse is parse_size:
+        return format_size(value)
+    if setting.parse in (parse_duration, parse_whole_seconds):
+        return format_duration(value)
+    return str(value)
 
 
 def _settings_of(section: dataclasses.Field[Any]) -> Iterator[Setting]:

@@ -36,6 +36,15 @@ def parse_size(value: Any) -> int:
     return int(number) * base ** _SIZE_UNITS[unit.upper()]
 
 
+def format_size(size: int) -> str:
+    """``size`` as :func:`parse_size` reads it back, in the largest binary unit that holds
+    it whole: ``8MiB``, ``4KiB``, ``1000``."""
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if size and size % 1024**power == 0:
+            return f"{size // 1024**power}{unit}"
+    return str(size)
+
+
 def parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected an integer")

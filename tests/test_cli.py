@@ -164,11 +164,36 @@ def test_help_lists_every_flag(tmp_path):
     result = run_cli(tmp_path, "--help")
     assert result.returncode == 0, result.stderr
     for setting in SETTINGS:
-        assert "--" + setting.name.replace("_", "-") + " " in result.stdout, setting.name
+        flag = "--" + setting.name.replace("_", "-")
+        assert flag + " " in result.stdout or flag + ", --no-" in result.stdout, setting.name
     for flag in ("--config", "--version", "--help"):
         assert flag in result.stdout
     assert "AIOTUSD_" in result.stdout
     assert "{text,json}" in result.stdout
+
+
+def _help_of(stdout: str, flag: str) -> str:
+    """The help text of ``flag`` in ``--help``'s output, its lines joined."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(flag + " "))
+    text = [lines[start].strip()[len(flag):]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" " * 10):
+            break
+        text.append(line.strip())
+    return " ".join(" ".join(text).split())
+
+
+def test_help_shows_defaults_once_in_the_form_a_flag_takes(tmp_path):
+    stdout = run_cli(tmp_path, "--help", COLUMNS="100").stdout
+    assert _help_of(stdout, "--commit-bytes").endswith("(default: 8MiB)")
+    assert _help_of(stdout, "--expiration").endswith("(default: 7d)")
+    assert _help_of(stdout, "--shutdown-timeout").endswith("(default: 10s)")
+    assert _help_of(stdout, "--host").endswith("(default: 127.0.0.1)")
+    assert "8388608" not in stdout and "604800" not in stdout
+    database = _help_of(stdout, "--database")
+    assert database.count("default") == 1 and "''" not in database
+    assert "--demo, --no-demo" in stdout and "--metrics, --no-metrics" in stdout
 
 
 def test_version(tmp_path):
