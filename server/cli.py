@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
         "the environment over the file. Sizes take units (8MiB, 5GB), durations too "
-        "(500ms, 15s, 2h, 7d); a boolean flag alone is true (--metrics, --no-metrics).",
+        "(500ms, 15s, 2h, 7d); a boolean flag alone is true (--metrics, --no-metrics). "
+        "tusd's flags (-upload-dir ...) are understood too: docs/coming-from-tusd.md.",
         epilog="aiotusd hooks {list,retry} --help: post-hook events that were not delivered",
     )
     parser.add_argument("--version", action="version", version=f"aiotusd {__version__}")

@@ -2,10 +2,12 @@
 
 argparse alone cannot take what operators are used to: a boolean flag bare
 (``--behind-proxy``), negated (``--no-demo``) or with a value (``--demo true``), flags with
-one dash as Go programs take them (``-data-dir /srv``), and global options on either side
-of a subcommand (``aiotusd hooks list --config x.toml``). :func:`plain` rewrites the
-arguments so that each boolean is ``--x`` or ``--no-x`` and each flag has two dashes;
-:func:`split_command` finds the subcommand wherever the options put it.
+one dash as Go programs take them (``-data-dir /srv``), tusd's flags (``-upload-dir /srv``,
+see :mod:`server.tusd_flags`), and global options on either side of a subcommand
+(``aiotusd hooks list --config x.toml``). :func:`plain` rewrites the arguments so that each
+boolean is ``--x`` or ``--no-x``, each tusd flag is the aiotusd flags it stands for, and
+each flag has two dashes; :func:`split_command` finds the subcommand wherever the options
+put it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .config import SETTINGS, ConfigError
+from .tusd_flags import DOC, TUSD_FLAGS, TusdFlag
 
 SWITCHES: frozenset[str] = frozenset(
     setting.name for setting in SETTINGS if isinstance(setting.default, bool)
@@ -49,6 +52,36 @@ def _truth(flag: str, label: str, value: str | None, rest: list[str]) -> bool:
     return _BOOLEAN_WORDS[value.lower()]
 
 
+def _tusd(flag: str, spec: TusdFlag, value: str | None, rest: list[str]) -> list[str]:
+    """The aiotusd flags that tusd's ``flag`` stands for."""
+    if not spec.requires():
+        raise ConfigError(f"tusd's flag {flag} has no aiotusd equivalent: {spec.hint} (see {DOC})")
+    missing = [name for name in spec.requires() if name not in _OURS]
+    if missing:
+        raise ConfigError(
+            f"tusd's flag {flag} is not supported yet: it needs {', '.join(missing)} "
+            f"(see {DOC})"
+        )
+    also = [f"{_flag(name)}={fixed}" for name, fixed in spec.also.items()]
+    if spec.switch:
+        on = _truth(flag, flag.lstrip("-"), value, rest)
+        return [_flag(name, on) for name in spec.settings] + (also if on else [])
+    if value is None:
+        if not rest:
+            raise ConfigError(f"tusd's flag {flag} needs a value (see {DOC})")
+        value = rest.pop(0)
+    return [f"{_flag(name)}={value}" for name in spec.settings] + also
+
+
+def _tusd_spec(flag: str) -> TusdFlag | None:
+    """tusd's meaning of ``flag``: always with one dash (as Go's flags are written), with
+    two only where aiotusd has no flag of that name."""
+    name = flag.lstrip("-")
+    if (not flag.startswith("--") and len(name) > 1) or _name(flag) not in _OURS:
+        return TUSD_FLAGS.get(name)
+    return None
+
+
 def _switch(flag: str, value: str | None, rest: list[str]) -> str | None:
     """A boolean flag of ours as ``--x`` or ``--no-x``; None if ``flag`` is none."""
     name = _name(flag)
@@ -62,8 +95,9 @@ def _switch(flag: str, value: str | None, rest: list[str]) -> str | None:
 
 
 def plain(argv: Sequence[str]) -> list[str]:
-    """``argv`` with booleans as ``--x``/``--no-x``, every flag with two dashes; raises
-    :class:`ConfigError` for a bad boolean."""
+    """``argv`` with booleans as ``--x``/``--no-x``, tusd's flags as aiotusd's, every flag
+    with two dashes; raises :class:`ConfigError` for a bad boolean, or a tusd flag that
+    has no equivalent here."""
     rest, out = list(argv), list[str]()
     while rest:
         token = rest.pop(0)
@@ -74,6 +108,10 @@ def plain(argv: Sequence[str]) -> list[str]:
             continue
         flag, has_value, text = token.partition("=")
         value = text if has_value else None
+        spec = _tusd_spec(flag)
+        if spec is not None:
+            out += _tusd(flag, spec, value, rest)
+            continue
         if not flag.startswith("--") and len(flag) > 2 and _name(flag) in _OURS:
             flag = "-" + flag  # -data-dir: one dash, as Go programs write flags
         switch = _switch(flag, value, rest)

@@ -14,10 +14,14 @@ from typing import Self
 import pytest
 from support.processes import clean_env, free_port, run_cli, wait_listening
 
-from server.config import Settings
+from server.cli import main
+from server.cli_args import plain
+from server.config import SETTINGS, Settings
 from server.database import open_store
+from server.tusd_flags import TUSD_FLAGS
 
 pytestmark = pytest.mark.e2e
+BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 def _get(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None,
@@ -117,3 +121,86 @@ def test_a_subcommand_without_the_database_says_where_it_looked(tmp_path):
     result = run_cli(tmp_path, "hooks", "retry", "--all-dead", "--data-dir", str(tmp_path / "x"))
     assert result.returncode == 1
     assert result.stderr == f"aiotusd: error: no database at {tmp_path / 'x' / 'aiotusd.sqlite3'}\n"
+
+
+# --- tusd's flags ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dashes", ["-", "--"])
+def test_tusds_flags_serve_as_tusd_would(tmp_path, dashes):
+    port = free_port()
+    tusd = [("port", str(port)), ("host", "127.0.0.1"), ("upload-dir", str(tmp_path / "up")),
+            ("base-path", "/uploads/"), ("max-size", "10"), ("behind-proxy", None),
+            ("expose-metrics", None), ("network-timeout", "1m"), ("shutdown-timeout", "2s"),
+            ("hooks-enabled-events", "post-finish"), ("acquire-lock-timeout", "500ms")]
+    args = [part for name, value in tusd for part in (dashes + name, value) if part]
+    with Served(tmp_path, port, *args):
+        options = _get(port, "/uploads/", "OPTIONS")
+        assert options.status == 204 and options.headers["Tus-Max-Size"] == "10"
+        created = _get(port, "/uploads/", "POST", {
+            "Tus-Resumable": "1.0.0", "Upload-Length": "5",
+            "X-Forwarded-Host": "tus.example.com", "X-Forwarded-Proto": "https"})
+        assert created.status == 201
+        location = created.headers["Location"]
+        assert location.startswith("https://tus.example.com/uploads/")  # -behind-proxy
+        assert (tmp_path / "up" / location.rsplit("/", 1)[1]).is_file()  # -upload-dir
+        assert _get(port, "/metrics").status == 200  # -expose-metrics
+        assert _get(port, "/files/", "OPTIONS").status == 404
+
+
+def test_tusds_s3_bucket_selects_s3_and_its_value_flags_take_an_equals_sign():
+    assert plain(["-s3-bucket=b", "-s3-object-prefix", "p/", "-expose-metrics=false",
+                  "-disable-cors", "-upload-dir", "-x"]) == [
+        "--s3-bucket=b", "--storage=s3", "--s3-prefix=p/", "--no-metrics", "--cors-origins=",
+        "--data-dir=-x"]
+
+
+UNMAPPED = sorted(name for name, spec in TUSD_FLAGS.items() if not spec.requires())
+
+
+@pytest.mark.parametrize("name", UNMAPPED)
+def test_a_tusd_flag_without_an_equivalent_stops_in_one_line_with_a_hint(capsys, name):
+    spec = TUSD_FLAGS[name]
+    assert main([f"-{name}", *([] if spec.switch else ["x"]), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"aiotusd: error: tusd's flag -{name} has no aiotusd equivalent: "
+                            f"{spec.hint} (see docs/coming-from-tusd.md)\n")
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["-cors-allow-origin", "https://.*"],
+     ("tusd's flag -cors-allow-origin has no aiotusd equivalent: it takes a regular "
+      "expression; aiotusd's --cors-origins takes a list of origins such as "
+      "https://app.example.com, or *")),
+    (["--hooks-http-retry", "5"], "tusd's flag --hooks-http-retry has no aiotusd equivalent"),
+    (["-timeout", "6000"], "aiotusd's --idle-timeout takes a duration"),
+    (["-upload-dir"], "tusd's flag -upload-dir needs a value"),
+    (["-behind-proxy=maybe"], "bad value 'maybe' for 'behind-proxy' in flag -behind-proxy"),
+])
+def test_tusd_flags_that_cannot_be_taken_stop_the_real_command_in_one_line(tmp_path, args, line):
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("aiotusd: error: " + line) or line in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
+def test_every_tusd_alias_names_settings_or_says_it_is_not_supported_yet(capsys):
+    for name, spec in TUSD_FLAGS.items():
+        missing = [setting for setting in spec.requires() if setting not in BY_NAME]
+        if not spec.requires() or not missing:
+            continue
+        assert main([f"-{name}", *([] if spec.switch else ["x"])]) == 2
+        assert capsys.readouterr().err == (
+            f"aiotusd: error: tusd's flag -{name} is not supported yet: it needs "
+            f"{', '.join(missing)} (see docs/coming-from-tusd.md)\n")
+
+
+def test_the_coming_from_tusd_page_lists_every_tusd_flag():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "coming-from-tusd.md").read_text()
+    for name in TUSD_FLAGS:
+        parts = name.split("-")
+        groups = [f"`-{'-'.join(parts[:n])}-*`" for n in range(1, len(parts))]
+        assert f"`-{name}`" in page or any(group in page for group in groups), name
+    assert "\n## Hooks\n" in page
