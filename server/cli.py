@@ -19,6 +19,7 @@ from .config import (
     SETTINGS,
     Setting,
     Settings,
+    aws_secrets_from_files,
     load_settings,
     shown,
     unknown_variables,
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file = arguments.pop("config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
     try:
         settings = load_settings(arguments, os.environ, config_file)
+        os.environ.update(aws_secrets_from_files(os.environ))  # where botocore reads them
     except ConfigError as exc:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -51,6 +51,8 @@ from .signing import SIGNINGS
 ENV_PREFIX = "AIOTUSD_"
 _NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG"})
 """``AIOTUSD_*`` variables the command reads itself, not settings."""
+_FILE_SUFFIX = "_FILE"
+"""``AIOTUSD_<NAME>_FILE``: the value of ``AIOTUSD_<NAME>`` is in the file it names."""
 # What Kubernetes injects into a pod for a Service named ``aiotusd`` (or ``aiotusd-x``):
 # ``AIOTUSD_SERVICE_HOST``, ``AIOTUSD_SERVICE_PORT(_<NAME>)``, ``AIOTUSD_PORT_1080_TCP(_PROTO
 # |_PORT|_ADDR)``, and ``AIOTUSD_PORT=tcp://10.96.0.5:1080``, which shares its name with our
@@ -434,30 +436,25 @@ _BY_NAME = {setting.name: setting for setting in SETTINGS}
 _BY_KEY = {(setting.section, setting.key): setting for setting in SETTINGS}
 
 
-def _validated(name: str, raw: Any, source: str, label: str = "") -> Any:
+def _validated(name: str, raw: Any, source: str, label: str = "", secret: bool = False) -> Any:
     """The parsed value of setting ``name``; ``label`` is how the source names it
-    (``hooks.url`` in a TOML table), by default its flat name."""
+    (``hooks.url`` in a TOML table), by default its flat name. A ``secret`` value (from a
+    ``*_FILE``) is not repeated in the message."""
     label = label or name
     setting = _BY_NAME.get(name)
     if setting is None:
         raise ConfigError(f"unknown setting {label!r} in {source}")
+    bad = f"bad value {'' if secret else repr(raw) + ' '}for {label!r} in {source}"
     try:
         value = setting.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"bad value {raw!r} for {label!r} in {source}: {exc}") from None
+        raise ConfigError(f"{bad}: {exc}") from None
     if setting.choices and value not in setting.choices:
-        raise ConfigError(
-            f"bad value {raw!r} for {label!r} in {source}: expected one of "
-            + ", ".join(setting.choices)
-        )
+        raise ConfigError(f"{bad}: expected one of " + ", ".join(setting.choices))
     if setting.minimum is not None and value < setting.minimum:
-        raise ConfigError(
-            f"bad value {raw!r} for {label!r} in {source}: must be at least {setting.minimum}"
-        )
+        raise ConfigError(f"{bad}: must be at least {setting.minimum}")
     if setting.maximum is not None and value > setting.maximum:
-        raise ConfigError(
-            f"bad value {raw!r} for {label!r} in {source}: must be at most {setting.maximum}"
-        )
+        raise ConfigError(f"{bad}: must be at most {setting.maximum}")
     return value
 
 
@@ -516,14 +513,61 @@ def _is_service_link(env_name: str, raw: str) -> bool:
     return name.endswith("PORT") and bool(_SERVICE_LINK_URL.fullmatch(raw.strip()))
 
 
-def _settings_in(environ: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
-    """``(setting name, variable, value)`` of each variable that sets a setting."""
+def read_secret_file(env_name: str, path: str) -> str:
+    """The text of the file that ``env_name`` names (Docker's and Kubernetes' secrets are
+    files), without its trailing line break."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} named by {env_name}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {path} named by {env_name}: not UTF-8 at byte "
+                          f"{exc.start}") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _file_variable(env_name: str, environ: Mapping[str, str]) -> str | None:
+    """The variable that ``env_name`` (``AIOTUSD_HOOKS_SECRET_FILE``) holds the value of in
+    a file; None when it is no such ``*_FILE`` variable. Both set is refused."""
+    if not env_name.endswith(_FILE_SUFFIX):
+        return None
+    named = env_name.removesuffix(_FILE_SUFFIX)
+    if named.startswith(ENV_PREFIX) and named[len(ENV_PREFIX) :].lower() not in _BY_NAME:
+        return None
+    if named in environ:
+        raise ConfigError(f"{named} and {env_name} are both set: set one of them")
+    return named
+
+
+def _settings_in(environ: Mapping[str, str]) -> Iterator[tuple[str, str, str, bool]]:
+    """``(setting name, where, value, secret)`` of each variable that sets a setting,
+    the value of a ``*_FILE`` variable read from its file."""
     for env_name, raw in environ.items():
         if not env_name.startswith(ENV_PREFIX) or env_name in _NOT_SETTINGS:
             continue
+        named = _file_variable(env_name, environ)
+        if named is not None:
+            yield (named[len(ENV_PREFIX) :].lower(), f"file {raw} named by {env_name}",
+                   read_secret_file(env_name, raw), True)
+            continue
         key = env_name[len(ENV_PREFIX) :].lower()
         if key in _BY_NAME and not _is_service_link(env_name, raw):
-            yield key, env_name, raw
+            yield key, f"environment variable {env_name}", raw, False
+
+
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+"""The S3 credentials (read by botocore from the environment) that may come in files."""
+
+
+def aws_secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """``AWS_ACCESS_KEY_ID`` and the others of :data:`AWS_SECRETS` read from the files
+    their ``*_FILE`` variables name, for the environment botocore reads them from."""
+    return {
+        name: read_secret_file(name + _FILE_SUFFIX, environ[name + _FILE_SUFFIX])
+        for name in AWS_SECRETS
+        if name + _FILE_SUFFIX in environ and _file_variable(name + _FILE_SUFFIX, environ)
+    }
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -534,8 +578,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     warnings = []
     for env_name, raw in sorted(environ.items()):
         key = env_name[len(ENV_PREFIX) :].lower()
-        if (not env_name.startswith(ENV_PREFIX) or env_name in _NOT_SETTINGS
-                or key in _BY_NAME or _is_service_link(env_name, raw)):
+        known = key in _BY_NAME or key.removesuffix(_FILE_SUFFIX.lower()) in _BY_NAME
+        if (not env_name.startswith(ENV_PREFIX) or env_name in _NOT_SETTINGS or known
+                or _is_service_link(env_name, raw)):
             continue
         close = difflib.get_close_matches(key, _BY_NAME, n=1, cutoff=0.75)
         hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else ""
@@ -551,8 +596,8 @@ def load_settings(
     """Merge the sources; unknown keys (but for variables: see :func:`unknown_variables`)
     and bad values raise :class:`ConfigError`."""
     values: dict[str, Any] = _read_file(config_file) if config_file else {}
-    for key, env_name, raw in _settings_in(environ or {}):
-        values[key] = _validated(key, raw, f"environment variable {env_name}")
+    for key, source, raw, secret in _settings_in(environ or {}):
+        values[key] = _validated(key, raw, source, secret=secret)
     for key, raw in (flags or {}).items():
         if raw is not None:
             values[key] = _validated(key, raw, f"flag --{key.replace('_', '-')}")

@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Self
 
+import aiohttp
 import pytest
+from support.hooks import Receiver, verify
 from support.processes import clean_env, free_port, run_cli, wait_listening
+from support.s3 import AWS_ENV, S3Endpoint, s3_args
 
 from server.cli import main
 from server.cli_args import plain
@@ -204,3 +207,49 @@ def test_the_coming_from_tusd_page_lists_every_tusd_flag():
         groups = [f"`-{'-'.join(parts[:n])}-*`" for n in range(1, len(parts))]
         assert f"`-{name}`" in page or any(group in page for group in groups), name
     assert "\n## Hooks\n" in page
+
+
+# --- secrets in files ------------------------------------------------------------------------
+
+
+async def test_the_hooks_secret_comes_from_the_file_aiotusd_hooks_secret_file_names(
+    tmp_path, receiver: Receiver
+):
+    (tmp_path / "secret").write_text("from-a-file\n")
+    port = free_port()
+    with Served(tmp_path, port, "--port", str(port), "--data-dir", str(tmp_path / "d"),
+                "--hooks-url", receiver.url, "--hooks-events", "post-create",
+                AIOTUSD_HOOKS_SECRET_FILE=str(tmp_path / "secret")):
+        async with aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}/files/", headers={"Tus-Resumable": "1.0.0",
+                                                       "Upload-Length": "1"}) as created:
+            assert created.status == 201
+        (event,) = await receiver.wait_for_names("post-create")
+    assert verify("from-a-file", event)
+
+
+@pytest.mark.s3
+def test_s3_credentials_come_from_the_files_aws_file_variables_name(
+    tmp_path, s3_endpoint: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "id").write_text("testing\n")
+    (tmp_path / "key").write_text("testing\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)  # the session's, which the server would inherit
+    env = {k: v for k, v in AWS_ENV.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    port = free_port()
+    args = ["--port", str(port), "--data-dir", str(tmp_path / "d"),
+            *s3_args(s3_endpoint, bucket)]
+    without = run_cli(tmp_path, *args, **env)  # botocore finds no credentials
+    assert without.returncode == 1 and "Traceback" not in without.stderr
+    with Served(tmp_path, port, *args, **env, AWS_ACCESS_KEY_ID_FILE=str(tmp_path / "id"),
+                AWS_SECRET_ACCESS_KEY_FILE=str(tmp_path / "key")):
+        created = _get(port, "/files/", "POST", {"Tus-Resumable": "1.0.0", "Upload-Length": "1"})
+        assert created.status == 201
+
+
+def test_an_unreadable_secret_file_stops_the_command_in_one_line(tmp_path):
+    result = run_cli(tmp_path, AIOTUSD_HOOKS_SECRET_FILE=str(tmp_path / "absent"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"aiotusd: error: cannot read {tmp_path / 'absent'} named by "
+                             "AIOTUSD_HOOKS_SECRET_FILE: No such file or directory\n")

@@ -23,6 +23,7 @@ from server.config import (
     ConfigError,
     Setting,
     Settings,
+    aws_secrets_from_files,
     load_settings,
     unknown_variables,
 )
@@ -211,6 +212,57 @@ def test_a_port_variable_that_is_a_number_is_ours_and_a_bad_one_is_refused():
 def test_unknown_flag_key_is_refused():
     with pytest.raises(ConfigError, match="'prot'"):
         load_settings(flags={"prot": "8080"})
+
+
+def test_a_file_variable_gives_its_settings_the_files_text_without_the_line_break(tmp_path):
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    (tmp_path / "url").write_text("postgresql://u:pw@db/uploads\r\n")
+    environ = {"AIOTUSD_HOOKS_SECRET_FILE": str(tmp_path / "secret"),
+               "AIOTUSD_DATABASE_FILE": str(tmp_path / "url")}
+    settings = load_settings(environ=environ)
+    assert settings.hooks.secret == "s3cr3t"
+    assert settings.storage.database == "postgresql://u:pw@db/uploads"
+    assert unknown_variables({**environ, "AIOTUSD_TYPO_FILE": "x"}) == [
+        "ignoring environment variable AIOTUSD_TYPO_FILE: no such setting"]
+
+
+def test_a_file_variable_beside_its_variable_is_refused_naming_both(tmp_path):
+    (tmp_path / "secret").write_text("a")
+    environ = {"AIOTUSD_HOOKS_SECRET_FILE": str(tmp_path / "secret"), "AIOTUSD_HOOKS_SECRET": "b"}
+    with pytest.raises(ConfigError, match="^AIOTUSD_HOOKS_SECRET and AIOTUSD_HOOKS_SECRET_FILE "
+                                          "are both set: set one of them$"):
+        load_settings(environ=environ)
+    environ = {"AWS_SECRET_ACCESS_KEY_FILE": str(tmp_path / "secret"),
+               "AWS_SECRET_ACCESS_KEY": "b"}
+    with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY and AWS_SECRET_ACCESS_KEY_FILE"):
+        aws_secrets_from_files(environ)
+
+
+def test_an_unreadable_file_variable_is_refused_naming_the_file(tmp_path):
+    missing = tmp_path / "absent"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"AIOTUSD_DATABASE_FILE": str(missing)})
+    assert str(raised.value) == (
+        f"cannot read {missing} named by AIOTUSD_DATABASE_FILE: No such file or directory")
+    with pytest.raises(ConfigError, match="cannot read .* named by AWS_ACCESS_KEY_ID_FILE"):
+        aws_secrets_from_files({"AWS_ACCESS_KEY_ID_FILE": str(tmp_path)})  # a directory
+
+
+def test_a_bad_value_from_a_file_is_not_repeated_in_the_message(tmp_path):
+    (tmp_path / "port").write_text("secret-ish\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"AIOTUSD_PORT_FILE": str(tmp_path / "port")})
+    assert str(raised.value) == (f"bad value for 'port' in file {tmp_path / 'port'} named by "
+                                 "AIOTUSD_PORT_FILE: expected an integer")
+
+
+def test_aws_credentials_come_from_their_files(tmp_path):
+    (tmp_path / "id").write_text("AKID\n")
+    (tmp_path / "key").write_text("KEY")
+    assert aws_secrets_from_files({
+        "AWS_ACCESS_KEY_ID_FILE": str(tmp_path / "id"),
+        "AWS_SECRET_ACCESS_KEY_FILE": str(tmp_path / "key"), "AWS_REGION": "x",
+    }) == {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "KEY"}
 
 
 BAD_VALUES = [
