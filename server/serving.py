@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -94,12 +95,15 @@ async def serve(
     """Serve on the bound ``listeners`` (with ``tls``: HTTPS) until SIGTERM or SIGINT, then
     stop accepting and let uploads record their offsets. As a ``worker`` of ``--workers``,
     tell the supervisor once serving (it announces the server), and stop when it is gone."""
-    # Handlers first: a signal that comes while starting up (even once the port is
-    # open) then ends in the same clean stop, never in death by the default action.
+    # Handlers first, never death by the default action. Until the server is announced a
+    # signal ends the start at once (see _interrupted); a worker's start is the supervisor's.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    for signum in _SIGNALS:
+        if worker is None:
+            loop.add_signal_handler(signum, _interrupted, signum)
+        else:
+            loop.add_signal_handler(signum, stop.set)
     app = create_app(settings, worker=worker)
     runner = AppRunner(
         app, access_log_class=AccessLogger, shutdown_timeout=settings.server.shutdown_timeout,
@@ -120,6 +124,8 @@ async def serve(
             await _start_sites(metrics_runner, listeners.metrics)
         if worker is None:
             announce(settings, listeners, tls is not None)
+            for signum in _SIGNALS:  # from now on a signal is a clean stop
+                loop.add_signal_handler(signum, stop.set)
         else:
             _serving_under(worker, stop)
         await stop.wait()
@@ -129,6 +135,20 @@ async def serve(
             await metrics_runner.cleanup()
         await runner.cleanup()
     log.log(level, "stopped")
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _interrupted(signum: int) -> NoReturn:
+    """A signal before the server serves (Ctrl-C while the database does not answer, say):
+    exit now, in one line. Waiting for a clean stop would wait out what the start is blocked
+    in (database_timeout, S3's retries, a thread that opens SQLite), and there is nothing
+    to stop cleanly: nothing was served, and a migration begun is a transaction."""
+    log.error("interrupted by %s while starting; nothing was served",
+              signal.Signals(signum).name)
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _serving_under(worker: Worker, stop: asyncio.Event) -> None:

@@ -356,3 +356,60 @@ def test_a_server_with_every_setting_at_its_bound_serves_an_upload(tmp_path, bou
         code = process.wait(timeout=30)
     assert code == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+# --- a signal while starting -----------------------------------------------------------------
+
+
+def _interrupt(process: subprocess.Popen[str], signum: int) -> tuple[int, str]:
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=DEADLINE)
+    assert "Traceback" not in stderr, stderr
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_database_does_not_answer_ends_the_start_at_once(tmp_path, signum):
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(DEADLINE)
+        url = f"postgresql://aiotusd@127.0.0.1:{silent.getsockname()[1]}/uploads"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(tmp_path / "d"),
+             "--database", url, "--database-timeout", "60"],
+            cwd=tmp_path, env=clean_env(), stderr=subprocess.PIPE, text=True,
+        )
+        connection, _ = silent.accept()  # the start is under way, waiting for the database
+        with connection:
+            started = time.monotonic()
+            status, stderr = _interrupt(process, signum)
+    assert time.monotonic() - started < 5
+    assert status == 128 + signum
+    (line,) = stderr.splitlines()
+    name = signal.Signals(signum).name
+    assert_names(line, f"interrupted by {name} while starting; nothing was served")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_server_has_its_handlers_is_one_line(tmp_path, signum):
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)  # reading the config blocks until a writer comes: a start held still
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--config", str(fifo)],
+        cwd=tmp_path, env=clean_env(), stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + DEADLINE
+    while True:  # a writer can open the FIFO once the server has it open to read
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.02)
+    try:
+        status, stderr = _interrupt(process, signum)
+    finally:
+        os.close(writer)
+    assert status == 128 + signum
+    assert stderr == f"aiotusd: error: interrupted by {signal.Signals(signum).name}\n"
