@@ -181,6 +181,7 @@ def test_a_postgresql_database_that_never_answers_stops_the_start_within_its_tim
     ("postgresql://aiotusd:secret@127.0.0.1:port/uploads", "the port 'port' is not a number"),
     ("postgres://aiotusd@127.0.0.1/uploads?statement_cache_size=some",
      "statement_cache_size must be a number of statements, not 'some'"),
+    ("postgresql://aiotusd@127.0.0.1:99999/uploads", "the port 99999 is not one of 0 to 65535"),
 ])
 def test_a_postgresql_url_that_names_no_database_is_a_bad_setting(tmp_path, url, reason):
     line = failed_start(

@@ -60,12 +60,15 @@ def rows_changed(status: str) -> int:
 def split_options(url: str) -> tuple[str, dict[str, Any]]:
     """The URL for asyncpg without the options that are aiotusd's, and those options as
     keywords of :func:`asyncpg.create_pool`. Raises ValueError for a port that is no
-    number, which asyncpg would report only as a failed ``int()``."""
+    number, which asyncpg would report only as a failed ``int()``, or beyond 65535, which
+    ends in an OverflowError from the socket."""
     parts = urlsplit(url)
     for host in parts.netloc.rpartition("@")[2].split(","):
         port = host.rpartition("]")[2].partition(":")[2]
         if port and not port.isdigit():
             raise ValueError(f"the port {port!r} is not a number")
+        if port and int(port) > 65535:
+            raise ValueError(f"the port {port} is not one of 0 to 65535")
     query = parse_qsl(parts.query, keep_blank_values=True)
     options: dict[str, Any] = {}
     for key, value in query:
