@@ -191,6 +191,13 @@ def test_a_postgresql_url_that_names_no_database_is_a_bad_setting(tmp_path, url,
     assert line == f"aiotusd: error: bad value {named!r} for 'database': {reason}"
 
 
+def test_a_postgresql_host_that_does_not_resolve_stops_the_start_in_one_line(tmp_path):
+    url = "postgresql://aiotusd@no-such-host.invalid/uploads"  # .invalid never resolves
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--database", url)
+    assert_names(line, f"cannot use the database {url}: cannot connect: ")
+    assert "Unknown error" not in line, line
+
+
 @pytest.mark.postgres
 def test_a_postgresql_login_refused_stops_the_start_in_one_line_without_the_password(
     tmp_path, postgres_cluster

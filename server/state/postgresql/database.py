@@ -86,7 +86,10 @@ def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     if isinstance(exc, OSError) and exc.errno:
-        return f"cannot connect: {os.strerror(exc.errno)}"
+        # A host name that does not resolve has a negative errno (socket.gaierror), which
+        # os.strerror() calls "Unknown error -2"; its strerror says what it is.
+        reason = os.strerror(exc.errno) if exc.errno > 0 else exc.strerror
+        return f"cannot connect: {reason}"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
