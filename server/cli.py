@@ -205,6 +205,10 @@ def _serve(settings: Settings) -> int | None:
     """Serve with these settings until told to stop: in this process, or in the workers
     of a :class:`Supervisor`; the exit status of the supervisor."""
     tls = tls_context(settings)  # a bad certificate is told before anything is taken
+    port, metrics_port = settings.server.port, settings.metrics.port
+    if settings.metrics.enabled and metrics_port and metrics_port == port:
+        raise ConfigError(f"metrics_port {metrics_port} is the port of uploads too: give "
+                          "metrics_port 0 to serve /metrics there, or another port")
     if settings.proxy.trusted_proxies and not settings.proxy.behind_proxy:
         log.warning("trusted_proxies is set without behind_proxy: forwarded headers are ignored")
     # Before anything of the database is touched, and held for the process's life (and

@@ -271,6 +271,14 @@ def test_a_metrics_port_in_use_stops_the_start_in_one_line(tmp_path, taken_port)
     assert_names(line, f"cannot listen on 127.0.0.1:{taken_port}: Address already in use")
 
 
+def test_a_metrics_port_that_is_the_main_port_is_a_bad_setting(tmp_path):
+    port = str(free_port())
+    line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--metrics", "--port",
+                        port, "--metrics-port", port, status=2)
+    assert line == (f"aiotusd: error: metrics_port {port} is the port of uploads too: give "
+                    "metrics_port 0 to serve /metrics there, or another port")
+
+
 def test_a_host_that_is_no_address_of_this_machine_stops_the_start_in_one_line(tmp_path):
     # 192.0.2.0/24 is TEST-NET-1, documentation only: never an address of this machine.
     line = failed_start(tmp_path, "--data-dir", str(tmp_path / "data"), "--host", "192.0.2.1")
