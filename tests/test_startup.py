@@ -310,6 +310,17 @@ def test_a_missing_s3_bucket_stops_the_start_in_one_line(tmp_path, s3_endpoint: 
     assert_names(line, f"S3 bucket 'no-such-bucket' does not exist at {s3_endpoint.url}")
 
 
+def test_an_s3_spool_that_cannot_be_made_stops_the_start_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    spool = tmp_path / "file" / "data" / "s3-spool"  # under a file: refused to root too
+    line = failed_start(
+        tmp_path, "--data-dir", str(tmp_path / "file" / "data"), "--storage", "s3",
+        "--s3-bucket", "b", "--s3-endpoint", f"http://127.0.0.1:{free_port()}", **AWS_ENV,
+    )
+    assert_names(line, f"storage cannot be used: cannot make the spool directory {spool}: "
+                       "Not a directory")
+
+
 def test_an_s3_endpoint_botocore_refuses_stops_the_start_in_one_line(tmp_path):
     endpoint = f"http://bad_host:{free_port()}"  # a URL, but "_" is no host name character
     line = failed_start(

@@ -106,7 +106,12 @@ class S3Backend:
     async def start(self) -> None:
         if not self.settings.bucket:
             raise StorageError("--s3-bucket is required with --storage s3")
-        self.settings.spool.mkdir(parents=True, exist_ok=True)
+        try:
+            self.settings.spool.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # in data_dir, which may be a file or not ours to write
+            raise StorageError(
+                f"cannot make the spool directory {self.settings.spool}: {exc.strerror or exc}"
+            ) from None
         await self.client.open()
 
     async def stop(self) -> None:
