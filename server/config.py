@@ -401,9 +401,11 @@ class Setting:
 def shown(setting: Setting) -> str:
     """The default of ``setting`` as a flag would give it (``8MiB``, ``10s``, a list with
     commas), or empty when there is nothing to show: no value, or the help tells it."""
-    value = setting.default
-    if "default" in setting.help:
-        return ""
+    return "" if "default" in setting.help else formatted(setting, setting.default)
+
+
+def formatted(setting: Setting, value: Any) -> str:
+    """A value of ``setting`` as a flag would give it: ``8MiB``, ``10s``, ``a,b``."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):

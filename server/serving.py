@@ -29,6 +29,7 @@ from .errors import ConfigError, one_line
 from .listeners import CannotListen, Listeners
 from .logs import AccessLogger
 from .ops import metrics_app
+from .startup_lines import startup_lines
 from .state import DatabaseUnusable, SchemaTooNew
 from .workers import Worker
 
@@ -57,8 +58,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def _root(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
-    """The start-up lines, once every port serves: where, and how many processes."""
+    """The start-up lines, once every port serves: where, how many processes, and what is
+    served (:mod:`server.startup_lines`)."""
     scheme = "https" if tls else "http"
     workers = settings.server.workers
     if listeners.unix_file is not None:
@@ -66,14 +73,19 @@ def announce(settings: Settings, listeners: Listeners, tls: bool) -> None:
         log.info("aiotusd listening on unix socket %s (%s, %s), workers %d", path, scheme,
                  settings.server.base_path, workers,
                  extra={"unix_socket": path, "workers": workers})
+        root = f"{scheme}+unix://{path}"
     else:
         for sock in listeners.main:
             host, port = sock.getsockname()[:2]
             log.info("aiotusd listening on %s://%s:%d%s, workers %d", scheme, host, port,
                      settings.server.base_path, workers,
                      extra={"host": host, "port": port, "workers": workers})
-    if listeners.metrics:
-        log.info("metrics at http://%s:%d/metrics", settings.server.host, settings.metrics.port)
+        root = _root(scheme, listeners.main[0])
+    metrics = None
+    if settings.metrics.enabled:
+        metrics = (_root("http", listeners.metrics[0]) if listeners.metrics else root) + "/metrics"
+    for message, fields in startup_lines(settings, root, metrics):
+        log.info("%s", message, extra=fields)
     if postgres_url(settings) and settings.storage.backend == "filesystem":
         log.info("filesystem storage with a PostgreSQL database: every server that shares the "
                  "database must use this one data_dir (%s), on storage they all mount",

@@ -166,7 +166,11 @@ async def test_sigterm_stops_every_worker_and_the_server_exits_0(
     assert all(gone(pid) for pid in workers)
     told = [line.split(" INFO aiotusd: ")[1] for line in server.log().splitlines()
             if " INFO aiotusd: " in line]
-    assert told[1:] == ["shutting down", "stopped"]  # the supervisor's, once
+    # The supervisor's, once: the start-up lines, then the stop.
+    stop = told.index("shutting down")
+    assert [line.split(":")[0] for line in told[:stop]] == [
+        "aiotusd listening on http", "storage", "database"]
+    assert told[stop:] == ["shutting down", "stopped"]
 
 
 
