@@ -41,6 +41,7 @@ from .config_values import (
 )
 from .database import open_store, own_database, sqlite_path
 from .errors import ConfigError, one_line
+from .healthcheck import probe, process_of
 from .listeners import Listeners
 from .logs import setup_logging
 from .outbox import IDLE_POLL
@@ -100,13 +101,15 @@ def _add_setting(parser: argparse._ActionsContainer, setting: Setting, hidden: b
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aiotusd",
-        usage="%(prog)s [--config FILE] [--SETTING VALUE ...] | %(prog)s hooks {list,retry} ...",
+        usage="%(prog)s [--config FILE] [--SETTING VALUE ...] | %(prog)s hooks {list,retry} ... "
+        "| %(prog)s healthcheck ...",
         description="A tus resumable-upload server. Every flag can also be set in the "
         f"config file or as {ENV_PREFIX}<NAME>; flags win over the environment, "
         "the environment over the file. Sizes take units (8MiB, 5GB), durations too "
         "(500ms, 15s, 2h, 7d); a boolean flag alone is true (--metrics, --no-metrics). "
         "tusd's flags (-upload-dir ...) are understood too: docs/coming-from-tusd.md.",
-        epilog="aiotusd hooks {list,retry} --help: post-hook events that were not delivered",
+        epilog="aiotusd hooks {list,retry} --help: post-hook events that were not delivered; "
+        "aiotusd healthcheck --help: whether the server answers",
     )
     parser.add_argument("--version", action="version", version=f"aiotusd {__version__}")
     parser.add_argument(
@@ -224,17 +227,55 @@ def _serve(settings: Settings) -> int | None:
         listeners.close()
 
 
+def build_healthcheck_parser() -> argparse.ArgumentParser:
+    """``aiotusd healthcheck``: GET /healthz of the server these settings describe."""
+    parser = _Parser(
+        prog="aiotusd healthcheck",
+        description="Exit 0 when the server answers GET /healthz with 200, else 1 with the "
+        "reason. The port (and TLS) come from the settings, loaded as the server loads "
+        "them: the server's flags given here, AIOTUSD_<NAME> and the config file.",
+    )
+    parser.add_argument("--pid", type=int, metavar="PID", default=argparse.SUPPRESS,
+                        help="take the flags, the environment and the working directory of "
+                        "the server's process PID (1 in a container)")
+    _add_global_options(parser)
+    return parser
+
+
+_PARSERS = {"hooks": build_hooks_parser, "healthcheck": build_healthcheck_parser}
+
+
 def _arguments(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     """The subcommand (None: serve) and the parsed arguments of the command line."""
     command, argv = split_command(plain(argv))
-    if command == "hooks":
-        return command, vars(build_hooks_parser().parse_args(argv))
-    return command, vars(build_parser().parse_args(argv))
+    parser = _PARSERS[command]() if command is not None else build_parser()
+    return command, vars(parser.parse_args(argv))
+
+
+def _healthcheck(arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings' arguments and the environment a health check loads: its own, or
+    with ``--pid`` those of the server's process (whose working directory it takes)."""
+    pid = arguments.pop("pid", None)
+    if pid is None:
+        return arguments, dict(os.environ)
+    argv, environ, cwd = process_of(pid)
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise ConfigError(f"cannot enter {cwd}, the directory of process {pid}: "
+                          f"{exc.strerror}") from None
+    command, server = _arguments(argv)
+    if command is not None:
+        raise ConfigError(f"process {pid} is no aiotusd server: it runs aiotusd {command}")
+    return server, environ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, arguments = _arguments(sys.argv[1:] if argv is None else list(argv))
+        environ = dict(os.environ)
+        if command == "healthcheck":
+            arguments, environ = _healthcheck(arguments)
     except ConfigError as exc:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -242,13 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: arguments.pop(key) for key in ("action", "dead", "hook_id") if key in arguments
     }
     arguments.pop("all_dead", None)  # retry without an ID is retry of every dead event
-    config_file = arguments.pop("config", None) or os.environ.get(ENV_PREFIX + "CONFIG")
+    config_file = arguments.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     try:
-        settings = load_settings(arguments, os.environ, config_file)
+        settings = load_settings(arguments, environ, config_file)
         os.environ.update(aws_secrets_from_files(os.environ))  # where botocore reads them
     except ConfigError as exc:
         print(f"aiotusd: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    if command == "healthcheck":
+        failure = probe(settings)
+        if failure is not None:
+            print(f"aiotusd: unhealthy: {one_line(failure)}", file=sys.stderr)
+        return 0 if failure is None else 1
     setup_logging(settings.log.format, settings.log.level)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)

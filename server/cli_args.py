@@ -22,7 +22,7 @@ SWITCHES: frozenset[str] = frozenset(
 )
 _OURS: frozenset[str] = frozenset(setting.name for setting in SETTINGS) | {"config", "version"}
 _NO_VALUE = frozenset({"-h", "--help", "--version", "--dead", "--all-dead"})
-COMMANDS = ("hooks",)
+COMMANDS = ("hooks", "healthcheck")
 
 
 def _name(flag: str) -> str:
