@@ -66,9 +66,9 @@ TUSD_FLAGS: dict[str, TusdFlag] = {
         "such as https://app.example.com, or *"),
     "cors-allow-credentials": _alias("cors_credentials", switch=True),
     "cors-allow-methods": _none("aiotusd allows the methods tus uses"),
-    "cors-allow-headers": _none("aiotusd allows the headers tus uses"),
+    "cors-allow-headers": _alias("cors_allow_headers"),
     "cors-max-age": _none("aiotusd's preflight answers are cached for a day"),
-    "cors-expose-headers": _none("aiotusd exposes the headers tus uses"),
+    "cors-expose-headers": _alias("cors_expose_headers"),
     # Storage
     "upload-dir": _alias("data_dir"),
     "dir": _alias("data_dir"),
