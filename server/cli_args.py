@@ -56,12 +56,6 @@ def _tusd(flag: str, spec: TusdFlag, value: str | None, rest: list[str]) -> list
     """The aiotusd flags that tusd's ``flag`` stands for."""
     if not spec.requires():
         raise ConfigError(f"tusd's flag {flag} has no aiotusd equivalent: {spec.hint} (see {DOC})")
-    missing = [name for name in spec.requires() if name not in _OURS]
-    if missing:
-        raise ConfigError(
-            f"tusd's flag {flag} is not supported yet: it needs {', '.join(missing)} "
-            f"(see {DOC})"
-        )
     also = [f"{_flag(name)}={fixed}" for name, fixed in spec.also.items()]
     if spec.switch:
         on = _truth(flag, flag.lstrip("-"), value, rest)
