@@ -98,6 +98,7 @@ TUSD_FLAGS: dict[str, TusdFlag] = {
     "hooks-dir": _alias("hooks_dir", hooks_format="tusd"),
     "hooks-http": _alias("hooks_url", hooks_format="tusd"),
     "hooks-http-forward-headers": _alias("hooks_forward_headers"),
+    "hooks-http-timeout": _alias("hooks_timeout"),
     "hooks-http-retry": _none(
         "aiotusd retries post events until --hooks-max-attempts or --hooks-max-age, and "
         "never blocking ones"),
@@ -118,6 +119,9 @@ TUSD_FLAGS: dict[str, TusdFlag] = {
     "show-greeting": _none("aiotusd has no greeting page; --demo serves an upload page",
                            switch=True),
     "verbose": _none("use --log-level", switch=True),
+    "show-startup-logs": _none(
+        "aiotusd's start-up lines are logged at info: --log-level warning leaves them out",
+        switch=True),
     "log-format": _alias("log_format"),
     # Timeouts
     "network-timeout": _alias("idle_timeout", "send_timeout"),
