@@ -87,8 +87,19 @@ async def client(make_client: ClientFactory) -> TestClient:
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """``server_process("--max-size", "100")``: start a real aiotusd; stopped after the test."""
+def server_workers(request: pytest.FixtureRequest) -> int:
+    """How many workers every server of ``server_process`` runs: the test's param (tests
+    marked ``also_workers``, see ``support.markers``), else ``--server-workers`` (1)."""
+    count = getattr(request, "param", None) or request.config.getoption("server_workers")
+    return int(count)
+
+
+@pytest.fixture
+def server_process(
+    tmp_path: Path, server_workers: int
+) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_process("--max-size", "100")``: start a real aiotusd, with
+    ``server_workers`` workers; stopped after the test."""
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
@@ -98,6 +109,7 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             port=free_port(),
             extra_args=list(args),
             log_path=tmp_path / f"server{index}.log",
+            workers=server_workers,
         )
         server.start()
         started.append(server)

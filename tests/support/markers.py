@@ -6,6 +6,9 @@
   the backends with that capability.
 - ``all_databases``: a test that uses the app runs once per kind of state store in
   :data:`DATABASES` (SQLite, PostgreSQL), through the ``database`` fixture.
+- ``also_workers``: a test that starts servers (``server_process``) runs twice: as it is,
+  and with every server started with ``--workers 2`` (:data:`WORKERS`). ``pytest
+  --server-workers N`` starts the servers of every test with N workers instead of one.
 - ``e2e``, ``s3`` and ``postgres``: a test that uses ``server_process``, ``s3_endpoint`` or
   ``postgres_cluster`` without its mark is refused at collection, so that
   ``-m 'not e2e and not s3 and not postgres'`` starts no process, no moto and no
@@ -28,6 +31,9 @@ BACKENDS = {"filesystem": (), "s3": (pytest.mark.s3,)}
 DATABASES = {"sqlite": (), "postgresql": (pytest.mark.postgres,)}
 """Every kind of state store, with the marks of its tests."""
 
+WORKERS = 2
+"""The workers of the servers of the second run of an ``also_workers`` test."""
+
 MARKED_BY_FIXTURE = {
     "server_process": "e2e", "s3_endpoint": "s3", "postgres_cluster": "postgres"
 }
@@ -47,8 +53,19 @@ def capabilities_of(storage: str) -> Capabilities:
     return Capabilities.of(make_backend(Settings().with_values(storage=storage)))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server-workers", type=int, default=1, metavar="N",
+        help="start every server of server_process with --workers N (default 1: one process)",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     test = metafunc.definition
+    if "server_workers" in metafunc.fixturenames and test.get_closest_marker("also_workers"):
+        metafunc.parametrize(
+            "server_workers", [None, WORKERS], ids=["default", f"workers{WORKERS}"], indirect=True
+        )
     if "database" in metafunc.fixturenames and test.get_closest_marker("all_databases"):
         metafunc.parametrize(
             "database", [pytest.param(name, marks=marks) for name, marks in DATABASES.items()],

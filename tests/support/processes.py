@@ -39,36 +39,81 @@ def wait_listening(
     raise RuntimeError(f"{name} did not start listening:\n{log()}")
 
 
+START_LINE = "aiotusd listening on "
+"""What the line begins with that a server logs once every one of its processes serves."""
+WHOLE_SERVER_SIGNALS = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT)
+"""Signals that reach every process of a server with workers, as a crash or a paused host
+would: the others go to its supervisor, which handles them for its workers."""
+
+
 @dataclasses.dataclass
 class ServerProcess:
-    """A real ``aiotusd`` process on loopback, restartable on the same port and data."""
+    """A real ``aiotusd`` process on loopback, restartable on the same port and data.
+
+    With ``workers`` above 1 it is started with ``--workers`` (unless its arguments choose
+    their own count), in a process group of its own: :meth:`send_signal` then kills, pauses or
+    resumes the supervisor and its workers at once, as a crash or a stalled host does."""
 
     data_dir: Path
     port: int
     extra_args: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    workers: int = 1
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/files/"
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the server runs in a process group of its own (it has workers)."""
+        return self.workers > 1 and "--workers" not in self.extra_args
+
     def start(self, timeout: float = 20) -> None:
+        workers = ["--workers", str(self.workers)] if self.grouped else []
+        started = self.log().count(START_LINE) if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child has its own copy once started
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT,
+                 "--data-dir", str(self.data_dir), *workers, *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=self.grouped,
                 env={k: v for k, v in os.environ.items() if not k.startswith("AIOTUSD_")},
             )
         wait_listening(self.process, self.port, "aiotusd", self.log_path.read_text, timeout)
+        if self.grouped and self.logs_info:
+            # Its supervisor listens before its workers serve: wait for all of them. (Else
+            # connections wait in its socket's queue until the first worker takes them.)
+            wait_serving(self, started, timeout)
+
+    @property
+    def logs_info(self) -> bool:
+        """Whether the server logs its info lines (the start line among them)."""
+        args = self.extra_args
+        level = args[args.index("--log-level") + 1] if "--log-level" in args else "info"
+        return level.lower() in ("info", "debug")
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the server: to its every process for :data:`WHOLE_SERVER_SIGNALS`
+        when it has workers."""
+        assert self.process is not None
+        if self.grouped and sig in WHOLE_SERVER_SIGNALS:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Send ``sig`` and wait for the exit; returns the exit code."""
         assert self.process is not None
+        workers = children(self.process.pid) if self.grouped else []
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            self.send_signal(sig)
         code = self.process.wait(timeout=timeout)
+        # Its workers hold the SQLite lock and the port until they are gone.
+        deadline = time.monotonic() + timeout
+        while not all(ended(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their server"
+            time.sleep(0.02)
         self.process = None
         return code
 
@@ -78,6 +123,36 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def wait_serving(server: ServerProcess, started: int, timeout: float) -> None:
+    """Wait until the log of ``server`` has more start lines than ``started``."""
+    deadline = time.monotonic() + timeout
+    assert server.process is not None
+    while server.log().count(START_LINE) <= started:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"aiotusd exited early:\n{server.log()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"aiotusd's workers did not all serve:\n{server.log()}")
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the children of process ``pid`` (a server's workers)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in listed.split()]
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone, or a zombie (which holds no lock and no port)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
