@@ -227,8 +227,13 @@ class _Body:
         it has run all the same (see :mod:`server.state`) but may have failed: ``upload``
         becomes the row, so that what follows neither skips the steps after a completion
         nor records one without its event.
+
+        A holder whose lease is lost (or may have lapsed) neither syncs nor records: its
+        sync would store bytes (S3's parts in flight, a tail object) in an upload that is
+        another request's by now, and its write would be refused all the same.
         """
         ctx = self.ctx
+        self.holder.check()
         offset = await self.writer.sync(body_goes_on=body_goes_on)
         upload = self.upload.but(
             offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage

@@ -12,14 +12,17 @@ import contextlib
 import signal
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from support import rawhttp
 from support.http import PATCH_HEADERS, TUS
 from support.processes import ServerProcess
+from support.rawhttp import OpenPatch, patch_log
 from support.s3 import (
     MIB,
     PART,
@@ -29,8 +32,8 @@ from support.s3 import (
     s3_args,
     tail_objects,
 )
-from support.storage import payload
-from support.waiting import wait_for
+from support.storage import file_size, payload
+from support.waiting import poll, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 
@@ -169,3 +172,131 @@ def test_two_servers_on_postgresql_take_alternate_patches_of_one_upload(
     assert offset == len(data)
     assert_stored_once(s3, bucket, servers[0], path, data)
     assert_stored_once(s3, bucket, servers[1], path, data)
+
+
+LEASE = 2.0
+LOCK_TIMEOUT = 3.0
+
+
+def two_on_postgresql(
+    server_process: Callable[..., ServerProcess], s3_endpoint: Any, bucket: str,
+    postgres_url: str,
+) -> tuple[ServerProcess, ServerProcess]:
+    """Two servers that share the bucket and the database, each with a data directory (its
+    spool) of its own."""
+    args = [*s3_args(s3_endpoint, bucket), "--database", postgres_url,
+            "--lock-lease", str(LEASE), "--lock-timeout", str(LOCK_TIMEOUT)]
+    return server_process(*args), server_process(*args)
+
+
+async def stall_in_spool(server: ServerProcess, path: str, data: bytes, sent: int) -> OpenPatch:
+    """A PATCH of all of ``data`` that stops after ``sent`` bytes (past the first part),
+    once the open part's bytes are in the server's spool."""
+    stale = await OpenPatch.start(server.port, path, 0, len(data))
+    await stale.send(data[:sent])
+    spooled = server.data_dir / "s3-spool" / path.rsplit("/", 1)[1] / str(sent // PART + 1)
+    await poll(lambda: file_size(spooled) == sent % PART, "the stalled body's bytes spooled")
+    return stale
+
+
+async def late_bytes(stale: OpenPatch, size: int) -> None:
+    """The stale client sends more: bytes that must be stored nowhere."""
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        await stale.send(b"\xee" * size)
+    await stale.abort()
+
+
+async def offset_when_free(server: ServerProcess, path: str, within: float) -> int:
+    """HEAD until the upload's lock is free (not 423), for at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    for _ in range(100):
+        response = await rawhttp.request(server.port, "HEAD", path)
+        if response.status == 200:
+            return int(response.headers["upload-offset"])
+        assert response.status == 423, response
+        assert time.monotonic() < deadline, f"still locked after {within} s"
+    raise AssertionError("HEAD never answered 200")
+
+
+@pytest.mark.postgres
+async def test_a_stalled_patch_on_s3_is_taken_over_through_the_other_server(
+    server_process: Callable[..., ServerProcess], s3_endpoint: Any, bucket: str, s3: Any,
+    postgres_url: str,
+) -> None:
+    """The client stops sending to one server and resumes on the other: the first records
+    what it got (its tail in S3) and lets go at once; the second finishes the upload."""
+    holding, other = two_on_postgresql(server_process, s3_endpoint, bucket, postgres_url)
+    data = payload(2 * PART + MIB, seed=83)
+    path = await rawhttp.create(holding.port, len(data))
+    sent = PART + MIB + 7
+    stale = await stall_in_spool(holding, path, data, sent)
+    started = time.monotonic()
+    assert await rawhttp.offset_of(other.port, path) == sent
+    assert time.monotonic() - started < LOCK_TIMEOUT
+    await late_bytes(stale, len(data) - sent)
+    await poll(lambda: patch_log(holding, path), "the stalled PATCH's access-log line")
+    assert patch_log(holding, path)[0][1] == sent
+    response = await rawhttp.patch(other.port, path, sent, data[sent:])
+    assert response.status == 204, response
+    assert_stored_once(s3, bucket, holding, path, data)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("waiting", [256 * 1024, 0], ids=["bytes-waiting", "none-waiting"])
+async def test_a_paused_server_loses_its_s3_upload_and_records_nothing_when_it_goes_on(
+    server_process: Callable[..., ServerProcess], s3_endpoint: Any, bucket: str, s3: Any,
+    postgres_url: str, waiting: int,
+) -> None:
+    """The server receiving a PATCH is paused (SIGSTOP): the other takes the lease over once
+    it lapses and finishes the upload; resumed (SIGCONT), the paused one's request stores
+    and records nothing (the fence of its token), and the object is the client's bytes.
+    Resumed, it finds more of the body ``waiting`` in its socket, or none: then it is its
+    lease's own deadline that stops it."""
+    holding, other = two_on_postgresql(server_process, s3_endpoint, bucket, postgres_url)
+    data = payload(2 * PART + MIB, seed=84)
+    path = await rawhttp.create(holding.port, len(data))
+    sent = PART + MIB + 7
+    stale = await stall_in_spool(holding, path, data, sent)
+    holding.send_signal(signal.SIGSTOP)
+    try:
+        paused = time.monotonic()
+        stale.writer.write(b"\xee" * waiting)  # waits in the paused server's socket
+        offset = await offset_when_free(other, path, LEASE + LOCK_TIMEOUT)
+        assert time.monotonic() - paused < LEASE + LOCK_TIMEOUT
+        assert offset == 0  # no commit was due: nothing of the stalled body counts
+        response = await rawhttp.patch(other.port, path, offset, data[offset:])
+        assert response.status == 204, response
+        assert object_bytes(s3, bucket, path.rsplit("/", 1)[1]) == data
+    finally:
+        holding.send_signal(signal.SIGCONT)
+    await poll(lambda: patch_log(holding, path), "the paused PATCH's access-log line", 15)
+    await late_bytes(stale, 512 * 1024)
+    # It recorded nothing, stored nothing more (no tail object, no part: the other's by
+    # now), and says why: not a 5xx, as if S3 had failed.
+    assert patch_log(holding, path) == [(423, 0)]
+    assert "error=taken-over" in holding.log()
+    for server in (holding, other):
+        assert await rawhttp.offset_of(server.port, path) == len(data)
+    assert_stored_once(s3, bucket, holding, path, data)
+
+
+@pytest.mark.postgres
+async def test_an_s3_upload_whose_server_was_killed_mid_patch_is_finished_on_the_other(
+    server_process: Callable[..., ServerProcess], s3_endpoint: Any, bucket: str, s3: Any,
+    postgres_url: str,
+) -> None:
+    holding, other = two_on_postgresql(server_process, s3_endpoint, bucket, postgres_url)
+    data = payload(2 * PART + MIB, seed=85)
+    path = await rawhttp.create(holding.port, len(data))
+    sent = PART + 2 * MIB
+    stale = await stall_in_spool(holding, path, data, sent)
+    assert holding.stop(signal.SIGKILL) == -signal.SIGKILL
+    killed = time.monotonic()
+    await stale.abort()
+    offset = await offset_when_free(other, path, LEASE + LOCK_TIMEOUT)
+    assert time.monotonic() - killed < LEASE + LOCK_TIMEOUT
+    assert offset == 0  # the killed server recorded nothing of its body
+    response = await rawhttp.patch(other.port, path, offset, data[offset:])
+    assert response.status == 204, response
+    assert_stored_once(s3, bucket, other, path, data)
+    assert tail_objects(s3, bucket, path.rsplit("/", 1)[1]) == []
