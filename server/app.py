@@ -67,7 +67,7 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
         await backend.start()
-        store = await open_store(settings)
+        store = await open_store(settings, alone=worker is not None and worker.alone)
         can = Capabilities.of(backend)
         leases = LeaseKeeper(store, settings.limits.lock_lease) if shares_locks(settings) else None
         ctx = Context(

@@ -92,15 +92,23 @@ def own_database(settings: Settings) -> int | None:
     return descriptor
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings, *, alone: bool = False) -> Store:
     """The state store the settings name, opened (and migrated).
+
+    ``alone``: this process shares the SQLite file's flock (:func:`own_database`) with no
+    other that lives, as the first worker of ``--workers`` does. The file's leases are
+    then all of processes that are gone, killed even: they are deleted, so that the
+    uploads they held are free at once, not after ``lock_lease``.
 
     Raises :class:`~server.state.DatabaseUnusable` naming the database when it cannot be
     used: unreachable, refusing the login, damaged, or of a newer schema; and
     :class:`~server.errors.ConfigError` for a URL that cannot name one."""
     url = postgres_url(settings)
     if url is None:
-        return await SQLiteStore.open(settings.storage.database_path)
+        store = await SQLiteStore.open(settings.storage.database_path)
+        if alone:
+            await store.forget_leases()
+        return store
     name = without_secrets(url)
     try:
         split_options(url)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 from support import rawhttp
 from support.hooks import Receiver
-from support.http import PATCH_HEADERS
+from support.http import PATCH_HEADERS, upload_id
 from support.metrics import assert_plausible_process, samples
 from support.processes import ServerProcess, free_port, refused_start
 from support.rawhttp import MIB
@@ -378,3 +379,63 @@ async def test_a_stalled_patch_in_one_worker_is_taken_over_by_a_request_in_the_o
         }) as response:
             assert response.status == 204, await response.text()
     assert data_file(server, path).read_bytes() == data
+
+
+async def test_uploads_held_when_a_server_with_workers_was_killed_are_free_once_it_restarts(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """The whole server is killed (supervisor and workers) in the middle of a PATCH; the
+    new server owns the SQLite file alone, so the dead workers' leases are gone: the
+    upload is free at once, not 423 until its lease lapses."""
+    server = with_workers(server_process, 2, "--lock-lease", "60", "--lock-timeout", "1")
+    data = payload(2 * MIB, seed=78)
+    path = await rawhttp.create(server.port, len(data))
+    stale = await rawhttp.OpenPatch.start(server.port, path, 0, len(data))
+    await stale.send(data[:MIB])
+    await poll(lambda: file_size(data_file(server, path)) == MIB, "the PATCH's bytes on disk")
+    workers = workers_of(server)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: all(gone(pid) for pid in workers), 20, "the killed workers to be gone")
+    await stale.abort()
+    server.start()
+    wait_for(lambda: len(start_lines(server)) == 2, 20, "the second start-up line")
+    response = await rawhttp.request(server.port, "HEAD", path)
+    assert response.status == 200, response
+    offset = int(response.headers["upload-offset"])
+    response = await rawhttp.patch(server.port, path, offset, data[offset:])
+    assert response.status == 204, response
+    assert data_file(server, path).read_bytes() == data
+
+
+async def test_a_worker_started_again_leaves_the_leases_of_the_living_one(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    """Only a worker that starts alone forgets the file's leases: one started in place
+    of a dead worker leaves the other's, held by a PATCH under way, as they are."""
+    server = with_workers(server_process, 2, "--lock-lease", "60")
+    first, second = workers_of(server)
+    with paused(second):
+        path = await rawhttp.create(server.port, 10)
+        stale = await rawhttp.OpenPatch.start(server.port, path, 0, 10)
+        await stale.send(b"hello")
+        await poll(lambda: file_size(data_file(server, path)) == 5, "the PATCH's bytes on disk")
+    database = server.data_dir / "aiotusd.sqlite3"
+    assert leases_in(database) == [upload_id(path)]
+    os.kill(second, signal.SIGKILL)
+    with paused(first):  # a request the new worker answers, once it serves
+        await poll(lambda: len(set(workers_of(server)) - {first, second}) == 1,
+                   "a worker in place of the one killed", timeout=10)
+        async with session.get(f"http://127.0.0.1:{server.port}/healthz") as response:
+            assert response.status == 200
+    assert leases_in(database) == [upload_id(path)]
+    await stale.send(b"world")
+    assert (await stale.response()).status == 204
+    await stale.abort()
+
+
+def leases_in(database: Path) -> list[str]:
+    """The uploads that have a lease row in the SQLite file."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return [row[0] for row in db.execute("SELECT upload_id FROM upload_leases")]

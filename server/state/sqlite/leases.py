@@ -102,6 +102,11 @@ class SQLiteLeases(Leases):
     ) -> None:
         """Nothing to watch: SQLite tells no other process of a change."""
 
+    async def forget_leases(self) -> None:
+        """Delete every lease, whoever's: only when every process that held one is gone
+        (see :func:`server.database.open_store`)."""
+        await self._db.statement("DELETE FROM upload_leases", ())
+
     async def release_leases(self) -> None:
         """Give up every lease of this store (at closing): a holder whose release failed
         leaves its lease behind, which must not wait for its lease to lapse."""
