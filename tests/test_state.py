@@ -340,3 +340,33 @@ async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: S
     assert set(await store.get_many(("a", "b"))) == {"a"}
 
 
+
+
+async def test_a_transaction_waits_for_another_process_s_write_though_a_read_came_first(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Workers share the file: a read of another task that runs on the connection between
+    a transaction's BEGIN and its first write (a hook delivery's query), then another
+    process's write, must not make that first write fail at once (SQLite does not wait to
+    turn a read into a write over a newer commit): the transaction holds the write lock
+    from its BEGIN, and the other process waits for its COMMIT."""
+    await store.create(Upload(id="a", length=10))
+    other = sqlite3.connect(
+        tmp_path / "state.sqlite3", isolation_level=None, timeout=10, check_same_thread=False
+    )
+
+    def write_from_another_process() -> None:
+        other.execute("UPDATE uploads SET length = 20 WHERE id = 'a'")
+
+    try:
+        async with store._db.transaction() as transaction:
+            assert await store._db.rows("SELECT COUNT(*) FROM uploads") == [(1,)]
+            writing = asyncio.ensure_future(asyncio.to_thread(write_from_another_process))
+            await asyncio.wait([writing], timeout=0.5)
+            await transaction.execute("UPDATE uploads SET length = 30 WHERE id = 'a'")
+            assert not writing.done(), "the other process wrote inside the transaction"
+        await asyncio.wait_for(writing, 30)
+    finally:
+        other.close()
+    found = await store.get("a")
+    assert found is not None and found.length == 20  # the other's write, after the commit

@@ -251,7 +251,13 @@ class Database:
         async with self.gate.transaction():
             transaction = Transaction(db)
             try:
-                await db.execute("BEGIN")
+                # IMMEDIATE: the write lock from the start, waited for (busy_timeout) while
+                # another process of --workers holds it. Deferred, a read that another task
+                # runs on this connection before the first write (lookups and queries take
+                # no turn at the gate) would begin the transaction as a read, which SQLite
+                # fails at once, not waiting, to turn into a write once another process has
+                # committed meanwhile: a 503 for nothing.
+                await db.execute("BEGIN IMMEDIATE")
                 yield transaction
             except BaseException:
                 # Also when awaiting BEGIN was cancelled: aiosqlite runs it all the same, and
