@@ -26,7 +26,7 @@ from support.s3 import multipart_uploads, object_keys, s3_args
 from support.storage import data_file, payload
 from support.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.also_workers]
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.markers import backend_params
+from support.markers import WORKERS, backend_params
 from support.s3 import s3_args
 from support.storage import payload
 from support.waiting import poll
@@ -907,7 +907,21 @@ def refusing_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-@pytest.fixture(params=backend_params(os.environ.get("CRASH_BACKENDS", "filesystem,s3").split(",")))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each backend of ``CRASH_BACKENDS`` with one process, and the filesystem with
+    ``--workers`` too (workers share the SQLite file and its leases; S3 adds nothing of
+    theirs, and doubles the time)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    names = os.environ.get("CRASH_BACKENDS", "filesystem,s3").split(",")
+    cases = [pytest.param(*case.values, None, marks=case.marks, id=str(case.values[0]))
+             for case in backend_params(names)]
+    if "filesystem" in names:
+        cases.append(pytest.param("filesystem", WORKERS, id=f"filesystem-workers{WORKERS}"))
+    metafunc.parametrize(("backend", "server_workers"), cases, indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> tuple[list[str], Any]:
     """Server flags and a view of the stored bytes, per backend."""
     if request.param == "filesystem":

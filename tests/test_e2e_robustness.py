@@ -44,6 +44,7 @@ pytestmark = pytest.mark.e2e
 # --- 4. a client that hangs up in the middle of a body ---------------------------------
 
 
+@pytest.mark.also_workers
 async def test_disconnect_mid_patch_keeps_received_bytes(server_process):
     server = server_process()
     data = payload(4 * MIB, seed=4)
@@ -121,6 +122,7 @@ async def test_disconnect_mid_patch_with_checksum_discards_body(server_process):
 # --- 5. take-over of a stalled request, and the idle timeout -------------------------------
 
 
+@pytest.mark.also_workers
 async def test_stalled_patch_is_taken_over_by_head(server_process):
     server = server_process()  # lock_timeout 3 s, idle_timeout 60 s: only take-over can help
     data = payload(4 * MIB, seed=5)
@@ -145,6 +147,7 @@ async def test_stalled_patch_is_taken_over_by_head(server_process):
     assert stored.read_bytes() == data
 
 
+@pytest.mark.also_workers
 async def test_stalled_patch_is_taken_over_by_patch(server_process):
     server = server_process()
     data = payload(3 * MIB, seed=51)
@@ -235,6 +238,7 @@ async def _check_race(server: Any, path: str, bodies: list[bytes], statuses: lis
     return owners[0]
 
 
+@pytest.mark.also_workers
 async def test_concurrent_patches_do_not_interleave(server_process):
     server = server_process()
     length = 2 * MIB
@@ -261,6 +265,7 @@ async def test_concurrent_patches_do_not_interleave(server_process):
 # --- 7. SIGTERM while a body streams in -------------------------------------------------
 
 
+@pytest.mark.also_workers
 async def test_sigterm_during_patch_exits_cleanly_and_keeps_bytes(server_process):
     server = server_process("--shutdown-timeout", "5")
     data = payload(8 * MIB, seed=7)
@@ -289,6 +294,7 @@ async def test_sigterm_during_patch_exits_cleanly_and_keeps_bytes(server_process
 # --- 8. periodic commits survive SIGKILL ------------------------------------------------
 
 
+@pytest.mark.also_workers
 async def test_sigkill_during_long_patch_keeps_periodic_commits(server_process):
     server = server_process("--commit-bytes", "1MiB", "--commit-seconds", "60")
     data = payload(8 * MIB, seed=8)

@@ -26,7 +26,7 @@ from support.storage import data_file, file_size, payload
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.also_workers]
 
 KIB = 1024
 MIB = 1024 * KIB

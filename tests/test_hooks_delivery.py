@@ -350,6 +350,7 @@ async def test_shutdown_lets_a_delivery_in_flight_finish(
 
 
 @pytest.mark.e2e
+@pytest.mark.also_workers
 async def test_post_finish_survives_kill_9_while_the_receiver_is_down(
     server_process: Callable[..., ServerProcess],
 ) -> None:

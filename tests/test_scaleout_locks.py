@@ -33,7 +33,7 @@ from support.rawhttp import (
 from support.storage import data_file, file_size, payload
 from support.waiting import poll
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.also_workers]
 
 LEASE = 2.0
 LOCK_TIMEOUT = 3.0
@@ -209,7 +209,7 @@ async def test_a_paused_holder_loses_the_upload_and_after_it_writes_and_records_
     path = await create(holding.port, len(data))
     sent = MIB + 999
     stale = await stall(holding, path, data, sent)
-    holding.process.send_signal(signal.SIGSTOP)
+    holding.send_signal(signal.SIGSTOP)
     try:
         paused = time.monotonic()
         # Its client goes on sending meanwhile: the bytes wait in the paused server's socket.
@@ -221,7 +221,7 @@ async def test_a_paused_holder_loses_the_upload_and_after_it_writes_and_records_
         response = await patch(other.port, path, offset, data[offset:])
         assert response.status == 204, response
     finally:
-        holding.process.send_signal(signal.SIGCONT)
+        holding.send_signal(signal.SIGCONT)
     await send_late(stale, 512 * KIB)
     await poll(lambda: patch_log(holding, path), "the paused PATCH's access-log line", 15)
     assert patch_log(holding, path)[0][1] == 0  # it recorded nothing
