@@ -49,12 +49,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _WorkerFilter(logging.Filter):
+    """Gives every record of a worker of ``--workers`` its index, as ``worker``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def name_worker(index: int) -> None:
+    """Make every line of this process, the worker ``index`` of ``--workers``, say so:
+    ``worker N:`` before a text line's message, ``"worker": N`` in a JSON line. The
+    workers write to one log: without it, which worker answered a request, or failed,
+    cannot be told."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerFilter(index))
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(logging.Formatter(
+                TEXT_FORMAT.replace("%(message)s", f"worker {index}: %(message)s")
+            ))
+
+
 def setup_logging(log_format: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -172,7 +172,7 @@ def _serving_under(worker: Worker, stop: asyncio.Event) -> None:
 
     def orphaned() -> None:
         loop.remove_reader(worker.lifeline)
-        log.warning("worker %d: the supervising process is gone; stopping", worker.index)
+        log.warning("the supervising process is gone; stopping")
         stop.set()
 
     loop.add_reader(worker.lifeline, orphaned)

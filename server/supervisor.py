@@ -39,6 +39,7 @@ from typing import NoReturn
 
 from .config import Settings
 from .listeners import Listeners
+from .logs import name_worker
 from .metrics import count_across_processes
 from .serving import announce, exit_status, serve
 from .workers import Worker, share_of
@@ -272,6 +273,7 @@ class Supervisor:
             for process in self._processes.values():  # the others' pipes are not its own
                 if process.ready is not None:
                     os.close(process.ready)
+            name_worker(index)
             count_across_processes(self._metrics_dir)
             worker = Worker(
                 index, self._count, self._metrics_dir, ready, self._lifeline_r, alone

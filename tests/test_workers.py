@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -202,7 +203,9 @@ def test_a_start_that_fails_with_workers_is_told_in_one_line(tmp_path: Path) -> 
         tmp_path, "--port", "0", "--workers", "2", "--data-dir", str(tmp_path / "data"),
         "--database", str(database),
     )
-    assert f"ERROR aiotusd: cannot use the database {database}: file is not a database" in line
+    # Told by worker 0, which opens the database first and alone.
+    assert (f"ERROR aiotusd: worker 0: cannot use the database {database}: file is not a "
+            "database") in line
     with socket_taken() as port:
         line = refused_start(
             tmp_path, "--port", str(port), "--workers", "2", "--data-dir", str(tmp_path / "data")
@@ -439,3 +442,27 @@ def leases_in(database: Path) -> list[str]:
     """The uploads that have a lease row in the SQLite file."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         return [row[0] for row in db.execute("SELECT upload_id FROM upload_leases")]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_every_line_a_worker_logs_names_it(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession,
+    log_format: str,
+) -> None:
+    """The workers write to one log: each of their lines says which of them wrote it."""
+    server = with_workers(server_process, 2, "--log-format", log_format)
+    first, second = workers_of(server)  # in the order they were started: 0, then 1
+    def created() -> list[str]:
+        return [line for line in server.log().splitlines()
+                if "POST /files/ 201" in line or '"status": 201' in line]
+
+    for pid, answering in ((second, 0), (first, 1)):
+        with paused(pid):
+            await create(session, server)
+        line = wait_for(lambda count=answering: created()[count:], 10, "the access line")[0]
+        if log_format == "text":
+            assert f" INFO aiohttp.access: worker {answering}: POST /files/ 201 " in line
+        else:
+            assert json.loads(line)["worker"] == answering
+    supervisor = [line for line in server.log().splitlines() if "listening on" in line]
+    assert "worker" not in supervisor[0].split("listening on")[0]  # the supervisor's own
