@@ -340,8 +340,6 @@ async def test_a_lookup_the_reader_cannot_answer_goes_to_the_connection(store: S
     assert set(await store.get_many(("a", "b"))) == {"a"}
 
 
-
-
 async def test_a_transaction_waits_for_another_process_s_write_though_a_read_came_first(
     store: StateStore, tmp_path: Path
 ) -> None:
