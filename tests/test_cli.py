@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from support.http import upload_id
-from support.processes import clean_env, free_port, run_cli, wait_listening
+from support.processes import Served, clean_env, free_port, run_cli, wait_listening
 
 from server import __version__
 from server.config import SETTINGS
@@ -100,19 +100,9 @@ def _served_log(tmp_path, *args: str, **env: str) -> str:
     """Start a real server with ``args`` and ``env``, check that it answers OPTIONS, stop
     it; its log."""
     port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), *args], cwd=tmp_path,
-            env=clean_env(**env), stdout=log_file, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(process, port, "aiotusd", log.read_text)
+    with Served(tmp_path, port, "--port", str(port), *args, **env) as served:
         assert _request(port, "OPTIONS", "/files/", {}).status == 204
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log.read_text()
-    return log.read_text()
+    return served.log.read_text()
 
 
 def test_kubernetes_variables_are_ignored_and_an_unknown_one_is_warned_about(tmp_path):

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Self
 
 import aiohttp
 import pytest
 from support.hooks import Receiver, verify
-from support.processes import clean_env, free_port, run_cli, wait_listening
+from support.processes import Served, free_port, run_cli
 from support.s3 import AWS_ENV, S3Endpoint, s3_args
 
 from server.cli import main
@@ -35,27 +31,6 @@ def _get(port: int, path: str, method: str = "GET", headers: dict[str, str] | No
     response.read()
     connection.close()
     return response
-
-
-class Served:
-    """A real server started with some arguments (``--port`` among them), stopped on exit."""
-
-    def __init__(self, tmp_path: Path, port: int, *args: str, **env: str) -> None:
-        self.port, self.log = port, tmp_path / "server.log"
-        with open(self.log, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "server", *args], cwd=tmp_path, env=clean_env(**env),
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )
-
-    def __enter__(self) -> Self:
-        wait_listening(self.process, self.port, "aiotusd", self.log.read_text)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=20) == 0, self.log.read_text()
-        assert "Traceback" not in self.log.read_text()
 
 
 # --- booleans ----------------------------------------------------------------------------

@@ -5,14 +5,11 @@ hooks, the limits changed, the demo and metrics pages; nothing secret; JSON reco
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support.postgres import PASSWORD, PASSWORD_ROLE, Cluster
-from support.processes import clean_env, free_port, wait_listening
+from support.processes import Served, free_port
 from support.s3 import AWS_ENV, S3Endpoint, s3_args
 
 pytestmark = pytest.mark.e2e
@@ -21,17 +18,9 @@ pytestmark = pytest.mark.e2e
 def startup_log(tmp_path: Path, port: int, *args: str, **env: str) -> list[str]:
     """Start a server on ``port`` with ``args``, stop it once it listens; the messages it
     logged up to "shutting down", without time and level."""
-    log = tmp_path / "server.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), *args], cwd=tmp_path,
-            env=clean_env(**env), stdout=log_file, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(process, port, "aiotusd", log.read_text)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log.read_text()
+    with Served(tmp_path, port, "--port", str(port), *args, **env) as served:
+        pass
+    log = served.log
     lines = log.read_text().splitlines()
     end = next(index for index, line in enumerate(lines) if "shutting down" in line)
     return [line.split(" INFO aiotusd: ", 1)[-1] for line in lines[:end]]

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository: what ``python -m server`` must import."""
@@ -186,3 +187,31 @@ def refused_start(cwd: Path, *args: str, deadline: float = 10.0) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+class Served:
+    """``python -m server ARGS`` (``--port PORT`` among them) in ``tmp_path``, its output
+    in ``tmp_path/server.log``: listening inside the block, stopped with SIGTERM at its end,
+    which it must survive with status 0 and no traceback."""
+
+    def __init__(self, tmp_path: Path, port: int, *args: str, **env: str) -> None:
+        self.port, self.log = port, tmp_path / "server.log"
+        with open(self.log, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server", *args], cwd=tmp_path, env=clean_env(**env),
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+
+    def __enter__(self) -> Self:
+        try:
+            wait_listening(self.process, self.port, "aiotusd", self.log.read_text)
+        except BaseException:
+            self.process.kill()
+            self.process.wait(timeout=20)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=20) == 0, self.log.read_text()
+        assert "Traceback" not in self.log.read_text()
