@@ -2,8 +2,9 @@
 
 Without an engine, the file is read as Compose reads it (``${VAR:-default}`` and ``$$``,
 ``env_file`` then ``environment``) and aiotusd's environment is loaded with the server's
-own :func:`~server.config.load_settings`: a variable it does not know, or a value it
-cannot parse, would stop the container at every start with status 2. The ports, the
+own :func:`~server.config.load_settings`: a value it cannot parse would stop the container
+at every start with status 2, and a variable it does not know (a typo) would be ignored
+with a warning; either fails the check. The ports, the
 health checks and the order of the start are checked against the settings, and the hook
 receiver's script runs as a real process in front of a real aiotusd: it must take the
 events aiotusd signs and refuse forged ones.
@@ -39,7 +40,7 @@ from support.processes import ServerProcess, clean_env, free_port, wait_listenin
 from support.storage import payload
 from support.waiting import wait_for
 
-from server.config import ConfigError, Settings, load_settings
+from server.config import ConfigError, Settings, load_settings, unknown_variables
 from server.ops import READY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +103,13 @@ def environment(service: Document) -> dict[str, str]:
 
 
 def aiotusd_settings(doc: Document) -> Settings:
-    return load_settings(environ=environment(doc["services"]["aiotusd"]))
+    """aiotusd's settings, loaded as the server loads them; a variable the server would
+    warn about as no setting fails the check too."""
+    env = environment(doc["services"]["aiotusd"])
+    warnings = unknown_variables(env)
+    if warnings:
+        raise ConfigError("; ".join(warnings))
+    return load_settings(environ=env)
 
 
 def seconds(value: str) -> float:
