@@ -15,9 +15,11 @@ loopback, ``fsync`` off). Four setups, each on a fresh data directory and databa
 
 Each round sends ``--uploads`` uploads of ``--size`` bytes, ``--concurrency`` at once, as
 POST + PATCH and then as creation-with-upload, to each setup in turn (the order reversed
-every other round), after a warm-up. Figures, medians over the rounds: uploads per
-second, and CPU per upload in microseconds of the servers (every process of each, workers
-included) and of PostgreSQL (the postmaster and its backends). On a machine with two
+every other round), after a warm-up; then one upload of ``--large`` bytes in a single
+PATCH (W1's shape). Figures, medians over the rounds: uploads per second (MiB/s for the
+large one), and CPU in microseconds per small upload (seconds per GiB for the large one)
+of the servers (every process of each, workers included) and of PostgreSQL (the
+postmaster and its backends). On a machine with two
 cores the uploads per second of two processes say little (the load generator needs a
 core too); the CPU per upload is what sharing costs.
 """
@@ -37,14 +39,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.client import many_uploads
-from harness.common import BENCH, KIB, REPO, free_port, parse_size
+from harness.client import many_uploads, upload_in_patches
+from harness.common import BENCH, GIB, KIB, MIB, REPO, free_port, parse_size
 from harness.procs import TICKS, Command, clean_env, running
 
 sys.path.insert(0, str(REPO / "tests"))
 from support.postgres import Cluster, throwaway_cluster
 
 KINDS = (("post+patch", False), ("cwu", True))
+LARGE = "one large PATCH"
 SETUPS = ("sqlite", "sqlite-workers-2", "postgresql", "postgresql-2-servers")
 
 
@@ -124,6 +127,7 @@ Figures = dict[tuple[str, str], list[tuple[float, float, float]]]
 async def measure(args: argparse.Namespace, cluster: Cluster, work: Path) -> Figures:
     """Per (setup, kind): (uploads/s, server CPU us/upload, PostgreSQL CPU us/upload) a round."""
     body = memoryview(os.urandom(args.size))
+    large = memoryview(os.urandom(args.large))
     figures: Figures = {}
     postmaster = _postmaster(cluster)
     names = [name for name in SETUPS if name in args.setups.split(",")]
@@ -145,7 +149,23 @@ async def measure(args: argparse.Namespace, cluster: Cluster, work: Path) -> Fig
                         servers / TICKS / args.uploads * 1e6,
                         database / TICKS / args.uploads * 1e6,
                     ))
+                figures.setdefault((name, LARGE), []).append(
+                    await _large(setup, large, postmaster))
     return figures
+
+
+async def _large(setup: Setup, body: memoryview, postmaster: int) -> tuple[float, float, float]:
+    """One upload of ``body`` in one PATCH to the setup's first server: (MiB/s, server CPU
+    seconds per GiB, PostgreSQL CPU seconds per GiB)."""
+    servers = sum(_cpu_ticks(pid) for pid in setup.pids)
+    database = _cpu_ticks(postmaster)
+    began = time.perf_counter()
+    await upload_in_patches(setup.urls[0], body, len(body), 600)
+    seconds = time.perf_counter() - began
+    gibs = len(body) / GIB
+    return (len(body) / MIB / seconds,
+            (sum(_cpu_ticks(pid) for pid in setup.pids) - servers) / TICKS / gibs,
+            (_cpu_ticks(postmaster) - database) / TICKS / gibs)
 
 
 def report(figures: Figures, args: argparse.Namespace) -> None:
@@ -155,9 +175,19 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
           " all CPU us/upload |")
     print("|---|---|---:|---:|---:|---:|")
     for (name, kind), rounds in figures.items():
+        if kind == LARGE:
+            continue
         rate, server, database = (statistics.median(column) for column in zip(*rounds, strict=True))
         print(f"| {name} | {kind} | {rate:,.0f} | {server:,.0f} | {database:,.0f} | "
               f"{server + database:,.0f} |")
+    print(f"\none upload of {args.large // MIB} MiB in one PATCH; medians of {args.rounds} rounds")
+    print("| setup | MiB/s | server CPU s/GiB | PostgreSQL CPU s/GiB |")
+    print("|---|---:|---:|---:|")
+    for (name, kind), rounds in figures.items():
+        if kind == LARGE:
+            rate, server, database = (
+                statistics.median(column) for column in zip(*rounds, strict=True))
+            print(f"| {name} | {rate:,.0f} | {server:.2f} | {database:.2f} |")
 
 
 def main() -> None:
@@ -168,6 +198,8 @@ def main() -> None:
     add("--warmup", type=int, default=200, help="uploads before measuring (default 200)")
     add("--concurrency", type=int, default=32, help="uploads at once (default 32)")
     add("--size", type=parse_size, default=64 * KIB, help="upload size (default 64KiB)")
+    add("--large", type=parse_size, default=256 * MIB,
+        help="size of the one large upload (default 256MiB)")
     add("--fsync", default="always", choices=("always", "none"), help="(default always)")
     add("--setups", default=",".join(SETUPS), help=f"some of {','.join(SETUPS)}")
     add("--work-dir", type=Path, default=BENCH / ".work",
