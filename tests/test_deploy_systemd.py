@@ -123,7 +123,7 @@ def test_verify_would_report_a_misspelt_key(tmp_path):
 def test_execstart_runs_the_installed_command_with_real_flags(service):
     argv = shlex.split(service["ExecStart"])
     assert argv == [COMMAND, "--config", CONFIG]
-    assert "aiotusd = server.cli:main" in (ROOT / "setup.cfg").read_text()
+    assert "aiotusd = server.__main__:run" in (ROOT / "setup.cfg").read_text()
     assert build_parser().parse_args(argv[1:]).config == CONFIG
     assert service["Type"] == "exec", "aiotusd does not speak sd_notify"
 
