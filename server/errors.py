@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
@@ -71,6 +72,25 @@ class Conflict(TusError):
     status, code = 409, "conflict"
 
 
+class OffsetMismatch(Conflict):
+    """``Upload-Offset`` is not where the upload stands: the IETF draft answers it with a
+    problem document naming both offsets, so they travel with the error."""
+
+    code = "offset-mismatch"
+
+    def __init__(self, expected: int, provided: int) -> None:
+        super().__init__(
+            f"Upload-Offset {provided} does not match the upload's offset {expected}"
+        )
+        self.expected = expected
+        self.provided = provided
+
+
+class LengthMismatch(BadRequest):
+    """A length that contradicts the one recorded or sent alongside: the IETF draft has a
+    problem type of its own for it."""
+
+
 class Gone(TusError):
     status, code = 410, "gone"
 
@@ -113,6 +133,29 @@ class Overloaded(TusError):
     """The server is at a capacity limit (bodies being received, connections): try again later."""
 
     status, code = 503, "overloaded"
+
+
+class Problem(TusError):
+    """A refusal answered with an RFC 9457 problem document (the IETF draft's problem types),
+    rather than with a line of text; ``members`` are the type's extension members."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        reason: str,
+        headers: dict[str, str],
+        members: dict[str, int] | None = None,
+        *,
+        code: str,
+    ) -> None:
+        super().__init__(reason, headers, code=code)
+        self.status = status
+        document = {"type": PROBLEM_TYPES + kind, "title": reason, **(members or {})}
+        self.body = json.dumps(document).encode()
+
+
+PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 
 
 class HookFailed(TusError):
@@ -185,6 +228,9 @@ def classify(exc: BaseException) -> ErrorAnswer:
     if isinstance(exc, HookFailed):
         return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers,
                            public=HOOK_FAILED, log_level=logging.WARNING)
+    if isinstance(exc, Problem):
+        headers = {**exc.headers, "Content-Type": "application/problem+json"}
+        return ErrorAnswer(exc.status, exc.code, exc.reason, headers, body=exc.body)
     if isinstance(exc, TusError):
         return ErrorAnswer(exc.status, exc.code, exc.reason, exc.headers,
                            storage=isinstance(exc, InsufficientStorage))

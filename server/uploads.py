@@ -40,7 +40,9 @@ from .errors import (
     Forbidden,
     Gone,
     HookFailed,
+    LengthMismatch,
     NotFound,
+    OffsetMismatch,
     TooLarge,
     TusError,
     UploadStopped,
@@ -315,10 +317,7 @@ async def append(
         if upload.is_final:
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
-            raise Conflict(
-                f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
-                code="offset-mismatch",
-            )
+            raise OffsetMismatch(upload.offset, offset)
         recorded_length = upload.length
         if length is not None:
             upload = await declare_length(ctx, upload, length)
@@ -336,7 +335,7 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> Upload:
     so that a PATCH refused for its body records none of it."""
     if upload.length is not None:
         if length != upload.length:
-            raise BadRequest("Upload-Length cannot be changed once known")
+            raise LengthMismatch("Upload-Length cannot be changed once known")
         return upload
     if ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")

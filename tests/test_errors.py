@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import sqlite3
 
@@ -16,6 +17,8 @@ from server.errors import (
     HookRejected,
     InsufficientStorage,
     Locked,
+    OffsetMismatch,
+    Problem,
     TooManyRequests,
     classify,
 )
@@ -71,6 +74,24 @@ def test_a_hook_rejection_is_answered_with_the_hook_s_own_status_and_body():
         401, "hook-rejected", "refused by a hook with status 401",
         {"WWW-Authenticate": "Bearer"}, body=b"who are you?",
     )
+
+
+def test_a_problem_is_answered_with_its_rfc_9457_document():
+    answer = classify(Problem(409, "mismatching-upload-offset", "offsets differ",
+                              {"Upload-Offset": "4"}, {"expected-offset": 4}, code="offset-mismatch"))
+    assert (answer.status, answer.code) == (409, "offset-mismatch")
+    assert answer.headers == {"Upload-Offset": "4", "Content-Type": "application/problem+json"}
+    assert json.loads(answer.body or b"") == {
+        "type": "https://iana.org/assignments/http-problem-types#mismatching-upload-offset",
+        "title": "offsets differ", "expected-offset": 4,
+    }
+
+
+def test_an_offset_mismatch_keeps_both_offsets_and_the_tus_answer():
+    exc = OffsetMismatch(expected=4, provided=2)
+    assert (exc.expected, exc.provided) == (4, 2)
+    assert classify(exc) == ErrorAnswer(
+        409, "offset-mismatch", "Upload-Offset 2 does not match the upload's offset 4")
 
 
 def test_only_failures_of_the_server_are_logged_and_only_the_unforeseen_with_a_traceback():
