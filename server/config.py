@@ -205,6 +205,10 @@ class UploadSettings:
         False, parse_bool,
         "refuse DELETE of an upload with 405 and do not announce termination (expired "
         "uploads are still removed)")
+    ietf_draft: bool = _option(
+        True, parse_bool,
+        "serve requests that carry a supported Upload-Draft-Interop-Version as the IETF "
+        "resumable uploads draft; off: they are tus requests")
 
     @property
     def disabled_methods(self) -> frozenset[str]:

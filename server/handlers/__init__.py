@@ -7,6 +7,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import HttpVersion11, web
 
 from ..config import UploadSettings
+from ..context import CONTEXT
+from ..draft import codec_of
+from ..draft import create as draft_create
+from ..draft import resume as draft
+from ..draft.answers import DRAFT
 from ..errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from ..protocol import TUS_VERSION, effective_method, is_host
 from ..proxy import target_authority
@@ -21,6 +26,15 @@ UPLOAD: dict[str, Handler] = {
     "DELETE": delete.handle,
     "GET": download.handle,
     "OPTIONS": options.handle,
+}
+# The same URLs serve the IETF draft's requests (see server.draft).
+DRAFT_COLLECTION: dict[str, Handler] = {"POST": draft_create.handle, "OPTIONS": draft.options}
+DRAFT_UPLOAD: dict[str, Handler] = {
+    "HEAD": draft.head,
+    "PATCH": draft.patch,
+    "DELETE": delete.handle,
+    "GET": download.handle,
+    "OPTIONS": draft.options,
 }
 # Plain downloads come from browsers and other HTTP clients that know nothing of tus.
 _NOT_TUS = frozenset({"OPTIONS", "GET"})
@@ -37,6 +51,9 @@ _SINGLE_HEADERS = (
     "Upload-Metadata",
     "Upload-Checksum",
     "Upload-Concat",
+    "Upload-Complete",
+    "Upload-Incomplete",
+    "Upload-Draft-Interop-Version",
 )
 
 
@@ -63,16 +80,22 @@ def _check_host(request: web.Request) -> None:
         raise BadRequest("request target has no valid host (or has userinfo)")
 
 
-def _dispatch(handlers: dict[str, Handler]) -> Handler:
-    allowed = ", ".join(handlers)
+def _dispatch(tus: dict[str, Handler], draft: dict[str, Handler]) -> Handler:
+    """Dispatch by method, to the draft's handlers for a request of a supported interop
+    version (which needs no ``Tus-Resumable``), to tus's otherwise."""
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         _check_request_headers(request)
         method = effective_method(request)
+        codec = codec_of(request, request.app[CONTEXT].settings)
+        handlers = tus if codec is None else draft
         handler = handlers.get(method)
         if handler is None:
+            allowed = ", ".join(handlers)
             raise MethodNotAllowed(f"method {method[:16]} is not allowed here", {"Allow": allowed})
-        if method not in _NOT_TUS and request.headers.get("Tus-Resumable") != TUS_VERSION:
+        if codec is not None:
+            request[DRAFT] = codec
+        elif method not in _NOT_TUS and request.headers.get("Tus-Resumable") != TUS_VERSION:
             raise PreconditionFailed(
                 f"Tus-Resumable: {TUS_VERSION} is required", {"Tus-Version": TUS_VERSION}
             )
@@ -81,12 +104,14 @@ def _dispatch(handlers: dict[str, Handler]) -> Handler:
     return dispatch
 
 
-collection = _dispatch(COLLECTION)
+collection = _dispatch(COLLECTION, DRAFT_COLLECTION)
 
 
 def upload(settings: UploadSettings) -> Handler:
     """The handler of an upload's URL, without the methods the settings turn off: they
     are answered 405 and left out of ``Allow``, as methods this server does not have."""
+    disabled = settings.disabled_methods
     return _dispatch(
-        {method: h for method, h in UPLOAD.items() if method not in settings.disabled_methods}
+        {method: h for method, h in UPLOAD.items() if method not in disabled},
+        {method: h for method, h in DRAFT_UPLOAD.items() if method not in disabled},
     )

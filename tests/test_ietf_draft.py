@@ -1,0 +1,351 @@
+"""The IETF resumable uploads draft, per interop version, on a raw socket (so that the
+``104 (Upload Resumption Supported)`` interim responses are seen)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient
+from support.draft import PARTIAL, draft_headers, exchange, path_of, responses
+from support.http import TUS, ClientFactory, create_upload
+from support.rawhttp import HOST, close_writer, read_response, request_head
+
+VERSIONS = [8, 6, 5]
+WITH_LIMITS = {8: "max-age", 6: "expires"}
+"""The versions that have ``Upload-Limit``, with the name of its lifetime."""
+PROBLEM = "https://iana.org/assignments/http-problem-types#"
+
+
+def patch_headers(version: int, offset: int, complete: bool, **more: str) -> dict[str, str]:
+    headers = draft_headers(version, Upload_Offset=str(offset),
+                            Upload_Complete="?1" if complete else "?0", **more)
+    if version >= 6:
+        headers.setdefault("Content-Type", PARTIAL)
+    return headers
+
+
+async def create(client: TestClient, version: int, body: bytes = b"", **headers: str) -> str:
+    """A draft creation that leaves the upload incomplete; returns its path."""
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(version, Upload_Complete="?0", **headers), body)
+    assert answer.final.status == 201, answer.final
+    return path_of(answer.final.headers["location"])
+
+
+def limits(header: str) -> dict[str, int]:
+    return {k.strip(): int(v) for k, v in (m.split("=") for m in header.split(","))}
+
+
+async def download(client: TestClient, path: str) -> bytes:
+    response = await client.get(path)
+    assert response.status == 200
+    return await response.read()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_creation_with_all_its_content_is_announced_by_a_104_then_complete(
+    make_client: ClientFactory, version: int
+) -> None:
+    client = await make_client(max_size=1000)
+    answer = await exchange(client.server.port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?1", Content_Type="text/plain",
+        Content_Disposition='inline; filename="notes.txt"'), b"hello draft")
+    [interim] = answer.interim
+    assert interim.status == 104
+    assert interim.headers["upload-draft-interop-version"] == str(version)
+    location = interim.headers["location"]
+    assert answer.final.status == 201
+    assert answer.final.headers["location"] == location
+    assert answer.final.headers["upload-complete"] == "?1"
+    assert answer.final.headers["upload-offset"] == "11"
+    if version in WITH_LIMITS:
+        assert limits(interim.headers["upload-limit"])["max-size"] == 1000
+        assert limits(interim.headers["upload-limit"])["min-size"] == 0
+    else:
+        assert "upload-limit" not in interim.headers
+    response = await client.get(path_of(location))
+    assert await response.read() == b"hello draft"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "notes.txt" in response.headers["Content-Disposition"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_creation_without_content_gives_the_upload_its_limits(
+    make_client: ClientFactory, version: int
+) -> None:
+    client = await make_client(max_size=500, expiration=3600)
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(version, Upload_Complete="?0"))
+    assert [r.status for r in answer.interim] == [104]
+    final = answer.final
+    assert final.status == 201
+    assert final.headers["upload-complete"] == "?0"
+    assert final.headers["upload-offset"] == "0"
+    if version in WITH_LIMITS:
+        limit = limits(final.headers["upload-limit"])
+        assert limit["max-size"] == 500 and limit["min-size"] == 0
+        assert 3590 <= limit[WITH_LIMITS[version]] <= 3600
+    else:
+        assert "upload-limit" not in final.headers
+
+
+async def test_interop_version_3_speaks_upload_incomplete(client: TestClient) -> None:
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(3, Upload_Incomplete="?0"), b"whole")
+    assert answer.interim[0].status == 104
+    assert answer.final.status == 201
+    assert answer.final.headers["upload-incomplete"] == "?0"
+    assert "upload-complete" not in answer.final.headers
+    assert await download(client, path_of(answer.final.headers["location"])) == b"whole"
+
+
+@pytest.mark.parametrize("version", ["7", "99", "x"])
+async def test_an_unsupported_interop_version_gets_no_104_and_is_a_tus_request(
+    client: TestClient, version: str
+) -> None:
+    headers = {"Upload-Draft-Interop-Version": version, "Upload-Complete": "?1",
+               "Connection": "close"}
+    answer = await exchange(client.server.port, "POST", "/files/", headers, b"abc")
+    assert answer.interim == []
+    assert answer.final.status == 412
+
+
+async def test_the_setting_turns_the_draft_off(make_client: ClientFactory) -> None:
+    client = await make_client(ietf_draft=False)
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(8, Upload_Complete="?1"), b"abc")
+    assert answer.interim == []
+    assert answer.final.status == 412
+
+
+async def test_no_104_for_http_1_0(client: TestClient) -> None:
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(8, Upload_Complete="?1"), b"abc", version="HTTP/1.0")
+    assert answer.interim == []
+    assert answer.final.status == 201
+
+
+async def test_the_104_comes_before_and_not_instead_of_the_100_asked_for(
+    client: TestClient,
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, client.server.port)
+    try:
+        writer.write(request_head("POST", "/files/", client.server.port, draft_headers(
+            8, Upload_Complete="?1", Content_Length="4", Expect="100-continue")))
+        first = await read_response(reader, "POST")
+        second = await read_response(reader, "POST")
+        assert (first.status, second.status) == (104, 100)
+        assert "location" in first.headers
+        writer.write(b"body")
+        final = await responses(reader, "POST")
+    finally:
+        await close_writer(writer)
+    assert final.interim == []
+    assert final.final.status == 201
+    assert final.final.headers["upload-complete"] == "?1"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_creation_cut_off_mid_body_is_resumed_from_the_104s_location(
+    client: TestClient, version: int
+) -> None:
+    port = client.server.port
+    data = bytes(range(256)) * 64
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(request_head("POST", "/files/", port, draft_headers(
+        version, Upload_Complete="?1", Content_Length=str(len(data)))) + data[:5000])
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 104 ")
+    location = [line for line in head.decode().split("\r\n") if line.lower().startswith(
+        "location:")][0].split(":", 1)[1].strip()
+    await close_writer(writer)
+    path = path_of(location)
+    state = await exchange(port, "HEAD", path, draft_headers(version))
+    assert state.final.status == 204
+    offset = int(state.final.headers["upload-offset"])
+    assert offset == 5000
+    assert state.final.headers["upload-complete"] == "?0"
+    assert state.final.headers["upload-length"] == str(len(data))
+    assert state.final.headers["cache-control"] == "no-store"
+    rest = await exchange(port, "PATCH", path, patch_headers(version, offset, True), data[offset:])
+    assert rest.final.status == 204
+    assert rest.final.headers["upload-complete"] == "?1"
+    assert await download(client, path) == data
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_appends_answer_what_their_version_reads(client: TestClient, version: int) -> None:
+    path = await create(client, version, Upload_Length="6")
+    port = client.server.port
+    first = await exchange(port, "PATCH", path, patch_headers(version, 0, False), b"abc")
+    assert first.final.status == 204
+    assert first.final.headers["upload-complete"] == "?0"
+    if version == 8:
+        assert "upload-offset" not in first.final.headers
+    else:
+        assert first.final.headers["upload-offset"] == "3"
+    last = await exchange(port, "PATCH", path, patch_headers(version, 3, True), b"def")
+    assert last.final.status == 204
+    assert last.final.headers["upload-complete"] == "?1"
+    assert await download(client, path) == b"abcdef"
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_an_append_must_be_a_partial_upload(client: TestClient, version: int) -> None:
+    path = await create(client, version)
+    headers = patch_headers(version, 0, False, Content_Type="application/offset+octet-stream")
+    answer = await exchange(client.server.port, "PATCH", path, headers, b"abc")
+    assert answer.final.status == 415
+
+
+async def test_version_5_appends_take_any_content_type(client: TestClient) -> None:
+    path = await create(client, 5)
+    answer = await exchange(client.server.port, "PATCH", path, patch_headers(5, 0, True), b"x")
+    assert answer.final.status == 204
+    assert answer.final.headers["upload-complete"] == "?1"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_wrong_offset_is_a_409_with_the_right_one(client: TestClient, version: int) -> None:
+    path = await create(client, version, b"abcd")
+    answer = await exchange(client.server.port, "PATCH", path, patch_headers(version, 2, False),
+                            b"zz")
+    final = answer.final
+    assert final.status == 409
+    assert final.headers["upload-offset"] == "4"
+    assert final.headers["upload-complete"] == "?0"
+    if version >= 6:
+        assert final.headers["content-type"] == "application/problem+json"
+        problem = json.loads(final.body)
+        assert problem["type"] == PROBLEM + "mismatching-upload-offset"
+        assert (problem["expected-offset"], problem["provided-offset"]) == (4, 2)
+    else:
+        assert final.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_inconsistent_lengths_are_problems(client: TestClient, version: int) -> None:
+    port = client.server.port
+    creation = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?1", Upload_Length="9"), b"abc")
+    assert creation.final.status == 400
+    assert creation.interim == []
+    problem = json.loads(creation.final.body)
+    assert problem["type"] == PROBLEM + "inconsistent-upload-length"
+    path = await create(client, version, Upload_Length="10")
+    answer = await exchange(port, "PATCH", path, patch_headers(version, 0, False,
+                                                                Upload_Length="11"), b"ab")
+    assert answer.final.status == 400
+    assert json.loads(answer.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    last = await exchange(port, "PATCH", path, patch_headers(version, 0, True), b"ab")
+    assert last.final.status == 400
+    assert json.loads(last.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_complete_upload_takes_nothing_more(client: TestClient, version: int) -> None:
+    port = client.server.port
+    path = await create(client, version)
+    done = await exchange(port, "PATCH", path, patch_headers(version, 0, True), b"all")
+    assert done.final.headers["upload-complete"] == "?1"
+    more = await exchange(port, "PATCH", path, patch_headers(version, 3, True), b"more")
+    empty = await exchange(port, "PATCH", path, patch_headers(version, 3, True))
+    assert (more.final.status, empty.final.status) == (400, 400)
+    if version >= 6:
+        assert json.loads(more.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+        assert json.loads(empty.final.body)["type"] == PROBLEM + "completed-upload"
+    assert await download(client, path) == b"all"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_deleted_upload_is_gone(client: TestClient, version: int) -> None:
+    path = await create(client, version, b"abc")
+    port = client.server.port
+    assert (await exchange(port, "DELETE", path, draft_headers(version))).final.status == 204
+    assert (await exchange(port, "HEAD", path, draft_headers(version))).final.status == 410
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_options_announces_appends_and_the_limits(
+    make_client: ClientFactory, version: int
+) -> None:
+    client = await make_client(max_size=2048, expiration=600)
+    answer = await exchange(client.server.port, "OPTIONS", "/files/", draft_headers(version))
+    assert answer.final.status == 204
+    assert answer.final.headers["accept-patch"] == PARTIAL
+    if version in WITH_LIMITS:
+        assert limits(answer.final.headers["upload-limit"]) == {
+            "min-size": 0, "max-size": 2048, WITH_LIMITS[version]: 600}
+    else:
+        assert "upload-limit" not in answer.final.headers
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_creation_over_the_maximum_is_a_413_with_the_limits(
+    make_client: ClientFactory, version: int
+) -> None:
+    client = await make_client(max_size=10)
+    answer = await exchange(client.server.port, "POST", "/files/",
+                            draft_headers(version, Upload_Complete="?0", Upload_Length="11"))
+    assert answer.interim == []
+    assert answer.final.status == 413
+    assert limits(answer.final.headers["upload-limit"])["max-size"] == 10
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_content_digest_is_checked(client: TestClient, version: int) -> None:
+    port = client.server.port
+    good = base64.b64encode(hashlib.sha256(b"digest me").digest()).decode()
+    bad = base64.b64encode(hashlib.sha256(b"not this").digest()).decode()
+    ok = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?1", Content_Digest=f"sha-256=:{good}:"), b"digest me")
+    assert ok.final.status == 201
+    path = await create(client, version)
+    refused = await exchange(port, "PATCH", path, patch_headers(
+        version, 0, True, Content_Digest=f"sha-256=:{bad}:"), b"digest me")
+    assert refused.final.status == 400
+    state = await exchange(port, "HEAD", path, draft_headers(version))
+    assert state.final.headers["upload-offset"] == "0"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_one_upload_through_both_protocols(client: TestClient, version: int) -> None:
+    port = client.server.port
+    path = await create(client, version, b"draft,", Upload_Length="9")
+    tus_head = await client.head(path, headers=TUS)
+    assert tus_head.status == 200
+    assert (tus_head.headers["Upload-Offset"], tus_head.headers["Upload-Length"]) == ("6", "9")
+    tus_patch = await client.patch(path, data=b"tus", headers={
+        **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "6"})
+    assert tus_patch.status == 204
+    state = await exchange(port, "HEAD", path, draft_headers(version))
+    assert state.final.headers["upload-offset"] == "9"
+    assert state.final.headers["upload-complete"] == "?1"
+    tus_path = await create_upload(client, 4)
+    draft_state = await exchange(port, "HEAD", tus_path, draft_headers(version))
+    assert draft_state.final.status == 204
+    assert draft_state.final.headers["upload-offset"] == "0"
+    assert draft_state.final.headers["upload-length"] == "4"
+    assert draft_state.final.headers["upload-complete"] == "?0"
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_bad_draft_headers_are_refused_with_a_reason(
+    client: TestClient, version: int
+) -> None:
+    port = client.server.port
+    no_complete = await exchange(port, "POST", "/files/", draft_headers(version))
+    assert no_complete.final.status == 400
+    assert b"Upload-Complete" in no_complete.final.body
+    bad_length = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?0", Upload_Length="-1"))
+    assert bad_length.final.status == 400
+    path = await create(client, version)
+    no_offset = patch_headers(version, 0, False)
+    del no_offset["Upload-Offset"]
+    assert (await exchange(port, "PATCH", path, no_offset, b"a")).final.status == 400
