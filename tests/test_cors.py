@@ -76,6 +76,20 @@ async def test_preflight_is_answered_with_the_tus_methods_and_headers(client, pa
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
+async def test_a_page_may_speak_the_ietf_draft(client):
+    response = await client.options("/files/", headers=preflight(
+        "POST", headers="upload-complete,upload-draft-interop-version,content-disposition"))
+    assert {"upload-complete", "upload-draft-interop-version", "content-disposition",
+            "upload-incomplete", "content-digest"} <= names(
+        response.headers["Access-Control-Allow-Headers"])
+    created = await client.post("/files/", data=b"x", headers={
+        "Origin": ORIGIN, "Upload-Draft-Interop-Version": "8", "Upload-Complete": "?0"})
+    assert created.status == 201
+    exposed = names(created.headers["Access-Control-Expose-Headers"])
+    assert {"upload-complete", "upload-incomplete", "upload-limit", "accept-patch",
+            "upload-offset", "location"} <= exposed
+
+
 async def test_a_tus_options_request_is_still_answered_by_tus(client):
     response = await client.options("/files/", headers={"Origin": ORIGIN})
     assert response.status == 204
