@@ -30,10 +30,16 @@ def patch_headers(version: int, offset: int, complete: bool, **more: str) -> dic
 
 async def create(client: TestClient, version: int, body: bytes = b"", **headers: str) -> str:
     """A draft creation that leaves the upload incomplete; returns its path."""
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(version, Upload_Complete="?0", **headers), body)
     assert answer.final.status == 201, answer.final
     return path_of(answer.final.headers["location"])
+
+
+def port_of(client: TestClient) -> int:
+    port = client.server.port
+    assert port is not None
+    return port
 
 
 def limits(header: str) -> dict[str, int]:
@@ -51,7 +57,7 @@ async def test_a_creation_with_all_its_content_is_announced_by_a_104_then_comple
     make_client: ClientFactory, version: int
 ) -> None:
     client = await make_client(max_size=1000)
-    answer = await exchange(client.server.port, "POST", "/files/", draft_headers(
+    answer = await exchange(port_of(client), "POST", "/files/", draft_headers(
         version, Upload_Complete="?1", Content_Type="text/plain",
         Content_Disposition='inline; filename="notes.txt"'), b"hello draft")
     [interim] = answer.interim
@@ -78,7 +84,7 @@ async def test_a_creation_without_content_gives_the_upload_its_limits(
     make_client: ClientFactory, version: int
 ) -> None:
     client = await make_client(max_size=500, expiration=3600)
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(version, Upload_Complete="?0"))
     assert [r.status for r in answer.interim] == [104]
     final = answer.final
@@ -94,7 +100,7 @@ async def test_a_creation_without_content_gives_the_upload_its_limits(
 
 
 async def test_interop_version_3_speaks_upload_incomplete(client: TestClient) -> None:
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(3, Upload_Incomplete="?0"), b"whole")
     assert answer.interim[0].status == 104
     assert answer.final.status == 201
@@ -109,21 +115,21 @@ async def test_an_unsupported_interop_version_gets_no_104_and_is_a_tus_request(
 ) -> None:
     headers = {"Upload-Draft-Interop-Version": version, "Upload-Complete": "?1",
                "Connection": "close"}
-    answer = await exchange(client.server.port, "POST", "/files/", headers, b"abc")
+    answer = await exchange(port_of(client), "POST", "/files/", headers, b"abc")
     assert answer.interim == []
     assert answer.final.status == 412
 
 
 async def test_the_setting_turns_the_draft_off(make_client: ClientFactory) -> None:
     client = await make_client(ietf_draft=False)
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(8, Upload_Complete="?1"), b"abc")
     assert answer.interim == []
     assert answer.final.status == 412
 
 
 async def test_no_104_for_http_1_0(client: TestClient) -> None:
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(8, Upload_Complete="?1"), b"abc", version="HTTP/1.0")
     assert answer.interim == []
     assert answer.final.status == 201
@@ -132,9 +138,9 @@ async def test_no_104_for_http_1_0(client: TestClient) -> None:
 async def test_the_104_comes_before_and_not_instead_of_the_100_asked_for(
     client: TestClient,
 ) -> None:
-    reader, writer = await asyncio.open_connection(HOST, client.server.port)
+    reader, writer = await asyncio.open_connection(HOST, port_of(client))
     try:
-        writer.write(request_head("POST", "/files/", client.server.port, draft_headers(
+        writer.write(request_head("POST", "/files/", port_of(client), draft_headers(
             8, Upload_Complete="?1", Content_Length="4", Expect="100-continue")))
         first = await read_response(reader, "POST")
         second = await read_response(reader, "POST")
@@ -153,7 +159,7 @@ async def test_the_104_comes_before_and_not_instead_of_the_100_asked_for(
 async def test_a_creation_cut_off_mid_body_is_resumed_from_the_104s_location(
     client: TestClient, version: int
 ) -> None:
-    port = client.server.port
+    port = port_of(client)
     data = bytes(range(256)) * 64
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(request_head("POST", "/files/", port, draft_headers(
@@ -161,8 +167,8 @@ async def test_a_creation_cut_off_mid_body_is_resumed_from_the_104s_location(
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 104 ")
-    location = [line for line in head.decode().split("\r\n") if line.lower().startswith(
-        "location:")][0].split(":", 1)[1].strip()
+    location = next(line for line in head.decode().split("\r\n") if line.lower().startswith(
+        "location:")).split(":", 1)[1].strip()
     await close_writer(writer)
     path = path_of(location)
     state = await exchange(port, "HEAD", path, draft_headers(version))
@@ -181,7 +187,7 @@ async def test_a_creation_cut_off_mid_body_is_resumed_from_the_104s_location(
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_appends_answer_what_their_version_reads(client: TestClient, version: int) -> None:
     path = await create(client, version, Upload_Length="6")
-    port = client.server.port
+    port = port_of(client)
     first = await exchange(port, "PATCH", path, patch_headers(version, 0, False), b"abc")
     assert first.final.status == 204
     assert first.final.headers["upload-complete"] == "?0"
@@ -199,13 +205,13 @@ async def test_appends_answer_what_their_version_reads(client: TestClient, versi
 async def test_an_append_must_be_a_partial_upload(client: TestClient, version: int) -> None:
     path = await create(client, version)
     headers = patch_headers(version, 0, False, Content_Type="application/offset+octet-stream")
-    answer = await exchange(client.server.port, "PATCH", path, headers, b"abc")
+    answer = await exchange(port_of(client), "PATCH", path, headers, b"abc")
     assert answer.final.status == 415
 
 
 async def test_version_5_appends_take_any_content_type(client: TestClient) -> None:
     path = await create(client, 5)
-    answer = await exchange(client.server.port, "PATCH", path, patch_headers(5, 0, True), b"x")
+    answer = await exchange(port_of(client), "PATCH", path, patch_headers(5, 0, True), b"x")
     assert answer.final.status == 204
     assert answer.final.headers["upload-complete"] == "?1"
 
@@ -213,7 +219,7 @@ async def test_version_5_appends_take_any_content_type(client: TestClient) -> No
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_a_wrong_offset_is_a_409_with_the_right_one(client: TestClient, version: int) -> None:
     path = await create(client, version, b"abcd")
-    answer = await exchange(client.server.port, "PATCH", path, patch_headers(version, 2, False),
+    answer = await exchange(port_of(client), "PATCH", path, patch_headers(version, 2, False),
                             b"zz")
     final = answer.final
     assert final.status == 409
@@ -230,7 +236,7 @@ async def test_a_wrong_offset_is_a_409_with_the_right_one(client: TestClient, ve
 
 @pytest.mark.parametrize("version", [8, 6])
 async def test_inconsistent_lengths_are_problems(client: TestClient, version: int) -> None:
-    port = client.server.port
+    port = port_of(client)
     creation = await exchange(port, "POST", "/files/", draft_headers(
         version, Upload_Complete="?1", Upload_Length="9"), b"abc")
     assert creation.final.status == 400
@@ -249,7 +255,7 @@ async def test_inconsistent_lengths_are_problems(client: TestClient, version: in
 
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_a_complete_upload_takes_nothing_more(client: TestClient, version: int) -> None:
-    port = client.server.port
+    port = port_of(client)
     path = await create(client, version)
     done = await exchange(port, "PATCH", path, patch_headers(version, 0, True), b"all")
     assert done.final.headers["upload-complete"] == "?1"
@@ -265,7 +271,7 @@ async def test_a_complete_upload_takes_nothing_more(client: TestClient, version:
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_a_deleted_upload_is_gone(client: TestClient, version: int) -> None:
     path = await create(client, version, b"abc")
-    port = client.server.port
+    port = port_of(client)
     assert (await exchange(port, "DELETE", path, draft_headers(version))).final.status == 204
     assert (await exchange(port, "HEAD", path, draft_headers(version))).final.status == 410
 
@@ -275,7 +281,7 @@ async def test_options_announces_appends_and_the_limits(
     make_client: ClientFactory, version: int
 ) -> None:
     client = await make_client(max_size=2048, expiration=600)
-    answer = await exchange(client.server.port, "OPTIONS", "/files/", draft_headers(version))
+    answer = await exchange(port_of(client), "OPTIONS", "/files/", draft_headers(version))
     assert answer.final.status == 204
     assert answer.final.headers["accept-patch"] == PARTIAL
     if version in WITH_LIMITS:
@@ -290,7 +296,7 @@ async def test_a_creation_over_the_maximum_is_a_413_with_the_limits(
     make_client: ClientFactory, version: int
 ) -> None:
     client = await make_client(max_size=10)
-    answer = await exchange(client.server.port, "POST", "/files/",
+    answer = await exchange(port_of(client), "POST", "/files/",
                             draft_headers(version, Upload_Complete="?0", Upload_Length="11"))
     assert answer.interim == []
     assert answer.final.status == 413
@@ -299,7 +305,7 @@ async def test_a_creation_over_the_maximum_is_a_413_with_the_limits(
 
 @pytest.mark.parametrize("version", [8, 6])
 async def test_a_content_digest_is_checked(client: TestClient, version: int) -> None:
-    port = client.server.port
+    port = port_of(client)
     good = base64.b64encode(hashlib.sha256(b"digest me").digest()).decode()
     bad = base64.b64encode(hashlib.sha256(b"not this").digest()).decode()
     ok = await exchange(port, "POST", "/files/", draft_headers(
@@ -315,7 +321,7 @@ async def test_a_content_digest_is_checked(client: TestClient, version: int) -> 
 
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_one_upload_through_both_protocols(client: TestClient, version: int) -> None:
-    port = client.server.port
+    port = port_of(client)
     path = await create(client, version, b"draft,", Upload_Length="9")
     tus_head = await client.head(path, headers=TUS)
     assert tus_head.status == 200
@@ -338,7 +344,7 @@ async def test_one_upload_through_both_protocols(client: TestClient, version: in
 async def test_bad_draft_headers_are_refused_with_a_reason(
     client: TestClient, version: int
 ) -> None:
-    port = client.server.port
+    port = port_of(client)
     no_complete = await exchange(port, "POST", "/files/", draft_headers(version))
     assert no_complete.final.status == 400
     assert b"Upload-Complete" in no_complete.final.body

@@ -52,7 +52,7 @@ async def responses(
     reader: asyncio.StreamReader, method: str, timeout: float = 10.0
 ) -> Exchange:
     """Read interim responses up to the final one (at most 10 of them)."""
-    interim = []
+    interim: list[Response] = []
     for _ in range(10):
         response = await read_response(reader, method, timeout)
         if response.status >= 200:
