@@ -9,8 +9,10 @@ import hashlib
 import json
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.draft import PARTIAL, draft_headers, exchange, path_of, responses
+from support.hooks import Receiver
 from support.http import TUS, ClientFactory, create_upload
 from support.rawhttp import HOST, close_writer, read_response, request_head
 
@@ -355,3 +357,58 @@ async def test_bad_draft_headers_are_refused_with_a_reason(
     no_offset = patch_headers(version, 0, False)
     del no_offset["Upload-Offset"]
     assert (await exchange(port, "PATCH", path, no_offset, b"a")).final.status == 400
+
+
+async def test_hooks_see_draft_requests_as_they_see_tus_ones(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    client = await make_client(hooks_url=receiver.url,
+                               hooks_events="pre-create,post-create,pre-access,post-finish")
+    port = port_of(client)
+    receiver.respond = lambda r: (
+        web.Response(status=403, text="no creations today") if r.name == "pre-create"
+        and r.json["request"]["headers"].get("Authorization") == "sunday" else web.Response())
+    refused = await exchange(port, "POST", "/files/", draft_headers(
+        8, Upload_Complete="?1", Authorization="sunday"), b"abc")
+    assert refused.interim == []  # no upload, nothing to resume
+    assert refused.final.status == 403
+    path = await create(client, 8)
+    receiver.respond = lambda r: (
+        web.Response(status=403, text="not yours") if r.name == "pre-access"
+        and r.json["request"]["headers"].get("Authorization") != "owner" else web.Response())
+    assert (await exchange(port, "HEAD", path, draft_headers(8))).final.status == 403
+    stranger = await exchange(port, "PATCH", path, patch_headers(8, 0, True), b"abc")
+    assert stranger.final.status == 403
+    owner = await exchange(port, "PATCH", path, patch_headers(8, 0, True, Authorization="owner"),
+                           b"abc")
+    assert owner.final.status == 204
+    again = await exchange(port, "PATCH", path, patch_headers(8, 3, True), b"")
+    assert again.final.status == 403  # a complete upload, but not the stranger's to know
+    await receiver.wait_for_names("post-finish")
+    assert [r.name for r in receiver.received] == [
+        "pre-create", "pre-create", "post-create", "pre-access", "pre-access", "pre-access",
+        "post-finish", "pre-access",
+    ]
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_new_request_stops_the_stale_append(client: TestClient, version: int) -> None:
+    port = port_of(client)
+    path = await create(client, version, Upload_Length="100")
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(request_head("PATCH", path, port, patch_headers(
+            version, 0, True, Content_Length="100")) + b"x" * 40)
+        await writer.drain()
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.head(path, headers=TUS)).headers["Upload-Offset"] != "40":
+            assert asyncio.get_running_loop().time() < deadline, "the bytes never arrived"
+            await asyncio.sleep(0.05)
+        state = await exchange(port, "HEAD", path, draft_headers(version))
+        assert state.final.headers["upload-offset"] == "40"
+        # The stale request's connection was closed for the new one.
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        await close_writer(writer)
+    rest = await exchange(port, "PATCH", path, patch_headers(version, 40, True), b"y" * 60)
+    assert rest.final.headers["upload-complete"] == "?1"
