@@ -86,6 +86,9 @@ class Creation:
     concat: Concat | None
     has_body: bool
     checksum: ExpectedChecksum | None
+    ends_upload: bool = False
+    """The upload ends where the body ends (the IETF draft's ``Upload-Complete: ?1`` on a
+    body of unknown length): see :func:`end_here`."""
 
     @property
     def is_final(self) -> bool:
@@ -210,6 +213,8 @@ async def start(ctx: Context, request: web.Request, upload: Upload, creation: Cr
                     # What arrived is kept: the client resumes from there.
                     broke_off.headers["Upload-Offset"] = str(upload.offset)
                 raise broke_off
+            if creation.ends_upload:
+                upload = await end_here(ctx, request, upload, holder)
     elif upload.length == 0:
         upload = await finish(ctx, upload, request)
     return upload
@@ -306,9 +311,12 @@ async def append(
     offset: int,
     length: int | None,
     checksum: ExpectedChecksum | None,
+    *,
+    ends_upload: bool = False,
 ) -> Upload:
     """PATCH: under the upload's lock, check the offset, apply a declared length, receive
-    the body. Returns the upload as it then stands."""
+    the body; with ``ends_upload``, the upload ends where the body did (:func:`end_here`).
+    Returns the upload as it then stands."""
     if PRE_ACCESS in ctx.hooks.events:
         # Outside the lock: a hook that takes its time must not hold up the upload's requests.
         await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
@@ -324,7 +332,25 @@ async def append(
         upload, broke_off = await receive(ctx, request, upload, holder, checksum, recorded_length)
         if broke_off is not None:
             raise broke_off
+        if ends_upload:
+            upload = await end_here(ctx, request, upload, holder)
     return upload
+
+
+async def end_here(ctx: Context, request: web.Request, upload: Upload, holder: Holder) -> Upload:
+    """Finish an upload at its offset, once a body that was to end it arrived whole: its
+    length, unknown until then, is where the body ended. Under the caller's lock, so that no
+    other body comes between. One whose recorded length is elsewhere keeps its bytes, unfinished."""
+    if upload.is_complete:
+        return upload
+    if upload.length is None:
+        upload = await declare_length(ctx, upload, upload.offset)
+    if upload.offset != upload.length:
+        raise LengthMismatch(
+            f"the body ended at {upload.offset}, not at the upload's length {upload.length}",
+            {"Upload-Offset": str(upload.offset)},
+        )
+    return await finish(ctx, upload, request, holder)
 
 
 async def declare_length(ctx: Context, upload: Upload, length: int) -> Upload:

@@ -11,7 +11,7 @@ import json
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from support.draft import PARTIAL, draft_headers, exchange, path_of, responses
+from support.draft import PARTIAL, chunked, draft_headers, exchange, path_of, responses
 from support.hooks import Receiver
 from support.http import TUS, ClientFactory, create_upload
 from support.rawhttp import HOST, close_writer, read_response, request_head
@@ -412,3 +412,44 @@ async def test_a_new_request_stops_the_stale_append(client: TestClient, version:
         await close_writer(writer)
     rest = await exchange(port, "PATCH", path, patch_headers(version, 40, True), b"y" * 60)
     assert rest.final.headers["upload-complete"] == "?1"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_body_of_unknown_length_that_completes_the_upload_ends_it(
+    client: TestClient, version: int
+) -> None:
+    port = port_of(client)
+    whole = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?1", Transfer_Encoding="chunked"), chunked(b"one ", b"go"))
+    assert whole.final.status == 201
+    assert whole.final.headers["upload-complete"] == "?1"
+    assert await download(client, path_of(whole.final.headers["location"])) == b"one go"
+    path = await create(client, version, b"first, ")
+    rest = await exchange(port, "PATCH", path, patch_headers(
+        version, 7, True, Transfer_Encoding="chunked"), chunked(b"then ", b"the rest"))
+    assert rest.final.status == 204
+    assert rest.final.headers["upload-complete"] == "?1"
+    assert await download(client, path) == b"first, then the rest"
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_completing_body_that_ends_short_of_the_length_is_inconsistent(
+    client: TestClient, version: int
+) -> None:
+    port = port_of(client)
+    path = await create(client, version, Upload_Length="10")
+    short = await exchange(port, "PATCH", path, patch_headers(
+        version, 0, True, Transfer_Encoding="chunked"), chunked(b"only6b"))
+    assert short.final.status == 400
+    assert json.loads(short.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    assert short.final.headers["upload-offset"] == "6"
+    state = await exchange(port, "HEAD", path, draft_headers(version))
+    assert state.final.headers["upload-offset"] == "6"
+    assert state.final.headers["upload-complete"] == "?0"
+    creation = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?1", Upload_Length="10", Transfer_Encoding="chunked"),
+        chunked(b"4byt"))
+    assert creation.final.status == 400
+    assert json.loads(creation.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    assert creation.final.headers["upload-offset"] == "4"
+    assert creation.final.headers["location"] == creation.interim[0].headers["location"]

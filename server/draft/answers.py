@@ -52,9 +52,13 @@ def offset_mismatch(codec: Codec, exc: OffsetMismatch) -> TusError:
                    code=exc.code)
 
 
-def inconsistent_length(codec: Codec, reason: str) -> TusError:
+def inconsistent_length(
+    codec: Codec, reason: str, headers: dict[str, str] | None = None
+) -> TusError:
     """400: the lengths a request gives contradict each other or the one recorded."""
-    return _bad_request(codec, "inconsistent-upload-length", reason, {}, "length-mismatch")
+    return _bad_request(
+        codec, "inconsistent-upload-length", reason, dict(headers or {}), "length-mismatch"
+    )
 
 
 def completed_upload(codec: Codec, reason: str) -> TusError:

@@ -11,7 +11,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
-from ..errors import BadRequest, TusError
+from ..errors import BadRequest, LengthMismatch, TusError
 from ..handlers.create import upload_location
 from ..limits import LIMITS
 from ..protocol import UPLOAD_CONTENT_TYPE, format_metadata, parse_metadata
@@ -48,10 +48,13 @@ async def _create(request: web.Request, codec: Codec) -> web.Response:
         upload = await start(ctx, request, upload, creation)
     except TusError as exc:
         # The upload exists: the client resumes it from where it stands.
-        exc.headers.update(headers)
-        exc.headers.setdefault("Upload-Offset", str(upload.offset))
-        exc.headers.update(codec.complete(False))
-        raise
+        error = exc
+        if isinstance(exc, LengthMismatch):
+            error = inconsistent_length(codec, exc.reason, exc.headers)
+        error.headers.update(headers)
+        error.headers.setdefault("Upload-Offset", str(upload.offset))
+        error.headers.update(codec.complete(False))
+        raise error from None
     headers["Upload-Offset"] = str(upload.offset)
     headers.update(codec.complete(upload.is_complete))
     headers.update(codec.limit(upload_limits(ctx, upload)))
@@ -69,7 +72,7 @@ def _parse(request: web.Request, ctx: Context, codec: Codec) -> Creation:
         raise BadRequest("this server needs the length of an upload when it is created")
     return Creation(
         length, length is None, _metadata(request, ctx), None, request.body_exists,
-        content_digest(request) if request.body_exists else None,
+        content_digest(request) if request.body_exists else None, ends_upload=done,
     )
 
 
@@ -78,13 +81,12 @@ def upload_length(request: web.Request) -> int | None:
     return None if value is None else read_integer(value, "Upload-Length")
 
 
-def complete_length(codec: Codec, declared: int | None, offset: int, request: web.Request) -> int:
-    """The length of an upload that a request completes: where its body ends."""
+def complete_length(
+    codec: Codec, declared: int | None, offset: int, request: web.Request
+) -> int | None:
+    """The length of an upload that a request completes: where its body ends; None when
+    only the body's end will tell (chunked, without ``Upload-Length``)."""
     if request.content_length is None and request.body_exists:
-        if declared is None:
-            raise BadRequest(
-                "a body that completes the upload needs Content-Length or Upload-Length"
-            )
         return declared
     ends_at = offset + (request.content_length or 0)
     if declared is not None and declared != ends_at:

@@ -58,16 +58,18 @@ async def _append(request: web.Request, codec: Codec) -> web.Response:
         raise BadRequest("Upload-Offset header is required")
     offset = read_integer(offset_header, "Upload-Offset")
     length = upload_length(request)
-    if codec.read_complete(request):
+    done = codec.read_complete(request)
+    if done:
         length = complete_length(codec, length, offset, request)
     upload_id = request.match_info["upload_id"]
     await _refuse_if_complete(request, codec, upload_id)
     try:
-        upload = await append(ctx, request, upload_id, offset, length, content_digest(request))
+        upload = await append(ctx, request, upload_id, offset, length, content_digest(request),
+                              ends_upload=done)
     except OffsetMismatch as exc:
         raise offset_mismatch(codec, exc) from None
     except LengthMismatch as exc:
-        raise inconsistent_length(codec, exc.reason) from None
+        raise inconsistent_length(codec, exc.reason, exc.headers) from None
     return web.Response(status=204, headers=_appended(request, codec, upload))
 
 

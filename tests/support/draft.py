@@ -38,7 +38,8 @@ async def exchange(
     """One request on a fresh connection; its interim responses and its final one."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
     try:
-        head = request_head(method, path, port, {"Content-Length": str(len(body)), **headers})
+        framing = {} if "Transfer-Encoding" in headers else {"Content-Length": str(len(body))}
+        head = request_head(method, path, port, {**framing, **headers})
         if version != "HTTP/1.1":
             head = head.replace(b" HTTP/1.1\r\n", f" {version}\r\n".encode(), 1)
         writer.write(head + body)
@@ -59,6 +60,11 @@ async def responses(
             return Exchange(interim, response)
         interim.append(response)
     raise AssertionError(f"more than 10 interim responses: {interim}")
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """A body in chunked transfer coding: its length is known at its end only."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
 def path_of(location: str) -> str:
