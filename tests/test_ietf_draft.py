@@ -453,3 +453,19 @@ async def test_a_completing_body_that_ends_short_of_the_length_is_inconsistent(
     assert json.loads(creation.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
     assert creation.final.headers["upload-offset"] == "4"
     assert creation.final.headers["location"] == creation.interim[0].headers["location"]
+
+
+async def test_draft_creations_draw_on_the_creation_rate_and_are_counted(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(create_rate=0.25, create_burst=1, metrics=True)
+    port = port_of(client)
+    await create(client, 8, b"abc")
+    refused = await exchange(port, "POST", "/files/", draft_headers(8, Upload_Complete="?1"),
+                             b"abc")
+    assert refused.interim == []
+    assert refused.final.status == 429
+    assert refused.final.headers["retry-after"] == "4"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'aiotusd_uploads_created_total 1.0' in metrics
+    assert 'reason="create_rate"} 1.0' in metrics
