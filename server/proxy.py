@@ -104,6 +104,14 @@ def external_path(request: web.Request, path: str) -> str:
     return _external(request).prefix + path
 
 
+def upload_location(request: web.Request, settings: Settings, upload_id: str) -> str:
+    """The URL of an upload as ``Location`` gives it (tus and the IETF draft alike):
+    absolute unless ``relative_location``."""
+    path = settings.server.base_path + upload_id
+    relative = settings.server.relative_location
+    return (external_path if relative else external_url)(request, path)
+
+
 def base_paths(request: web.Request, base_path: str) -> tuple[str, ...]:
     """The paths under which a client may name this server's uploads in a request."""
     prefixed = external_path(request, base_path)

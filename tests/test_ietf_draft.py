@@ -7,6 +7,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 from aiohttp import web
@@ -469,3 +471,11 @@ async def test_draft_creations_draw_on_the_creation_rate_and_are_counted(
     metrics = await (await client.get("/metrics")).text()
     assert 'aiotusd_uploads_created_total 1.0' in metrics
     assert 'reason="create_rate"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("module", ["server.draft.create", "server.draft.resume", "server.handlers"])
+def test_each_module_imports_on_its_own(module: str) -> None:
+    """The tus and draft handlers share the upload's URL and its steps, not an import cycle."""
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr

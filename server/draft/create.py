@@ -12,9 +12,9 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
 from ..errors import BadRequest, LengthMismatch, TusError
-from ..handlers.create import upload_location
 from ..limits import LIMITS
 from ..protocol import UPLOAD_CONTENT_TYPE, format_metadata, parse_metadata
+from ..proxy import upload_location
 from ..uploads import Creation, create, metadata_too_long, start
 from . import INTEROP_VERSION
 from .answers import DRAFT, in_draft_terms, inconsistent_length, upload_limits
@@ -41,7 +41,7 @@ async def _create(request: web.Request, codec: Codec) -> web.Response:
     ctx = request.app[CONTEXT]
     creation = _parse(request, ctx, codec)
     upload = await create(ctx, request, creation)
-    headers = {"Location": upload_location(request, ctx, upload.id)}
+    headers = {"Location": upload_location(request, ctx.settings, upload.id)}
     limit = codec.limit(upload_limits(ctx, upload))
     await send_104(request, {**headers, INTEROP_VERSION: str(codec.version), **limit})
     try:

@@ -16,7 +16,7 @@ from ..protocol import (
     parse_metadata,
     parse_non_negative,
 )
-from ..proxy import base_paths, external_path, external_url
+from ..proxy import base_paths, upload_location
 from ..receive import check_content_type
 from ..uploads import Creation, create, metadata_too_long, start
 
@@ -35,7 +35,7 @@ async def _create(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     creation = parse_creation(request, ctx)
     upload = await create(ctx, request, creation)
-    headers = {"Location": upload_location(request, ctx, upload.id)}
+    headers = {"Location": upload_location(request, ctx.settings, upload.id)}
     try:
         upload = await start(ctx, request, upload, creation)
     except TusError as exc:
@@ -50,13 +50,6 @@ async def _create(request: web.Request) -> web.Response:
     if upload.expires_at is not None and not upload.is_complete:
         headers["Upload-Expires"] = http_date(upload.expires_at)
     return web.Response(status=201, headers=headers)
-
-
-def upload_location(request: web.Request, ctx: Context, upload_id: str) -> str:
-    """The URL of an upload, as ``Location`` gives it: absolute unless ``relative_location``."""
-    path = ctx.settings.server.base_path + upload_id
-    relative = ctx.settings.server.relative_location
-    return (external_path if relative else external_url)(request, path)
 
 
 def parse_creation(request: web.Request, ctx: Context) -> Creation:
