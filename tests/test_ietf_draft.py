@@ -479,3 +479,28 @@ def test_each_module_imports_on_its_own(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_head_stops_a_stale_creation_and_the_upload_goes_on(client: TestClient) -> None:
+    port = port_of(client)
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(request_head("POST", "/files/", port, draft_headers(
+            8, Upload_Complete="?1", Content_Length="100")) + b"x" * 30)
+        await writer.drain()
+        interim = await read_response(reader, "POST")
+        assert interim.status == 104
+        path = path_of(interim.headers["location"])
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.head(path, headers=TUS)).headers["Upload-Offset"] != "30":
+            assert asyncio.get_running_loop().time() < deadline, "the bytes never arrived"
+            await asyncio.sleep(0.05)
+        state = await exchange(port, "HEAD", path, draft_headers(8))
+        assert state.final.headers["upload-offset"] == "30"
+        assert state.final.headers["upload-length"] == "100"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        await close_writer(writer)
+    rest = await exchange(port, "PATCH", path, patch_headers(8, 30, True), b"y" * 70)
+    assert rest.final.headers["upload-complete"] == "?1"
+    assert await download(client, path) == b"x" * 30 + b"y" * 70
