@@ -102,7 +102,7 @@ class LeaseKeeper:
                 sent = time.monotonic()
                 lease = await self._store.take_lease(upload_id, self.length)
                 if lease is not None:
-                    holder.leased(lease.token, sent + self.length)
+                    holder.leased(lease.token, sent + self.length, lease.upload)
                     return
                 if holder.release_requested:
                     raise Locked("upload is in use by another request; try again later")

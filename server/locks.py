@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import Locked, UploadStopped
-from .state import LeaseLost
+from .state import LeaseLost, Upload
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -45,6 +45,7 @@ class Holder:
         Not one byte may be written from then on: another process may have the upload."""
         self.stopped: UploadStopped | None = None
         """Why a hook stopped its body (tusd's ``StopUpload``), once one did."""
+        self._taken_upload: Upload | None = None
 
     def on_release_request(self, callback: Callable[[], None] | None) -> None:
         """Set what stops this holder's work when another request wants the upload, or
@@ -65,10 +66,18 @@ class Holder:
         if self._on_release_request is not None:
             self._on_release_request()
 
-    def leased(self, token: int, deadline: float) -> None:
-        """It holds the lease of ``token`` until ``deadline`` (see :attr:`deadline`)."""
+    def leased(self, token: int, deadline: float, upload: Upload | None = None) -> None:
+        """It holds the lease of ``token`` until ``deadline`` (see :attr:`deadline`);
+        ``upload``: the upload as the take read it, if it did (see :meth:`taken_upload`)."""
         self.token = token
         self.deadline = deadline
+        self._taken_upload = upload
+
+    def taken_upload(self) -> Upload | None:
+        """The upload as the take of its lease read it, the first time only: its first
+        lookup need not ask the database again, a later one (after its own writes) must."""
+        upload, self._taken_upload = self._taken_upload, None
+        return upload
 
     @property
     def lost(self) -> bool:

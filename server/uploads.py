@@ -118,12 +118,15 @@ async def load(ctx: Context, upload_id: str, *, holder: Holder | None = None) ->
     """The active upload ``upload_id``, or 404 / 410 with a reason.
 
     An upload past its expiry is removed here, under its lock: ``holder`` is the caller's,
-    when it holds it. One that another request holds is alive, whatever its clock says:
-    that request is receiving its bytes, and its commit moves the expiry on.
+    when it holds it (the upload its lease's take read, if any, spares a lookup). One
+    that another request holds is alive, whatever its clock says: that request is
+    receiving its bytes, and its commit moves the expiry on.
     """
     if not is_upload_id(upload_id):
         raise NotFound("no such upload")
-    upload = await ctx.store.get(upload_id)
+    upload = holder.taken_upload() if holder is not None else None
+    if upload is None:
+        upload = await ctx.store.get(upload_id)
     if upload is None:
         raise NotFound("no such upload")
     if upload.status == REFUSED:

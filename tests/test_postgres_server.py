@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 from support.hooks import Received, Receiver
 from support.http import PATCH_HEADERS, TUS, upload_id
+from support.postgres import Cluster
 from support.processes import ServerProcess, run_cli
 from support.waiting import wait_for
 
@@ -171,3 +173,43 @@ def test_filesystem_storage_on_postgresql_says_the_data_dir_must_be_shared(
         10, "the start-up line about the data directory",
     )
     assert "must use this one data_dir" in line and str(server.data_dir) in line
+
+
+def logging_statements(cluster: Cluster, url: str) -> None:
+    """Have the database of ``url`` log every statement of the connections made from now
+    on (see :func:`statements_naming`)."""
+    cluster.sql(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET log_statement = 'all'")
+
+
+def statements_naming(cluster: Cluster, since: int, upload: str) -> list[str]:
+    """The statements logged past ``since`` whose parameters name ``upload``, in order."""
+    with open(cluster.directory / "server.log", encoding="utf-8", errors="replace") as log:
+        log.seek(since)
+        lines = log.read().splitlines()
+    last: dict[str, str] = {}
+    naming = []
+    for line in lines:
+        if found := re.search(r"\[(\d+)\] LOG:  execute [^:]*: (.*)", line):
+            last[found[1]] = found[2]
+        elif (found := re.search(r"\[(\d+)\] DETAIL:  parameters: ", line)) and (
+            f"'{upload}'" in line
+        ):
+            naming.append(last.pop(found[1]))
+    return naming
+
+
+async def test_a_patch_reads_its_upload_with_the_take_of_its_lease(
+    server_process: Callable[..., ServerProcess], postgres_url: str, postgres_cluster: Cluster
+) -> None:
+    """A PATCH makes three statements: the take of the lease, which reads the upload too
+    (no lookup of its own), the save under the lease, the release."""
+    logging_statements(postgres_cluster, postgres_url)
+    server = on_postgres(server_process, postgres_url)
+    async with aiohttp.ClientSession() as session:
+        url = await post(session, server, **{"Upload-Length": "5"})
+        since = (postgres_cluster.directory / "server.log").stat().st_size
+        assert await patch(session, url, 0, b"hello") == 5
+    statements = statements_naming(postgres_cluster, since, upload_id(url))
+    assert [statement.split()[:3] for statement in statements] == [
+        ["WITH", "taken", "AS"], ["UPDATE", "uploads", "SET"], ["WITH", "released", "AS"],
+    ], statements

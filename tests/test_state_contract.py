@@ -521,6 +521,24 @@ async def test_a_holder_is_asked_to_let_go_through_the_database(
     assert again is not None and not again.release_requested
 
 
+async def test_a_take_reads_the_upload_as_the_last_holder_left_it_if_at_all(
+    store: Store, other: Store
+) -> None:
+    """A store may read the upload with the take, to spare the holder its lookup: then it
+    is the upload as saved under the lease before."""
+    upload = Upload(id="u", length=10)
+    await store.create(upload)
+    first = await store.take_lease("u", LEASE)
+    assert first is not None and first.upload in (None, await store.get("u"))
+    await store.save_progress(replace(upload, offset=4), lease=first.token)
+    await store.release_lease("u", first.token)
+    second = await other.take_lease("u", LEASE)
+    assert second is not None and second.upload in (None, await other.get("u"))
+    assert second.upload is None or second.upload.offset == 4
+    none = await other.take_lease("v", LEASE)  # no such upload
+    assert none is not None and none.upload is None
+
+
 async def test_a_store_that_closes_gives_its_leases_up(
     store: Store, request: pytest.FixtureRequest
 ) -> None:

@@ -269,6 +269,8 @@ async def test_a_take_over_waits_for_a_write_under_the_old_lease_that_is_under_w
     assert new is not None and new.token > old.token
     found = await new_store.get("u")
     assert found is not None and found.offset == 7  # the old holder's write came first
+    # The take read the upload too, after that write, though it began before its commit.
+    assert new.upload is not None and new.upload.offset == 7
     with pytest.raises(LeaseLost):
         await old_store.save_progress(dataclasses.replace(found, offset=9), lease=old.token)
 

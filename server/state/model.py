@@ -136,6 +136,10 @@ class Lease:
     """Seconds until it lapses, by the database's clock when it was read."""
     release_requested: bool = False
     """Another request asked the holder to let go."""
+    upload: Upload | None = field(default=None, compare=False)
+    """The upload as it stood once the lease was taken, when the take read it too (a
+    store may not): what a lookup right after the take would find, without its round trip
+    to the database. None also when there is no such upload."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..interface import Leases
 from ..model import Lease
+from ..rows import UPLOAD_COLUMNS, upload_from_row
 from .database import Database
 from .listener import CHANNEL, Listener
 
@@ -34,6 +35,18 @@ _TAKE = (
     "expires_at = excluded.expires_at, release_requested = false "
     f"WHERE l.expires_at < {_NOW} RETURNING {_RETURNED}"
 )
+_TAKE_READING = (
+    f"WITH taken AS ({_TAKE}) SELECT taken.*, u.* FROM taken LEFT JOIN LATERAL "
+    f"(SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = taken.upload_id FOR SHARE) u ON true"
+)
+"""The take, and the upload's row as it stands once the lease is taken.
+
+Read in the take's own statement, the row is the one the previous holder left: the
+lateral read depends on the lease taken, so it runs after the take got the lease row
+(which waited for a fenced write under the old lease that was under way, see
+:func:`.uploads._under_lease`); and ``FOR SHARE`` makes read committed read the row's
+latest committed version rather than the one in the statement's snapshot, which was
+taken before that wait, and so before the old holder's last write may have committed."""
 _ASK = (
     "WITH asked AS (UPDATE upload_leases SET release_requested = true "
     f"WHERE upload_id = $1 AND expires_at >= {_NOW} RETURNING {_RETURNED}) "
@@ -54,6 +67,13 @@ def _lease(row: Any) -> Lease:
                  release_requested=row[4])
 
 
+def _taken(row: Any) -> Lease:
+    """The lease in a row of ``_TAKE_READING``, with its upload when there is one."""
+    upload = None if row[5] is None else upload_from_row(row[5:])
+    return Lease(upload_id=row[0], owner=row[1], token=row[2], expires_in=row[3],
+                 release_requested=row[4], upload=upload)
+
+
 class PostgresLeases(Leases):
     """The leases' queries and writes, keeping the promises of :class:`Leases`."""
 
@@ -64,9 +84,9 @@ class PostgresLeases(Leases):
 
     async def take_lease(self, upload_id: str, length: float) -> Lease | None:
         rows = await self._db.write(
-            lambda connection: connection.fetch(_TAKE, upload_id, self.owner, length)
+            lambda connection: connection.fetch(_TAKE_READING, upload_id, self.owner, length)
         )
-        return _lease(rows[0]) if rows else None
+        return _taken(rows[0]) if rows else None
 
     async def lease_of(self, upload_id: str) -> Lease | None:
         rows = await self._db.rows(
