@@ -31,11 +31,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from .errors import Locked
 from .locks import Holder
-from .state import Lease, Leases
+from .state import HookEvent, Lease, Store, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -50,7 +50,7 @@ RENEWALS = 3
 class LeaseKeeper:
     """This process's leases on uploads, for the holders of :class:`~server.locks.UploadLocks`."""
 
-    def __init__(self, store: Leases, length: float) -> None:
+    def __init__(self, store: Store, length: float) -> None:
         self._store = store
         self.length = length
         self._holders: dict[str, Holder] = {}
@@ -62,6 +62,9 @@ class LeaseKeeper:
         self._renew_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
+        self._born: dict[str, tuple[int, float] | None] = {}
+        """Leases that uploads were created with (:meth:`create`), token and deadline, for
+        the hold that comes next; None while the creation runs."""
 
     def start(self) -> None:
         self._store.watch_leases(self._asked, self._freed)
@@ -89,10 +92,28 @@ class LeaseKeeper:
             if holder.token is not None:
                 await self._release(upload_id, holder.token)
 
+    async def create(self, upload: Upload, events: Sequence[HookEvent]) -> None:
+        """Record a new upload under a lease of this process's, which the next
+        :meth:`hold` of it holds rather than taking one: one write fewer for a creation
+        that receives its upload's first bytes. That hold follows at once; were it never
+        to come, the lease would lapse, unrenewed."""
+        sent = time.monotonic()
+        self._born[upload.id] = None
+        try:
+            lease = await self._store.create_leased(upload, self.length, events)
+        except BaseException:
+            del self._born[upload.id]
+            raise
+        self._born[upload.id] = (lease.token, sent + self.length)
+
     async def is_leased(self, upload_id: str) -> bool:
         return await self._store.lease_of(upload_id) is not None
 
     async def _take(self, upload_id: str, holder: Holder, deadline: float) -> None:
+        born = self._born.pop(upload_id, None)
+        if born is not None:
+            holder.leased(*born)
+            return
         loop = asyncio.get_running_loop()
         wake = self._wake[upload_id] = asyncio.Event()
         holder.on_release_request(wake.set)
@@ -143,6 +164,8 @@ class LeaseKeeper:
 
     def _asked(self, upload_id: str, token: int) -> None:
         """Another request wants the lease of ``token``, which is this store's."""
+        if upload_id in self._born:
+            return  # its holder is on its way; the next poll asks it once it holds it
         holder = self._holders.get(upload_id)
         if holder is None:
             # Nobody here holds it: a lease whose release failed, or a holder just gone.

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import Locked, UploadStopped
-from .state import LeaseLost, Upload
+from .state import HookEvent, LeaseLost, Store, Upload
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -140,6 +140,14 @@ class UploadLocks:
         finally:
             del self._holders[upload_id]
             holder.released.set()
+
+    async def create(self, store: Store, upload: Upload, events: Sequence[HookEvent]) -> None:
+        """Record a new upload in ``store`` that the caller holds next (creation-with-upload):
+        with leases, it is born under one, which the caller's :meth:`hold` then holds."""
+        if self._leases is None:
+            await store.create(upload, events=events)
+        else:
+            await self._leases.create(upload, events)
 
     @contextlib.asynccontextmanager
     async def alone(self, name: str) -> AsyncIterator[bool]:

@@ -170,7 +170,8 @@ async def create(ctx: Context, request: web.Request, creation: Creation) -> Uplo
     parts = creation.concat.parts if creation.concat is not None else ()
     upload, chose_id = await _ask_pre_create(ctx, request, upload, parts)
     if not chose_id:
-        return await _add(ctx, request, upload, parts)
+        # The body's receiving holds the upload next (see start): it is born held.
+        return await _add(ctx, request, upload, parts, held=creation.has_body)
     # A random id is new, one that a hook chose may be taken: hold it while checking.
     async with ctx.locks.hold(upload.id):
         if await ctx.store.get(upload.id) is not None:
@@ -259,10 +260,12 @@ async def _partials(ctx: Context, part_ids: tuple[str, ...]) -> list[Upload]:
 
 
 async def _add(
-    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...],
+    held: bool = False,
 ) -> Upload:
     """Store a new upload; its post-create event is recorded with it. Returns it as
-    stored, with the backend's record.
+    stored, with the backend's record. ``held``: the caller holds it next (see
+    :meth:`~server.locks.UploadLocks.create`).
 
     When the database refuses the row (its disk is full), the storage made for the
     upload goes again: no client will ever know its id.
@@ -274,19 +277,22 @@ async def _add(
             await _partials(ctx, parts)
             upload = await _store(ctx, request, upload, parts)
     else:
-        upload = await _store(ctx, request, upload, parts)
+        upload = await _store(ctx, request, upload, parts, held)
     ctx.metrics.uploads_created.inc()
     return upload
 
 
 async def _store(
-    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...]
+    ctx: Context, request: web.Request, upload: Upload, parts: tuple[str, ...],
+    held: bool = False,
 ) -> Upload:
     upload = upload.but(storage=await ctx.backend.create(ctx.stored(upload)))
     try:
-        await ctx.store.create(
-            upload, parts, await ctx.hooks.post(POST_CREATE, upload, request, parts)
-        )
+        events = await ctx.hooks.post(POST_CREATE, upload, request, parts)
+        if held:
+            await ctx.locks.create(ctx.store, upload, events)
+        else:
+            await ctx.store.create(upload, parts, events)
     except Exception:
         await ctx.backend.delete(ctx.stored(upload))
         raise

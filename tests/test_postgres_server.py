@@ -213,3 +213,20 @@ async def test_a_patch_reads_its_upload_with_the_take_of_its_lease(
     assert [statement.split()[:3] for statement in statements] == [
         ["WITH", "taken", "AS"], ["UPDATE", "uploads", "SET"], ["WITH", "released", "AS"],
     ], statements
+
+
+async def test_a_creation_with_upload_is_born_leased(
+    server_process: Callable[..., ServerProcess], postgres_url: str, postgres_cluster: Cluster
+) -> None:
+    """A creation-with-upload makes three statements: the upload's insert, which takes
+    its lease too (no take of its own), the save under the lease, the release."""
+    logging_statements(postgres_cluster, postgres_url)
+    server = on_postgres(server_process, postgres_url)
+    async with aiohttp.ClientSession() as session:
+        since = (postgres_cluster.directory / "server.log").stat().st_size
+        url = await post(session, server, b"hello", **{"Upload-Length": "5"})
+        assert (await head(session, url))[1]["Upload-Offset"] == "5"
+    statements = statements_naming(postgres_cluster, since, upload_id(url))
+    assert [statement.split()[:3] for statement in statements][:3] == [
+        ["WITH", "created", "AS"], ["UPDATE", "uploads", "SET"], ["WITH", "released", "AS"],
+    ], statements

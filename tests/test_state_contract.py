@@ -539,6 +539,27 @@ async def test_a_take_reads_the_upload_as_the_last_holder_left_it_if_at_all(
     assert none is not None and none.upload is None
 
 
+async def test_an_upload_created_leased_is_the_stores_at_once(
+    store: Store, other: Store
+) -> None:
+    upload = Upload(id="u", length=10)
+    lease = await store.create_leased(upload, LEASE, [event("e1", "u")])
+    assert (lease.upload_id, lease.owner) == ("u", store.owner)
+    assert 0 < lease.expires_in <= LEASE and not lease.release_requested
+    assert await other.get("u") == upload and await event_ids(other) == ["e1"]
+    assert await other.take_lease("u", LEASE) is None
+    seen = await other.lease_of("u")
+    assert seen is not None and seen.token == lease.token
+    await store.save_progress(replace(upload, offset=3), lease=lease.token)
+    # An id that is taken: nothing is recorded, and no lease taken.
+    with pytest.raises(Exception):  # noqa: B017 -- the database's own error, whichever
+        await other.create_leased(Upload(id="u", length=5), LEASE, [event("e2", "u")])
+    found = await other.get("u")
+    assert found is not None and (found.length, found.offset) == (10, 3)
+    assert await event_ids(other) == ["e1"]
+    assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
+
+
 async def test_a_store_that_closes_gives_its_leases_up(
     store: Store, request: pytest.FixtureRequest
 ) -> None:

@@ -190,6 +190,14 @@ class Store(Uploads, Leases, Outbox, Protocol):
     events commit together, and a write and its lease are checked together. Opening one is
     the implementation's own (its settings differ)."""
 
+    async def create_leased(
+        self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
+    ) -> Lease:
+        """Record a new upload (not a final one), with ``events``, under a new lease of
+        this store's for ``length`` seconds: :meth:`create` and :meth:`take_lease` at once,
+        for a creation that goes on to receive the upload's bytes. Raises as :meth:`create`
+        does, and takes no lease then."""
+
     async def schema_version(self) -> int:
         """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
 

@@ -35,6 +35,13 @@ _TAKE = (
     "expires_at = excluded.expires_at, release_requested = false "
     f"WHERE l.expires_at < {_NOW} RETURNING {_RETURNED}"
 )
+_CREATE_LEASED = (
+    f"WITH created AS (INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES "
+    f"({', '.join(f'${n}' for n in range(1, 13))})) "
+    "INSERT INTO upload_leases (upload_id, owner, expires_at) "
+    f"VALUES ($1, $13, {_NOW} + $14) RETURNING {_RETURNED}"
+)
+"""A new upload and its lease in one statement: both or neither."""
 _TAKE_READING = (
     f"WITH taken AS ({_TAKE}) SELECT taken.*, u.* FROM taken LEFT JOIN LATERAL "
     f"(SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = taken.upload_id FOR SHARE) u ON true"

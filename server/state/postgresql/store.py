@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from ..interface import Store
-from .database import OPEN_ERRORS, Database
-from .leases import PostgresLeases
+from ..model import HookEvent, Lease, Upload
+from ..rows import upload_values
+from .database import OPEN_ERRORS, Connection, Database
+from .leases import _CREATE_LEASED, PostgresLeases, _lease
 from .outbox import PostgresOutbox
 from .uploads import PostgresUploads
 
@@ -38,6 +41,21 @@ class PostgresStore(PostgresUploads, PostgresLeases, PostgresOutbox, Store):
         Raises :class:`~server.state.model.DatabaseUnusable` naming it when it cannot be
         used (see :meth:`Database.open`)."""
         return cls(await Database.open(url, name, pool_size, timeout))
+
+    async def create_leased(
+        self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
+    ) -> Lease:
+        async def run(connection: Connection) -> Lease:
+            row = await connection.fetchrow(
+                _CREATE_LEASED, *upload_values(upload), self.owner, length
+            )
+            if events:
+                await self.record(connection, events)
+            return _lease(row)
+
+        return await self._db.write(
+            run, transaction=bool(events), committed=self.outbox_changed.set if events else None
+        )
 
     async def schema_version(self) -> int:
         rows = await self._db.rows("SELECT max(version) FROM schema_version")

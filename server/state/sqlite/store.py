@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..interface import Store
+from ..model import HookEvent, Lease, LeaseLost, Upload
 from .database import Database
 from .leases import SQLiteLeases
 from .outbox import SQLiteOutbox
@@ -35,6 +37,17 @@ class SQLiteStore(SQLiteUploads, SQLiteLeases, SQLiteOutbox, Store):
         Raises :class:`~server.state.model.DatabaseUnusable` naming ``path`` when the file
         cannot be the database (see :meth:`Database.open`)."""
         return cls(await Database.open(path))
+
+    async def create_leased(
+        self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
+    ) -> Lease:
+        """Two writes: one process on the file takes no leases, and workers that share it
+        are few."""
+        await self.create(upload, events=events)
+        lease = await self.take_lease(upload.id, length)
+        if lease is None:  # a new upload that another store leased: only by a fault
+            raise LeaseLost(upload.id)
+        return lease
 
     async def schema_version(self) -> int:
         return await self._db.schema_version()
