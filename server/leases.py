@@ -89,7 +89,7 @@ class LeaseKeeper:
             del self._holders[upload_id]
             if not self._holders:
                 self._busy.clear()
-            if holder.token is not None:
+            if holder.token is not None and not holder.let_go:
                 await self._release(upload_id, holder.token)
 
     async def create(self, upload: Upload, events: Sequence[HookEvent]) -> None:

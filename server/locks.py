@@ -46,6 +46,8 @@ class Holder:
         self.stopped: UploadStopped | None = None
         """Why a hook stopped its body (tusd's ``StopUpload``), once one did."""
         self._taken_upload: Upload | None = None
+        self.let_go = False
+        """Its lease ended with its last write (:meth:`wrote_last`): nothing to release."""
 
     def on_release_request(self, callback: Callable[[], None] | None) -> None:
         """Set what stops this holder's work when another request wants the upload, or
@@ -72,6 +74,13 @@ class Holder:
         self.token = token
         self.deadline = deadline
         self._taken_upload = upload
+
+    def wrote_last(self) -> None:
+        """Its lease ended with its last write (see :func:`server.receive.save_complete`):
+        from now on it writes nothing, not one byte (:meth:`check`), and the lease is not
+        released again."""
+        self.let_go = True
+        self.deadline = -math.inf
 
     def taken_upload(self) -> Upload | None:
         """The upload as the take of its lease read it, the first time only: its first

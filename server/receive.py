@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import StreamReader, web
 
@@ -41,7 +41,7 @@ from .expect import continue_body
 from .limits import LIMITS
 from .locks import Holder
 from .protocol import MAX_INTEGER, UPLOAD_CONTENT_TYPE
-from .state import Upload
+from .state import HookEvent, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -64,6 +64,20 @@ def is_full(upload: Upload) -> bool:
 
     A final upload takes none: it is finished by its assembly."""
     return not upload.is_complete and not upload.is_final and upload.offset == upload.length
+
+
+async def save_complete(
+    ctx: Context, upload: Upload, events: Sequence[HookEvent], holder: Holder | None
+) -> Upload:
+    """Record ``upload`` complete, with ``events``; returns it as saved. Its holder's
+    lease, if it has one, ends in the same write: nothing is written under it after an
+    upload's completion (what follows, the assembly of finals, holds locks of its own),
+    and a release of its own would be one more round trip to the database."""
+    lease = None if holder is None else holder.token
+    saved = await ctx.store.save_progress(upload, events, lease, release=lease is not None)
+    if holder is not None and lease is not None:
+        holder.wrote_last()
+    return saved
 
 
 def room_left(ctx: Context, upload: Upload) -> int:
@@ -239,11 +253,15 @@ class _Body:
             offset=offset, expires_at=ctx.expires_at(), storage=self.writer.storage
         )
         events = await ctx.hooks.progress(upload, self.request)
-        if last and self._completes_with_its_bytes(upload):
+        completes = last and self._completes_with_its_bytes(upload)
+        if completes:
             upload = upload.completed()
             events += await ctx.hooks.post(POST_FINISH, upload, self.request)
         try:
-            self.upload = await ctx.store.save_progress(upload, events, self.holder.token)
+            if completes:
+                self.upload = await save_complete(ctx, upload, events, self.holder)
+            else:
+                self.upload = await ctx.store.save_progress(upload, events, self.holder.token)
         except asyncio.CancelledError:
             self.upload = await ctx.store.get(upload.id) or self.upload
             raise

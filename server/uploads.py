@@ -58,7 +58,7 @@ from .events import (
 )
 from .locks import Holder
 from .protocol import Concat, is_upload_id
-from .receive import is_full, write_body
+from .receive import is_full, save_complete, write_body
 from .state import (
     ACTIVE,
     EXPIRED,
@@ -467,7 +467,7 @@ async def finish(
     hook again (see :func:`finish_if_full`).
     """
     upload, events = await complete(ctx, upload, request)
-    upload = await ctx.store.save_progress(upload, events, _lease(holder))
+    upload = await save_complete(ctx, upload, events, holder)
     await finished(ctx, upload, request)
     return upload
 

@@ -388,13 +388,13 @@ async def test_a_completing_write_whose_request_is_cancelled_is_followed_through
     real_save = ctx.store.save_progress
     cancelled = []
 
-    async def save_then_cancel(upload, events=(), lease=None):
+    async def save_then_cancel(upload, events=(), lease=None, release=False):
         if upload.is_complete and not cancelled:
             cancelled.append(upload.id)
             if took:
-                await real_save(upload, events, lease)
+                await real_save(upload, events, lease, release)
             raise asyncio.CancelledError
-        return await real_save(upload, events, lease)
+        return await real_save(upload, events, lease, release)
 
     ctx.store.save_progress = save_then_cancel
     with contextlib.suppress(aiohttp.ClientError):

@@ -560,6 +560,30 @@ async def test_an_upload_created_leased_is_the_stores_at_once(
     assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
 
 
+async def test_a_save_that_releases_the_lease_ends_it_only_when_it_lands(
+    store: Store, other: Store
+) -> None:
+    upload = Upload(id="u", length=10)
+    await store.create(upload)
+    lease = await store.take_lease("u", LEASE)
+    assert lease is not None
+    await store.save_progress(replace(upload, offset=10), lease=lease.token, release=True)
+    assert await other.lease_of("u") is None
+    assert (await other.get("u")).offset == 10  # type: ignore[union-attr]
+    # A lease that was lost: nothing is saved, and the new holder's lease stays.
+    again = await other.take_lease("u", LEASE)
+    assert again is not None
+    with pytest.raises(LeaseLost):
+        await store.save_progress(replace(upload, offset=4), lease=lease.token, release=True)
+    assert (await other.lease_of("u")).token == again.token  # type: ignore[union-attr]
+    # An upload that is gone: nothing is saved, and the lease stays for its release.
+    await other.mark_gone("u", TERMINATED, lease=again.token)
+    with pytest.raises(UploadGone):
+        await other.save_progress(replace(upload, offset=5), lease=again.token, release=True)
+    assert (await other.lease_of("u")).token == again.token  # type: ignore[union-attr]
+    assert (await other.get("u")).offset == 10  # type: ignore[union-attr]
+
+
 async def test_a_store_that_closes_gives_its_leases_up(
     store: Store, request: pytest.FixtureRequest
 ) -> None:

@@ -237,6 +237,23 @@ async def test_lease_notices_reach_the_holder_and_the_waiters_even_after_a_lost_
     assert held.asked[-1] == ("u", lease.token)
 
 
+async def test_a_save_that_releases_the_lease_tells_the_waiters_it_was_freed(
+    two_stores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    holding, waiting = two_stores
+    held, waited = Notices(holding), Notices(waiting)
+    upload = Upload(id="u", length=3)
+    await holding.create(upload)
+    lease = await holding.take_lease("u", LEASE)
+    assert lease is not None
+    await ask_until_heard(waiting, "u", held, 1)
+    await holding.save_progress(
+        dataclasses.replace(upload, offset=3), lease=lease.token, release=True
+    )
+    await poll(lambda: waited.freed == ["u"], "the notice of the release")
+    assert await waiting.take_lease("u", LEASE) is not None
+
+
 async def test_a_take_over_waits_for_a_write_under_the_old_lease_that_is_under_way(
     two_stores: tuple[PostgresStore, PostgresStore], postgres_url: str
 ) -> None:

@@ -44,7 +44,11 @@ class Uploads(Protocol):
         records nothing, events included."""
 
     async def save_progress(
-        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+        self,
+        upload: Upload,
+        events: Sequence[HookEvent] = (),
+        lease: int | None = None,
+        release: bool = False,
     ) -> Upload:
         """Write ``upload``'s offset, length, expiry, completion and storage info, with
         ``events``; returns the upload as saved, with its new ``updated_at`` (``upload``
@@ -54,7 +58,9 @@ class Uploads(Protocol):
         either) when the upload is not active: a request must never be told its bytes are
         kept by an upload that was terminated or expired meanwhile. With ``lease`` (the
         token of the caller's lease), raises :class:`~server.state.model.LeaseLost` and
-        records nothing when that is not the upload's lease any more."""
+        records nothing when that is not the upload's lease any more; with ``release``
+        too, the lease ends with a write that landed, as :meth:`Leases.release_lease`
+        would end it (for a holder's last write: one round trip fewer)."""
 
     async def mark_gone(
         self,

@@ -12,6 +12,7 @@ from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
 from ..rows import UPLOAD_COLUMNS, upload_from_row, upload_values
 from .database import Connection, Database, rows_changed
+from .listener import CHANNEL
 from .outbox import PostgresOutbox
 
 _ACTIVE = ACTIVE.value
@@ -40,6 +41,14 @@ def _under_lease(upload_id: str, token: str) -> str:
 
 
 _SAVE_UNDER_LEASE = _SAVE + _under_lease("$7", "$9")
+_SAVE_RELEASING = (
+    f"WITH saved AS ({_SAVE_UNDER_LEASE} RETURNING 1) "
+    "DELETE FROM upload_leases WHERE upload_id = $7 AND token = $9 AND EXISTS "
+    "(SELECT FROM saved) RETURNING CASE WHEN release_requested THEN "
+    f"pg_notify('{CHANNEL}', concat_ws(' ', 'freed', token, owner, upload_id)) END"
+)
+"""The save under a lease that also ends the lease, once the save landed (its count of
+rows is the lease's, deleted or not), telling the waiters as a release does."""
 _MARK_GONE_UNDER_LEASE = _MARK_GONE + _under_lease("$5", "$6")
 _INSERT_UPLOAD = (
     f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES "
@@ -107,7 +116,11 @@ class PostgresUploads(Uploads):
         return {row[0]: upload_from_row(row) for row in rows}
 
     async def save_progress(
-        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+        self,
+        upload: Upload,
+        events: Sequence[HookEvent] = (),
+        lease: int | None = None,
+        release: bool = False,
     ) -> Upload:
         saved = upload.but(updated_at=time.time())
         values = (
@@ -117,7 +130,8 @@ class PostgresUploads(Uploads):
         if lease is None:
             changed = await self._write(_SAVE, values, events)
         else:
-            changed = await self._write(_SAVE_UNDER_LEASE, (*values, lease), events)
+            sql = _SAVE_RELEASING if release else _SAVE_UNDER_LEASE
+            changed = await self._write(sql, (*values, lease), events)
         if not changed:
             if lease is not None and not await self._lease_holds(upload.id, lease):
                 raise LeaseLost(upload.id)

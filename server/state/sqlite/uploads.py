@@ -77,7 +77,11 @@ class SQLiteUploads(Uploads):
         return {row[0]: upload_from_row(row) for row in rows}
 
     async def save_progress(
-        self, upload: Upload, events: Sequence[HookEvent] = (), lease: int | None = None
+        self,
+        upload: Upload,
+        events: Sequence[HookEvent] = (),
+        lease: int | None = None,
+        release: bool = False,
     ) -> Upload:
         saved = upload.but(updated_at=time.time())
         values = (
@@ -92,6 +96,12 @@ class SQLiteUploads(Uploads):
             if lease is not None and not await self._lease_holds(upload.id, lease):
                 raise LeaseLost(upload.id)
             raise UploadGone(upload.id)
+        if lease is not None and release:
+            # A write of its own: one process on the file takes no leases, and workers
+            # that share it are few.
+            await self._db.statement(
+                "DELETE FROM upload_leases WHERE upload_id = ? AND token = ?", (upload.id, lease)
+            )
         return saved
 
     async def mark_gone(
