@@ -15,7 +15,14 @@ import pytest
 from support.postgres import Cluster
 from support.waiting import poll
 
-from server.state import HookEvent, LeaseLost, PostgresStore, Store, Upload
+from server.state import (
+    DatabaseUnavailable,
+    HookEvent,
+    LeaseLost,
+    PostgresStore,
+    Store,
+    Upload,
+)
 from server.state.postgresql import SCHEMA_VERSION
 from server.state.postgresql.database import LISTENER_NAME
 from server.state.postgresql.uploads import _SAVE_UNDER_LEASE
@@ -185,6 +192,24 @@ async def test_a_pool_of_one_connection_serves_writes_that_come_at_once(postgres
         assert [u.offset for u in saved] == [4] * 10
         stored = await store.get_many(tuple(u.id for u in uploads))
         assert sorted(u.offset for u in stored.values()) == [4] * 10
+    finally:
+        await store.close()
+
+
+async def test_a_connection_whose_statement_outlasted_the_timeout_is_not_lent_again(
+    postgres_url: str,
+) -> None:
+    """The server may still be running the statement given up on: the next borrower gets
+    a new connection, at once, rather than one that waits for the old statement's end."""
+    store = await PostgresStore.open(postgres_url, "x", pool_size=1, timeout=1.0)
+    try:
+        first = (await store._db.rows("SELECT pg_backend_pid()"))[0][0]
+        with pytest.raises(DatabaseUnavailable, match="no answer within 1 s"):
+            await store._db.rows("SELECT pg_sleep(30)")
+        began = time.monotonic()
+        second = (await store._db.rows("SELECT pg_backend_pid()"))[0][0]
+        assert second != first and time.monotonic() - began < 5
+        assert await store.get("u") is None
     finally:
         await store.close()
 

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
+from .pool import Pool
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("aiotusd")
@@ -50,6 +51,8 @@ LOST_ERRORS = (
 )
 """What a statement of a running server raises when the database is not there for it: the
 request may succeed once it is back (:class:`DatabaseUnavailable`)."""
+UNCLEAN = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What asyncpg raises when a connection is not in a state to run a statement."""
 
 
 def rows_changed(status: str) -> int:
@@ -59,7 +62,7 @@ def rows_changed(status: str) -> int:
 
 def split_options(url: str) -> tuple[str, dict[str, Any]]:
     """The URL for asyncpg without the options that are aiotusd's, and those options as
-    keywords of :func:`asyncpg.create_pool`. Raises ValueError for a port that is no
+    keywords of :func:`asyncpg.connect`. Raises ValueError for a port that is no
     number, which asyncpg would report only as a failed ``int()``, or beyond 65535, which
     ends in an OverflowError from the socket."""
     parts = urlsplit(url)
@@ -126,10 +129,9 @@ async def _migrate(connection: Connection, name: str) -> None:
 class Lent:
     """A connection lent by the pool for one block (:meth:`Database.connection`).
 
-    A class rather than ``contextlib.asynccontextmanager``, and the wait bounded by
-    ``asyncio.timeout`` rather than by the pool's own ``acquire(timeout=...)``: every
-    statement borrows a connection, and the pool's timeout runs the wait as a task of its
-    own (``wait_for``), a generator context costs some four Python calls more."""
+    A class rather than ``contextlib.asynccontextmanager``, and a deadline only when
+    there is a wait: every statement borrows a connection, a generator context costs some
+    four Python calls more, and a timer costs one to arm and one to cancel."""
 
     __slots__ = ("_connection", "_database")
 
@@ -139,12 +141,15 @@ class Lent:
 
     async def __aenter__(self) -> Connection:
         database = self._database
-        try:
-            async with asyncio.timeout(database.timeout):
-                self._connection = await database.pool.acquire()
-        except LOST_ERRORS as exc:
-            raise database.unavailable(exc) from exc
-        return self._connection
+        connection = database.pool.lend_idle()
+        if connection is None:
+            try:
+                async with asyncio.timeout(database.timeout):
+                    connection = await database.pool.acquire()
+            except LOST_ERRORS as exc:
+                raise database.unavailable(exc) from exc
+        self._connection = connection
+        return connection
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object
@@ -152,20 +157,13 @@ class Lent:
         database, connection = self._database, self._connection
         assert connection is not None
         self._connection = None
-        try:
-            await database.pool.release(connection)
-        except LOST_ERRORS as lost:
-            if exc is None:
-                raise database.unavailable(lost) from lost
+        # A statement that did not run to its end leaves its connection in no state to
+        # be lent again; one that the server refused (a PostgresError) does.
+        database.pool.release(connection, clean=exc is None or (
+            isinstance(exc, Exception) and not isinstance(exc, (*LOST_ERRORS, *UNCLEAN))
+        ))
         if isinstance(exc, LOST_ERRORS):
             raise database.unavailable(exc) from exc
-
-
-async def _session_kept(connection: Connection) -> None:
-    """What a connection back in the pool needs beyond asyncpg's own steps (which roll
-    back a transaction left open): nothing. asyncpg's default runs ``SELECT
-    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` instead, a round trip
-    to the database after each statement, for session state that nothing here makes."""
 
 
 class Database:
@@ -173,7 +171,7 @@ class Database:
     which database in messages."""
 
     def __init__(
-        self, pool: asyncpg.Pool, timeout: float, name: str, dsn: str, options: dict[str, Any]
+        self, pool: Pool, timeout: float, name: str, dsn: str, options: dict[str, Any]
     ) -> None:
         self.pool = pool
         self.timeout = timeout
@@ -194,19 +192,24 @@ class Database:
         """
         try:
             dsn, options = split_options(url)
-            # No floor of connections: while the database is down, the pool's upkeep of
-            # one would log a traceback at each attempt to reconnect. Requests connect
-            # as they need, and a connection made stays for the next one.
-            pool = await asyncpg.create_pool(
-                dsn, min_size=0, max_size=pool_size, timeout=timeout, command_timeout=timeout,
-                reset=_session_kept, **options,
-            )
-        except OPEN_ERRORS as exc:
+        except ValueError as exc:
             raise _unusable(name, exc, timeout) from None
-        database = cls(pool, timeout, name, dsn, options)
+
+        def connect() -> Awaitable[Connection]:
+            return asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout, **options)
+
+        # No floor of connections: requests connect as they need, and a connection made
+        # stays for the next one.
+        database = cls(Pool(connect, pool_size), timeout, name, dsn, options)
         try:
-            async with pool.acquire(timeout=timeout) as connection:
+            async with asyncio.timeout(timeout):
+                connection = await database.pool.acquire()
+            migrated = False
+            try:
                 await _migrate(connection, name)
+                migrated = True
+            finally:
+                database.pool.release(connection, clean=migrated)
         except OPEN_ERRORS as exc:
             await database.close()
             raise _unusable(name, exc, timeout) from None
