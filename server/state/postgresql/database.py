@@ -263,16 +263,23 @@ class Database:
         and return what ``work`` returned. A caller cancelled meanwhile waits for it to
         have run before the cancellation goes on (the interface's promise, see
         :mod:`server.state.interface`): it is a task of its own, which the cancellation
-        does not reach, and ``committed`` is called even for a caller that is gone."""
-        task = asyncio.ensure_future(self._run(work, transaction, committed))
+        does not reach, and ``committed`` is called even for a caller that is gone.
+
+        The caller waits on a future of its own, which the task settles as its last step,
+        rather than on the task under ``asyncio.shield``: a turn of the event loop less."""
+        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._run(work, transaction, committed, outcome))
         try:
-            return await asyncio.shield(task)
+            return await outcome
         except asyncio.CancelledError:
+            if not outcome.cancelled():
+                raise
             while not task.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is not None:
-                log.warning("a cancelled request's write failed: %s", task.exception())
+            failed = None if task.cancelled() else task.result()
+            if failed is not None:
+                log.warning("a cancelled request's write failed: %s", failed)
             raise
 
     async def _run(
@@ -280,13 +287,27 @@ class Database:
         work: Callable[[Connection], Awaitable[T]],
         transaction: bool,
         committed: Callable[[], None] | None,
-    ) -> T:
-        async with self.connection() as connection:
-            if transaction:
-                async with connection.transaction():
+        outcome: asyncio.Future[T],
+    ) -> Exception | None:
+        """Run the write and settle ``outcome`` with what it returned or raised, unless
+        its caller is gone (``outcome`` cancelled); returns what it raised, for the caller
+        that is gone."""
+        try:
+            async with self.connection() as connection:
+                if transaction:
+                    async with connection.transaction():
+                        result = await work(connection)
+                else:
                     result = await work(connection)
-            else:
-                result = await work(connection)
+        except Exception as exc:  # noqa: BLE001 -- the caller's to raise, whatever it is
+            if not outcome.done():
+                outcome.set_exception(exc)
+            return exc
+        except BaseException:
+            outcome.cancel()
+            raise
         if committed is not None:
             committed()
-        return result
+        if not outcome.done():
+            outcome.set_result(result)
+        return None
