@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .errors import HookFailed, HookRejected, UploadStopped
-from .protocol import is_header_name
+from .errors import HookFailed, HookRejected, TusError, UploadStopped
+from .protocol import format_metadata, is_header_name, is_upload_id
 from .state import Upload
 
 # Headers of a rejection that aiotusd sets itself: the framing of the response and the
@@ -186,3 +186,20 @@ def rejection(body: str, headers: dict[str, str], status: int) -> HookRejected:
     if body and not any(name.lower() == "content-type" for name in headers):
         headers = {**headers, "Content-Type": TEXT}
     return HookRejected(status, body.encode(), headers)
+
+
+def changed(event: str, new_id: Any, metadata: Any, names: tuple[str, str]) -> Change:
+    """The new upload's id and metadata a ``pre-create`` answer set (``None``: left as it
+    was), checked; ``names`` are the two fields' names in the answer's own words
+    (``change.id``, ``change.metadata``; ``ChangeFileInfo.ID``, ``ChangeFileInfo.MetaData``)."""
+    id_name, metadata_name = names
+    if new_id is not None and not (isinstance(new_id, str) and is_upload_id(new_id)):
+        raise invalid(event, f"{id_name} is not a valid upload id")
+    if metadata is None:
+        return Change(new_id)
+    if not isinstance(metadata, dict) or not all(is_text(value) for value in metadata.values()):
+        raise invalid(event, f"{metadata_name} must map keys to strings")
+    try:
+        return Change(new_id, format_metadata(metadata))
+    except TusError as exc:
+        raise invalid(event, exc.reason) from None

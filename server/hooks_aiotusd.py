@@ -7,12 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import HookRejected, TusError, UploadStopped
+from .errors import HookRejected, UploadStopped
 from .events import PRE_CREATE
 from .hook_answers import (
     Change,
     Occurrence,
     Reply,
+    changed,
     invalid,
     is_error_status,
     is_header_value,
@@ -24,8 +25,6 @@ from .hook_answers import (
 )
 from .protocol import (
     effective_method,
-    format_metadata,
-    is_upload_id,
     metadata_text,
     parse_metadata,
 )
@@ -126,15 +125,6 @@ def _change(change: Any) -> Change:
     if not isinstance(change, dict):
         raise invalid(PRE_CREATE, "change must be an object")
     known_keys(PRE_CREATE, " in change", change, _CHANGE_KEYS)
-    new_id = change.get("id")
-    if new_id is not None and not (isinstance(new_id, str) and is_upload_id(new_id)):
-        raise invalid(PRE_CREATE, "change.id is not a valid upload id")
-    metadata = change.get("metadata")
-    if metadata is None:
-        return Change(new_id)
-    if not isinstance(metadata, dict) or not all(is_text(value) for value in metadata.values()):
-        raise invalid(PRE_CREATE, "change.metadata must map keys to strings")
-    try:
-        return Change(new_id, format_metadata(metadata))
-    except TusError as exc:
-        raise invalid(PRE_CREATE, exc.reason) from None
+    return changed(
+        PRE_CREATE, change.get("id"), change.get("metadata"), ("change.id", "change.metadata")
+    )

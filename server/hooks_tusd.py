@@ -18,13 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import HookRejected, TusError, UploadStopped
+from .errors import HookRejected, UploadStopped
 from .events import POST_RECEIVE, PRE_CREATE, PRE_TERMINATE
 from .hook_answers import (
     TEXT,
     Change,
     Occurrence,
     Reply,
+    changed,
     invalid,
     is_error_status,
     is_text,
@@ -33,9 +34,7 @@ from .hook_answers import (
 )
 from .protocol import (
     effective_method,
-    format_metadata,
     is_header_name,
-    is_upload_id,
     metadata_text,
     parse_metadata,
 )
@@ -243,15 +242,6 @@ def _change(event: str, value: Any) -> Change:
     new_id = fields.get("ID")
     if new_id == "":
         new_id = None  # Go's zero value: the ID stays
-    if new_id is not None and not (isinstance(new_id, str) and is_upload_id(new_id)):
-        raise invalid(event, "ChangeFileInfo.ID is not a valid upload id")
-    metadata = fields.get("MetaData")
-    if metadata is None:
-        return Change(new_id)
-    if not isinstance(metadata, dict) or not all(is_text(value) for value in metadata.values()):
-        raise invalid(event, "ChangeFileInfo.MetaData must map keys to strings")
-    try:
-        return Change(new_id, format_metadata(metadata))
-    except TusError as exc:
-        raise invalid(event, exc.reason) from None
+    return changed(event, new_id, fields.get("MetaData"),
+                   ("ChangeFileInfo.ID", "ChangeFileInfo.MetaData"))
 
