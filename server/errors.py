@@ -30,7 +30,7 @@ from aiohttp.typedefs import Middleware
 from storage_backends.base import StorageError, StorageUnavailable
 
 from .request_ids import REQUEST_ID
-from .state import DatabaseUnavailable, LeaseLost, UploadGone
+from .state import DatabaseUnavailable, LeaseLost, Upload, UploadGone
 
 log = logging.getLogger("aiotusd")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,6 +89,18 @@ class OffsetMismatch(Conflict):
 class LengthMismatch(BadRequest):
     """A length that contradicts the one recorded or sent alongside: the IETF draft has a
     problem type of its own for it."""
+
+
+class ReprDigestMismatch(BadRequest):
+    """The stored bytes of an upload do not match the ``Repr-Digest`` its client gave: the
+    upload failed (the IETF draft's "Integrity Digests"). Carries the upload as it stood,
+    its storage finished, for its removal."""
+
+    code = "repr-digest-mismatch"
+
+    def __init__(self, reason: str, upload: Upload) -> None:
+        super().__init__(reason)
+        self.upload = upload
 
 
 class Gone(TusError):

@@ -271,12 +271,13 @@ class _Body:
     def _completes_with_its_bytes(self, upload: Upload) -> bool:
         """Whether the last commit may record ``upload`` complete: it is full, and
         :func:`~server.uploads.complete` would do nothing but that (no backend's finish,
-        no pre-finish hook)."""
+        no pre-finish hook, no digest to work out)."""
         ctx = self.ctx
         return (
             is_full(upload)
             and ctx.can.finisher is None
             and PRE_FINISH not in ctx.hooks.events
+            and upload.repr_digest is None
         )
 
     async def drop(self) -> None:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from storage_backends.base import StorageError
 
+from . import digests
 from .checksum import ExpectedChecksum
 from .context import Context
 from .errors import (
@@ -43,6 +44,7 @@ from .errors import (
     LengthMismatch,
     NotFound,
     OffsetMismatch,
+    ReprDigestMismatch,
     TooLarge,
     TusError,
     UploadStopped,
@@ -89,6 +91,8 @@ class Creation:
     ends_upload: bool = False
     """The upload ends where the body ends (the IETF draft's ``Upload-Complete: ?1`` on a
     body of unknown length): see :func:`end_here`."""
+    repr_digest: str | None = None
+    """The digests of the whole upload to work out at its completion (:mod:`server.digests`)."""
 
     @property
     def is_final(self) -> bool:
@@ -166,6 +170,7 @@ async def create(ctx: Context, request: web.Request, creation: Creation) -> Uplo
         # A final upload receives no bytes of its own: it lives as long as its
         # partials do (see remove), rather than expiring while they upload.
         expires_at=None if creation.is_final else ctx.expires_at(),
+        repr_digest=creation.repr_digest,
     )
     parts = creation.concat.parts if creation.concat is not None else ()
     upload, chose_id = await _ask_pre_create(ctx, request, upload, parts)
@@ -322,10 +327,11 @@ async def append(
     checksum: ExpectedChecksum | None,
     *,
     ends_upload: bool = False,
+    repr_digest: str | None = None,
 ) -> Upload:
-    """PATCH: under the upload's lock, check the offset, apply a declared length, receive
-    the body; with ``ends_upload``, the upload ends where the body did (:func:`end_here`).
-    Returns the upload as it then stands."""
+    """PATCH: under the upload's lock, check the offset, apply the digests and the length
+    declared, receive the body; with ``ends_upload``, the upload ends where the body did
+    (:func:`end_here`). Returns the upload as it then stands."""
     if PRE_ACCESS in ctx.hooks.events:
         # Outside the lock: a hook that takes its time must not hold up the upload's requests.
         await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
@@ -335,6 +341,8 @@ async def append(
             raise Forbidden("the final upload of a concatenation cannot be patched")
         if offset != upload.offset:
             raise OffsetMismatch(upload.offset, offset)
+        if repr_digest is not None:
+            upload = await digests.declare(ctx, upload, repr_digest, holder)
         recorded_length = upload.length
         if length is not None:
             upload = await declare_length(ctx, upload, length)
@@ -466,7 +474,12 @@ async def finish(
     gets the hook's answer with ``Upload-Offset``, and the next PATCH or HEAD asks the
     hook again (see :func:`finish_if_full`).
     """
-    upload, events = await complete(ctx, upload, request)
+    try:
+        upload, events = await complete(ctx, upload, request)
+    except ReprDigestMismatch as exc:
+        # Failed, as the draft's "Integrity Digests" has it: gone, as a DELETE takes it.
+        await remove(ctx, exc.upload, TERMINATED, request, holder)
+        raise
     upload = await save_complete(ctx, upload, events, holder)
     await finished(ctx, upload, request)
     return upload
@@ -476,8 +489,8 @@ async def complete(
     ctx: Context, upload: Upload, request: web.Request
 ) -> tuple[Upload, tuple[HookEvent, ...]]:
     """The steps of :func:`finish` before its write: the pre-finish hook, the backend's
-    finish. Returns ``upload`` marked complete, with the backend's record, and the
-    post-finish events of that write."""
+    finish, the digests of the stored bytes. Returns ``upload`` marked complete, with the
+    backend's record, and the post-finish events of that write."""
     if not upload.is_final:
         try:
             await ctx.hooks.before(PRE_FINISH, upload, request)
@@ -486,6 +499,8 @@ async def complete(
             raise
     if ctx.can.finisher is not None:
         upload = upload.but(storage=await ctx.can.finisher.finish(ctx.stored(upload)))
+    if upload.repr_digest is not None:
+        upload = await digests.worked_out(ctx, upload)
     upload = upload.completed()
     return upload, await ctx.hooks.post(POST_FINISH, upload, request)
 

@@ -80,14 +80,14 @@ async def test_a_page_may_speak_the_ietf_draft(client):
     response = await client.options("/files/", headers=preflight(
         "POST", headers="upload-complete,upload-draft-interop-version,content-disposition"))
     assert {"upload-complete", "upload-draft-interop-version", "content-disposition",
-            "upload-incomplete", "content-digest"} <= names(
+            "upload-incomplete", "content-digest", "repr-digest", "want-repr-digest"} <= names(
         response.headers["Access-Control-Allow-Headers"])
     created = await client.post("/files/", data=b"x", headers={
         "Origin": ORIGIN, "Upload-Draft-Interop-Version": "8", "Upload-Complete": "?0"})
     assert created.status == 201
     exposed = names(created.headers["Access-Control-Expose-Headers"])
     assert {"upload-complete", "upload-incomplete", "upload-limit", "accept-patch",
-            "upload-offset", "location"} <= exposed
+            "upload-offset", "location", "repr-digest"} <= exposed
 
 
 async def test_a_tus_options_request_is_still_answered_by_tus(client):

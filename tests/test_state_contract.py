@@ -88,7 +88,7 @@ async def test_an_upload_reads_back_as_it_was_created(store: Store) -> None:
     upload = Upload(
         id="a", length=None, metadata="filename aGVsbG8=,empty", defer_length=True,
         concat=ConcatKind.PARTIAL, created_at=1000.25, updated_at=1000.5, expires_at=2000.75,
-        storage={"key": "a/b", "parts": [1, "x"]},
+        storage={"key": "a/b", "parts": [1, "x"]}, repr_digest="sha-256=:AAAA:, sha-512",
     )
     await store.create(upload)
     found = await store.get("a")
@@ -107,7 +107,7 @@ async def test_progress_is_saved_with_everything_it_changes(store: Store) -> Non
     await store.create(upload)
     changed = replace(
         upload, offset=7, length=9, expires_at=5000.0, completed_at=4000.0,
-        storage={"etag": "x"},
+        storage={"etag": "x"}, repr_digest="sha-512=:AAAA:",
     )
     before = time.time()
     saved = await store.save_progress(changed)
@@ -542,7 +542,7 @@ async def test_a_take_reads_the_upload_as_the_last_holder_left_it_if_at_all(
 async def test_an_upload_created_leased_is_the_stores_at_once(
     store: Store, other: Store
 ) -> None:
-    upload = Upload(id="u", length=10)
+    upload = Upload(id="u", length=10, repr_digest="sha-256")
     lease = await store.create_leased(upload, LEASE, [event("e1", "u")])
     assert (lease.upload_id, lease.owner) == ("u", store.owner)
     assert 0 < lease.expires_in <= LEASE and not lease.release_requested
@@ -550,12 +550,13 @@ async def test_an_upload_created_leased_is_the_stores_at_once(
     assert await other.take_lease("u", LEASE) is None
     seen = await other.lease_of("u")
     assert seen is not None and seen.token == lease.token
-    await store.save_progress(replace(upload, offset=3), lease=lease.token)
+    await store.save_progress(replace(upload, offset=3, repr_digest="sha-512"), lease=lease.token)
     # An id that is taken: nothing is recorded, and no lease taken.
     with pytest.raises(Exception):  # noqa: B017 -- the database's own error, whichever
         await other.create_leased(Upload(id="u", length=5), LEASE, [event("e2", "u")])
     found = await other.get("u")
     assert found is not None and (found.length, found.offset) == (10, 3)
+    assert found.repr_digest == "sha-512"
     assert await event_ids(other) == ["e1"]
     assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
 
@@ -567,9 +568,11 @@ async def test_a_save_that_releases_the_lease_ends_it_only_when_it_lands(
     await store.create(upload)
     lease = await store.take_lease("u", LEASE)
     assert lease is not None
-    await store.save_progress(replace(upload, offset=10), lease=lease.token, release=True)
+    await store.save_progress(replace(upload, offset=10, repr_digest="sha-256=:AAAA:"),
+                              lease=lease.token, release=True)
     assert await other.lease_of("u") is None
-    assert (await other.get("u")).offset == 10  # type: ignore[union-attr]
+    saved = await other.get("u")
+    assert saved is not None and (saved.offset, saved.repr_digest) == (10, "sha-256=:AAAA:")
     # A lease that was lost: nothing is saved, and the new holder's lease stays.
     again = await other.take_lease("u", LEASE)
     assert again is not None

@@ -293,7 +293,7 @@ async def test_a_take_over_waits_for_a_write_under_the_old_lease_that_is_under_w
     try:
         async with connection.transaction():  # the old holder's save, not committed yet
             status = await connection.execute(
-                _SAVE_UNDER_LEASE, 7, 10, None, None, "{}", time.time(), "u", "active",
+                _SAVE_UNDER_LEASE, 7, 10, None, None, "{}", time.time(), "u", "active", None,
                 old.token,
             )
             assert status == "UPDATE 1"

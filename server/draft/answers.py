@@ -41,6 +41,15 @@ def upload_limits(ctx: Context, upload: Upload) -> Limits:
     return Limits(ctx.settings.uploads.max_size or None, age)
 
 
+def digests_of(upload: Upload) -> dict[str, str]:
+    """``Repr-Digest`` of a complete upload whose client gave or wanted digests: those of
+    its stored bytes (the draft's "Integrity Digests", on its state too as its "Responses
+    to Uploads" suggests)."""
+    if not upload.is_complete or upload.repr_digest is None:
+        return {}
+    return {"Repr-Digest": upload.repr_digest}
+
+
 def offset_mismatch(codec: Codec, exc: OffsetMismatch) -> TusError:
     """409 with the right offset, and from version 6 the ``mismatching-upload-offset``
     problem naming both offsets."""

@@ -3,28 +3,29 @@ content, announced by a ``104`` before its body is read."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from aiohttp import web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from ..checksum import ExpectedChecksum
 from ..context import CONTEXT, Context
+from ..digests import content_checksum, requested
 from ..errors import BadRequest, LengthMismatch, TusError
 from ..limits import LIMITS
 from ..protocol import UPLOAD_CONTENT_TYPE, format_metadata, parse_metadata
 from ..proxy import upload_location
 from ..uploads import Creation, create, metadata_too_long, start
 from . import INTEROP_VERSION
-from .answers import DRAFT, in_draft_terms, inconsistent_length, upload_limits
+from .answers import (
+    DRAFT,
+    digests_of,
+    in_draft_terms,
+    inconsistent_length,
+    upload_limits,
+)
 from .codec import PARTIAL_UPLOAD, Codec, read_integer
 from .interim import send_104
 
 # What clients label a piece of an upload with, rather than the file's media type.
 _NOT_MEDIA_TYPES = frozenset({PARTIAL_UPLOAD, UPLOAD_CONTENT_TYPE})
-# RFC 9530's names of the algorithms that :mod:`server.checksum` has.
-_DIGEST_ALGORITHMS = {"sha-256": "sha256", "sha-512": "sha512"}
 
 
 @in_draft_terms
@@ -58,6 +59,7 @@ async def _create(request: web.Request, codec: Codec) -> web.Response:
     headers["Upload-Offset"] = str(upload.offset)
     headers.update(codec.complete(upload.is_complete))
     headers.update(codec.limit(upload_limits(ctx, upload)))
+    headers.update(digests_of(upload))
     return web.Response(status=201, headers=headers)
 
 
@@ -72,7 +74,8 @@ def _parse(request: web.Request, ctx: Context, codec: Codec) -> Creation:
         raise BadRequest("this server needs the length of an upload when it is created")
     return Creation(
         length, length is None, _metadata(request, ctx), None, request.body_exists,
-        content_digest(request) if request.body_exists else None, ends_upload=done,
+        content_checksum(request) if request.body_exists else None, ends_upload=done,
+        repr_digest=requested(request),
     )
 
 
@@ -117,24 +120,3 @@ def _metadata(request: web.Request, ctx: Context) -> str:
     parse_metadata(metadata)
     return metadata
 
-
-def content_digest(request: web.Request) -> ExpectedChecksum | None:
-    """The body's ``Content-Digest`` (RFC 9530) in an algorithm this server has, checked as
-    ``Upload-Checksum`` is; None without one."""
-    header = request.headers.get("Content-Digest")
-    if header is None:
-        return None
-    for member in header.split(","):
-        key, _, value = member.partition("=")
-        algorithm = _DIGEST_ALGORITHMS.get(key.strip().lower())
-        value = value.split(";")[0].strip()
-        if algorithm is None:
-            continue
-        if len(value) < 2 or value[0] != ":" or value[-1] != ":":
-            raise BadRequest("Content-Digest values must be byte sequences (:base64:)")
-        try:
-            base64.b64decode(value[1:-1], validate=True)
-        except binascii.Error:
-            raise BadRequest("Content-Digest holds invalid base64") from None
-        return ExpectedChecksum(f"{algorithm} {value[1:-1]}")
-    return None

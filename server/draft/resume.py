@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..context import CONTEXT
+from ..digests import content_checksum, requested
 from ..errors import BadRequest, LengthMismatch, OffsetMismatch, UnsupportedMediaType
 from ..events import PRE_ACCESS
 from ..limits import LIMITS
@@ -15,6 +16,7 @@ from ..uploads import append, current, load
 from .answers import (
     DRAFT,
     completed_upload,
+    digests_of,
     in_draft_terms,
     inconsistent_length,
     offset_mismatch,
@@ -22,7 +24,7 @@ from .answers import (
     upload_limits,
 )
 from .codec import PARTIAL_UPLOAD, Codec, read_integer
-from .create import complete_length, content_digest, upload_length
+from .create import complete_length, upload_length
 
 
 @in_draft_terms
@@ -36,6 +38,7 @@ async def head(request: web.Request) -> web.Response:
         **codec.complete(upload.is_complete),
         **codec.limit(upload_limits(ctx, upload)),
         "Cache-Control": "no-store",
+        **digests_of(upload),
     }
     if upload.length is not None:
         headers["Upload-Length"] = str(upload.length)
@@ -64,8 +67,8 @@ async def _append(request: web.Request, codec: Codec) -> web.Response:
     upload_id = request.match_info["upload_id"]
     await _refuse_if_complete(request, codec, upload_id)
     try:
-        upload = await append(ctx, request, upload_id, offset, length, content_digest(request),
-                              ends_upload=done)
+        upload = await append(ctx, request, upload_id, offset, length, content_checksum(request),
+                              ends_upload=done, repr_digest=requested(request))
     except OffsetMismatch as exc:
         raise offset_mismatch(codec, exc) from None
     except LengthMismatch as exc:
@@ -76,7 +79,7 @@ async def _append(request: web.Request, codec: Codec) -> web.Response:
 def _appended(request: web.Request, codec: Codec, upload: Upload) -> dict[str, str]:
     """The answer to an append: whether the upload is complete, and up to version 6 its
     offset and limits (tus-js-client reads the offset from every append answer)."""
-    headers = codec.complete(upload.is_complete)
+    headers = {**codec.complete(upload.is_complete), **digests_of(upload)}
     if codec.append_offset:
         headers["Upload-Offset"] = str(upload.offset)
         headers.update(codec.limit(upload_limits(request.app[CONTEXT], upload)))

@@ -93,6 +93,11 @@ class Upload:
     from the steps that change it. Never changed in place: read-only to the type checker,
     so that a value handed on is the value recorded. (A read-only proxy would guard only
     its top level, the parts lists inside stay lists, and JSON does not encode one.)"""
+    repr_digest: str | None = None
+    """The digests of the whole upload (RFC 9530) that its completion works out, in the
+    form of ``Repr-Digest``: until then the ones its client gave (``sha-256=:…:``) and the
+    ones it wants told (a bare ``sha-512``), from then on those of its stored bytes. None:
+    no digest to work out, and no work at completion (see :mod:`server.digests`)."""
 
     def but(self, **changes: Any) -> Upload:
         """This upload with some fields changed, as ``dataclasses.replace`` makes it, in a

@@ -14,8 +14,10 @@ from .model import ConcatKind, HookEvent, Status, Upload
 
 UPLOAD_COLUMNS = (
     'id, status, length, defer_length, "offset", metadata, concat, '
-    "created_at, updated_at, expires_at, completed_at, storage"
+    "created_at, updated_at, expires_at, completed_at, storage, repr_digest"
 )
+UPLOAD_VALUES = len(UPLOAD_COLUMNS.split(","))
+"""How many values :func:`upload_values` gives: the placeholders of an insert."""
 EVENT_COLUMNS = (
     "seq, id, upload_id, type, payload, created_at, since, attempts, next_attempt_at, "
     "last_error, dead"
@@ -37,6 +39,7 @@ def upload_from_row(row: Any) -> Upload:
         expires_at=row[9],
         completed_at=row[10],
         storage=json.loads(row[11]),
+        repr_digest=row[12],
     )
 
 
@@ -47,7 +50,7 @@ def upload_values(upload: Upload) -> tuple[Any, ...]:
         upload.id, str(upload.status), upload.length, upload.defer_length, upload.offset,
         upload.metadata, None if upload.concat is None else str(upload.concat),
         upload.created_at, upload.updated_at, upload.expires_at, upload.completed_at,
-        json.dumps(upload.storage),
+        json.dumps(upload.storage), upload.repr_digest,
     )
 
 

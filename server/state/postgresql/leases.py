@@ -20,7 +20,7 @@ from typing import Any
 
 from ..interface import Leases
 from ..model import Lease
-from ..rows import UPLOAD_COLUMNS, upload_from_row
+from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row
 from .database import Database
 from .listener import CHANNEL, Listener
 
@@ -37,9 +37,9 @@ _TAKE = (
 )
 _CREATE_LEASED = (
     f"WITH created AS (INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES "
-    f"({', '.join(f'${n}' for n in range(1, 13))})) "
+    f"({', '.join(f'${n}' for n in range(1, UPLOAD_VALUES + 1))})) "
     "INSERT INTO upload_leases (upload_id, owner, expires_at) "
-    f"VALUES ($1, $13, {_NOW} + $14) RETURNING {_RETURNED}"
+    f"VALUES ($1, ${UPLOAD_VALUES + 1}, {_NOW} + ${UPLOAD_VALUES + 2}) RETURNING {_RETURNED}"
 )
 """A new upload and its lease in one statement: both or neither."""
 _TAKE_READING = (

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
-from ..rows import UPLOAD_COLUMNS, upload_from_row, upload_values
+from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Connection, Database, rows_changed
 from .listener import CHANNEL
 from .outbox import PostgresOutbox
@@ -18,7 +18,8 @@ from .outbox import PostgresOutbox
 _ACTIVE = ACTIVE.value
 _SAVE = (
     'UPDATE uploads SET "offset" = $1, length = $2, expires_at = $3, '
-    "completed_at = $4, storage = $5, updated_at = $6 WHERE id = $7 AND status = $8"
+    "completed_at = $4, storage = $5, updated_at = $6, repr_digest = $9 "
+    "WHERE id = $7 AND status = $8"
 )
 _MARK_GONE = (
     "UPDATE uploads SET status = $1, updated_at = $2, expires_at = NULL "
@@ -40,10 +41,10 @@ def _under_lease(upload_id: str, token: str) -> str:
     )
 
 
-_SAVE_UNDER_LEASE = _SAVE + _under_lease("$7", "$9")
+_SAVE_UNDER_LEASE = _SAVE + _under_lease("$7", "$10")
 _SAVE_RELEASING = (
     f"WITH saved AS ({_SAVE_UNDER_LEASE} RETURNING 1) "
-    "DELETE FROM upload_leases WHERE upload_id = $7 AND token = $9 AND EXISTS "
+    "DELETE FROM upload_leases WHERE upload_id = $7 AND token = $10 AND EXISTS "
     "(SELECT FROM saved) RETURNING CASE WHEN release_requested THEN "
     f"pg_notify('{CHANNEL}', concat_ws(' ', 'freed', token, owner, upload_id)) END"
 )
@@ -52,7 +53,7 @@ rows is the lease's, deleted or not), telling the waiters as a release does."""
 _MARK_GONE_UNDER_LEASE = _MARK_GONE + _under_lease("$5", "$6")
 _INSERT_UPLOAD = (
     f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES "
-    f"({', '.join(f'${n}' for n in range(1, 13))})"
+    f"({', '.join(f'${n}' for n in range(1, UPLOAD_VALUES + 1))})"
 )
 
 
@@ -126,6 +127,7 @@ class PostgresUploads(Uploads):
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
+            saved.repr_digest,
         )
         if lease is None:
             changed = await self._write(_SAVE, values, events)

@@ -55,5 +55,6 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX upload_leases_owner ON upload_leases (owner);
     """,
+    "ALTER TABLE uploads ADD COLUMN repr_digest TEXT;",
 )
 SCHEMA_VERSION = len(MIGRATIONS)

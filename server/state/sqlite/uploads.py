@@ -10,7 +10,7 @@ from typing import Any
 
 from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
-from ..rows import UPLOAD_COLUMNS, upload_from_row, upload_values
+from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
 
@@ -18,7 +18,7 @@ _ACTIVE = ACTIVE.value
 """Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
 _SAVE = (
     'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
-    "storage = ?, updated_at = ? WHERE id = ? AND status = ?"
+    "storage = ?, updated_at = ?, repr_digest = ? WHERE id = ? AND status = ?"
 )
 _UNDER_LEASE = " AND EXISTS (SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?)"
 """The fence of a write made under a lease: it lands only while that is the upload's."""
@@ -50,7 +50,9 @@ class SQLiteUploads(Uploads):
     async def create(
         self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
     ) -> None:
-        insert_upload = f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+        insert_upload = (
+            f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * UPLOAD_VALUES)})"
+        )
         if not parts:
             await self._write(insert_upload, upload_values(upload), events)
             return
@@ -86,7 +88,7 @@ class SQLiteUploads(Uploads):
         saved = upload.but(updated_at=time.time())
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
-            json.dumps(saved.storage), saved.updated_at, saved.id, _ACTIVE,
+            json.dumps(saved.storage), saved.updated_at, saved.repr_digest, saved.id, _ACTIVE,
         )
         if lease is None:
             changed = await self._write(_SAVE, values, events)
