@@ -214,6 +214,7 @@ class _Body:
         writer: UploadWriter,
         checksum: ExpectedChecksum | None,
         recorded_length: int | None,
+        finish_full: bool,
     ) -> None:
         self.ctx = ctx
         self.request = request
@@ -223,6 +224,8 @@ class _Body:
         self.writer = writer
         self.checksum = checksum
         self.recorded_length = recorded_length
+        self.finish_full = finish_full
+        """A body that fills the upload finishes it (see :func:`~server.uploads.receive`)."""
         self.start = upload.offset
         self.commits = _PeriodicCommit(self)
 
@@ -274,7 +277,8 @@ class _Body:
         no pre-finish hook, no digest to work out)."""
         ctx = self.ctx
         return (
-            is_full(upload)
+            self.finish_full
+            and is_full(upload)
             and ctx.can.finisher is None
             and PRE_FINISH not in ctx.hooks.events
             and upload.repr_digest is None
@@ -328,9 +332,10 @@ async def write_body(
     holder: Holder,
     checksum: ExpectedChecksum | None,
     recorded_length: int | None,
+    finish_full: bool = True,
 ) -> tuple[Upload, BaseException | None]:
     """Append the request body to ``upload`` and commit its new offset; returns the upload
-    as then recorded.
+    as then recorded (complete, when its bytes fill it and ``finish_full``).
 
     ``upload.length`` may have been declared by this request (``Upload-Length`` on a
     PATCH): ``recorded_length`` is the length recorded before, which stays when the body
@@ -348,7 +353,7 @@ async def write_body(
         raise TooLarge(f"body of {request.content_length} bytes exceeds the {room} bytes left")
     await continue_body(request)
     writer = await ctx.backend.open_writer(ctx.stored(upload))
-    body = _Body(ctx, request, upload, holder, writer, checksum, recorded_length)
+    body = _Body(ctx, request, upload, holder, writer, checksum, recorded_length, finish_full)
     stop_receiving = _stopper(request)
     watchdog = _BodyWatchdog(
         ctx.settings, request.content, lambda: writer.offset - body.start,

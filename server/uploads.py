@@ -88,9 +88,9 @@ class Creation:
     concat: Concat | None
     has_body: bool
     checksum: ExpectedChecksum | None
-    ends_upload: bool = False
-    """The upload ends where the body ends (the IETF draft's ``Upload-Complete: ?1`` on a
-    body of unknown length): see :func:`end_here`."""
+    ends_upload: bool | None = None
+    """The IETF draft's ``Upload-Complete``: True, the upload ends where the body ends (see
+    :func:`end_here`); False, it does not end even if the body fills it. None: tus's rule."""
     repr_digest: str | None = None
     """The digests of the whole upload to work out at its completion (:mod:`server.digests`)."""
 
@@ -214,9 +214,8 @@ async def start(ctx: Context, request: web.Request, upload: Upload, creation: Cr
         # A body on an empty upload must still be refused (413), so this comes first;
         # receiving finishes an upload whose body fills it, Upload-Length: 0 included.
         async with ctx.locks.hold(upload.id) as holder:
-            upload, broke_off = await receive(
-                ctx, request, upload, holder, creation.checksum, upload.length
-            )
+            upload, broke_off = await receive(ctx, request, upload, holder, creation.checksum,
+                                              upload.length, creation.ends_upload is not False)
             if broke_off is not None:
                 if isinstance(broke_off, TusError) and not isinstance(broke_off, UploadStopped):
                     # What arrived is kept: the client resumes from there.
@@ -224,7 +223,7 @@ async def start(ctx: Context, request: web.Request, upload: Upload, creation: Cr
                 raise broke_off
             if creation.ends_upload:
                 upload = await end_here(ctx, request, upload, holder)
-    elif upload.length == 0:
+    elif upload.length == 0 and creation.ends_upload is not False:
         upload = await finish(ctx, upload, request)
     return upload
 
@@ -326,12 +325,12 @@ async def append(
     length: int | None,
     checksum: ExpectedChecksum | None,
     *,
-    ends_upload: bool = False,
+    ends_upload: bool | None = None,
     repr_digest: str | None = None,
 ) -> Upload:
     """PATCH: under the upload's lock, check the offset, apply the digests and the length
-    declared, receive the body; with ``ends_upload``, the upload ends where the body did
-    (:func:`end_here`). Returns the upload as it then stands."""
+    declared, receive the body; ``ends_upload`` as :attr:`Creation.ends_upload` has it.
+    Returns the upload as it then stands."""
     if PRE_ACCESS in ctx.hooks.events:
         # Outside the lock: a hook that takes its time must not hold up the upload's requests.
         await ctx.hooks.before(PRE_ACCESS, await load(ctx, upload_id), request)
@@ -346,7 +345,8 @@ async def append(
         recorded_length = upload.length
         if length is not None:
             upload = await declare_length(ctx, upload, length)
-        upload, broke_off = await receive(ctx, request, upload, holder, checksum, recorded_length)
+        upload, broke_off = await receive(ctx, request, upload, holder, checksum, recorded_length,
+                                          ends_upload is not False)
         if broke_off is not None:
             raise broke_off
         if ends_upload:
@@ -397,29 +397,35 @@ async def receive(
     holder: Holder,
     checksum: ExpectedChecksum | None,
     recorded_length: int | None,
+    finish_full: bool = True,
 ) -> tuple[Upload, BaseException | None]:
     """Append the request body (see :func:`server.receive.write_body`), then finish an
-    upload that its bytes filled, however the body ended: the connection may drop once
-    the last byte is in, and an upload whose offset reached its length must not wait
-    for a PATCH that never comes. Returns the upload as it then stands, and why the body
-    broke off, if it did, for the caller to raise.
+    upload that its bytes filled (unless not ``finish_full``: an IETF draft request that
+    does not complete it), however the body ended: the connection may drop once the last
+    byte is in, and an upload whose offset reached its length must not wait for a PATCH
+    that never comes. Returns the upload as it then stands, and why the body broke off,
+    if it did, for the caller to raise.
 
     A body that a hook stopped (tusd's ``StopUpload``) ends its upload as a DELETE does:
     its client is answered what the hook chose, and the upload is gone."""
     was_complete = upload.is_complete
-    upload, broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length)
+    upload, broke_off = await write_body(ctx, request, upload, holder, checksum, recorded_length,
+                                         finish_full)
     if isinstance(broke_off, UploadStopped):
         await remove(ctx, upload, TERMINATED, request, holder)
         return upload, broke_off
     if upload.is_complete and not was_complete:
         await finished(ctx, upload, request)
-    else:
+    elif finish_full:
         upload = await finish_if_full(ctx, upload, request, holder)
     return upload, broke_off
 
 
-async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
-    """HEAD: the upload as it stands, once what is due is done.
+async def current(
+    ctx: Context, request: web.Request, upload_id: str, finish_full: bool = True
+) -> Upload:
+    """HEAD: the upload as it stands, once what is due is done (a full upload is not
+    finished without ``finish_full``: the IETF draft's are finished when told).
 
     Taking the lock makes a PATCH on this upload (a stale one, maybe) record its bytes
     first. Without one, the row just read is current, and only a full upload or a final
@@ -435,7 +441,8 @@ async def current(ctx: Context, request: web.Request, upload_id: str) -> Upload:
         return upload
     async with ctx.locks.hold(upload_id) as holder:
         upload = await load(ctx, upload_id, holder=holder)
-        upload = await finish_if_full(ctx, upload, request, holder)
+        if finish_full:
+            upload = await finish_if_full(ctx, upload, request, holder)
         if upload.is_final:
             await assemble_if_ready(ctx, upload_id, request, wait=False)
             upload = await load(ctx, upload_id, holder=holder)

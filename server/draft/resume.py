@@ -32,7 +32,7 @@ async def head(request: web.Request) -> web.Response:
     """Where the upload stands: 204 with its offset, completeness, length and limits."""
     ctx = request.app[CONTEXT]
     codec = request[DRAFT]
-    upload = await current(ctx, request, request.match_info["upload_id"])
+    upload = await current(ctx, request, request.match_info["upload_id"], finish_full=False)
     headers = {
         "Upload-Offset": str(upload.offset),
         **codec.complete(upload.is_complete),

@@ -1,0 +1,90 @@
+"""The IETF draft's completeness, to the letter: an upload is complete when a request with
+``Upload-Complete: ?1`` was processed, never because its bytes reached its length ("The
+offset could match the length, but the upload can still be incomplete")."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient
+from support.draft import draft_headers, exchange, path_of
+from support.hooks import Receiver
+from support.http import ClientFactory
+from test_ietf_draft import VERSIONS, create, download, patch_headers, port_of
+
+ALL_VERSIONS = [*VERSIONS, 3]
+
+
+def completeness(version: int, done: bool) -> dict[str, str]:
+    """``Upload-Complete`` (``Upload-Incomplete``, inverted, in version 3)."""
+    if version == 3:
+        return {"Upload-Incomplete": "?0" if done else "?1"}
+    return {"Upload-Complete": "?1" if done else "?0"}
+
+
+def append(version: int, offset: int, done: bool, **more: str) -> dict[str, str]:
+    headers = patch_headers(version, offset, done, **more)
+    if version == 3:
+        del headers["Upload-Complete"]
+        headers.update(completeness(3, done))
+    return headers
+
+
+def says_complete(headers: dict[str, str], version: int, done: bool) -> None:
+    [(name, value)] = completeness(version, done).items()
+    assert headers[name.lower()] == value
+
+
+async def state(client: TestClient, version: int, path: str) -> dict[str, str]:
+    answer = await exchange(port_of(client), "HEAD", path, draft_headers(version))
+    assert answer.final.status == 204
+    return answer.final.headers
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+async def test_an_append_that_reaches_the_length_without_completing_leaves_it_incomplete(
+    make_client: ClientFactory, receiver: Receiver, version: int
+) -> None:
+    client = await make_client(hooks_url=receiver.url, hooks_events="post-finish")
+    port = port_of(client)
+    path = await create_incomplete(client, version, Upload_Length="6")
+    filled = await exchange(port, "PATCH", path, append(version, 0, False), b"abcdef")
+    assert filled.final.status == 204
+    says_complete(filled.final.headers, version, False)
+    now = await state(client, version, path)
+    assert now["upload-offset"] == "6"
+    says_complete(now, version, False)
+    assert (await client.get(path)).status == 409  # not finished: nothing to download
+    assert receiver.received == []
+    done = await exchange(port, "PATCH", path, append(version, 6, True))
+    assert done.final.status == 204
+    says_complete(done.final.headers, version, True)
+    assert await download(client, path) == b"abcdef"
+    await receiver.wait_for_names("post-finish")
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+async def test_a_creation_that_does_not_complete_stays_incomplete_whatever_its_length(
+    client: TestClient, version: int
+) -> None:
+    port = port_of(client)
+    for length, body in [(5, b"whole"), (0, b"")]:
+        path = await create_incomplete(client, version, body, Upload_Length=str(length))
+        now = await state(client, version, path)
+        assert now["upload-offset"] == str(length)
+        says_complete(now, version, False)
+        done = await exchange(port, "PATCH", path, append(version, length, True))
+        assert done.final.status == 204
+        says_complete(done.final.headers, version, True)
+        assert await download(client, path) == body
+
+
+async def create_incomplete(
+    client: TestClient, version: int, body: bytes = b"", **headers: str
+) -> str:
+    if version != 3:
+        return await create(client, version, body, **headers)
+    answer = await exchange(port_of(client), "POST", "/files/", draft_headers(
+        3, **completeness(3, False), **{k.replace("_", "-"): v for k, v in headers.items()}),
+        body)
+    assert answer.final.status == 201
+    return path_of(answer.final.headers["location"])
