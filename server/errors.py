@@ -115,6 +115,11 @@ class TooLarge(TusError):
     status, code = 413, "too-large"
 
 
+class PastLength(TooLarge):
+    """A body that would take an upload past its known length: too large for tus; for the
+    IETF draft, an inconsistent length that invalidates the upload."""
+
+
 class UnsupportedMediaType(TusError):
     status, code = 415, "wrong-content-type"
 

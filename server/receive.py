@@ -31,6 +31,7 @@ from .errors import (
     BadRequest,
     ChecksumMismatch,
     InsufficientStorage,
+    PastLength,
     TooLarge,
     UnsupportedMediaType,
     UploadStopped,
@@ -81,12 +82,18 @@ async def save_complete(
 
 
 def room_left(ctx: Context, upload: Upload) -> int:
-    """How many more bytes the upload may take."""
+    """How many more bytes the upload may take (see :func:`too_long`)."""
     if upload.length is not None:
         return upload.length - upload.offset
     if ctx.settings.uploads.max_size:
         return ctx.settings.uploads.max_size - upload.offset
     return MAX_INTEGER - upload.offset
+
+
+def too_long(upload: Upload, reason: str) -> TooLarge:
+    """The refusal of a body longer than :func:`room_left`: past the upload's length, or
+    past the maximum size of one whose length is not known yet."""
+    return TooLarge(reason) if upload.length is None else PastLength(reason)
 
 
 class _BodyWatchdog:
@@ -350,7 +357,8 @@ async def write_body(
     """
     room = room_left(ctx, upload)
     if request.content_length is not None and request.content_length > room:
-        raise TooLarge(f"body of {request.content_length} bytes exceeds the {room} bytes left")
+        raise too_long(upload, f"body of {request.content_length} bytes exceeds the {room} "
+                               "bytes left")
     await continue_body(request)
     writer = await ctx.backend.open_writer(ctx.stored(upload))
     body = _Body(ctx, request, upload, holder, writer, checksum, recorded_length, finish_full)
@@ -463,7 +471,7 @@ async def _stream(body: _Body, watchdog: _BodyWatchdog, room: int) -> None:
         if writer.offset + len(chunk) > limit:
             await commits.settle()
             await body.drop()
-            raise TooLarge(f"body exceeds the {room} bytes left in the upload")
+            raise too_long(body.upload, f"body exceeds the {room} bytes left in the upload")
         if checksum is not None:
             checksum.hasher.update(chunk)
         holder.check()

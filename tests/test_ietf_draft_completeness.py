@@ -1,15 +1,18 @@
-"""The IETF draft's completeness, to the letter: an upload is complete when a request with
-``Upload-Complete: ?1`` was processed, never because its bytes reached its length ("The
-offset could match the length, but the upload can still be incomplete")."""
+"""The IETF draft's completeness and lengths, to the letter: an upload is complete when a
+request with ``Upload-Complete: ?1`` was processed, never because its bytes reached its
+length ("The offset could match the length, but the upload can still be incomplete"), and
+a request that takes an upload past its length invalidates it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiohttp.test_utils import TestClient
-from support.draft import draft_headers, exchange, path_of
+from support.draft import chunked, draft_headers, exchange, path_of
 from support.hooks import Receiver
 from support.http import ClientFactory
-from test_ietf_draft import VERSIONS, create, download, patch_headers, port_of
+from test_ietf_draft import PROBLEM, VERSIONS, create, download, patch_headers, port_of
 
 ALL_VERSIONS = [*VERSIONS, 3]
 
@@ -88,3 +91,43 @@ async def create_incomplete(
         body)
     assert answer.final.status == 201
     return path_of(answer.final.headers["location"])
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_an_append_past_the_length_invalidates_the_upload(
+    client: TestClient, version: int
+) -> None:
+    """The draft: the server "MUST prevent the offset from exceeding the upload length by
+    rejecting the request once the offset exceeds the length, marking the upload resource
+    invalid and rejecting any further interaction with it"."""
+    port = port_of(client)
+    for framing in [{}, {"Transfer-Encoding": "chunked"}]:
+        path = await create(client, version, b"abc", Upload_Length="5")
+        body = chunked(b"de", b"fgh") if framing else b"defgh"
+        past = await exchange(port, "PATCH", path, patch_headers(version, 3, False, **framing),
+                              body)
+        assert past.final.status == 400
+        assert json.loads(past.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+        gone = await exchange(port, "HEAD", path, draft_headers(version))
+        assert gone.final.status == 410
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_creation_whose_content_is_longer_than_its_length_is_inconsistent(
+    client: TestClient, version: int
+) -> None:
+    port = port_of(client)
+    known = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?0", Upload_Length="3"), b"abcde")
+    assert known.interim == []  # refused before any upload exists
+    assert known.final.status == 400
+    assert json.loads(known.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    streamed = await exchange(port, "POST", "/files/", draft_headers(
+        version, Upload_Complete="?0", Upload_Length="3", Transfer_Encoding="chunked"),
+        chunked(b"ab", b"cde"))
+    assert streamed.final.status == 400
+    assert json.loads(streamed.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    [interim] = streamed.interim
+    gone = await exchange(port, "HEAD", path_of(interim.headers["location"]),
+                          draft_headers(version))
+    assert gone.final.status == 410

@@ -15,10 +15,12 @@ from ..errors import (
     ChecksumMismatch,
     Conflict,
     OffsetMismatch,
+    PastLength,
     Problem,
     TusError,
 )
-from ..state import Upload
+from ..state import TERMINATED, Upload
+from ..uploads import load, remove
 from .codec import Codec, Limits
 
 DRAFT = web.RequestKey("aiotusd.draft", Codec)
@@ -68,6 +70,20 @@ def inconsistent_length(
     return _bad_request(
         codec, "inconsistent-upload-length", reason, dict(headers or {}), "length-mismatch"
     )
+
+
+async def invalidated(
+    request: web.Request, codec: Codec, upload_id: str, exc: PastLength
+) -> TusError:
+    """A request took the upload past its length. The draft: the server "MUST prevent the
+    offset from exceeding the upload length by rejecting the request ..., marking the
+    upload resource invalid and rejecting any further interaction with it": it is removed
+    as a DELETE removes it (410 from then on), and the request is an inconsistent length."""
+    ctx = request.app[CONTEXT]
+    async with ctx.locks.hold(upload_id) as holder:
+        await remove(ctx, await load(ctx, upload_id, holder=holder), TERMINATED, request,
+                     holder)
+    return inconsistent_length(codec, exc.reason)
 
 
 def completed_upload(codec: Codec, reason: str) -> TusError:

@@ -8,7 +8,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 from ..context import CONTEXT, Context
 from ..digests import content_checksum, requested
-from ..errors import BadRequest, LengthMismatch, TusError
+from ..errors import BadRequest, LengthMismatch, PastLength, TusError
 from ..limits import LIMITS
 from ..protocol import UPLOAD_CONTENT_TYPE, format_metadata, parse_metadata
 from ..proxy import upload_location
@@ -19,6 +19,7 @@ from .answers import (
     digests_of,
     in_draft_terms,
     inconsistent_length,
+    invalidated,
     upload_limits,
 )
 from .codec import PARTIAL_UPLOAD, Codec, read_integer
@@ -47,6 +48,8 @@ async def _create(request: web.Request, codec: Codec) -> web.Response:
     await send_104(request, {**headers, INTEROP_VERSION: str(codec.version), **limit})
     try:
         upload = await start(ctx, request, upload, creation)
+    except PastLength as exc:
+        raise await invalidated(request, codec, upload.id, exc) from None
     except TusError as exc:
         # The upload exists: the client resumes it from where it stands.
         error = exc
@@ -70,6 +73,9 @@ def _parse(request: web.Request, ctx: Context, codec: Codec) -> Creation:
     length = upload_length(request)
     if done:
         length = complete_length(codec, length, 0, request)
+    elif length is not None and (request.content_length or 0) > length:
+        raise inconsistent_length(codec, f"a body of {request.content_length} bytes is "
+                                         f"longer than Upload-Length {length}")
     if length is None and ctx.can.length_deferrer is None:
         raise BadRequest("this server needs the length of an upload when it is created")
     return Creation(

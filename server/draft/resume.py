@@ -8,7 +8,13 @@ from aiohttp import web
 
 from ..context import CONTEXT
 from ..digests import content_checksum, requested
-from ..errors import BadRequest, LengthMismatch, OffsetMismatch, UnsupportedMediaType
+from ..errors import (
+    BadRequest,
+    LengthMismatch,
+    OffsetMismatch,
+    PastLength,
+    UnsupportedMediaType,
+)
 from ..events import PRE_ACCESS
 from ..limits import LIMITS
 from ..state import Upload
@@ -19,6 +25,7 @@ from .answers import (
     digests_of,
     in_draft_terms,
     inconsistent_length,
+    invalidated,
     offset_mismatch,
     server_limits,
     upload_limits,
@@ -73,6 +80,8 @@ async def _append(request: web.Request, codec: Codec) -> web.Response:
         raise offset_mismatch(codec, exc) from None
     except LengthMismatch as exc:
         raise inconsistent_length(codec, exc.reason, exc.headers) from None
+    except PastLength as exc:
+        raise await invalidated(request, codec, upload_id, exc) from None
     return web.Response(status=204, headers=_appended(request, codec, upload))
 
 
