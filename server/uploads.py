@@ -383,7 +383,9 @@ async def declare_length(ctx: Context, upload: Upload, length: int) -> Upload:
     if ctx.can.length_deferrer is None:
         raise BadRequest("this server does not support deferred lengths")
     if length < upload.offset:
-        raise BadRequest(f"Upload-Length {length} is below the upload's offset {upload.offset}")
+        raise LengthMismatch(
+            f"Upload-Length {length} is below the upload's offset {upload.offset}"
+        )
     if ctx.settings.uploads.max_size and length > ctx.settings.uploads.max_size:
         raise TooLarge(f"Upload-Length exceeds the maximum size of {ctx.settings.uploads.max_size}")
     storage = await ctx.can.length_deferrer.declare_length(ctx.stored(upload), length)

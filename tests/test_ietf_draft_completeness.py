@@ -131,3 +131,13 @@ async def test_a_creation_whose_content_is_longer_than_its_length_is_inconsisten
     gone = await exchange(port, "HEAD", path_of(interim.headers["location"]),
                           draft_headers(version))
     assert gone.final.status == 410
+
+
+@pytest.mark.parametrize("version", [8, 6])
+async def test_a_length_below_the_offset_is_inconsistent(client: TestClient, version: int) -> None:
+    path = await create(client, version, b"abcd")
+    answer = await exchange(port_of(client), "PATCH", path, patch_headers(
+        version, 4, False, Upload_Length="2"))
+    assert answer.final.status == 400
+    assert json.loads(answer.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
+    assert (await state(client, version, path))["upload-offset"] == "4"
