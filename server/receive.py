@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from aiohttp import StreamReader, web
 
@@ -48,6 +49,18 @@ log = logging.getLogger("aiotusd")
 
 RECEIVED = web.RequestKey("aiotusd.received", int)
 """Bytes of the body appended to the upload, for the access log."""
+
+
+class Progress(Protocol):
+    """Told the upload's offset each time a periodic commit made more of a body durable,
+    while the body goes on (the IETF draft's progress ``104``, :mod:`server.draft.interim`).
+    Raises nothing: the body goes on whatever becomes of it."""
+
+    async def __call__(self, offset: int) -> None: ...
+
+
+PROGRESS = web.RequestKey("aiotusd.progress", Progress)
+"""The request's :class:`Progress`, if it has one: looked up at periodic commits only."""
 
 
 class BodyInterrupted(BadRequest):
@@ -277,6 +290,8 @@ class _Body:
             raise
         if body_goes_on:
             ctx.hooks.ask_progress(events, self.holder.stop)
+            if (progress := self.request.get(PROGRESS)) is not None:
+                await progress(self.upload.offset)
 
     def _completes_with_its_bytes(self, upload: Upload) -> bool:
         """Whether the last commit may record ``upload`` complete: it is full, and

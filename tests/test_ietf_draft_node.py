@@ -80,3 +80,19 @@ def test_tus_js_client_uploads_with_the_draft(
     assert state.status_code == 200
     assert state.headers["Upload-Offset"] == state.headers["Upload-Length"] == str(len(data))
     assert requests.get(url, timeout=30).content == data
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_tus_js_client_takes_progress_104s_in_its_stride(
+    node_client: Path,
+    server_process: Callable[..., ServerProcess],
+    payload_file: tuple[Path, bytes],
+    protocol: str,
+) -> None:
+    """With a commit every 16 KiB, an append of a 64 KiB chunk may get progress 104s
+    before its answer: tus-js-client, on Node's HTTP client, goes on past them."""
+    server = server_process("--commit-bytes", "16KiB")
+    file, data = payload_file
+    events = run_upload(node_client, server, protocol, file, "whole")
+    url = events[-1]["url"]
+    assert requests.get(url, timeout=30).content == data

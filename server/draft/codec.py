@@ -5,7 +5,8 @@ version; a :class:`Codec` reads the headers of its version and writes the answer
 clients expect. The differences, oldest first:
 
 - 3 (draft -01): completeness is ``Upload-Incomplete``, the inverse of ``Upload-Complete``;
-- 5 (draft -03): ``Upload-Complete``;
+- 5 (draft -03): ``Upload-Complete``; ``104`` interim responses tell the offset while a
+  body arrives;
 - 6 (drafts -04, -05): ``PATCH`` bodies must be ``application/partial-upload``; the
   ``Upload-Limit`` header (the lifetime as ``expires``); problem documents;
 - 8 (drafts -09 to -11): the lifetime is ``max-age``; answers to appends carry
@@ -50,6 +51,8 @@ class Codec:
     """Answers to appends carry ``Upload-Offset`` (up to 6)."""
     problems: bool = True
     """Refusals that have a problem type are answered with its problem document (6 on)."""
+    progress: bool = True
+    """``104`` interim responses tell the offset while a body arrives (5 on)."""
 
     @property
     def complete_name(self) -> str:
@@ -81,7 +84,7 @@ class Codec:
 
 CODECS = {
     3: Codec(3, inverted=True, partial_upload=False, age_key=None, append_offset=True,
-             problems=False),
+             problems=False, progress=False),
     5: Codec(5, partial_upload=False, age_key=None, append_offset=True, problems=False),
     6: Codec(6, age_key="expires", append_offset=True),
     8: Codec(8),

@@ -23,7 +23,7 @@ from .answers import (
     upload_limits,
 )
 from .codec import PARTIAL_UPLOAD, Codec, read_integer
-from .interim import send_104
+from .interim import send_104, tell_progress
 
 # What clients label a piece of an upload with, rather than the file's media type.
 _NOT_MEDIA_TYPES = frozenset({PARTIAL_UPLOAD, UPLOAD_CONTENT_TYPE})
@@ -46,6 +46,9 @@ async def _create(request: web.Request, codec: Codec) -> web.Response:
     headers = {"Location": upload_location(request, ctx.settings, upload.id)}
     limit = codec.limit(upload_limits(ctx, upload))
     await send_104(request, {**headers, INTEROP_VERSION: str(codec.version), **limit})
+    if codec.progress:
+        # Every response to a creation carries its Location, as the draft requires.
+        tell_progress(request, {**headers, INTEROP_VERSION: str(codec.version)})
     try:
         upload = await start(ctx, request, upload, creation)
     except PastLength as exc:

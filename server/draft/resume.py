@@ -19,6 +19,7 @@ from ..events import PRE_ACCESS
 from ..limits import LIMITS
 from ..state import Upload
 from ..uploads import append, current, load
+from . import INTEROP_VERSION
 from .answers import (
     DRAFT,
     completed_upload,
@@ -32,6 +33,7 @@ from .answers import (
 )
 from .codec import PARTIAL_UPLOAD, Codec, read_integer
 from .create import complete_length, upload_length
+from .interim import tell_progress
 
 
 @in_draft_terms
@@ -73,6 +75,8 @@ async def _append(request: web.Request, codec: Codec) -> web.Response:
         length = complete_length(codec, length, offset, request)
     upload_id = request.match_info["upload_id"]
     await _refuse_if_complete(request, codec, upload_id)
+    if codec.progress:
+        tell_progress(request, {INTEROP_VERSION: str(codec.version)})
     try:
         upload = await append(ctx, request, upload_id, offset, length, content_checksum(request),
                               ends_upload=done, repr_digest=requested(request))
