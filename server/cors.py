@@ -27,7 +27,8 @@ from .protocol import is_header_name
 if TYPE_CHECKING:
     from .config import Settings
 
-METHODS = ("POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
+METHODS = ("POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS", "PUT")
+"""The methods of tus and of the IETF draft, whose creations may also be a ``PUT``."""
 ALLOW_HEADERS = (
     "Authorization",
     "Content-Type",
@@ -104,6 +105,8 @@ class CorsPolicy:
             return None
         origins = settings.cors.origins
         disabled = settings.uploads.disabled_methods
+        if not settings.uploads.ietf_draft:
+            disabled |= {"PUT"}
         return cls(
             None if "*" in origins else frozenset(origins), settings.cors.credentials,
             ", ".join(method for method in METHODS if method not in disabled),

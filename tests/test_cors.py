@@ -39,7 +39,8 @@ TUS_RESPONSE_HEADERS = {
     "content-range",
     "etag",
 }
-METHODS = {"POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS"}
+METHODS = {"POST", "HEAD", "PATCH", "DELETE", "GET", "OPTIONS", "PUT"}
+"""tus's methods, and the IETF draft's creation by ``PUT``."""
 
 
 def names(value: str) -> set[str]:
@@ -88,6 +89,16 @@ async def test_a_page_may_speak_the_ietf_draft(client):
     exposed = names(created.headers["Access-Control-Expose-Headers"])
     assert {"upload-complete", "upload-incomplete", "upload-limit", "accept-patch",
             "upload-offset", "location", "repr-digest"} <= exposed
+
+
+async def test_put_is_offered_for_the_ietf_draft_only(make_client):
+    """The draft creates uploads by PUT too; tus has no PUT."""
+    for draft, offered in [(True, METHODS), (False, METHODS - {"PUT"})]:
+        client = await make_client(ietf_draft=draft)
+        response = await client.options("/files/", headers=preflight("PUT"))
+        assert {
+            m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")
+        } == offered
 
 
 async def test_a_tus_options_request_is_still_answered_by_tus(client):

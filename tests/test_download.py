@@ -302,4 +302,4 @@ async def test_disable_download_refuses_get_but_head_still_answers(make_client):
     )
     assert preflight.status == 204
     methods = {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
-    assert methods == {"POST", "HEAD", "PATCH", "DELETE", "OPTIONS"}
+    assert methods == {"POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "PUT"}  # PUT: the draft's

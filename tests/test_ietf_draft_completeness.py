@@ -141,3 +141,34 @@ async def test_a_length_below_the_offset_is_inconsistent(client: TestClient, ver
     assert answer.final.status == 400
     assert json.loads(answer.final.body)["type"] == PROBLEM + "inconsistent-upload-length"
     assert (await state(client, version, path))["upload-offset"] == "4"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_an_upload_may_be_created_by_put_or_patch_too(
+    client: TestClient, version: int, method: str
+) -> None:
+    """The draft's "Upload Creation": "all request methods that allow content are possible,
+    such as POST, PUT, and PATCH"."""
+    port = port_of(client)
+    whole = await exchange(port, method, "/files/", draft_headers(
+        version, Upload_Complete="?1", Content_Type="text/plain"), b"put whole")
+    assert [r.status for r in whole.interim] == [104]
+    assert whole.final.status == 201
+    assert whole.final.headers["upload-complete"] == "?1"
+    assert await download(client, path_of(whole.final.headers["location"])) == b"put whole"
+    first = await exchange(port, method, "/files/", draft_headers(
+        version, Upload_Complete="?0"), b"first ")
+    assert first.final.status == 201
+    path = path_of(first.final.headers["location"])
+    rest = await exchange(port, "PATCH", path, patch_headers(version, 6, True), b"then rest")
+    assert rest.final.headers["upload-complete"] == "?1"
+    assert await download(client, path) == b"first then rest"
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_tus_creates_by_post_only(client: TestClient, method: str) -> None:
+    answer = await client.request(method, "/files/", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": "3"})
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "POST, OPTIONS"

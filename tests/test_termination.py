@@ -93,6 +93,6 @@ async def test_disable_termination_refuses_delete_and_expired_uploads_still_go(
         path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE"}
     )
     methods = {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
-    assert methods == {"POST", "HEAD", "PATCH", "GET", "OPTIONS"}
+    assert methods == {"POST", "HEAD", "PATCH", "GET", "OPTIONS", "PUT"}  # PUT: the draft's
     await poll(lambda: not storage_view.holds(path), "the sweeper to remove the expired upload")
     assert (await client.head(path, headers=TUS)).status == 410

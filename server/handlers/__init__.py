@@ -27,8 +27,14 @@ UPLOAD: dict[str, Handler] = {
     "GET": download.handle,
     "OPTIONS": options.handle,
 }
-# The same URLs serve the IETF draft's requests (see server.draft).
-DRAFT_COLLECTION: dict[str, Handler] = {"POST": draft_create.handle, "OPTIONS": draft.options}
+# The same URLs serve the IETF draft's requests (see server.draft). The draft: "all
+# request methods that allow content are possible, such as POST, PUT, and PATCH".
+DRAFT_COLLECTION: dict[str, Handler] = {
+    "POST": draft_create.handle,
+    "PUT": draft_create.handle,
+    "PATCH": draft_create.handle,
+    "OPTIONS": draft.options,
+}
 DRAFT_UPLOAD: dict[str, Handler] = {
     "HEAD": draft.head,
     "PATCH": draft.patch,
