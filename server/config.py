@@ -209,6 +209,10 @@ class UploadSettings:
         True, parse_bool,
         "serve requests that carry a supported Upload-Draft-Interop-Version as the IETF "
         "resumable uploads draft; off: they are tus requests")
+    ietf_draft_interim: bool = _option(
+        True, parse_bool,
+        "send the IETF draft's 104 interim responses (where a new upload lives, how far a "
+        "body got); off behind a proxy that takes a 104 for the final response, as nginx does")
 
     @property
     def disabled_methods(self) -> frozenset[str]:

@@ -132,3 +132,16 @@ async def create_v3(client: TestClient, length: int) -> str:
         await close_writer(writer)
     assert answer.final.status == 201
     return path_of(answer.final.headers["location"])
+
+
+async def test_the_104s_can_be_turned_off(make_client: ClientFactory) -> None:
+    """``ietf_draft_interim = false``, behind a proxy that takes a 104 for the final
+    response (nginx): neither the creation's 104 nor progress ones."""
+    client = await make_client(commit_bytes=PIECE, commit_seconds=600, ietf_draft_interim=False)
+    data = os.urandom(3 * PIECE)
+    headers = draft_headers(8, Upload_Complete="?1", Expect="100-continue")
+    _, answers = await send_in_pieces(port_of(client), "POST", "/files/", headers, data, 0,
+                                      first=[100])
+    [final] = answers
+    assert final.status == 201
+    assert await download(client, path_of(final.headers["location"])) == data

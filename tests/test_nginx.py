@@ -13,11 +13,14 @@ import io
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import requests
@@ -127,8 +130,21 @@ http {{
 @pytest.fixture
 def proxied(server_process, tmp_path, monkeypatch) -> Iterator[tuple[Nginx, ServerProcess]]:
     """aiotusd behind nginx; requests and tuspy trust nginx's certificate."""
+    yield from behind_nginx(server_process, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def proxied_draft(server_process, tmp_path, monkeypatch) -> Iterator[tuple[Nginx, ServerProcess]]:
+    """aiotusd behind nginx, set as docs/ietf-draft.md says: without 104s."""
+    yield from behind_nginx(server_process, tmp_path, monkeypatch, "--no-ietf-draft-interim")
+
+
+def behind_nginx(
+    server_process, tmp_path, monkeypatch, *args: str
+) -> Iterator[tuple[Nginx, ServerProcess]]:
     assert NGINX.is_file(), "nginx is not installed: .ci/run installs Debian's nginx-light"
-    server = server_process("--behind-proxy", "true", "--trusted-proxies", "127.0.0.1/32")
+    server = server_process("--behind-proxy", "true", "--trusted-proxies", "127.0.0.1/32",
+                            *args)
     tls = self_signed(tmp_path / "tls")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.cert))
     nginx = Nginx(tmp_path / "nginx", server.port, tls)
@@ -283,3 +299,65 @@ def test_concatenation_through_nginx_with_the_urls_clients_got(proxied):
     assert head.headers["Upload-Offset"] == str(sum(map(len, parts)))
     assert requests.get(final_url, timeout=10).content == b"".join(parts)
     assert data_file(server, final_url).read_bytes() == b"".join(parts)
+
+
+
+def read_message(stream: BinaryIO) -> tuple[int, dict[str, str]]:
+    """The status and headers (names in lower case) of one response; its body is read."""
+    status = int(stream.readline().split(b" ")[1])
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, value = line.decode("latin-1").split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    stream.read(int(headers.get("content-length", "0")))
+    return status, headers
+
+
+def draft_creation(nginx: Nginx, data: bytes) -> bytes:
+    return (
+        f"POST /uploads/files/ HTTP/1.1\r\nHost: 127.0.0.1:{nginx.port}\r\n"
+        "Upload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode() + data
+
+
+def test_nginx_takes_a_104_for_the_final_response(proxied):
+    """What docs/ietf-draft.md says of nginx: the 104 reaches the client as nginx's own
+    response (its Server and Connection headers on it), aiotusd's 201 follows as its body."""
+    nginx, _ = proxied
+    context = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls, \
+            tls.makefile("rb") as stream:
+        tls.sendall(draft_creation(nginx, b"through nginx"))
+        status, headers = read_message(stream)
+        assert status == 104
+        assert headers["server"].startswith("nginx/") and headers["connection"] == "keep-alive"
+        status, headers = read_message(stream)
+        assert status == 201 and "aiohttp" in headers["server"]
+
+
+def test_a_draft_creation_through_nginx_without_104s_is_answered_whole(proxied_draft):
+    """nginx 1.22 takes an upstream's 104 for its final response: it sends it on, then the
+    real answer as its body, and holds the connection until the upstream closes its own.
+    With ``ietf_draft_interim`` off, a creation gets its 201, and the connection its next
+    request's answer."""
+    nginx, _ = proxied_draft
+    data = payload(3 * MIB, seed=31)
+    context = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls, \
+            tls.makefile("rb") as stream:
+        tls.sendall(draft_creation(nginx, data))
+        status, headers = read_message(stream)
+        assert (status, headers["upload-complete"]) == (201, "?1")
+        location = headers["location"]
+        assert location.startswith(nginx.base + "files/")
+        path = location[location.index("/uploads/"):]
+        tls.sendall(
+            f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{nginx.port}\r\n"
+            "Upload-Draft-Interop-Version: 8\r\n\r\n".encode()
+        )
+        status, headers = read_message(stream)
+        assert (status, headers["upload-offset"]) == (204, str(len(data)))
+    assert requests.get(location, timeout=30).content == data

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from aiohttp import HttpVersion11, web
 
+from ..context import CONTEXT
 from ..receive import PROGRESS
 
 STATUS_LINE = "HTTP/1.1 104 Upload Resumption Supported\r\n"
@@ -32,7 +33,7 @@ async def send_104(request: web.Request, headers: Mapping[str, str]) -> None:
     so that a creation cut off mid-body can be resumed, or how far a body got. A
     ``100 Continue`` the client asked for still follows (the draft forbids a 104 in its
     place)."""
-    if request.version != HttpVersion11:
+    if not may_send(request):
         return
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     # A few bytes: the writer waits for the client to read only past 64 KiB unread.
@@ -41,9 +42,19 @@ async def send_104(request: web.Request, headers: Mapping[str, str]) -> None:
     request.writer.output_size = 0
 
 
+def may_send(request: web.Request) -> bool:
+    """Whether ``request`` may get interim responses: on HTTP/1.1, unless the
+    ``ietf_draft_interim`` setting is off (behind nginx, which takes a ``104`` for the final
+    response and then holds the connection until the upstream's closes)."""
+    settings = request.app[CONTEXT].settings
+    return request.version == HttpVersion11 and settings.uploads.ietf_draft_interim
+
+
 def tell_progress(request: web.Request, headers: Mapping[str, str]) -> None:
     """Send ``request`` a progress ``104`` with ``headers`` and the offset after each
     periodic commit of its body, up to :data:`MAX_PROGRESS` (see :mod:`server.receive`)."""
+    if not may_send(request):
+        return
     sent = 0
 
     async def progress(offset: int) -> None:
