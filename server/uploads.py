@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -34,6 +33,7 @@ from storage_backends.base import StorageError
 
 from . import digests
 from .checksum import ExpectedChecksum
+from .concatenation import concatenated_length, least_concatenated_length
 from .context import Context
 from .errors import (
     BadRequest,
@@ -612,29 +612,6 @@ async def _remove(
             # The upload is gone for clients all the same; the sweep deletes its bytes
             # again before it forgets the tombstone (see expiration.forget_tombstones).
             log.warning("deleting the bytes of upload %s failed: %s", upload.id, exc)
-
-
-async def partials_of(ctx: Context, final: Upload) -> list[Upload | None]:
-    """The parts of a final upload in order; None for a part that no longer exists."""
-    part_ids = await ctx.store.parts(final.id)
-    found = await ctx.store.get_many(part_ids)
-    return [found.get(part_id) for part_id in part_ids]
-
-
-def concatenated_length(partials: Sequence[Upload | None]) -> int | None:
-    """The length of a final upload, once every part's length is known."""
-    total = 0
-    for partial in partials:
-        if partial is None or partial.length is None:
-            return None
-        total += partial.length
-    return total
-
-
-def least_concatenated_length(partials: Sequence[Upload]) -> int:
-    """What a final upload's length is at least: a part of a deferred length will hold
-    at least the bytes it holds now."""
-    return sum(p.offset if p.length is None else p.length for p in partials)
 
 
 async def assemble_if_ready(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..concatenation import concatenated_length, partials_of
 from ..context import CONTEXT, Context
 from ..protocol import http_date
 from ..proxy import external_path
 from ..state import Upload
-from ..uploads import concatenated_length, current, partials_of
+from ..uploads import current
 
 
 async def upload_headers(ctx: Context, upload: Upload, request: web.Request) -> dict[str, str]:
