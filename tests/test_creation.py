@@ -280,7 +280,9 @@ async def test_an_upload_filled_by_its_body_is_recorded_complete_in_the_same_wri
     """With the filesystem backend, nothing is left to do once the last bytes are synced:
     their offset and the completion go to the database in one statement."""
     statements: list[str] = []
-    await client.app[CONTEXT].store._db.connection.set_trace_callback(statements.append)
+    database = client.app[CONTEXT].store._db
+    await database.connection.set_trace_callback(statements.append)
+    database._batch.here.set_trace_callback(statements.append)  # single writes run there
     created = await client.post(
         "/files/", data=b"hello", headers={**PATCH_HEADERS, "Upload-Length": "5"}
     )
@@ -288,7 +290,8 @@ async def test_an_upload_filled_by_its_body_is_recorded_complete_in_the_same_wri
     path = await create_upload(client, 5)
     patched = await client.patch(path, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
     assert patched.status == 204
-    await client.app[CONTEXT].store._db.connection.set_trace_callback(None)
+    await database.connection.set_trace_callback(None)
+    database._batch.here.set_trace_callback(None)
     writes = [s.split()[0] for s in statements if s.startswith(("INSERT", "UPDATE", "BEGIN"))]
     # Each upload: its row, then its last offset together with its completion.
     assert writes == ["INSERT", "UPDATE", "INSERT", "UPDATE"]

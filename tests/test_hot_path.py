@@ -132,6 +132,14 @@ async def test_a_write_takes_its_turn_without_an_async_generator(session) -> Non
     assert calls[("contextlib.py", "__aenter__")] == 1, calls
 
 
+async def test_a_small_uploads_writes_run_on_the_event_loops_thread(session) -> None:
+    """Its two writes (the creation, the offset) run where the request runs, none on
+    aiosqlite's thread: a hop there and back cost more than the writes themselves."""
+    calls = await profiled_upload(session)
+    assert calls[("writes.py", "_run_here")] == 2, calls
+    assert calls[("core.py", "_execute")] == 0, calls  # aiosqlite.Connection._execute
+
+
 async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe

@@ -23,6 +23,7 @@ from server.state import (
     StateStore,
     Upload,
 )
+from server.state.sqlite.database import CHECKPOINT_EVERY
 
 
 @pytest.fixture
@@ -36,8 +37,10 @@ async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
 async def store_checked_at_commit(store: StateStore) -> StateStore:
     """``store`` with a table ``dangling`` whose foreign key is checked only at COMMIT: a
     row that points nowhere fails there and, unlike a full disk, leaves the transaction
-    open."""
+    open. (Foreign keys are a connection's setting: both writing connections get it.)"""
     await store._db.connection.execute("PRAGMA foreign_keys = ON")
+    assert store._db._batch.here is not None
+    store._db._batch.here.execute("PRAGMA foreign_keys = ON")
     await store._db.connection.execute(
         "CREATE TABLE dangling (upload_id TEXT REFERENCES uploads (id) "
         "DEFERRABLE INITIALLY DEFERRED)"
@@ -368,3 +371,41 @@ async def test_a_transaction_waits_for_another_process_s_write_though_a_read_cam
         other.close()
     found = await store.get("a")
     assert found is not None and found.length == 20  # the other's write, after the commit
+
+
+async def test_a_statement_that_finds_the_database_locked_waits_for_it_on_the_thread(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Single statements run on the event loop's thread, which must never wait for a lock:
+    while another process (of ``--workers``) holds the write lock, they go to the
+    connection's thread, which waits for it (``busy_timeout``), and land once it is free."""
+    await store.create(Upload(id="a", length=10))
+    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        saving = asyncio.ensure_future(store.save_progress(Upload(id="a", length=10, offset=4)))
+        done, _ = await asyncio.wait([saving], timeout=0.3)
+        assert not done, "the statement did not wait for the other process's lock"
+        assert store._db._batch.here is not None  # still used for the next statements
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    saved = await asyncio.wait_for(saving, 30)
+    found = await store.get("a")
+    assert found is not None and (found.offset, saved.offset) == (4, 4)
+
+
+async def test_the_log_of_writes_made_on_the_event_loop_is_checkpointed_and_starts_anew(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """That connection never checkpoints by itself: the database does, every few hundred
+    commits, so that the log is started anew instead of growing for as long as writes
+    come. Each of these commits adds a page of 4 KiB to the log."""
+    commits = 5 * CHECKPOINT_EVERY
+    await store.create(Upload(id="a", length=commits))
+    for offset in range(1, commits + 1):
+        await store.save_progress(Upload(id="a", length=commits, offset=offset))
+    log_size = (tmp_path / "state.sqlite3-wal").stat().st_size
+    assert log_size < 2 * CHECKPOINT_EVERY * 4096, log_size
+    found = await store.get("a")
+    assert found is not None and found.offset == commits

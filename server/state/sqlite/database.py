@@ -1,8 +1,9 @@
 """The SQLite database under the state store: its connection and thread, the reader, the
 schema's migrations, and the two ways to write (a statement, a transaction).
 
-One aiosqlite connection in autocommit mode, shared by every request, runs every write on
-its own thread; :mod:`.writes` says how the writes of many requests share it. The database
+One aiosqlite connection in autocommit mode, shared by every request, runs transactions and
+queries on its own thread; single writes and lookups by key run on the event loop's thread,
+each on a connection of its own; :mod:`.writes` says how the writes share the database. The database
 runs in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync of its own, and an
 offset is durable because the data file was synced before the offset was written (see
 :mod:`server.receive`).
@@ -61,6 +62,28 @@ def _open_reader(path: Path) -> sqlite3.Connection:
     reader = sqlite3.connect(path, isolation_level=None, timeout=0)
     reader.execute("PRAGMA query_only = 1")
     return reader
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """A third connection, for the single statements run on the event loop's thread (see
+    :class:`~.writes.StatementBatch`). It never waits for a lock (timeout 0): what finds the
+    database locked goes to the connection's thread. It never checkpoints the log on its own
+    (which syncs the file): the batch has that done on the connection's thread."""
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0)
+    writer.execute("PRAGMA synchronous=NORMAL")  # per connection: FULL would sync each commit
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    return writer
+
+
+CHECKPOINT_EVERY = 200
+"""Commits on the event loop's thread between two checkpoints of the log (a few MiB)."""
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy the whole log into the database file, so that the next write starts the log
+    anew: waits (``busy_timeout``) for the writes of other processes. On the connection's
+    thread."""
+    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 async def _to_the_end(db: aiosqlite.Connection, statement: Awaitable[Any]) -> None:
@@ -173,7 +196,9 @@ class Database:
         self.reader = reader
         """Lookups by key try this connection first (see :func:`_open_reader`)."""
         self.gate = WriteGate()
-        self._batch = StatementBatch(connection)
+        self._batch = StatementBatch(connection, committed_here=self._committed_here)
+        self._commits_here = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -196,6 +221,7 @@ class Database:
             database = cls(path, connection)
             await database._migrate(path)
             database.reader = _open_reader(path)
+            database._batch.here = _open_writer(path)
         except (sqlite3.Error, DatabaseUnavailable) as exc:
             await connection.close()
             raise _unusable(path, exc) from None
@@ -205,6 +231,10 @@ class Database:
         return database
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            await asyncio.wait([self._checkpoint])
+        if self._batch.here is not None:
+            self._batch.here.close()
         if self.reader is not None:
             self.reader.close()
         await self.connection.close()
@@ -236,6 +266,29 @@ class Database:
         with unavailable_when_lost(self.path):
             async with self.gate.statement():
                 return await self._batch.run(sql, parameters)
+
+    def _committed_here(self) -> None:
+        """Every :data:`CHECKPOINT_EVERY` commits made on the event loop's thread, checkpoint
+        the log on the connection's thread, one checkpoint at a time.
+
+        That connection never checkpoints by itself (a checkpoint syncs the database file,
+        which must not hold up the event loop). The checkpoint takes a transaction's turn
+        at the gate: a log that this process keeps writing to while it is copied can never
+        be started anew, and would grow for as long as uploads keep coming."""
+        self._commits_here += 1
+        if self._commits_here >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits_here = 0
+            self._checkpoint = asyncio.create_task(self._run_checkpoint())
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            async with self.gate.transaction():
+                await self.connection._execute(_checkpoint, self.connection._connection)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: the connection is closed
+            # The log grows until the next one; the writes report what is really wrong.
+            log.warning("checkpointing the database %s failed: %s", self.path, exc)
+        finally:
+            self._checkpoint = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
