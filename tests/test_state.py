@@ -409,3 +409,23 @@ async def test_the_log_of_writes_made_on_the_event_loop_is_checkpointed_and_star
     assert log_size < 2 * CHECKPOINT_EVERY * 4096, log_size
     found = await store.get("a")
     assert found is not None and found.offset == commits
+
+
+async def test_a_lease_is_taken_with_its_new_upload_and_ended_with_its_last_save_in_one_commit(
+    store: StateStore,
+) -> None:
+    """With --workers every upload is leased: its creation and its lease, and its last
+    offset and the lease's end, go to the database together, and the new lease's token
+    comes from its insert rather than from reading it back."""
+    assert store._db._batch.here is not None
+    statements: list[str] = []
+    store._db._batch.here.set_trace_callback(statements.append)
+    upload = Upload(id="u", length=10)
+    lease = await store.create_leased(upload, 30)
+    await store.save_progress(replace(upload, offset=10), lease=lease.token, release=True)
+    store._db._batch.here.set_trace_callback(None)
+    assert [s.split()[0] for s in statements] == [
+        "BEGIN", "INSERT", "INSERT", "COMMIT", "BEGIN", "UPDATE", "DELETE", "COMMIT",
+    ]
+    assert await store.lease_of("u") is None
+    assert (await store.get("u")).offset == 10  # type: ignore[union-attr]

@@ -561,6 +561,21 @@ async def test_an_upload_created_leased_is_the_stores_at_once(
     assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
 
 
+async def test_an_upload_created_leased_without_events_is_the_stores_at_once(
+    store: Store, other: Store
+) -> None:
+    upload = Upload(id="u", length=10)
+    lease = await store.create_leased(upload, LEASE)
+    assert (lease.upload_id, lease.owner, lease.release_requested) == ("u", store.owner, False)
+    assert await other.take_lease("u", LEASE) is None
+    assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
+    assert await other.get("u") == upload
+    with pytest.raises(Exception):  # noqa: B017 -- the database's own error, whichever
+        await other.create_leased(Upload(id="u", length=5), LEASE)
+    assert (await other.lease_of("u")).token == lease.token  # type: ignore[union-attr]
+    assert (await other.get("u")).length == 10  # type: ignore[union-attr]
+
+
 async def test_a_save_that_releases_the_lease_ends_it_only_when_it_lands(
     store: Store, other: Store
 ) -> None:

@@ -22,6 +22,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Sequence,
 )
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import aiosqlite
 
 from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writes import StatementBatch, WriteGate
+from .writes import Statement, StatementBatch, WriteGate
 
 log = logging.getLogger("aiotusd")
 
@@ -260,12 +261,20 @@ class Database:
                 f"INSERT INTO schema_version VALUES ({number + 1}); COMMIT;"
             )
 
-    async def statement(self, sql: str, parameters: tuple[Any, ...]) -> int:
+    async def statement(self, sql: str, parameters: tuple[Any, ...], row_id: bool = False) -> int:
         """Run one writing statement, side by side with others (:class:`StatementBatch`);
-        the rows it changed. A cancelled caller waits for it to have run."""
+        the rows it changed, or with ``row_id`` the id of the row it inserted (0: none).
+        A cancelled caller waits for it to have run."""
         with unavailable_when_lost(self.path):
             async with self.gate.statement():
-                return await self._batch.run(sql, parameters)
+                return (await self._batch.run(((sql, parameters, row_id),)))[0]
+
+    async def statements(self, statements: Sequence[Statement]) -> list[int]:
+        """Run ``statements`` in this order, side by side with others' in one commit: one
+        write where they would be two; the outcome of each, as of :meth:`statement`."""
+        with unavailable_when_lost(self.path):
+            async with self.gate.statement():
+                return await self._batch.run(statements)
 
     def _committed_here(self) -> None:
         """Every :data:`CHECKPOINT_EVERY` commits made on the event loop's thread, checkpoint

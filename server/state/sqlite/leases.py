@@ -20,8 +20,14 @@ from typing import Any
 from ..interface import Leases
 from ..model import Lease
 from .database import Database, placeholders
+from .writes import Statement
 
 _COLUMNS = "upload_id, owner, token, expires_at, release_requested"
+_TAKE = (
+    "INSERT OR REPLACE INTO upload_leases (upload_id, owner, expires_at) "
+    "SELECT ?, ?, ? WHERE NOT EXISTS "
+    "(SELECT 1 FROM upload_leases WHERE upload_id = ? AND expires_at >= ?)"
+)
 
 
 def _lease(row: Any, now: float) -> Lease:
@@ -40,18 +46,21 @@ class SQLiteLeases(Leases):
         self.owner = uuid.uuid4().hex
 
     async def take_lease(self, upload_id: str, length: float) -> Lease | None:
+        token = await self._db.statement(*self.taking(upload_id, length))
+        return self._taken(upload_id, token, length)
+
+    def taking(self, upload_id: str, length: float) -> Statement:
+        """The statement that takes the upload's lease when no live lease holds it; its
+        outcome is the new lease's token (0: none taken), so that nothing is read back."""
         now = time.time()
-        taken = await self._db.statement(
-            "INSERT OR REPLACE INTO upload_leases (upload_id, owner, expires_at) "
-            "SELECT ?, ?, ? WHERE NOT EXISTS "
-            "(SELECT 1 FROM upload_leases WHERE upload_id = ? AND expires_at >= ?)",
-            (upload_id, self.owner, now + length, upload_id, now),
-        )
-        if not taken:
+        return _TAKE, (upload_id, self.owner, now + length, upload_id, now), True
+
+    def _taken(self, upload_id: str, token: int, length: float) -> Lease | None:
+        """The lease of a :meth:`taking` statement's outcome."""
+        if not token:
             return None
-        # Read back for its token: the row is this store's until it lapses, seconds away.
-        lease = await self.lease_of(upload_id)
-        return lease if lease is not None and lease.owner == self.owner else None
+        return Lease(upload_id=upload_id, owner=self.owner, token=token, expires_in=length,
+                     release_requested=False)
 
     async def lease_of(self, upload_id: str) -> Lease | None:
         now = time.time()

@@ -41,10 +41,16 @@ class SQLiteStore(SQLiteUploads, SQLiteLeases, SQLiteOutbox, Store):
     async def create_leased(
         self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
     ) -> Lease:
-        """Two writes: one process on the file takes no leases, and workers that share it
-        are few."""
-        await self.create(upload, events=events)
-        lease = await self.take_lease(upload.id, length)
+        """The row and the lease in one commit, with other requests' writes; with events,
+        the creation is a transaction of its own (on the connection's thread, never with
+        others': the lease there would cost more than it saves) and the lease a write after it."""
+        taking = self.taking(upload.id, length)
+        if events:
+            await self.create(upload, events=events)
+            token = await self._db.statement(*taking)
+        else:
+            _, token = await self._db.statements((self.inserting(upload), taking))
+        lease = self._taken(upload.id, token, length)
         if lease is None:  # a new upload that another store leased: only by a fault
             raise LeaseLost(upload.id)
         return lease

@@ -13,6 +13,7 @@ from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
 from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
+from .writes import Statement
 
 _ACTIVE = ACTIVE.value
 """Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
@@ -20,8 +21,10 @@ _SAVE = (
     'UPDATE uploads SET "offset" = ?, length = ?, expires_at = ?, completed_at = ?, '
     "storage = ?, updated_at = ?, repr_digest = ? WHERE id = ? AND status = ?"
 )
+_INSERT = f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * UPLOAD_VALUES)})"
 _UNDER_LEASE = " AND EXISTS (SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?)"
 """The fence of a write made under a lease: it lands only while that is the upload's."""
+_RELEASE = "DELETE FROM upload_leases WHERE upload_id = ? AND token = ?"
 
 
 class SQLiteUploads(Uploads):
@@ -47,17 +50,19 @@ class SQLiteUploads(Uploads):
                 await self._outbox.record(transaction, events)
         return changed
 
+    @staticmethod
+    def inserting(upload: Upload) -> Statement:
+        """The statement that inserts the upload's row."""
+        return _INSERT, upload_values(upload), False
+
     async def create(
         self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
     ) -> None:
-        insert_upload = (
-            f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * UPLOAD_VALUES)})"
-        )
         if not parts:
-            await self._write(insert_upload, upload_values(upload), events)
+            await self._write(_INSERT, upload_values(upload), events)
             return
         async with self._db.transaction() as transaction:
-            await transaction.execute(insert_upload, upload_values(upload))
+            await transaction.execute(_INSERT, upload_values(upload))
             await transaction.executemany(
                 "INSERT INTO concat_parts (final_id, position, partial_id) VALUES (?, ?, ?)",
                 [(upload.id, position, part) for position, part in enumerate(parts)],
@@ -92,18 +97,21 @@ class SQLiteUploads(Uploads):
         )
         if lease is None:
             changed = await self._write(_SAVE, values, events)
+        elif release and not events:
+            # The lease ends in the same commit, if the save changed the row: changes()
+            # is the count of the statement before, which is the save (run right after it).
+            changed, _ = await self._db.statements((
+                (_SAVE + _UNDER_LEASE, (*values, saved.id, lease), False),
+                (_RELEASE + " AND changes() > 0", (upload.id, lease), False),
+            ))
         else:
             changed = await self._write(_SAVE + _UNDER_LEASE, (*values, saved.id, lease), events)
+            if changed and release:
+                await self._db.statement(_RELEASE, (upload.id, lease))
         if not changed:
             if lease is not None and not await self._lease_holds(upload.id, lease):
                 raise LeaseLost(upload.id)
             raise UploadGone(upload.id)
-        if lease is not None and release:
-            # A write of its own: one process on the file takes no leases, and workers
-            # that share it are few.
-            await self._db.statement(
-                "DELETE FROM upload_leases WHERE upload_id = ? AND token = ?", (upload.id, lease)
-            )
         return saved
 
     async def mark_gone(

@@ -24,8 +24,13 @@ import aiosqlite
 
 log = logging.getLogger("aiotusd")
 
-Statement = tuple[str, tuple[Any, ...]]
-"""SQL and its parameters."""
+Statement = tuple[str, tuple[Any, ...], bool]
+"""SQL, its parameters, and whether its outcome is the id of the row it inserted (0 when
+it inserted none) rather than the rows it changed."""
+
+
+def _outcome(cursor: sqlite3.Cursor, row_id: bool) -> int:
+    return (cursor.lastrowid or 0) if row_id and cursor.rowcount > 0 else cursor.rowcount
 
 
 class WriteGate:
@@ -132,7 +137,8 @@ def _run_together(
         try:
             connection.execute("BEGIN")
             changed: list[Exception | int] = [
-                connection.execute(sql, values).rowcount for sql, values in statements
+                _outcome(connection.execute(sql, values), row_id)
+                for sql, values, row_id in statements
             ]
             connection.execute("COMMIT")
             return changed
@@ -144,9 +150,9 @@ def _run_together(
                 except sqlite3.Error:
                     return [exc] * len(statements)  # none of them may go into that one
     outcomes: list[Exception | int] = []
-    for sql, parameters in statements:
+    for sql, parameters, row_id in statements:
         try:
-            outcomes.append(connection.execute(sql, parameters).rowcount)
+            outcomes.append(_outcome(connection.execute(sql, parameters), row_id))
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
@@ -162,12 +168,14 @@ def _run_here(connection: sqlite3.Connection, statements: list[Statement]) -> li
     thread instead, which waits for the lock and gives each statement its own outcome."""
     try:
         if len(statements) == 1:
-            sql, values = statements[0]
-            return [connection.execute(sql, values).rowcount]
+            sql, values, row_id = statements[0]
+            return [_outcome(connection.execute(sql, values), row_id)]
         # IMMEDIATE: a statement that reads before it writes cannot find, at its write,
         # that another process wrote since its read (which SQLite fails without waiting).
         connection.execute("BEGIN IMMEDIATE")
-        changed = [connection.execute(sql, values).rowcount for sql, values in statements]
+        changed = [
+            _outcome(connection.execute(sql, values), row_id) for sql, values, row_id in statements
+        ]
         connection.execute("COMMIT")
         return changed
     except Exception:  # an OverflowError of a parameter as well: the thread reports it
@@ -196,28 +204,38 @@ class StatementBatch:
         self._connection = connection
         self.here = here
         self._committed_here = committed_here
-        self._waiting: list[tuple[str, tuple[Any, ...], asyncio.Future[int]]] = []
+        self._waiting: list[tuple[Statement, asyncio.Future[int]]] = []
 
-    async def run(self, sql: str, parameters: tuple[Any, ...]) -> int:
-        """Run one statement and return how many rows it changed; a cancelled caller waits
-        for it to have run all the same (the interface's promise, see
-        :mod:`server.state.interface`)."""
+    async def run(self, statements: Sequence[Statement]) -> list[int]:
+        """Run ``statements``, in this order and in the same transaction, and return the
+        outcome of each (see :data:`Statement`); a cancelled caller waits for them to have
+        run all the same (the interface's promise, see :mod:`server.state.interface`)."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._send)
-        self._waiting.append((sql, parameters, done))
+        answers = []
+        for statement in statements:
+            answers.append(loop.create_future())
+            self._waiting.append((statement, answers[-1]))
+        last = answers[-1]  # answered together with the others
         try:
-            return await asyncio.shield(done)
+            await asyncio.wait([last])  # which neither cancels it nor raises what it raised
         except asyncio.CancelledError:
-            while not done.done():
+            while not last.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([done])
+                    await asyncio.wait([last])
+            for answer in answers:  # looked at: no "exception never retrieved"
+                if not answer.cancelled():
+                    answer.exception()
             raise
+        for answer in answers:
+            if answer.exception() is not None:
+                raise answer.exception()  # type: ignore[misc]
+        return [answer.result() for answer in answers]
 
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
-        statements = [(sql, parameters) for sql, parameters, _ in batch]
+        statements = [statement for statement, _ in batch]
         if self.here is not None:
             try:
                 changed = _run_here(self.here, statements)
@@ -227,15 +245,15 @@ class StatementBatch:
                 self.here.close()
                 self.here, changed = None, None
             if changed is not None:
-                for (_, _, done), rows in zip(batch, changed):
-                    done.set_result(rows)
+                for (_, done), outcome in zip(batch, changed):
+                    done.set_result(outcome)
                 self._committed_here()
                 return
         self._send_to_thread(batch, statements)
 
     def _send_to_thread(
         self,
-        batch: list[tuple[str, tuple[Any, ...], asyncio.Future[int]]],
+        batch: list[tuple[Statement, asyncio.Future[int]]],
         statements: list[Statement],
     ) -> None:
         sent = asyncio.ensure_future(
@@ -244,14 +262,14 @@ class StatementBatch:
 
         def answer(sent: asyncio.Future[list[Exception | int]]) -> None:
             if sent.cancelled():  # the loop is closing
-                for _, _, done in batch:
+                for _, done in batch:
                     done.cancel()
                 return
             failure = sent.exception()
             outcomes: Sequence[BaseException | int] = (
                 sent.result() if failure is None else [failure] * len(batch)
             )
-            for (_, _, done), outcome in zip(batch, outcomes):
+            for (_, done), outcome in zip(batch, outcomes):
                 if isinstance(outcome, BaseException):
                     done.set_exception(outcome)
                 else:
