@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -90,21 +91,41 @@ class Target:
                 sys.exit(f"{self.name}: {self.checkout} imports {path}")
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, in nanoseconds."""
-    total = 0
+def _processes(pid: int) -> list[int]:
+    """``pid`` and its children: a server with ``--workers`` is a supervisor and its workers."""
+    children = []
     for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in
+                         Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return [pid, *children]
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` and of its children so far, in nanoseconds."""
+    total = 0
+    for process in _processes(pid):
         try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        except (OSError, IndexError):
+            tasks = os.listdir(f"/proc/{process}/task")
+        except OSError:  # gone meanwhile
             continue
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{process}/task/{task}/schedstat").read_text().split()[0])
+            except (OSError, IndexError):
+                continue
     return total
 
 
 def _user_seconds(pid: int) -> float:
-    """User CPU time of ``pid``, all its threads, past ones too (in clock ticks' steps)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS
+    """User CPU time of ``pid`` and its children, all their threads, past ones too (in
+    clock ticks' steps)."""
+    total = 0
+    for process in _processes(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11])
+    return total / TICKS
 
 
 def _fresh_dir(work: Path, name: str) -> Path:
