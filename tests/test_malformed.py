@@ -184,6 +184,7 @@ async def test_final_with_many_unknown_parts_is_400(client):
     [
         [b"Upload-Offset: 0", b"Upload-Offset: 3"],
         [b"Upload-Offset: 0", b"Upload-Offset: 0"],
+        [b"Upload-Offset: 0", b"upload-offset: 3"],  # names are without case
         [b"Upload-Offset: 0", b"Upload-Length: 5", b"Upload-Length: 6"],
         [b"Upload-Offset: 0", b"Upload-Checksum: sha1 qvTGHdzF6KLavt4PO0gs2a6pQ00=", b"Upload-Checksum: md5 XUFAKrxLKna5cZ2REBfFkg=="],
     ],
