@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 from support.draft import draft_headers, exchange
-from support.processes import ServerProcess, free_port, wait_listening
+from support.processes import ServerProcess, free_port, stop_process, wait_listening
 from support.rawhttp import HOST, Response, close_writer, read_response, request_head
 
 pytestmark = pytest.mark.e2e
@@ -69,13 +68,7 @@ class Caddy:
         wait_listening(self.process, self.port, "caddy", self.log, timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process = None
 
     def log(self) -> str:

@@ -19,7 +19,6 @@ import errno
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from support.http import (
     head_offset,
     upload_id,
 )
-from support.processes import free_port, wait_listening
+from support.processes import free_port, stop_process, wait_listening
 from support.storage import data_file, payload
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
@@ -109,13 +108,7 @@ class DiskServer:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=20)
+        stop_process(self.process, timeout=20)
 
 
 StartServer = Callable[..., DiskServer]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -25,7 +24,7 @@ from typing import BinaryIO
 import pytest
 import requests
 from support.http import TUS, upload_id
-from support.processes import ServerProcess, free_port, wait_listening
+from support.processes import ServerProcess, free_port, stop_process, wait_listening
 from support.storage import data_file, file_size, payload
 from support.tls import Certificate, self_signed
 from tusclient import client as tus_client
@@ -107,13 +106,7 @@ http {{
         wait_listening(self.process, self.port, "nginx", self.errors, timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process = None
 
     def errors(self) -> str:

@@ -40,6 +40,18 @@ def wait_listening(
     raise RuntimeError(f"{name} did not start listening:\n{log()}")
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM ``process`` if it still runs, and wait; SIGKILL it after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 START_LINE = "aiotusd listening on "
 """What the line begins with that a server logs once every one of its processes serves."""
 WHOLE_SERVER_SIGNALS = (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT)
