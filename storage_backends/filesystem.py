@@ -1,7 +1,7 @@
 """Uploads as plain files: the bytes of upload ``{id}`` are the file ``{directory}/{id}``.
 
 Writes go to the page cache inline on the event loop (a thread hop per body
-chunk halves throughput); only ``fdatasync``, the slow part, runs in a thread,
+chunk halves throughput); only ``fdatasync``, the slow part, runs on a thread (:mod:`.blocking`),
 while further writes go on. With ``fsync=False`` nothing is synced: the kernel
 writes the page cache back, which survives a crash of the process but not of
 the machine.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .base import StorageError, StorageRecord, StoredUpload
+from .blocking import CALLS
 
 READ_CHUNK = 1024 * 1024
 
@@ -82,7 +83,7 @@ class DirectorySync:
 
     async def _sync(self, number: int) -> None:
         try:
-            await asyncio.to_thread(_fsync_directory, self._directory)
+            await CALLS.run(_fsync_directory, self._directory)
             self._done = max(self._done, number)
         except OSError as exc:
             # Files made while it ran (ticket ``number``) may have been in it too.
@@ -133,7 +134,7 @@ class FileWriter:
             return offset
         try:
             # Writes that come while this runs are the next sync's: the offset was taken before.
-            await asyncio.to_thread(os.fdatasync, self._fd)
+            await CALLS.run(os.fdatasync, self._fd)
             if self._directory is not None:
                 directory, ticket = self._directory
                 await directory.wait(ticket)

@@ -140,6 +140,15 @@ async def test_a_small_uploads_writes_run_on_the_event_loops_thread(session) -> 
     assert calls[("core.py", "_execute")] == 0, calls  # aiosqlite.Connection._execute
 
 
+async def test_a_sync_goes_to_its_thread_without_concurrent_futures(session) -> None:
+    """With fsync always, the PATCH's syncs (its bytes, its new file's directory entry) go
+    to threads of aiotusd's own (storage_backends/blocking.py): asyncio.to_thread's way
+    through concurrent.futures cost a small upload some 70,000 instructions a sync."""
+    calls = await profiled_upload(session)
+    assert calls[("blocking.py", "run")] == 4, calls  # two calls, each counted as it resumes
+    assert calls_in(calls, "thread.py") == 0, calls  # concurrent/futures/thread.py
+
+
 async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe
