@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -429,3 +430,26 @@ async def test_a_lease_is_taken_with_its_new_upload_and_ended_with_its_last_save
     ]
     assert await store.lease_of("u") is None
     assert (await store.get("u")).offset == 10  # type: ignore[union-attr]
+
+
+async def test_a_long_reader_does_not_hold_up_the_writes_at_each_checkpoint(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Another program that reads the file for long (a backup, a query by hand) keeps the
+    checkpoint from copying the whole log: the checkpoint gives up after a moment rather
+    than waiting busy_timeout (5 s) while every write of the server waits behind it."""
+    await store.create(Upload(id="a", length=10**6))
+    reader = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM uploads").fetchall()
+    try:
+        started = time.monotonic()
+        for offset in range(1, 2 * CHECKPOINT_EVERY + 2):  # two checkpoints
+            await store.save_progress(Upload(id="a", length=10**6, offset=offset))
+        took = time.monotonic() - started
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert took < 5, f"{2 * CHECKPOINT_EVERY} writes took {took:.1f} s behind a reader"
+    found = await store.get("a")
+    assert found is not None and found.offset == 2 * CHECKPOINT_EVERY + 1

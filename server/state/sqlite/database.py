@@ -80,11 +80,23 @@ CHECKPOINT_EVERY = 200
 """Commits on the event loop's thread between two checkpoints of the log (a few MiB)."""
 
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a write on the connection's thread waits for another process's lock."""
+CHECKPOINT_WAIT_MS = 50
+"""How long a checkpoint waits for other processes' writes and readers."""
+
+
 def _checkpoint(connection: sqlite3.Connection) -> None:
     """Copy the whole log into the database file, so that the next write starts the log
-    anew: waits (``busy_timeout``) for the writes of other processes. On the connection's
-    thread."""
-    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    anew. It waits for other processes' writes (microseconds each), but not for a long
+    reader (a backup, a query by hand), which would hold up every write of this process
+    meanwhile: past :data:`CHECKPOINT_WAIT_MS` it gives up, and the next one tries again.
+    On the connection's thread."""
+    connection.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+    try:
+        connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 async def _to_the_end(db: aiosqlite.Connection, statement: Awaitable[Any]) -> None:
@@ -218,7 +230,7 @@ class Database:
         try:
             await connection.execute("PRAGMA journal_mode=WAL")
             await connection.execute("PRAGMA synchronous=NORMAL")
-            await connection.execute("PRAGMA busy_timeout=5000")
+            await connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             database = cls(path, connection)
             await database._migrate(path)
             database.reader = _open_reader(path)
