@@ -3,10 +3,10 @@ schema's migrations, and the two ways to write (a statement, a transaction).
 
 One aiosqlite connection in autocommit mode, shared by every request, runs transactions and
 queries on its own thread; single writes and lookups by key run on the event loop's thread,
-each on a connection of its own; :mod:`.writes` says how the writes share the database. The database
-runs in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync of its own, and an
-offset is durable because the data file was synced before the offset was written (see
-:mod:`server.receive`).
+each on a connection of its own; :mod:`.writes` says how the writes share the database.
+The database runs in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync of its
+own, and an offset is durable because the data file was synced before the offset was
+written (see :mod:`server.receive`).
 """
 
 from __future__ import annotations
@@ -78,8 +78,6 @@ def _open_writer(path: Path) -> sqlite3.Connection:
 
 CHECKPOINT_EVERY = 200
 """Commits on the event loop's thread between two checkpoints of the log (a few MiB)."""
-
-
 BUSY_TIMEOUT_MS = 5000
 """How long a write on the connection's thread waits for another process's lock."""
 CHECKPOINT_WAIT_MS = 50

@@ -41,9 +41,9 @@ class SQLiteStore(SQLiteUploads, SQLiteLeases, SQLiteOutbox, Store):
     async def create_leased(
         self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
     ) -> Lease:
-        """The row and the lease in one commit, with other requests' writes; with events,
-        the creation is a transaction of its own (on the connection's thread, never with
-        others': the lease there would cost more than it saves) and the lease a write after it."""
+        """The row and the lease in one commit, with other requests' writes. With events,
+        the creation is a transaction of its own and the lease a write after it: in the
+        transaction (never batched with others') the lease cost more than it saved."""
         taking = self.taking(upload.id, length)
         if events:
             await self.create(upload, events=events)
