@@ -219,7 +219,9 @@ class StatementBatch:
             self._waiting.append((statement, answers[-1]))
         last = answers[-1]  # answered together with the others
         try:
-            await asyncio.wait([last])  # which neither cancels it nor raises what it raised
+            await asyncio.shield(last)
+        except Exception:  # noqa: BLE001, S110 -- every answer is looked at below
+            pass
         except asyncio.CancelledError:
             while not last.done():
                 with contextlib.suppress(asyncio.CancelledError):
