@@ -398,7 +398,7 @@ async def test_hooks_see_draft_requests_as_they_see_tus_ones(
     ]
 
 
-@pytest.mark.parametrize("version", [8, 6])
+@pytest.mark.parametrize("version", VERSIONS)
 async def test_a_new_request_stops_the_stale_append(client: TestClient, version: int) -> None:
     port = port_of(client)
     path = await create(client, version, Upload_Length="100")
