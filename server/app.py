@@ -17,13 +17,12 @@ from .config import Settings
 from .connections import client_address_middleware
 from .context import CONTEXT, Context
 from .cors import setup_cors
-from .database import open_store, postgres_url, shares_locks
+from .database import open_store, postgres_url, shared_locks
 from .demo import setup_demo
 from .errors import error_middleware
 from .expect import close_after_unasked_body, defer_continue
 from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
-from .leases import LeaseKeeper
 from .limits import LIMITS, Limits
 from .locks import UploadLocks
 from .metrics import Metrics
@@ -67,11 +66,11 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         backend = make_backend(settings)
         await backend.start()
-        store = await open_store(settings, alone=worker is not None and worker.alone)
+        store = await open_store(settings)
         can = Capabilities.of(backend)
-        leases = LeaseKeeper(store, settings.limits.lock_lease) if shares_locks(settings) else None
         ctx = Context(
-            settings, store, backend, UploadLocks(settings.limits.lock_timeout, leases),
+            settings, store, backend,
+            UploadLocks(settings.limits.lock_timeout, shared_locks(settings, store)),
             Hooks(settings, transport, store, can.locator), can, metrics=metrics,
         )
         app[CONTEXT] = ctx

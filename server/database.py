@@ -14,12 +14,17 @@ from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import ConfigError
+from .host_locks import HostLocks
+from .leases import LeaseKeeper
+from .locks import SharedLocks
 from .state import DatabaseUnusable, PostgresStore, SQLiteStore, Store
 from .state.postgresql.database import split_options
 
 SCHEMES = ("postgresql://", "postgres://")
 LOCK_SUFFIX = ".lock"
 """The lock file of an SQLite database is its path with this added."""
+HOST_LOCKS_SUFFIX = ".upload-locks"
+"""The file of the upload locks that the workers on an SQLite database share."""
 
 
 def postgres_url(settings: Settings) -> str | None:
@@ -41,12 +46,22 @@ def database_name(settings: Settings) -> str:
     return str(settings.storage.database_path) if url is None else without_secrets(url)
 
 
-def shares_locks(settings: Settings) -> bool:
-    """Whether other processes may work on the uploads of this database, so that an
-    upload's lock must be a lease in it (:mod:`server.leases`): with PostgreSQL, and with
-    several workers on one SQLite file. One process alone on an SQLite file (it holds the
-    file's flock) keeps its locks to itself, at no cost in writes."""
-    return postgres_url(settings) is not None or settings.server.workers > 1
+def shared_locks(settings: Settings, store: Store) -> SharedLocks | None:
+    """The upload locks that the other processes on this database see: leases in
+    PostgreSQL, which processes on any host share; byte-range locks on a file beside an
+    SQLite database that several workers of this host share; None for one process alone
+    on an SQLite file (it holds the file's flock), which keeps its locks to itself."""
+    if isinstance(store, PostgresStore):
+        return LeaseKeeper(store, settings.limits.lock_lease)
+    if settings.server.workers > 1:
+        if not hasattr(fcntl, "F_OFD_SETLK"):
+            raise ConfigError(
+                "bad value for 'workers': several workers on SQLite need Linux's open file "
+                "description locks; run one worker, or use PostgreSQL"
+            )
+        path = settings.storage.database_path
+        return HostLocks(store, path.with_name(path.name + HOST_LOCKS_SUFFIX))
+    return None
 
 
 def sqlite_path(settings: Settings) -> Path | None:
@@ -92,23 +107,15 @@ def own_database(settings: Settings) -> int | None:
     return descriptor
 
 
-async def open_store(settings: Settings, *, alone: bool = False) -> Store:
+async def open_store(settings: Settings) -> Store:
     """The state store the settings name, opened (and migrated).
-
-    ``alone``: this process shares the SQLite file's flock (:func:`own_database`) with no
-    other that lives, as the first worker of ``--workers`` does. The file's leases are
-    then all of processes that are gone, killed even: they are deleted, so that the
-    uploads they held are free at once, not after ``lock_lease``.
 
     Raises :class:`~server.state.DatabaseUnusable` naming the database when it cannot be
     used: unreachable, refusing the login, damaged, or of a newer schema; and
     :class:`~server.errors.ConfigError` for a URL that cannot name one."""
     url = postgres_url(settings)
     if url is None:
-        store = await SQLiteStore.open(settings.storage.database_path)
-        if alone:
-            await store.forget_leases()
-        return store
+        return await SQLiteStore.open(settings.storage.database_path)
     name = without_secrets(url)
     try:
         split_options(url)

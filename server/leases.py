@@ -1,6 +1,6 @@
-"""Upload locks across processes: the leases this process takes, keeps and gives back.
+"""Upload locks across processes and hosts: the leases this process takes, keeps and gives back.
 
-When several processes share the database, holding an upload's lock
+When several processes share a PostgreSQL database, holding an upload's lock
 (:class:`~server.locks.UploadLocks`) also means holding its lease in the database
 (:class:`~server.state.Leases`), which is taken only when no live lease holds the upload:
 
@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from .errors import Locked
 from .locks import Holder
-from .state import HookEvent, Lease, Store, Upload
+from .state import HookEvent, Lease, LeasingStore, Upload
 
 log = logging.getLogger("aiotusd")
 
@@ -50,7 +50,7 @@ RENEWALS = 3
 class LeaseKeeper:
     """This process's leases on uploads, for the holders of :class:`~server.locks.UploadLocks`."""
 
-    def __init__(self, store: Store, length: float) -> None:
+    def __init__(self, store: LeasingStore, length: float) -> None:
         self._store = store
         self.length = length
         self._holders: dict[str, Holder] = {}
@@ -106,7 +106,7 @@ class LeaseKeeper:
             raise
         self._born[upload.id] = (lease.token, sent + self.length)
 
-    async def is_leased(self, upload_id: str) -> bool:
+    async def is_held(self, upload_id: str) -> bool:
         return await self._store.lease_of(upload_id) is not None
 
     async def _take(self, upload_id: str, holder: Holder, deadline: float) -> None:

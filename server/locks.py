@@ -8,8 +8,10 @@ Only if the holder does not let go within ``timeout`` is the new request
 answered 423.
 
 Within a process the holders are told directly. When several processes share the
-database, a lock is also a lease in it (:mod:`server.leases`): the holder of another
-process is asked through the database, and a holder whose lease was lost stops writing.
+uploads, a lock is also one that the others see (:class:`SharedLocks`): a lease in
+PostgreSQL (:mod:`server.leases`), whose holder is asked through the database and stops
+writing once its lease is lost; or, for the workers of one host on SQLite, a lock the
+kernel keeps (:mod:`server.host_locks`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import Locked, UploadStopped
 from .state import HookEvent, LeaseLost, Store, Upload
-
-if TYPE_CHECKING:
-    from .leases import LeaseKeeper
 
 
 class Holder:
@@ -105,22 +105,44 @@ class Holder:
             raise LeaseLost("another request took this upload over")
 
 
+class SharedLocks(Protocol):
+    """The part of the upload locks that the other processes on the uploads see; chosen
+    once at start (:func:`server.database.shared_locks`)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def hold(
+        self, upload_id: str, holder: Holder, deadline: float
+    ) -> AbstractAsyncContextManager[None]:
+        """The upload's lock for ``holder`` across processes, taken before ``deadline``
+        (loop time), asking its holder elsewhere to let go, or
+        :class:`~server.errors.Locked`; given back when the block ends."""
+
+    async def create(self, upload: Upload, events: Sequence[HookEvent]) -> None:
+        """Record a new upload that the caller's :meth:`hold` holds next."""
+
+    async def is_held(self, upload_id: str) -> bool:
+        """Whether a request of another process holds the upload."""
+
+
 class UploadLocks:
-    def __init__(self, timeout: float, leases: LeaseKeeper | None = None) -> None:
-        """``leases``: the upload's lease is taken too, for processes that share the
-        database; None when this process is the database's only one."""
+    def __init__(self, timeout: float, shared: SharedLocks | None = None) -> None:
+        """``shared``: the upload's lock is taken there too, for processes that share
+        the uploads; None when this process is the database's only one."""
         self.timeout = timeout
-        self._leases = leases
+        self._shared = shared
         self._holders: dict[str, Holder] = {}
         self._closing = False
 
     def start(self) -> None:
-        if self._leases is not None:
-            self._leases.start()
+        if self._shared is not None:
+            self._shared.start()
 
     async def stop(self) -> None:
-        if self._leases is not None:
-            await self._leases.stop()
+        if self._shared is not None:
+            await self._shared.stop()
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[Holder]:
@@ -141,10 +163,10 @@ class UploadLocks:
             holder.request_release()
         self._holders[upload_id] = holder
         try:
-            if self._leases is None:
+            if self._shared is None:
                 yield holder
             else:
-                async with self._leases.hold(upload_id, holder, deadline):
+                async with self._shared.hold(upload_id, holder, deadline):
                     yield holder
         finally:
             del self._holders[upload_id]
@@ -152,36 +174,37 @@ class UploadLocks:
 
     async def create(self, store: Store, upload: Upload, events: Sequence[HookEvent]) -> None:
         """Record a new upload in ``store`` that the caller holds next (creation-with-upload):
-        with leases, it is born under one, which the caller's :meth:`hold` then holds."""
-        if self._leases is None:
+        shared locks may record it their way (born leased)."""
+        if self._shared is None:
             await store.create(upload, events=events)
         else:
-            await self._leases.create(upload, events)
+            await self._shared.create(upload, events)
 
     @contextlib.asynccontextmanager
     async def alone(self, name: str) -> AsyncIterator[bool]:
         """Hold ``name`` alone among the processes that share the database, for work that
         is not taken over (a final's assembly): nobody is asked to let go, and a caller
         that does not get it within ``timeout`` is told so (False) rather than refused.
-        Within this process the caller's own locks keep it alone; without leases, there
-        is nothing else to hold (True)."""
-        if self._leases is None:
+        Within this process the caller's own locks keep it alone; without shared locks,
+        there is nothing else to hold (True)."""
+        if self._shared is None:
             yield True
             return
         deadline = asyncio.get_running_loop().time() + self.timeout
         async with contextlib.AsyncExitStack() as stack:
             try:
-                await stack.enter_async_context(self._leases.hold(name, Holder(), deadline))
+                await stack.enter_async_context(self._shared.hold(name, Holder(), deadline))
                 held = True
             except Locked:
                 held = False
             yield held
 
     async def is_held(self, upload_id: str) -> bool:
-        """Whether a request holds the upload, in this process or, with leases, another."""
+        """Whether a request holds the upload, in this process or, with shared locks,
+        another."""
         if upload_id in self._holders:
             return True
-        return self._leases is not None and await self._leases.is_leased(upload_id)
+        return self._shared is not None and await self._shared.is_held(upload_id)
 
     def release_all(self) -> None:
         """Ask every holder, present and future, to let go (server shutdown)."""

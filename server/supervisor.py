@@ -241,7 +241,6 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         ready_r, ready_w = os.pipe()
-        alone = not self._processes
         # Blocked across the fork: a SIGTERM sent to the new worker before it has given
         # up the supervisor's handlers is held until it has, not taken by them and lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -249,7 +248,7 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 os.close(ready_r)
-                self._be_worker(index, ready_w, alone)
+                self._be_worker(index, ready_w)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         os.close(ready_w)
@@ -257,9 +256,9 @@ class Supervisor:
         self._processes[pid] = process
         self._selector.register(ready_r, selectors.EVENT_READ, process)
 
-    def _be_worker(self, index: int, ready: int, alone: bool) -> NoReturn:
+    def _be_worker(self, index: int, ready: int) -> NoReturn:
         """The life of a forked worker, which ends the process: it never returns into the
-        supervisor's code. ``alone``: no other worker lives (see :attr:`Worker.alone`)."""
+        supervisor's code."""
         status = 1
         supervisor = os.getppid()
         try:
@@ -275,9 +274,7 @@ class Supervisor:
                     os.close(process.ready)
             name_worker(index)
             count_across_processes(self._metrics_dir)
-            worker = Worker(
-                index, self._count, self._metrics_dir, ready, self._lifeline_r, alone
-            )
+            worker = Worker(index, self._count, self._metrics_dir, ready, self._lifeline_r)
             settings = share_of(self._settings, self._count)
             status = exit_status(
                 lambda: asyncio.run(serve(settings, self._listeners, self._tls, worker))

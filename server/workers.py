@@ -25,9 +25,6 @@ class Worker:
     lifeline: int
     """The pipe only the supervisor writes to: its end (the supervisor is gone, killed
     even) tells the worker to stop, which leaves no worker serving unsupervised."""
-    alone: bool = False
-    """Whether it started while no other worker lived (worker 0's first start): the
-    leases in the supervisor's SQLite file are then all of processes that are gone."""
 
     @property
     def runs_sweeps(self) -> bool:

@@ -1,19 +1,27 @@
 """Upload locks: one holder per upload, take-over on request, 423 when the holder hangs on,
-within a process and, as leases in a shared database, across processes; concatenation
-locks: exclusive and shared, taken whole, in order of arrival."""
+within a process and across processes (kernel locks for the workers of one host, leases
+in PostgreSQL); concatenation locks: exclusive and shared, taken whole, in order of
+arrival."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from server.errors import Locked
+from server.config import Settings
+from server.database import shared_locks
+from server.errors import ConfigError, Locked
+from server.host_locks import ASKED_POLL_SECONDS, HostLocks, byte_of
 from server.leases import LeaseKeeper
-from server.locks import ConcatLocks, Holder, UploadLocks
+from server.locks import ConcatLocks, Holder, SharedLocks, UploadLocks
 from server.state import LeaseLost, PostgresStore, SQLiteStore, Store, Upload
 
 
@@ -61,49 +69,69 @@ async def test_release_all_reaches_every_holder_even_one_registering_late() -> N
     assert calls == ["a", "b"]
 
 
-# --- across processes: two stores on one database, each with its own keeper -------------
+# --- across processes: two stores on one database, each with its own shared locks -------
+#
+# Each "process" here is a store and shared locks of its own in this one: the kernel locks
+# of HostLocks belong to an open file description, not to a process, so two of them in
+# one process exclude each other as two workers do.
 
 
-@pytest.fixture(params=[
-    pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)
-])
-async def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
-    """Opens a store on the test's one database, as each process would its own."""
-    opened: list[Store] = []
-
-    async def open_one() -> Store:
-        if request.param == "sqlite":
-            store: Store = await SQLiteStore.open(tmp_path / "state.sqlite3")
-        else:
-            url = request.getfixturevalue("postgres_url")
-            store = await PostgresStore.open(url, url)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        await store.close()
+ProcessLocks = Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+"""``await process_locks(timeout, lease)``: the upload locks of one more process on the
+test's one database (``lease``: the length of its leases, where it has leases)."""
 
 
-@pytest.fixture
-async def process_locks(
-    open_store: Callable[[], Awaitable[Store]]
-) -> AsyncIterator[Callable[..., Awaitable[tuple[UploadLocks, Store]]]]:
-    """``await process_locks(timeout, lease)``: the upload locks of one more process."""
+@contextlib.asynccontextmanager
+async def _processes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None
+) -> AsyncIterator[ProcessLocks]:
+    """The workers of one host on SQLite (``host``), or processes on PostgreSQL (whose
+    fixture ``request`` gives)."""
+    stores: list[Store] = []
     started: list[UploadLocks] = []
 
     async def make(timeout: float = 5.0, lease: float = 10.0) -> tuple[UploadLocks, Store]:
-        store = await open_store()
-        locks = UploadLocks(timeout, LeaseKeeper(store, lease))
+        shared: SharedLocks
+        if kind == "host":
+            store: Store = await SQLiteStore.open(tmp_path / "state.sqlite3")
+            shared = HostLocks(store, tmp_path / "state.sqlite3.upload-locks")
+        else:
+            assert request is not None
+            url = request.getfixturevalue("postgres_url")
+            postgres = await PostgresStore.open(url, url)
+            store, shared = postgres, LeaseKeeper(postgres, lease)
+        stores.append(store)
+        locks = UploadLocks(timeout, shared)
         locks.start()
         started.append(locks)
         return locks, store
 
-    yield make
-    for locks in started:
-        await locks.stop()
+    try:
+        yield make
+    finally:
+        for locks in started:
+            await locks.stop()
+        for store in stores:
+            await store.close()
+
+
+@pytest.fixture(params=[
+    pytest.param("host"), pytest.param("postgresql", marks=pytest.mark.postgres)
+])
+async def process_locks(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ProcessLocks]:
+    async with _processes(request.param, tmp_path, request) as make:
+        yield make
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def lease_locks(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ProcessLocks]:
+    """``process_locks`` of processes that share leases in a database."""
+    async with _processes(request.param, tmp_path, request) as make:
+        yield make
 
 
 class _Stale:
@@ -136,7 +164,7 @@ async def _stale(locks: UploadLocks, upload_id: str, lets_go: bool = True) -> _S
 
 
 async def test_a_holder_in_another_process_is_asked_to_let_go(
-    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+    process_locks: ProcessLocks
 ) -> None:
     (here, _), (there, _) = await process_locks(), await process_locks()
     stale = await _stale(there, "u")
@@ -144,14 +172,13 @@ async def test_a_holder_in_another_process_is_asked_to_let_go(
     async with here.hold("u") as holder:
         took = time.monotonic() - started
         assert stale.stopped.is_set()
-        assert stale.holder is not None and stale.holder.token is not None
-        assert holder.token is not None and holder.token > stale.holder.token
+        assert holder is not None
     assert took < 2, f"the take-over across processes took {took:.2f} s"
     await asyncio.wait_for(stale.task, 5)
 
 
 async def test_a_holder_of_this_process_is_told_directly_even_with_leases(
-    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+    process_locks: ProcessLocks
 ) -> None:
     locks, _ = await process_locks()
     stale = await _stale(locks, "u")
@@ -163,7 +190,7 @@ async def test_a_holder_of_this_process_is_told_directly_even_with_leases(
 
 
 async def test_a_holder_in_another_process_that_does_not_let_go_gives_423(
-    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+    process_locks: ProcessLocks
 ) -> None:
     (here, _), (there, _) = await process_locks(timeout=0.5), await process_locks()
     stale = await _stale(there, "u", lets_go=False)
@@ -182,18 +209,16 @@ async def test_a_holder_in_another_process_that_does_not_let_go_gives_423(
 
 async def lapse_leases(store: Store) -> None:
     """Make every lease in the database lapse now, as the holder's being paused would."""
-    sql = "UPDATE upload_leases SET expires_at = 0"
-    if isinstance(store, SQLiteStore):
-        await store._db.statement(sql, ())
-    else:
-        assert isinstance(store, PostgresStore)
-        await store._db.write(lambda connection: connection.execute(sql))
+    assert isinstance(store, PostgresStore)
+    await store._db.write(
+        lambda connection: connection.execute("UPDATE upload_leases SET expires_at = 0")
+    )
 
 
 async def test_a_holder_whose_lease_was_taken_over_stops_and_records_nothing(
-    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+    lease_locks: ProcessLocks
 ) -> None:
-    (here, store), (there, _) = await process_locks(), await process_locks(lease=1.5)
+    (here, store), (there, _) = await lease_locks(), await lease_locks(lease=1.5)
     await store.create(Upload(id="u", length=10))
     stale = await _stale(there, "u", lets_go=False)
     await lapse_leases(store)
@@ -214,11 +239,11 @@ async def test_a_holder_whose_lease_was_taken_over_stops_and_records_nothing(
 
 
 async def test_a_holder_that_cannot_renew_its_lease_stops_before_it_lapses(
-    process_locks: Callable[..., Awaitable[tuple[UploadLocks, Store]]]
+    lease_locks: ProcessLocks
 ) -> None:
     """A paused process, or one that lost the database: its holders stop by their own
     clock, before the database lets another process take the upload."""
-    (here, _), (there, _) = await process_locks(), await process_locks(lease=1)
+    (here, _), (there, _) = await lease_locks(), await lease_locks(lease=1)
     stale = await _stale(there, "u", lets_go=False)
     await there.stop()  # no renewal from now on
     assert stale.holder is not None
@@ -229,6 +254,96 @@ async def test_a_holder_that_cannot_renew_its_lease_stops_before_it_lapses(
     with pytest.raises(LeaseLost):
         stale.holder.check()
     await stale.leave()
+
+
+# --- the workers of one host: kernel locks ------------------------------------------
+
+
+_CHILD = """
+import fcntl, os, sys
+from server.host_locks import _FLOCK
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+kind = fcntl.F_WRLCK if sys.argv[3] == "write" else fcntl.F_RDLCK
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, int(sys.argv[2]), 1, 0))
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def _locked_by_a_process(path: Path, byte: int, kind: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process that locks ``byte`` of the lock file (``write``: holds the upload
+    whose byte it is; ``read`` on the byte after: asks for it) until it is killed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), str(byte), kind],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+async def test_a_worker_killed_while_it_holds_an_upload_leaves_it_free_at_once(
+    tmp_path: Path,
+) -> None:
+    """The kernel drops the locks of a process that ends, ``kill -9`` included: no lease
+    to wait out."""
+    async with _processes("host", tmp_path) as process_locks:
+        here, _ = await process_locks(timeout=0.3)
+        path = tmp_path / "state.sqlite3.upload-locks"
+        with _locked_by_a_process(path, byte_of("u"), "write") as holder:
+            with pytest.raises(Locked):
+                async with here.hold("u"):
+                    pass
+            assert await here.is_held("u")
+            holder.kill()
+            holder.wait(10)
+            started = time.monotonic()
+            async with here.hold("u"):
+                assert time.monotonic() - started < 0.05
+        assert not await here.is_held("u")
+
+
+async def test_a_holder_is_asked_by_a_waiter_in_another_process_and_not_after_it_died(
+    tmp_path: Path,
+) -> None:
+    """A waiter's ask is a lock of its process: the holder sees it within a poll, and
+    once the waiter is gone (killed even) nobody is asked any more."""
+    async with _processes("host", tmp_path) as process_locks:
+        locks, _ = await process_locks()
+        path = tmp_path / "state.sqlite3.upload-locks"
+        stale = await _stale(locks, "u")
+        with _locked_by_a_process(path, byte_of("u") + 1, "read"):
+            await asyncio.wait_for(stale.stopped.wait(), 4 * ASKED_POLL_SECONDS)
+        await asyncio.wait_for(stale.task, 5)
+        kept = await _stale(locks, "u")
+        await asyncio.sleep(3 * ASKED_POLL_SECONDS)  # three polls that find no ask
+        assert not kept.stopped.is_set()
+        kept.stopped.set()
+        await asyncio.wait_for(kept.task, 5)
+
+
+async def test_the_shared_locks_are_chosen_at_start_by_the_database_and_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process on SQLite keeps its locks to itself; its workers share kernel locks on
+    a file beside the database, which needs Linux (told at start, in one line)."""
+    one = Settings().with_values(data_dir=str(tmp_path))
+    store = await SQLiteStore.open(one.storage.database_path)
+    try:
+        assert shared_locks(one, store) is None
+        workers = one.with_values(workers=2)
+        chosen = shared_locks(workers, store)
+        assert isinstance(chosen, HostLocks)
+        assert chosen.path == tmp_path / "aiotusd.sqlite3.upload-locks"
+        monkeypatch.delattr(fcntl, "F_OFD_SETLK")
+        with pytest.raises(ConfigError, match="'workers'.*open file description locks"):
+            shared_locks(workers, store)
+    finally:
+        await store.close()
 
 
 class _Claimant:

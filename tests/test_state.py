@@ -22,6 +22,7 @@ from server.state import (
     DatabaseUnusable,
     SchemaTooNew,
     StateStore,
+    Status,
     Upload,
 )
 from server.state.sqlite.database import CHECKPOINT_EVERY
@@ -412,24 +413,23 @@ async def test_the_log_of_writes_made_on_the_event_loop_is_checkpointed_and_star
     assert found is not None and found.offset == commits
 
 
-async def test_a_lease_is_taken_with_its_new_upload_and_ended_with_its_last_save_in_one_commit(
-    store: StateStore,
+async def test_the_store_keeps_no_leases_and_refuses_a_write_that_names_one(
+    store: StateStore, tmp_path: Path
 ) -> None:
-    """With --workers every upload is leased: its creation and its lease, and its last
-    offset and the lease's end, go to the database together, and the new lease's token
-    comes from its insert rather than from reading it back."""
-    assert store._db._batch.here is not None
-    statements: list[str] = []
-    store._db._batch.here.set_trace_callback(statements.append)
+    """Only the workers of one host share an SQLite file, and they lock uploads in the
+    kernel (server/host_locks.py): the lease table of schema 4 is gone, and a write under
+    a lease (meant for a store that keeps them) is refused, not run unfenced."""
     upload = Upload(id="u", length=10)
-    lease = await store.create_leased(upload, 30)
-    await store.save_progress(replace(upload, offset=10), lease=lease.token, release=True)
-    store._db._batch.here.set_trace_callback(None)
-    assert [s.split()[0] for s in statements] == [
-        "BEGIN", "INSERT", "INSERT", "COMMIT", "BEGIN", "UPDATE", "DELETE", "COMMIT",
-    ]
-    assert await store.lease_of("u") is None
-    assert (await store.get("u")).offset == 10  # type: ignore[union-attr]
+    await store.create(upload)
+    with pytest.raises(ValueError, match="no leases"):
+        await store.save_progress(replace(upload, offset=4), lease=7)
+    with pytest.raises(ValueError, match="no leases"):
+        await store.mark_gone("u", Status.TERMINATED, lease=7)
+    found = await store.get("u")
+    assert found is not None and (found.offset, found.status) == (0, Status.ACTIVE)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.sqlite3")) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "upload_leases" not in tables and "uploads" in tables
 
 
 async def test_a_long_reader_does_not_hold_up_the_writes_at_each_checkpoint(

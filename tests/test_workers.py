@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from support.storage import data_file, file_size, payload
 from support.waiting import poll, wait_for
 
 from server.config import Settings
+from server.database import HOST_LOCKS_SUFFIX
+from server.host_locks import _FLOCK, byte_of
 from server.workers import share_of
 
 pytestmark = pytest.mark.e2e
@@ -351,10 +353,11 @@ def test_workers_that_keep_dying_stop_the_server_with_status_1(
 async def test_a_stalled_patch_in_one_worker_is_taken_over_by_a_request_in_the_other(
     server_process: Callable[..., ServerProcess],
 ) -> None:
-    """With several workers on one SQLite file the upload lock is a lease in the file: a
-    client whose PATCH stalls in one worker and who comes back through the other gets the
-    upload (not 423 after lock_timeout), and the stalled body's late bytes land nowhere."""
-    server = with_workers(server_process, 2, "--lock-timeout", "5", "--lock-lease", "10")
+    """With several workers on one SQLite file the upload lock is one the kernel keeps for
+    them all: a client whose PATCH stalls in one worker and who comes back through the
+    other gets the upload (not 423 after lock_timeout), and the stalled body's late bytes
+    land nowhere."""
+    server = with_workers(server_process, 2, "--lock-timeout", "5")
     first, second = workers_of(server)
     data = payload(3 * MIB, seed=77)
     sent = MIB + 333
@@ -387,10 +390,10 @@ async def test_a_stalled_patch_in_one_worker_is_taken_over_by_a_request_in_the_o
 async def test_uploads_held_when_a_server_with_workers_was_killed_are_free_once_it_restarts(
     server_process: Callable[..., ServerProcess],
 ) -> None:
-    """The whole server is killed (supervisor and workers) in the middle of a PATCH; the
-    new server owns the SQLite file alone, so the dead workers' leases are gone: the
-    upload is free at once, not 423 until its lease lapses."""
-    server = with_workers(server_process, 2, "--lock-lease", "60", "--lock-timeout", "1")
+    """The whole server is killed (supervisor and workers) in the middle of a PATCH: the
+    kernel dropped the dead workers' locks, so the upload is free for the next server at
+    once (no 423)."""
+    server = with_workers(server_process, 2, "--lock-timeout", "1")
     data = payload(2 * MIB, seed=78)
     path = await rawhttp.create(server.port, len(data))
     stale = await rawhttp.OpenPatch.start(server.port, path, 0, len(data))
@@ -412,36 +415,56 @@ async def test_uploads_held_when_a_server_with_workers_was_killed_are_free_once_
     assert data_file(server, path).read_bytes() == data
 
 
-async def test_a_worker_started_again_leaves_the_leases_of_the_living_one(
+async def test_a_worker_killed_mid_patch_leaves_its_upload_to_the_other_at_once(
     server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession
 ) -> None:
-    """Only a worker that starts alone forgets the file's leases: one started in place
-    of a dead worker leaves the other's, held by a PATCH under way, as they are."""
-    server = with_workers(server_process, 2, "--lock-lease", "60")
+    """kill -9 of the worker that receives a PATCH: the kernel drops its lock with it, so
+    the client resumes through the other worker at once (lock_timeout 1 s: no 423), and a
+    worker started in its place takes nothing from the living one."""
+    server = with_workers(server_process, 2, "--lock-timeout", "1")
     first, second = workers_of(server)
+    data = payload(2 * MIB, seed=79)
     with paused(second):
-        path = await rawhttp.create(server.port, 10)
-        stale = await rawhttp.OpenPatch.start(server.port, path, 0, 10)
-        await stale.send(b"hello")
-        await poll(lambda: file_size(data_file(server, path)) == 5, "the PATCH's bytes on disk")
-    database = server.data_dir / "aiotusd.sqlite3"
-    assert leases_in(database) == [upload_id(path)]
-    os.kill(second, signal.SIGKILL)
-    with paused(first):  # a request the new worker answers, once it serves
-        await poll(lambda: len(set(workers_of(server)) - {first, second}) == 1,
-                   "a worker in place of the one killed", timeout=10)
-        async with session.get(f"http://127.0.0.1:{server.port}/healthz") as response:
-            assert response.status == 200
-    assert leases_in(database) == [upload_id(path)]
-    await stale.send(b"world")
-    assert (await stale.response()).status == 204
+        path = await rawhttp.create(server.port, len(data))
+        stale = await rawhttp.OpenPatch.start(server.port, path, 0, len(data))
+        await stale.send(data[:MIB])
+        await poll(lambda: file_size(data_file(server, path)) == MIB, "the PATCH's bytes on disk")
+    assert held_by_a_worker(server, path)
+    os.kill(first, signal.SIGKILL)
+    # Its last thread to end closes its files: a moment after its main thread is a zombie.
+    wait_for(lambda: not held_by_a_worker(server, path), 5, "the killed worker's lock to go")
     await stale.abort()
+    response = await rawhttp.request(server.port, "HEAD", path)
+    assert response.status == 200, response
+    offset = int(response.headers["upload-offset"])
+    assert offset <= MIB
+    await poll(lambda: len(set(workers_of(server)) - {first, second}) == 1,
+               "a worker in place of the one killed", timeout=10)
+    with paused(second):  # the new worker serves once it answers
+        async with session.get(f"http://127.0.0.1:{server.port}/healthz") as health:
+            assert health.status == 200
+    half = offset + (len(data) - offset) // 2
+    held = await rawhttp.OpenPatch.start(server.port, path, offset, len(data) - offset)
+    await held.send(data[offset:half])
+    await poll(lambda: held_by_a_worker(server, path), "the resumed PATCH's lock")
+    await held.send(data[half:])
+    assert (await held.response()).status == 204
+    await held.abort()
+    assert not held_by_a_worker(server, path)
+    assert data_file(server, path).read_bytes() == data
 
 
-def leases_in(database: Path) -> list[str]:
-    """The uploads that have a lease row in the SQLite file."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        return [row[0] for row in db.execute("SELECT upload_id FROM upload_leases")]
+def held_by_a_worker(server: ServerProcess, path: str) -> bool:
+    """Whether a worker holds the upload's lock (server/host_locks.py), as another
+    worker would find it."""
+    locks = server.data_dir / ("aiotusd.sqlite3" + HOST_LOCKS_SUFFIX)
+    descriptor = os.open(locks, os.O_RDONLY)
+    try:
+        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte_of(upload_id(path)), 1, 0)
+        found = fcntl.fcntl(descriptor, fcntl.F_OFD_GETLK, query)
+    finally:
+        os.close(descriptor)
+    return _FLOCK.unpack(found)[0] != fcntl.F_UNLCK
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

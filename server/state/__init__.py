@@ -6,7 +6,7 @@ and what every implementation promises; ``sqlite`` the implementation on SQLite,
 ``postgresql`` the one on PostgreSQL (which several processes may share).
 """
 
-from .interface import Leases, Outbox, Store, Uploads
+from .interface import Leases, LeasingStore, Outbox, Store, Uploads
 from .model import (
     ACTIVE,
     EXPIRED,
@@ -43,6 +43,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "Leases",
+    "LeasingStore",
     "Outbox",
     "PostgresStore",
     "SQLiteStore",

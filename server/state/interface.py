@@ -13,9 +13,10 @@ hook receivers rely on them:
   lock, never after (when a later request's write could be overtaken by it).
 * Writes of different uploads may run side by side; a write never sees, nor is rolled back
   with, half of another.
-* A write made under a lease (``lease``, its token) lands only while that is the upload's
-  lease, checked in the write's own statement: a holder whose lease another process took
-  over records nothing more (see :class:`Leases`).
+* In a store that keeps leases (:class:`LeasingStore`), a write made under a lease
+  (``lease``, its token) lands only while that is the upload's lease, checked in the
+  write's own statement: a holder whose lease another process took over records nothing
+  more (see :class:`Leases`). A store that keeps none refuses a ``lease``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Uploads(Protocol):
         Raises :class:`~server.state.model.UploadGone` and records nothing (no events
         either) when the upload is not active: a request must never be told its bytes are
         kept by an upload that was terminated or expired meanwhile. With ``lease`` (the
-        token of the caller's lease), raises :class:`~server.state.model.LeaseLost` and
+        token of the caller's lease, in a store that keeps leases), raises :class:`~server.state.model.LeaseLost` and
         records nothing when that is not the upload's lease any more; with ``release``
         too, the lease ends with a write that landed, as :meth:`Leases.release_lease`
         would end it (for a holder's last write: one round trip fewer)."""
@@ -191,10 +192,21 @@ class Outbox(Protocol):
         """How many events are pending, and how many dead (for metrics)."""
 
 
-class Store(Uploads, Leases, Outbox, Protocol):
-    """The uploads, their leases and their outbox in one database, so a change and its
-    events commit together, and a write and its lease are checked together. Opening one is
-    the implementation's own (its settings differ)."""
+class Store(Uploads, Outbox, Protocol):
+    """The uploads and their outbox in one database, so a change and its events commit
+    together. Opening one is the implementation's own (its settings differ)."""
+
+    async def schema_version(self) -> int:
+        """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
+
+    async def close(self) -> None:
+        """Give up the claims (and leases) this store holds and let go of the database;
+        nothing may be asked after."""
+
+
+class LeasingStore(Store, Leases, Protocol):
+    """A store that processes on several hosts share (PostgreSQL): the uploads' locks are
+    leases in it too, so that a write and its lease are checked together."""
 
     async def create_leased(
         self, upload: Upload, length: float, events: Sequence[HookEvent] = ()
@@ -203,10 +215,3 @@ class Store(Uploads, Leases, Outbox, Protocol):
         this store's for ``length`` seconds: :meth:`create` and :meth:`take_lease` at once,
         for a creation that goes on to receive the upload's bytes. Raises as :meth:`create`
         does, and takes no lease then."""
-
-    async def schema_version(self) -> int:
-        """The version of the schema the database has: a cheap query (``/readyz`` asks it)."""
-
-    async def close(self) -> None:
-        """Give up the claims and leases this store holds and let go of the database;
-        nothing may be asked after."""

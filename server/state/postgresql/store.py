@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..interface import Store
+from ..interface import LeasingStore
 from ..model import HookEvent, Lease, Upload
 from ..rows import upload_values
 from .database import OPEN_ERRORS, Connection, Database
@@ -16,7 +16,7 @@ from .uploads import PostgresUploads
 log = logging.getLogger("aiotusd")
 
 
-class PostgresStore(PostgresUploads, PostgresLeases, PostgresOutbox, Store):
+class PostgresStore(PostgresUploads, PostgresLeases, PostgresOutbox, LeasingStore):
     """The uploads, their leases and the outbox on one :class:`Database` (a pool), as one
     object.
 

@@ -56,5 +56,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX upload_leases_owner ON upload_leases (owner);
     """,
     "ALTER TABLE uploads ADD COLUMN repr_digest TEXT;",
+    # The workers on one file lock uploads in the kernel now (server/host_locks.py).
+    "DROP TABLE upload_leases;",
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..interface import Uploads
-from ..model import ACTIVE, HookEvent, LeaseLost, Status, Upload, UploadGone
+from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
 from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
@@ -22,9 +22,13 @@ _SAVE = (
     "storage = ?, updated_at = ?, repr_digest = ? WHERE id = ? AND status = ?"
 )
 _INSERT = f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({', '.join('?' * UPLOAD_VALUES)})"
-_UNDER_LEASE = " AND EXISTS (SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?)"
-"""The fence of a write made under a lease: it lands only while that is the upload's."""
-_RELEASE = "DELETE FROM upload_leases WHERE upload_id = ? AND token = ?"
+
+
+def _no_lease(lease: int | None) -> None:
+    """SQLite keeps no leases (see :class:`~..interface.Uploads`): a caller that names one
+    was given a store it did not expect."""
+    if lease is not None:
+        raise ValueError("the SQLite store keeps no leases")
 
 
 class SQLiteUploads(Uploads):
@@ -90,27 +94,13 @@ class SQLiteUploads(Uploads):
         lease: int | None = None,
         release: bool = False,
     ) -> Upload:
+        _no_lease(lease)
         saved = upload.but(updated_at=time.time())
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.repr_digest, saved.id, _ACTIVE,
         )
-        if lease is None:
-            changed = await self._write(_SAVE, values, events)
-        elif release and not events:
-            # The lease ends in the same commit, if the save changed the row: changes()
-            # is the count of the statement before, which is the save (run right after it).
-            changed, _ = await self._db.statements((
-                (_SAVE + _UNDER_LEASE, (*values, saved.id, lease), False),
-                (_RELEASE + " AND changes() > 0", (upload.id, lease), False),
-            ))
-        else:
-            changed = await self._write(_SAVE + _UNDER_LEASE, (*values, saved.id, lease), events)
-            if changed and release:
-                await self._db.statement(_RELEASE, (upload.id, lease))
-        if not changed:
-            if lease is not None and not await self._lease_holds(upload.id, lease):
-                raise LeaseLost(upload.id)
+        if not await self._write(_SAVE, values, events):
             raise UploadGone(upload.id)
         return saved
 
@@ -122,24 +112,13 @@ class SQLiteUploads(Uploads):
         also: Sequence[str] = (),
         lease: int | None = None,
     ) -> None:
+        _no_lease(lease)
         ids = (upload_id, *also)
         sql = (
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
             f"WHERE id IN ({placeholders(ids)}) AND status = ?"
         )
-        values: tuple[Any, ...] = (status, time.time(), *ids, _ACTIVE)
-        if lease is not None:
-            sql, values = sql + _UNDER_LEASE, (*values, upload_id, lease)
-        changed = await self._write(sql, values, events)
-        if not changed and lease is not None and not await self._lease_holds(upload_id, lease):
-            raise LeaseLost(upload_id)
-
-    async def _lease_holds(self, upload_id: str, token: int) -> bool:
-        """Whether ``token`` is still the upload's lease: why a fenced write changed nothing."""
-        rows = await self._db.lookup(
-            "SELECT 1 FROM upload_leases WHERE upload_id = ? AND token = ?", (upload_id, token)
-        )
-        return bool(list(rows))
+        await self._write(sql, (status, time.time(), *ids, _ACTIVE), events)
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(
