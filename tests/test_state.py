@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -26,6 +27,7 @@ from server.state import (
     Upload,
 )
 from server.state.sqlite.database import CHECKPOINT_EVERY
+from server.state.sqlite.writes import LOCKED_RETRIES, LOCKED_RETRY_SECONDS
 
 
 @pytest.fixture
@@ -393,6 +395,37 @@ async def test_a_statement_that_finds_the_database_locked_waits_for_it_on_the_th
         other.execute("ROLLBACK")
         other.close()
     saved = await asyncio.wait_for(saving, 30)
+    found = await store.get("a")
+    assert found is not None and (found.offset, saved.offset) == (4, 4)
+
+
+async def test_a_statement_that_finds_the_database_locked_for_a_moment_tries_again_here(
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's commit holds the write lock for a moment: the statement tries
+    again on the event loop's thread shortly after (a round trip to the connection's
+    thread hands the GIL back and forth), and lands once the lock is free."""
+    await store.create(Upload(id="a", length=10))
+    batch = store._db._batch
+    sent_to_thread: list[object] = []
+    send = batch._send_to_thread
+
+    def counted(*arguments: Any) -> None:
+        sent_to_thread.append(arguments)
+        send(*arguments)
+
+    monkeypatch.setattr(batch, "_send_to_thread", counted)
+    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        # Before the last try (which comes LOCKED_RETRIES pauses later at the earliest).
+        asyncio.get_running_loop().call_later(
+            LOCKED_RETRY_SECONDS * LOCKED_RETRIES / 2, other.execute, "COMMIT"
+        )
+        saved = await asyncio.wait_for(store.save_progress(Upload(id="a", length=10, offset=4)), 5)
+    finally:
+        other.close()
+    assert sent_to_thread == []
     found = await store.get("a")
     assert found is not None and (found.offset, saved.offset) == (4, 4)
 
