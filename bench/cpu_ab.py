@@ -5,6 +5,9 @@
 Each target is ``python -m server`` run from CHECKOUT (whose code it imports: checked
 first), with an empty data directory and, after ``::``, more command-line options of
 its own (``old=../old new=.  new-no-share=.::--max-uploads-receiving-per-client 0``).
+``NAME*K=...`` runs K such servers, each with a data directory (and database) of its own,
+each sent its share of every batch, K times fewer at once: what K processes cost on this
+machine when they share nothing (against ``--workers K``, which share the database).
 Uploads are of ``--size`` bytes, as POST + PATCH and as creation-with-upload.
 
 CPU time (the default). Every target's server runs at the same time. After a warm-up,
@@ -64,12 +67,15 @@ class Target:
     name: str
     checkout: Path
     options: list[str]
+    copies: int = 1
+    """Servers that share each batch, each on its own data directory."""
 
     @classmethod
     def parse(cls, text: str) -> Target:
         name, _, rest = text.partition("=")
         path, _, options = rest.partition("::")
-        return cls(name, Path(path).resolve(), shlex.split(options))
+        copies = int(name.rpartition("*")[2]) if "*" in name else 1
+        return cls(name, Path(path).resolve(), shlex.split(options), copies)
 
     def command(self, port: int, data_dir: Path, fsync: str, valgrind: list[str]) -> Command:
         """The server's command line; under ``valgrind`` when given (then with no expiry
@@ -141,27 +147,39 @@ async def _cpu(targets: list[Target], fsync: str, args: argparse.Namespace,
     body = memoryview(os.urandom(args.size))
     results: Results = {}
     async with AsyncExitStack() as stack:
-        servers = []
+        servers: list[tuple[str, list[tuple[str, int]]]] = []
         for target in targets:
-            run_dir = _fresh_dir(work, target.name)
-            port = free_port()
-            url = f"http://127.0.0.1:{port}/files/"
-            command = target.command(port, run_dir / "data", fsync, [])
-            pid = await stack.enter_async_context(running(command, url, run_dir / "log"))
-            servers.append((target.name, url, pid))
-        for _, url, _ in servers:
+            copies = []
+            for _ in range(target.copies):
+                run_dir = _fresh_dir(work, target.name)
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/files/"
+                command = target.command(port, run_dir / "data", fsync, [])
+                pid = await stack.enter_async_context(running(command, url, run_dir / "log"))
+                copies.append((url, pid))
+            servers.append((target.name, copies))
+
+        async def batch(copies: list[tuple[str, int]], count: int, with_upload: bool) -> None:
+            await asyncio.gather(*(
+                many_uploads(url, body, count // len(copies),
+                             max(1, args.concurrency // len(copies)), 600, with_upload)
+                for url, _ in copies
+            ))
+
+        for _, copies in servers:
             for _, with_upload in KINDS:
-                await many_uploads(url, body, args.warmup, args.concurrency, 600, with_upload)
+                await batch(copies, args.warmup, with_upload)
         for number in range(args.batches):
             order = servers if number % 2 == 0 else servers[::-1]
             for kind, with_upload in KINDS:
-                for name, url, pid in order:
-                    cpu, user = _cpu_ns(pid), _user_seconds(pid)
-                    await many_uploads(url, body, args.batch, args.concurrency, 600, with_upload)
+                for name, copies in order:
+                    cpu = sum(_cpu_ns(pid) for _, pid in copies)
+                    user = sum(_user_seconds(pid) for _, pid in copies)
+                    await batch(copies, args.batch, with_upload)
                     results.setdefault((kind, name), []).append(
-                        (_cpu_ns(pid) - cpu) / args.batch / 1000)
+                        (sum(_cpu_ns(pid) for _, pid in copies) - cpu) / args.batch / 1000)
                     results.setdefault((f"{kind} user", name), []).append(
-                        _user_seconds(pid) - user)
+                        sum(_user_seconds(pid) for _, pid in copies) - user)
     return results
 
 

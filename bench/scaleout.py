@@ -4,12 +4,13 @@
 
 Run with the test environment's interpreter (``pip install -e '.[test]'``): PostgreSQL is
 the test suite's throwaway cluster (tests/support/postgres.py: Debian's binaries,
-loopback, ``fsync`` off). Four setups, each on a fresh data directory and database:
+loopback, ``fsync`` off). Five setups, each on a fresh data directory and database:
 
 | setup | what runs |
 |---|---|
 | ``sqlite`` | one server, SQLite (the default) |
 | ``sqlite-workers-2`` | one server with ``--workers 2`` on SQLite |
+| ``sqlite-2-servers`` | two servers that share nothing (a data directory and SQLite file each), each sent half the uploads: what two processes cost on this machine, the yardstick for ``--workers 2`` |
 | ``postgresql`` | one server on PostgreSQL |
 | ``postgresql-2-servers`` | two servers on one PostgreSQL database and one data directory, each sent half the uploads |
 
@@ -48,7 +49,7 @@ from support.postgres import Cluster, throwaway_cluster
 
 KINDS = (("post+patch", False), ("cwu", True))
 LARGE = "one large PATCH"
-SETUPS = ("sqlite", "sqlite-workers-2", "postgresql", "postgresql-2-servers")
+SETUPS = ("sqlite", "sqlite-workers-2", "sqlite-2-servers", "postgresql", "postgresql-2-servers")
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -85,9 +86,10 @@ class Setup:
 async def started(name: str, cluster: Cluster, fsync: str, work: Path) -> AsyncIterator[Setup]:
     """The servers of setup ``name``, on a fresh data directory (and database)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-    options = ["--data-dir", str(run_dir / "data"), "--fsync", fsync, "--log-level", "warning",
-               "--create-rate", "0", "--expiry-interval", "3600"]
-    servers = 1
+    options = ["--fsync", fsync, "--log-level", "warning", "--create-rate", "0",
+               "--expiry-interval", "3600"]
+    servers = 2 if name.endswith("2-servers") else 1
+    shared = name != "sqlite-2-servers"
     if name == "sqlite-workers-2":
         options += ["--workers", "2"]
     if name.startswith("postgresql"):
@@ -95,14 +97,14 @@ async def started(name: str, cluster: Cluster, fsync: str, work: Path) -> AsyncI
         cluster.sql(f"DROP DATABASE IF EXISTS {database}")
         cluster.sql(f"CREATE DATABASE {database}")
         options += ["--database", cluster.url(database)]
-        servers = 2 if name.endswith("2-servers") else 1
     async with AsyncExitStack() as stack:
         setup = Setup(name, [], [])
         for number in range(servers):
             port = free_port()
             url = f"http://127.0.0.1:{port}/files/"
+            data_dir = run_dir / ("data" if shared else f"data-{number}")
             argv = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                    *options]
+                    "--data-dir", str(data_dir), *options]
             command = Command(argv, clean_env(), REPO)
             log = run_dir / f"log-{number}"
             setup.pids.append(await stack.enter_async_context(running(command, url, log)))
