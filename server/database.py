@@ -115,7 +115,9 @@ async def open_store(settings: Settings) -> Store:
     :class:`~server.errors.ConfigError` for a URL that cannot name one."""
     url = postgres_url(settings)
     if url is None:
-        return await SQLiteStore.open(settings.storage.database_path)
+        # Its workers share the file; one process alone owns it (own_database).
+        sole_writer = settings.server.workers <= 1
+        return await SQLiteStore.open(settings.storage.database_path, sole_writer)
     name = without_secrets(url)
     try:
         split_options(url)

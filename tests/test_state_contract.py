@@ -31,7 +31,8 @@ from server.state import (
 
 
 async def _sqlite(request: pytest.FixtureRequest) -> Store:
-    return await SQLiteStore.open(request.getfixturevalue("tmp_path") / "state.sqlite3")
+    # As the server opens it: one process, the file's only writer.
+    return await SQLiteStore.open(request.getfixturevalue("tmp_path") / "state.sqlite3", True)
 
 
 async def _postgresql(request: pytest.FixtureRequest) -> Store:

@@ -354,6 +354,12 @@ async def test_no_record_is_changed_once_handed_over(running):
         upload.storage = hand(await running.can.finisher.finish(upload))
         record.save(upload)
     assert [storage for storage, _ in handed] == [as_handed for _, as_handed in handed]
+    # And it is JSON as it is (lists, not tuples; keys that are strings): the SQLite store
+    # keeps what it wrote as it was given (server/state/sqlite/recent.py), and that must
+    # be what a read of the row gives back.
+    assert [json.loads(json.dumps(storage)) for storage, _ in handed] == [
+        storage for storage, _ in handed
+    ]
     assert await read(running, record) == data
 
 

@@ -13,6 +13,7 @@ from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
 from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Database, placeholders
 from .outbox import SQLiteOutbox
+from .recent import RECENT_UPLOADS, RecentUploads
 from .writes import Statement
 
 _ACTIVE = ACTIVE.value
@@ -32,12 +33,16 @@ def _no_lease(lease: int | None) -> None:
 
 
 class SQLiteUploads(Uploads):
-    """The uploads' queries and writes, keeping the promises of :class:`Uploads`."""
+    """The uploads' queries and writes, keeping the promises of :class:`Uploads`; a store
+    that is its file's only writer answers :meth:`get` from the uploads it wrote last
+    (:mod:`.recent`)."""
 
-    def __init__(self, database: Database, outbox: SQLiteOutbox) -> None:
-        """``outbox`` records the events of the writes."""
+    def __init__(self, database: Database, outbox: SQLiteOutbox, sole_writer: bool) -> None:
+        """``outbox`` records the events of the writes; ``sole_writer``: no other process
+        writes the file."""
         self._db = database
         self._outbox = outbox
+        self._recent = RecentUploads(RECENT_UPLOADS if sole_writer else 0)
 
     async def _write(
         self, sql: str, parameters: tuple[Any, ...], events: Sequence[HookEvent] = ()
@@ -62,19 +67,29 @@ class SQLiteUploads(Uploads):
     async def create(
         self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
     ) -> None:
-        if not parts:
-            await self._write(_INSERT, upload_values(upload), events)
-            return
-        async with self._db.transaction() as transaction:
-            await transaction.execute(_INSERT, upload_values(upload))
-            await transaction.executemany(
-                "INSERT INTO concat_parts (final_id, position, partial_id) VALUES (?, ?, ?)",
-                [(upload.id, position, part) for position, part in enumerate(parts)],
-            )
-            if events:
-                await self._outbox.record(transaction, events)
+        values, written = upload_values(upload), None
+        serial = self._recent.writing((upload.id,))
+        try:
+            if not parts:
+                await self._write(_INSERT, values, events)
+            else:
+                async with self._db.transaction() as transaction:
+                    await transaction.execute(_INSERT, values)
+                    await transaction.executemany(
+                        "INSERT INTO concat_parts (final_id, position, partial_id) "
+                        "VALUES (?, ?, ?)",
+                        [(upload.id, position, part) for position, part in enumerate(parts)],
+                    )
+                    if events:
+                        await self._outbox.record(transaction, events)
+            written = upload
+        finally:
+            self._recent.written((upload.id,), serial, written)
 
     async def get(self, upload_id: str) -> Upload | None:
+        kept = self._recent.get(upload_id)
+        if kept is not None:
+            return kept
         rows = await self._db.lookup(
             f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
         )
@@ -95,13 +110,19 @@ class SQLiteUploads(Uploads):
         release: bool = False,
     ) -> Upload:
         _no_lease(lease)
-        saved = upload.but(updated_at=time.time())
+        saved, written = upload.but(updated_at=time.time()), None
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.repr_digest, saved.id, _ACTIVE,
         )
-        if not await self._write(_SAVE, values, events):
-            raise UploadGone(upload.id)
+        serial = self._recent.writing((upload.id,))
+        try:
+            if not await self._write(_SAVE, values, events):
+                raise UploadGone(upload.id)
+            # A complete upload is not kept: no PATCH comes for it, and few lookups.
+            written = None if saved.is_complete else saved
+        finally:
+            self._recent.written((upload.id,), serial, written)
         return saved
 
     async def mark_gone(
@@ -118,7 +139,11 @@ class SQLiteUploads(Uploads):
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
             f"WHERE id IN ({placeholders(ids)}) AND status = ?"
         )
-        await self._write(sql, (status, time.time(), *ids, _ACTIVE), events)
+        serial = self._recent.writing(ids)
+        try:
+            await self._write(sql, (status, time.time(), *ids, _ACTIVE), events)
+        finally:
+            self._recent.written(ids, serial, None)
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(
@@ -160,8 +185,14 @@ class SQLiteUploads(Uploads):
         if not upload_ids:
             return
         marks = placeholders(upload_ids)
-        async with self._db.transaction() as transaction:
-            await transaction.execute(
-                f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,)
-            )
-            await transaction.execute(f"DELETE FROM uploads WHERE id IN ({marks})", (*upload_ids,))
+        serial = self._recent.writing(upload_ids)
+        try:
+            async with self._db.transaction() as transaction:
+                await transaction.execute(
+                    f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,)
+                )
+                await transaction.execute(
+                    f"DELETE FROM uploads WHERE id IN ({marks})", (*upload_ids,)
+                )
+        finally:
+            self._recent.written(upload_ids, serial, None)
