@@ -101,11 +101,14 @@ class HostLocks:
             del self._holders[upload_id]
             if not self._holders:
                 self._busy.clear()
-            self._set(fcntl.F_UNLCK, byte)
+            if self._fd >= 0:  # else stopped meanwhile, which dropped every lock
+                self._set(fcntl.F_UNLCK, byte)
 
     async def create(self, upload: Upload, events: Sequence[HookEvent]) -> None:
-        """Record a new upload, which the caller's :meth:`hold` takes next: its id is
-        known to nobody else yet, and taking its lock is a system call."""
+        """Record a new upload, which the caller's :meth:`hold` takes next: taking a lock
+        is a system call, nothing to spare. (Its id reaches a client only with the 104 or
+        the response that follows; a request that took it first elsewhere is asked to let
+        go, as any holder is.)"""
         await self._store.create(upload, events=events)
 
     async def is_held(self, upload_id: str) -> bool:
