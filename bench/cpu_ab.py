@@ -48,7 +48,7 @@ from pathlib import Path
 import aiohttp
 from harness.client import TUS, many_uploads
 from harness.common import BENCH, KIB, free_port, parse_size
-from harness.procs import TICKS, Command, clean_env, running
+from harness.procs import TICKS, Command, clean_env, running, tree_cpu_ns
 
 # uvloop makes the load generator cheaper; bench/setup installs it.
 try:
@@ -107,22 +107,6 @@ def _processes(pid: int) -> list[int]:
     return [pid, *children]
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` and of its children so far, in nanoseconds."""
-    total = 0
-    for process in _processes(pid):
-        try:
-            tasks = os.listdir(f"/proc/{process}/task")
-        except OSError:  # gone meanwhile
-            continue
-        for task in tasks:
-            try:
-                total += int(Path(f"/proc/{process}/task/{task}/schedstat").read_text().split()[0])
-            except (OSError, IndexError):
-                continue
-    return total
-
-
 def _user_seconds(pid: int) -> float:
     """User CPU time of ``pid`` and its children, all their threads, past ones too (in
     clock ticks' steps)."""
@@ -173,11 +157,11 @@ async def _cpu(targets: list[Target], fsync: str, args: argparse.Namespace,
             order = servers if number % 2 == 0 else servers[::-1]
             for kind, with_upload in KINDS:
                 for name, copies in order:
-                    cpu = sum(_cpu_ns(pid) for _, pid in copies)
+                    cpu = sum(tree_cpu_ns(pid) for _, pid in copies)
                     user = sum(_user_seconds(pid) for _, pid in copies)
                     await batch(copies, args.batch, with_upload)
                     results.setdefault((kind, name), []).append(
-                        (sum(_cpu_ns(pid) for _, pid in copies) - cpu) / args.batch / 1000)
+                        (sum(tree_cpu_ns(pid) for _, pid in copies) - cpu) / args.batch / 1000)
                     results.setdefault((f"{kind} user", name), []).append(
                         sum(_user_seconds(pid) for _, pid in copies) - user)
     return results

@@ -1,6 +1,6 @@
 """Small uploads over more than one process: what sharing the state costs.
 
-    .venv/bin/python bench/scaleout.py [--uploads 2000] [--rounds 3] [--fsync always]
+    .venv/bin/python bench/scaleout.py [--uploads 2000] [--batch 200] [--rounds 3] [--fsync always]
 
 Run with the test environment's interpreter (``pip install -e '.[test]'``): PostgreSQL is
 the test suite's throwaway cluster (tests/support/postgres.py: Debian's binaries,
@@ -14,15 +14,18 @@ loopback, ``fsync`` off). Five setups, each on a fresh data directory and databa
 | ``postgresql`` | one server on PostgreSQL |
 | ``postgresql-2-servers`` | two servers on one PostgreSQL database and one data directory, each sent half the uploads |
 
-Each round sends ``--uploads`` uploads of ``--size`` bytes, ``--concurrency`` at once, as
-POST + PATCH and then as creation-with-upload, to each setup in turn (the order reversed
-every other round), after a warm-up; then one upload of ``--large`` bytes in a single
-PATCH (W1's shape). Figures, medians over the rounds: uploads per second (MiB/s for the
-large one), and CPU in microseconds per small upload (seconds per GiB for the large one)
-of the servers (every process of each, workers included) and of PostgreSQL (the
-postmaster and its backends). On a machine with two
-cores the uploads per second of two processes say little (the load generator needs a
-core too); the CPU per upload is what sharing costs.
+Every setup runs for the whole measurement. Each round sends ``--uploads`` uploads of
+``--size`` bytes, ``--concurrency`` at once, as POST + PATCH and then as
+creation-with-upload, in batches of ``--batch``: a batch to each setup in turn, the order
+reversed every other batch, so that a neighbour's load on a shared machine falls on every
+setup alike; then one upload of ``--large`` bytes in a single PATCH (W1's shape) to each.
+Figures, medians over the batches (over the rounds for the large one): uploads per second
+(MiB/s), and CPU in microseconds per small upload (seconds per GiB for the large one) of the
+servers (every process of each, workers included, all threads, in nanoseconds) and of
+PostgreSQL (the postmaster and its backends); and the median ratio of each batch's server
+CPU to that of the first setup's batch next to it. On a machine with two cores the uploads
+per second of two processes say little (the load generator needs a core too); the CPU per
+upload is what sharing costs.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pathlib import Path
 
 from harness.client import many_uploads, upload_in_patches
 from harness.common import BENCH, GIB, KIB, MIB, REPO, free_port, parse_size
-from harness.procs import TICKS, Command, clean_env, running
+from harness.procs import Command, clean_env, running, tree_cpu_ns
 
 sys.path.insert(0, str(REPO / "tests"))
 from support.postgres import Cluster, throwaway_cluster
@@ -50,25 +53,6 @@ from support.postgres import Cluster, throwaway_cluster
 KINDS = (("post+patch", False), ("cwu", True))
 LARGE = "one large PATCH"
 SETUPS = ("sqlite", "sqlite-workers-2", "sqlite-2-servers", "postgresql", "postgresql-2-servers")
-
-
-def _cpu_ticks(pid: int) -> int:
-    """CPU time of ``pid`` and of every descendant, the waited-for ones included."""
-    total, queue, seen = 0, [pid], 0
-    while queue and seen < 1000:
-        current = queue.pop()
-        seen += 1
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-        for task in os.listdir(f"/proc/{current}/task"):
-            try:
-                queue += map(int, Path(f"/proc/{current}/task/{task}/children").read_text().split())
-            except OSError:
-                continue
-    return total
 
 
 def _postmaster(cluster: Cluster) -> int:
@@ -127,61 +111,77 @@ Figures = dict[tuple[str, str], list[tuple[float, float, float]]]
 
 
 async def measure(args: argparse.Namespace, cluster: Cluster, work: Path) -> Figures:
-    """Per (setup, kind): (uploads/s, server CPU us/upload, PostgreSQL CPU us/upload) a round."""
+    """Per (setup, kind): (uploads/s, server CPU us/upload, PostgreSQL CPU us/upload) a
+    batch (a round for the large upload)."""
     body = memoryview(os.urandom(args.size))
     large = memoryview(os.urandom(args.large))
     figures: Figures = {}
     postmaster = _postmaster(cluster)
     names = [name for name in SETUPS if name in args.setups.split(",")]
-    for number in range(args.rounds):
-        for name in names if number % 2 == 0 else names[::-1]:
-            async with started(name, cluster, args.fsync, work) as setup:
-                for _, with_upload in KINDS:
-                    await _send(setup, body, args.warmup, args.concurrency, with_upload)
-                for kind, with_upload in KINDS:
-                    servers = sum(_cpu_ticks(pid) for pid in setup.pids)
-                    database = _cpu_ticks(postmaster)
-                    began = time.perf_counter()
-                    await _send(setup, body, args.uploads, args.concurrency, with_upload)
-                    seconds = time.perf_counter() - began
-                    servers = sum(_cpu_ticks(pid) for pid in setup.pids) - servers
-                    database = _cpu_ticks(postmaster) - database
-                    figures.setdefault((name, kind), []).append((
-                        args.uploads / seconds,
-                        servers / TICKS / args.uploads * 1e6,
-                        database / TICKS / args.uploads * 1e6,
-                    ))
-                figures.setdefault((name, LARGE), []).append(
+    async with AsyncExitStack() as stack:
+        setups = [await stack.enter_async_context(started(name, cluster, args.fsync, work))
+                  for name in names]
+        for setup in setups:
+            for _, with_upload in KINDS:
+                await _send(setup, body, args.warmup, args.concurrency, with_upload)
+        batches = max(1, args.uploads // args.batch)
+        for number in range(args.rounds):
+            for kind, with_upload in KINDS:
+                for batch in range(batches):
+                    for setup in setups if (number + batch) % 2 == 0 else setups[::-1]:
+                        figures.setdefault((setup.name, kind), []).append(
+                            await _batch(setup, body, args, with_upload, postmaster))
+            for setup in setups:
+                figures.setdefault((setup.name, LARGE), []).append(
                     await _large(setup, large, postmaster))
     return figures
+
+
+async def _batch(setup: Setup, body: memoryview, args: argparse.Namespace, with_upload: bool,
+                 postmaster: int) -> tuple[float, float, float]:
+    """One batch of small uploads: (uploads/s, server CPU us/upload, PostgreSQL's)."""
+    servers = sum(tree_cpu_ns(pid) for pid in setup.pids)
+    database = tree_cpu_ns(postmaster)
+    began = time.perf_counter()
+    await _send(setup, body, args.batch, args.concurrency, with_upload)
+    seconds = time.perf_counter() - began
+    return (args.batch / seconds,
+            (sum(tree_cpu_ns(pid) for pid in setup.pids) - servers) / 1000 / args.batch,
+            (tree_cpu_ns(postmaster) - database) / 1000 / args.batch)
 
 
 async def _large(setup: Setup, body: memoryview, postmaster: int) -> tuple[float, float, float]:
     """One upload of ``body`` in one PATCH to the setup's first server: (MiB/s, server CPU
     seconds per GiB, PostgreSQL CPU seconds per GiB)."""
-    servers = sum(_cpu_ticks(pid) for pid in setup.pids)
-    database = _cpu_ticks(postmaster)
+    servers = sum(tree_cpu_ns(pid) for pid in setup.pids)
+    database = tree_cpu_ns(postmaster)
     began = time.perf_counter()
     await upload_in_patches(setup.urls[0], body, len(body), 600)
     seconds = time.perf_counter() - began
     gibs = len(body) / GIB
     return (len(body) / MIB / seconds,
-            (sum(_cpu_ticks(pid) for pid in setup.pids) - servers) / TICKS / gibs,
-            (_cpu_ticks(postmaster) - database) / TICKS / gibs)
+            (sum(tree_cpu_ns(pid) for pid in setup.pids) - servers) / 1e9 / gibs,
+            (tree_cpu_ns(postmaster) - database) / 1e9 / gibs)
 
 
 def report(figures: Figures, args: argparse.Namespace) -> None:
-    print(f"\n{args.uploads} uploads of {args.size // KIB} KiB, {args.concurrency} at once, "
-          f"fsync {args.fsync}; medians of {args.rounds} rounds")
+    print(f"\n{args.uploads} uploads of {args.size // KIB} KiB a round, {args.concurrency} at "
+          f"once, in batches of {args.batch}, fsync {args.fsync}; medians of the batches of "
+          f"{args.rounds} rounds; [median ratio of server CPU to the first setup's batch]")
     print("| setup | kind | uploads/s | server CPU us/upload | PostgreSQL CPU us/upload |"
           " all CPU us/upload |")
     print("|---|---|---:|---:|---:|---:|")
-    for (name, kind), rounds in figures.items():
+    first = next(iter(figures))[0]
+    for (name, kind), batches in figures.items():
         if kind == LARGE:
             continue
-        rate, server, database = (statistics.median(column) for column in zip(*rounds, strict=True))
-        print(f"| {name} | {kind} | {rate:,.0f} | {server:,.0f} | {database:,.0f} | "
-              f"{server + database:,.0f} |")
+        rate, server, database = (
+            statistics.median(column) for column in zip(*batches, strict=True))
+        ratio = statistics.median(
+            b[1] / a[1] for a, b in zip(figures[(first, kind)], batches, strict=True) if a[1]
+        )
+        print(f"| {name} | {kind} | {rate:,.0f} | {server:,.0f} [x{ratio:.2f}] | "
+              f"{database:,.0f} | {server + database:,.0f} |")
     print(f"\none upload of {args.large // MIB} MiB in one PATCH; medians of {args.rounds} rounds")
     print("| setup | MiB/s | server CPU s/GiB | PostgreSQL CPU s/GiB |")
     print("|---|---:|---:|---:|")
@@ -196,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--uploads", type=int, default=2000, help="uploads per round and kind (default 2000)")
+    add("--batch", type=int, default=200, help="uploads per batch (default 200)")
     add("--rounds", type=int, default=3, help="rounds (default 3)")
     add("--warmup", type=int, default=200, help="uploads before measuring (default 200)")
     add("--concurrency", type=int, default=32, help="uploads at once (default 32)")

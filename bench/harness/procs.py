@@ -138,6 +138,12 @@ def _peak_and_cpu(pid: int) -> tuple[int, int] | None:
     return hwm, nanoseconds
 
 
+def tree_cpu_ns(pid: int) -> int:
+    """CPU time so far of ``pid`` and every descendant it has now, all their threads, in
+    nanoseconds (see :func:`_peak_and_cpu`)."""
+    return sum(found[1] for process in _tree(pid) if (found := _peak_and_cpu(process)))
+
+
 @dataclass
 class TreeMonitor:
     """Peak resident set and CPU time of a process and every descendant it has while watched.
