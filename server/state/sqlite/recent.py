@@ -21,6 +21,8 @@ holds every backend to that), and nothing changes an upload's storage info in pl
 from __future__ import annotations
 
 from collections.abc import Collection
+from types import TracebackType
+from typing import Self
 
 from ..model import Upload
 
@@ -42,19 +44,17 @@ class RecentUploads:
     def get(self, upload_id: str) -> Upload | None:
         return self._uploads.get(upload_id)
 
-    def writing(self, upload_ids: Collection[str]) -> int:
-        """A write of these uploads begins: what was kept of them is forgotten. Its serial
-        number, for :meth:`written`."""
+    def writing(self, upload_ids: Collection[str]) -> Write:
+        """A write of these uploads, for a ``with`` block around it: what was kept of them
+        is forgotten now; what the block sets as :attr:`Write.upload` is kept once it ends
+        without an exception, unless a later write of it began meanwhile."""
         self._serial += 1
         for upload_id in upload_ids:
             self._uploads.pop(upload_id, None)
             self._writing[upload_id] = self._serial
-        return self._serial
+        return Write(self, upload_ids, self._serial)
 
-    def written(self, upload_ids: Collection[str], serial: int, upload: Upload | None) -> None:
-        """The write ``serial`` of these uploads ended, having written ``upload`` (None:
-        removed them, failed, or its caller was cancelled): kept unless a later write of it
-        began meanwhile."""
+    def _written(self, upload_ids: Collection[str], serial: int, upload: Upload | None) -> None:
         for upload_id in upload_ids:
             if self._writing.get(upload_id) != serial:
                 continue  # a later write's to keep
@@ -63,3 +63,27 @@ class RecentUploads:
                 if len(self._uploads) >= self._capacity:
                     del self._uploads[next(iter(self._uploads))]  # the oldest kept
                 self._uploads[upload_id] = upload
+
+
+class Write:
+    """One write of :meth:`RecentUploads.writing` under way."""
+
+    __slots__ = ("_recent", "_serial", "_upload_ids", "upload")
+
+    def __init__(self, recent: RecentUploads, upload_ids: Collection[str], serial: int) -> None:
+        self._recent = recent
+        self._upload_ids = upload_ids
+        self._serial = serial
+        self.upload: Upload | None = None
+        """What the write wrote, once it landed; None for a removal."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Failed, or its caller cancelled: nothing kept (the next lookup reads the row).
+        written = self.upload if kind is None else None
+        self._recent._written(self._upload_ids, self._serial, written)

@@ -67,9 +67,8 @@ class SQLiteUploads(Uploads):
     async def create(
         self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
     ) -> None:
-        values, written = upload_values(upload), None
-        serial = self._recent.writing((upload.id,))
-        try:
+        values = upload_values(upload)
+        with self._recent.writing((upload.id,)) as write:
             if not parts:
                 await self._write(_INSERT, values, events)
             else:
@@ -82,9 +81,7 @@ class SQLiteUploads(Uploads):
                     )
                     if events:
                         await self._outbox.record(transaction, events)
-            written = upload
-        finally:
-            self._recent.written((upload.id,), serial, written)
+            write.upload = upload
 
     async def get(self, upload_id: str) -> Upload | None:
         kept = self._recent.get(upload_id)
@@ -110,19 +107,16 @@ class SQLiteUploads(Uploads):
         release: bool = False,
     ) -> Upload:
         _no_lease(lease)
-        saved, written = upload.but(updated_at=time.time()), None
+        saved = upload.but(updated_at=time.time())
         values = (
             saved.offset, saved.length, saved.expires_at, saved.completed_at,
             json.dumps(saved.storage), saved.updated_at, saved.repr_digest, saved.id, _ACTIVE,
         )
-        serial = self._recent.writing((upload.id,))
-        try:
+        with self._recent.writing((upload.id,)) as write:
             if not await self._write(_SAVE, values, events):
                 raise UploadGone(upload.id)
             # A complete upload is not kept: no PATCH comes for it, and few lookups.
-            written = None if saved.is_complete else saved
-        finally:
-            self._recent.written((upload.id,), serial, written)
+            write.upload = None if saved.is_complete else saved
         return saved
 
     async def mark_gone(
@@ -139,11 +133,8 @@ class SQLiteUploads(Uploads):
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
             f"WHERE id IN ({placeholders(ids)}) AND status = ?"
         )
-        serial = self._recent.writing(ids)
-        try:
+        with self._recent.writing(ids):
             await self._write(sql, (status, time.time(), *ids, _ACTIVE), events)
-        finally:
-            self._recent.written(ids, serial, None)
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(
@@ -185,8 +176,7 @@ class SQLiteUploads(Uploads):
         if not upload_ids:
             return
         marks = placeholders(upload_ids)
-        serial = self._recent.writing(upload_ids)
-        try:
+        with self._recent.writing(upload_ids):
             async with self._db.transaction() as transaction:
                 await transaction.execute(
                     f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,)
@@ -194,5 +184,3 @@ class SQLiteUploads(Uploads):
                 await transaction.execute(
                     f"DELETE FROM uploads WHERE id IN ({marks})", (*upload_ids,)
                 )
-        finally:
-            self._recent.written(upload_ids, serial, None)
