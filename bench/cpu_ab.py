@@ -20,10 +20,14 @@ batch to the first target's batch next to it; then user CPU alone over all batch
 (kernel time is left out there: on ext4, creating a file costs more or less depending
 on what the machine deleted lately; ``--work-dir`` on a tmpfs leaves that out too).
 
-Instructions (``--instructions``): each server runs alone under valgrind's callgrind,
-which counts the instructions it executes in user space, whatever else the machine
-does; ``--count`` uploads one at a time (so that nothing depends on timing) after a
-warm-up. Deterministic to about half a percent: for small differences.
+Instructions (``--instructions``): one target after the other runs under valgrind's
+callgrind, which counts the instructions its processes (workers and ``*K`` servers too)
+execute in user space, whatever else the machine does: from start to exit with
+``--warmup`` and ``--count`` uploads, less the same without the ``--count``. These go one
+at a time (so that nothing depends on timing): deterministic to about half a percent,
+for small differences. ``--at-once N`` sends N at a time instead: what batching saves,
+and what splitting the uploads among workers or servers costs, without what more busy
+processes than cores cost this machine (cache misses, scheduling).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from pathlib import Path
 import aiohttp
 from harness.client import TUS, many_uploads
 from harness.common import BENCH, KIB, free_port, parse_size
-from harness.procs import TICKS, Command, clean_env, running, tree_cpu_ns
+from harness.procs import TICKS, Command, clean_env, running, tree_cpu_ns, tree_pids
 
 # uvloop makes the load generator cheaper; bench/setup installs it.
 try:
@@ -97,21 +101,11 @@ class Target:
                 sys.exit(f"{self.name}: {self.checkout} imports {path}")
 
 
-def _processes(pid: int) -> list[int]:
-    """``pid`` and its children: a server with ``--workers`` is a supervisor and its workers."""
-    children = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            children += [int(child) for child in
-                         Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return [pid, *children]
-
-
 def _user_seconds(pid: int) -> float:
-    """User CPU time of ``pid`` and its children, all their threads, past ones too (in
+    """User CPU time of ``pid`` and its descendants, all their threads, past ones too (in
     clock ticks' steps)."""
     total = 0
-    for process in _processes(pid):
+    for process in tree_pids(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11])
@@ -207,20 +201,61 @@ async def _ready(url: str, process: asyncio.subprocess.Process) -> None:
     sys.exit(f"the server under valgrind did not answer within {VALGRIND_READY:.0f} s")
 
 
-async def _callgrind_control(*arguments: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "callgrind_control", *arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if await process.wait() != 0:
-        sys.exit(f"callgrind_control {' '.join(arguments)} failed")
-
-
 async def _instructions(target: Target, with_upload: bool, fsync: str,
                         args: argparse.Namespace, work: Path) -> float:
-    """Instructions the server executed per upload, counted by callgrind."""
+    """Instructions the server executed per upload, counted by callgrind: all its
+    processes' from start to exit, with the measured uploads after the warm-up, less the
+    same without them. (``callgrind_control`` cannot reach forked workers to start the
+    counts after the warm-up.)"""
+    without = await _instructions_to_exit(target, with_upload, fsync, args, work, 0)
+    with_them = await _instructions_to_exit(target, with_upload, fsync, args, work, args.count)
+    return (with_them - without) / args.count
+
+
+async def _instructions_to_exit(target: Target, with_upload: bool, fsync: str,
+                                args: argparse.Namespace, work: Path, count: int) -> int:
+    """Instructions of all the target's processes (of each of its servers), from start to
+    exit, with ``--warmup`` and then ``count`` uploads, shared among its servers."""
+    started: list[tuple[asyncio.subprocess.Process, str, Path]] = []
+    try:
+        for _ in range(target.copies):
+            started.append(await _start_under_callgrind(target, fsync, work))
+        body = memoryview(os.urandom(args.size))
+        copies = len(started)
+        await asyncio.gather(*(
+            many_uploads(url, body, (args.warmup + count) // copies,
+                         max(1, args.at_once // copies), 1200, with_upload)
+            for _, url, _ in started
+        ))
+        processes = sum(len(tree_pids(process.pid)) for process, _, _ in started)
+    finally:
+        for process, _, _ in started:
+            process.send_signal(signal.SIGTERM)
+        for process, _, _ in started:
+            await process.wait()
+    counts = []
+    for _, _, run_dir in started:
+        for dump in run_dir.glob("callgrind.out.*"):
+            totals = re.search(r"^(?:summary|totals): (\d+)",
+                               dump.read_text(errors="replace"), re.MULTILINE)
+            if totals:
+                counts.append(int(totals.group(1)))
+    if len(counts) != processes:
+        sys.exit(f"{target.name}: {len(counts)} callgrind counts in {work}, "
+                 f"for {processes} processes")
+    return sum(counts)
+
+
+async def _start_under_callgrind(
+    target: Target, fsync: str, work: Path
+) -> tuple[asyncio.subprocess.Process, str, Path]:
+    """One server of the target under callgrind, answering: its process, URL and run
+    directory (where each of its processes leaves its counts)."""
     run_dir = _fresh_dir(work, target.name)
     port = free_port()
     url = f"http://127.0.0.1:{port}/files/"
-    out = run_dir / "callgrind.out"
+    # %p: each forked worker counts into a file of its own.
+    out = run_dir / "callgrind.out.%p"
     command = target.command(port, run_dir / "data", fsync,
                              ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
     log = os.open(run_dir / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -232,21 +267,11 @@ async def _instructions(target: Target, with_upload: bool, fsync: str,
         os.close(log)
     try:
         await _ready(url, process)
-        body = memoryview(os.urandom(args.size))
-        await many_uploads(url, body, args.warmup, 1, 1200, with_upload)
-        await _callgrind_control("-z", str(process.pid))  # the counts start from here
-        await many_uploads(url, body, args.count, 1, 1200, with_upload)
-        await _callgrind_control("-d", "measured", str(process.pid))
-    finally:
+    except BaseException:
         process.send_signal(signal.SIGTERM)
         await process.wait()
-    for dump in run_dir.glob("callgrind.out.*"):
-        text = dump.read_text(errors="replace")
-        if "\ndesc: Trigger: dump measured\n" in text[:2000]:
-            totals = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-            if totals:
-                return int(totals.group(1)) / args.count
-    sys.exit(f"{target.name}: no callgrind dump of the measured uploads in {run_dir}")
+        raise
+    return process, url, run_dir
 
 
 async def _instruction_table(targets: list[Target], fsync: str, args: argparse.Namespace,
@@ -254,7 +279,8 @@ async def _instruction_table(targets: list[Target], fsync: str, args: argparse.N
     counts = {(kind, target.name): await _instructions(target, with_upload, fsync, args, work)
               for target in targets for kind, with_upload in KINDS}
     names = [target.name for target in targets]
-    print(f"\nfsync {fsync}: thousands of instructions per upload, one upload at a time "
+    at_once = "one upload at a time" if args.at_once == 1 else f"{args.at_once} uploads at once"
+    print(f"\nfsync {fsync}: thousands of instructions per upload, {at_once} "
           f"[ratio to {names[0]}]")
     print("| kind | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
@@ -277,6 +303,8 @@ def main() -> None:
     add("--fsync", default="none,always", help="fsync modes, in turn (default none,always)")
     add("--instructions", action="store_true", help="count instructions under callgrind")
     add("--count", type=int, default=200, help="with --instructions: uploads (default 200)")
+    add("--at-once", type=int, default=1,
+        help="with --instructions: uploads at once (default 1)")
     add("--work-dir", type=Path, default=BENCH / ".work",
         help="where the data directories go (default bench/.work)")
     args = parser.parse_args()

@@ -108,7 +108,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _tree(pid: int) -> list[int]:
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, at most 1,000."""
     pids, queue = [], [pid]
     while queue and len(pids) < 1000:
         current = queue.pop()
@@ -141,7 +142,7 @@ def _peak_and_cpu(pid: int) -> tuple[int, int] | None:
 def tree_cpu_ns(pid: int) -> int:
     """CPU time so far of ``pid`` and every descendant it has now, all their threads, in
     nanoseconds (see :func:`_peak_and_cpu`)."""
-    return sum(found[1] for process in _tree(pid) if (found := _peak_and_cpu(process)))
+    return sum(found[1] for process in tree_pids(pid) if (found := _peak_and_cpu(process)))
 
 
 @dataclass
@@ -180,7 +181,7 @@ class TreeMonitor:
             self._sample()
 
     def _sample(self) -> None:
-        readings = {pid: _peak_and_cpu(pid) for pid in _tree(self.pid)}
+        readings = {pid: _peak_and_cpu(pid) for pid in tree_pids(self.pid)}
         with self._lock:
             for pid, reading in readings.items():
                 if reading is None:
