@@ -27,7 +27,8 @@ execute in user space, whatever else the machine does: from start to exit with
 at a time (so that nothing depends on timing): deterministic to about half a percent,
 for small differences. ``--at-once N`` sends N at a time instead: what batching saves,
 and what splitting the uploads among workers or servers costs, without what more busy
-processes than cores cost this machine (cache misses, scheduling).
+processes than cores cost this machine (cache misses, scheduling); batches depend on
+timing then, and the counts of ``--workers`` move by a percent or two between runs.
 """
 
 from __future__ import annotations
