@@ -22,7 +22,6 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
-    Sequence,
 )
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from typing import Any
 import aiosqlite
 
 from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
+from .marks import Stamps, WriteMarks, marks_path
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writes import Statement, StatementBatch, WriteGate
+from .writes import StatementBatch, WriteGate
 
 log = logging.getLogger("aiotusd")
 
@@ -130,6 +130,18 @@ def _try_connect(path: Path) -> None:
     sqlite3.connect(path).close()
 
 
+def _open_marks(path: Path) -> WriteMarks:
+    """The file of :mod:`.marks` beside the database at ``path``; raises
+    :class:`DatabaseUnusable` naming it when it cannot be made."""
+    try:
+        return WriteMarks.open(path)
+    except OSError as exc:
+        raise DatabaseUnusable(
+            f"cannot use the database {path}: cannot make {marks_path(path)}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
 def _unusable(
     path: Path, exc: OSError | sqlite3.Error | DatabaseUnavailable
 ) -> DatabaseUnusable:
@@ -206,15 +218,18 @@ class Database:
         self.connection = connection
         self.reader = reader
         """Lookups by key try this connection first (see :func:`_open_reader`)."""
+        self.marks: WriteMarks | None = None
+        """Where the writes' stamps go, when other processes write the file (:mod:`.marks`)."""
         self.gate = WriteGate()
         self._batch = StatementBatch(connection, committed_here=self._committed_here)
         self._commits_here = 0
         self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
+    async def open(cls, path: Path, sole_writer: bool = False) -> Database:
         """The database in the SQLite file at ``path``, made (with its directory) if missing,
-        and migrated to :data:`SCHEMA_VERSION`.
+        and migrated to :data:`SCHEMA_VERSION`; unless it is the file's ``sole_writer``,
+        with the file of :mod:`.marks` beside it.
 
         Raises :class:`DatabaseUnusable` naming ``path`` when the file cannot be the
         database: not SQLite, damaged, a directory, unwritable, or of a newer schema.
@@ -225,19 +240,21 @@ class Database:
             connection = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise _unusable(path, exc) from None
+        database = cls(path, connection)
         try:
             await connection.execute("PRAGMA journal_mode=WAL")
             await connection.execute("PRAGMA synchronous=NORMAL")
             await connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            database = cls(path, connection)
             await database._migrate(path)
             database.reader = _open_reader(path)
             database._batch.here = _open_writer(path)
+            if not sole_writer:
+                database.marks = database._batch.marks = _open_marks(path)
         except (sqlite3.Error, DatabaseUnavailable) as exc:
-            await connection.close()
+            await database.close()
             raise _unusable(path, exc) from None
         except BaseException:
-            await connection.close()
+            await database.close()
             raise
         return database
 
@@ -248,6 +265,8 @@ class Database:
             self._batch.here.close()
         if self.reader is not None:
             self.reader.close()
+        if self.marks is not None:
+            self.marks.close()
         await self.connection.close()
 
     async def schema_version(self) -> int:
@@ -271,20 +290,16 @@ class Database:
                 f"INSERT INTO schema_version VALUES ({number + 1}); COMMIT;"
             )
 
-    async def statement(self, sql: str, parameters: tuple[Any, ...], row_id: bool = False) -> int:
-        """Run one writing statement, side by side with others (:class:`StatementBatch`);
-        the rows it changed, or with ``row_id`` the id of the row it inserted (0: none).
-        A cancelled caller waits for it to have run."""
+    async def statement(
+        self, sql: str, parameters: tuple[Any, ...], row_id: bool = False, stamps: Stamps = (),
+    ) -> int:
+        """Run one writing statement, side by side with others (:class:`StatementBatch`),
+        in a transaction that leaves ``stamps`` (:mod:`.marks`); the rows it changed, or
+        with ``row_id`` the id of the row it inserted (0: none). A cancelled caller waits
+        for it to have run."""
         with unavailable_when_lost(self.path):
             async with self.gate.statement():
-                return (await self._batch.run(((sql, parameters, row_id),)))[0]
-
-    async def statements(self, statements: Sequence[Statement]) -> list[int]:
-        """Run ``statements`` in this order, side by side with others' in one commit: one
-        write where they would be two; the outcome of each, as of :meth:`statement`."""
-        with unavailable_when_lost(self.path):
-            async with self.gate.statement():
-                return await self._batch.run(statements)
+                return (await self._batch.run(((sql, parameters, row_id),), stamps))[0]
 
     def _committed_here(self) -> None:
         """Every :data:`CHECKPOINT_EVERY` commits made on the event loop's thread, checkpoint
@@ -310,15 +325,16 @@ class Database:
             self._checkpoint = None
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """A transaction, alone on the connection; committed when the block ends, rolled
-        back when it raises. A caller cancelled as it commits waits for the commit."""
+    async def transaction(self, stamps: Stamps = ()) -> AsyncIterator[Transaction]:
+        """A transaction, alone on the connection, that leaves ``stamps`` (:mod:`.marks`);
+        committed when the block ends, rolled back when it raises. A caller cancelled as it
+        commits waits for the commit."""
         with unavailable_when_lost(self.path):
-            async with self._transaction() as transaction:
+            async with self._transaction(stamps) as transaction:
                 yield transaction
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def _transaction(self, stamps: Stamps) -> AsyncIterator[Transaction]:
         db = self.connection
         async with self.gate.transaction():
             transaction = Transaction(db)
@@ -331,6 +347,9 @@ class Database:
                 # committed meanwhile: a 503 for nothing.
                 await db.execute("BEGIN IMMEDIATE")
                 yield transaction
+                if stamps and self.marks is not None:
+                    # Between statements on the connection's thread: the lock is held.
+                    self.marks.leave(stamps)
             except BaseException:
                 # Also when awaiting BEGIN was cancelled: aiosqlite runs it all the same, and
                 # this ROLLBACK, queued after it, ends it. A full disk may have rolled back.

@@ -1,9 +1,11 @@
-"""The uploads an SQLite store wrote last, for a store that is its file's only writer.
+"""The uploads an SQLite store wrote last, kept to answer lookups.
 
-One process alone on its SQLite file (no ``--workers``) knows every write the file gets,
-so a lookup may be answered from what it wrote: a PATCH after its POST reads no row (5 %
-of a small upload's instructions). Only writes fill it, never reads: a read that waits on
-the connection's thread could come back with a row older than a write made meanwhile.
+A PATCH after its POST need not read the row the POST wrote (5 % of a small upload's
+instructions). One process alone on its SQLite file (no ``--workers``) knows every write
+the file gets, so it answers a lookup from what it wrote; a worker does so only while the
+upload's mark (:mod:`.marks`) is still the one its write left. Only writes fill it, never
+reads: a read that waits on the connection's thread could come back with a row older than
+a write made meanwhile.
 
 Writes of one upload land in the order they begin (the write gate and the batch keep
 arrival order), but their callers go on in whatever order the event loop resumes them: a
@@ -25,6 +27,7 @@ from types import TracebackType
 from typing import Self
 
 from ..model import Upload
+from .marks import Stamps, WriteMarks
 
 RECENT_UPLOADS = 4096
 """How many uploads, the last written, a store that is its file's only writer keeps."""
@@ -33,28 +36,51 @@ RECENT_UPLOADS = 4096
 class RecentUploads:
     """The uploads last written, as a read of their rows would give them back."""
 
-    def __init__(self, capacity: int) -> None:
-        """``capacity``: how many to keep; 0 keeps none (other processes write the file)."""
+    def __init__(self, marks: WriteMarks | None, capacity: int = RECENT_UPLOADS) -> None:
+        """``marks``: of the writes of every process on the file (None: this one alone
+        writes it); ``capacity``: how many uploads to keep."""
+        self._marks = marks
         self._capacity = capacity
-        self._uploads: dict[str, Upload] = {}
+        self._uploads: dict[str, tuple[Upload, int]] = {}
+        """Each kept upload with the mark its write left (0 without marks)."""
         self._writing: dict[str, int] = {}
         """The serial number of the latest write that began, of each upload being written."""
         self._serial = 0
 
     def get(self, upload_id: str) -> Upload | None:
-        return self._uploads.get(upload_id)
+        kept = self._uploads.get(upload_id)
+        if kept is None:
+            return None
+        if self._marks is not None and not self._marks.holds(upload_id, kept[1]):
+            del self._uploads[upload_id]  # written since, by another process
+            return None
+        return kept[0]
 
     def writing(self, upload_ids: Collection[str]) -> Write:
         """A write of these uploads, for a ``with`` block around it: what was kept of them
         is forgotten now; what the block sets as :attr:`Write.upload` is kept once it ends
-        without an exception, unless a later write of it began meanwhile."""
+        without an exception, unless a later write of it began meanwhile. With marks, the
+        write must leave :attr:`Write.stamps` in its transaction."""
+        stamps = () if self._marks is None else self._marks.stamps(upload_ids)
+        return self._write(upload_ids, stamps, stamps[0][1] if stamps else 0)
+
+    def creating(self, upload_id: str) -> Write:
+        """The write of a new upload's row, as :meth:`writing`, which leaves no stamps: no
+        other process keeps a row that is not there yet, and every later write of it,
+        whoever makes it, changes the mark in its slot, which is read now, before it."""
+        mark = 0 if self._marks is None else self._marks.now(upload_id)
+        return self._write((upload_id,), (), mark)
+
+    def _write(self, upload_ids: Collection[str], stamps: Stamps, mark: int) -> Write:
         self._serial += 1
         for upload_id in upload_ids:
             self._uploads.pop(upload_id, None)
             self._writing[upload_id] = self._serial
-        return Write(self, upload_ids, self._serial)
+        return Write(self, upload_ids, self._serial, stamps, mark)
 
-    def _written(self, upload_ids: Collection[str], serial: int, upload: Upload | None) -> None:
+    def _written(
+        self, upload_ids: Collection[str], serial: int, upload: Upload | None, mark: int
+    ) -> None:
         for upload_id in upload_ids:
             if self._writing.get(upload_id) != serial:
                 continue  # a later write's to keep
@@ -62,18 +88,25 @@ class RecentUploads:
             if upload is not None and self._capacity:
                 if len(self._uploads) >= self._capacity:
                     del self._uploads[next(iter(self._uploads))]  # the oldest kept
-                self._uploads[upload_id] = upload
+                self._uploads[upload_id] = (upload, mark)
 
 
 class Write:
     """One write of :meth:`RecentUploads.writing` under way."""
 
-    __slots__ = ("_recent", "_serial", "_upload_ids", "upload")
+    __slots__ = ("_mark", "_recent", "_serial", "_upload_ids", "stamps", "upload")
 
-    def __init__(self, recent: RecentUploads, upload_ids: Collection[str], serial: int) -> None:
+    def __init__(
+        self, recent: RecentUploads, upload_ids: Collection[str], serial: int, stamps: Stamps,
+        mark: int,
+    ) -> None:
         self._recent = recent
         self._upload_ids = upload_ids
         self._serial = serial
+        self.stamps = stamps
+        """What the write's transaction leaves in the file of marks (none without one)."""
+        self._mark = mark
+        """The mark the upload's slot holds once the write landed, unless written since."""
         self.upload: Upload | None = None
         """What the write wrote, once it landed; None for a removal."""
 
@@ -86,4 +119,4 @@ class Write:
     ) -> None:
         # Failed, or its caller cancelled: nothing kept (the next lookup reads the row).
         written = self.upload if kind is None else None
-        self._recent._written(self._upload_ids, self._serial, written)
+        self._recent._written(self._upload_ids, self._serial, written, self._mark)

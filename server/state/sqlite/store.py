@@ -20,18 +20,19 @@ class SQLiteStore(SQLiteUploads, SQLiteOutbox, Store):
     (:mod:`server.host_locks`).
     """
 
-    def __init__(self, database: Database, sole_writer: bool = False) -> None:
+    def __init__(self, database: Database) -> None:
         SQLiteOutbox.__init__(self, database)
-        SQLiteUploads.__init__(self, database, outbox=self, sole_writer=sole_writer)
+        SQLiteUploads.__init__(self, database, outbox=self)
 
     @classmethod
     async def open(cls, path: Path, sole_writer: bool = False) -> SQLiteStore:
         """The store in the SQLite file at ``path``, made (with its directory) if missing;
-        ``sole_writer``: no other process writes the file (see :class:`SQLiteUploads`).
+        ``sole_writer``: no other process writes the file (else the writes leave marks
+        beside it, see :mod:`.marks`).
 
         Raises :class:`~server.state.model.DatabaseUnusable` naming ``path`` when the file
         cannot be the database (see :meth:`Database.open`)."""
-        return cls(await Database.open(path), sole_writer)
+        return cls(await Database.open(path, sole_writer))
 
     async def schema_version(self) -> int:
         return await self._db.schema_version()

@@ -12,9 +12,9 @@ from ..interface import Uploads
 from ..model import ACTIVE, HookEvent, Status, Upload, UploadGone
 from ..rows import UPLOAD_COLUMNS, UPLOAD_VALUES, upload_from_row, upload_values
 from .database import Database, placeholders
+from .marks import Stamps
 from .outbox import SQLiteOutbox
-from .recent import RECENT_UPLOADS, RecentUploads
-from .writes import Statement
+from .recent import RecentUploads
 
 _ACTIVE = ACTIVE.value
 """Bound as a plain ``str``: sqlite3 binds a subclass of it (an enum member) slower."""
@@ -33,46 +33,42 @@ def _no_lease(lease: int | None) -> None:
 
 
 class SQLiteUploads(Uploads):
-    """The uploads' queries and writes, keeping the promises of :class:`Uploads`; a store
-    that is its file's only writer answers :meth:`get` from the uploads it wrote last
-    (:mod:`.recent`)."""
+    """The uploads' queries and writes, keeping the promises of :class:`Uploads`;
+    :meth:`get` answers first from the uploads written last (:mod:`.recent`). Every write
+    of the ``uploads`` table is made here, and leaves the stamps of :mod:`.marks`."""
 
-    def __init__(self, database: Database, outbox: SQLiteOutbox, sole_writer: bool) -> None:
-        """``outbox`` records the events of the writes; ``sole_writer``: no other process
-        writes the file."""
+    def __init__(self, database: Database, outbox: SQLiteOutbox) -> None:
+        """``outbox`` records the events of the writes."""
         self._db = database
         self._outbox = outbox
-        self._recent = RecentUploads(RECENT_UPLOADS if sole_writer else 0)
+        self._recent = RecentUploads(database.marks)
 
     async def _write(
-        self, sql: str, parameters: tuple[Any, ...], events: Sequence[HookEvent] = ()
+        self, sql: str, parameters: tuple[Any, ...], stamps: Stamps,
+        events: Sequence[HookEvent] = (),
     ) -> int:
-        """Run one writing statement, with ``events`` in its transaction; the rows it changed.
+        """Run one writing statement, leaving ``stamps``, with ``events`` in its
+        transaction; the rows it changed.
 
         A statement that changed no row changed nothing that ``events`` could report: they
         are not recorded either. Without events, it goes with other requests' statements."""
         if not events:
-            return await self._db.statement(sql, parameters)
-        async with self._db.transaction() as transaction:
+            return await self._db.statement(sql, parameters, stamps=stamps)
+        async with self._db.transaction(stamps) as transaction:
             changed = await transaction.execute(sql, parameters)
             if changed:
                 await self._outbox.record(transaction, events)
         return changed
 
-    @staticmethod
-    def inserting(upload: Upload) -> Statement:
-        """The statement that inserts the upload's row."""
-        return _INSERT, upload_values(upload), False
-
     async def create(
         self, upload: Upload, parts: tuple[str, ...] = (), events: Sequence[HookEvent] = ()
     ) -> None:
         values = upload_values(upload)
-        with self._recent.writing((upload.id,)) as write:
+        with self._recent.creating(upload.id) as write:
             if not parts:
-                await self._write(_INSERT, values, events)
+                await self._write(_INSERT, values, write.stamps, events)
             else:
-                async with self._db.transaction() as transaction:
+                async with self._db.transaction(write.stamps) as transaction:
                     await transaction.execute(_INSERT, values)
                     await transaction.executemany(
                         "INSERT INTO concat_parts (final_id, position, partial_id) "
@@ -113,7 +109,7 @@ class SQLiteUploads(Uploads):
             json.dumps(saved.storage), saved.updated_at, saved.repr_digest, saved.id, _ACTIVE,
         )
         with self._recent.writing((upload.id,)) as write:
-            if not await self._write(_SAVE, values, events):
+            if not await self._write(_SAVE, values, write.stamps, events):
                 raise UploadGone(upload.id)
             # A complete upload is not kept: no PATCH comes for it, and few lookups.
             write.upload = None if saved.is_complete else saved
@@ -133,8 +129,8 @@ class SQLiteUploads(Uploads):
             "UPDATE uploads SET status = ?, updated_at = ?, expires_at = NULL "
             f"WHERE id IN ({placeholders(ids)}) AND status = ?"
         )
-        with self._recent.writing(ids):
-            await self._write(sql, (status, time.time(), *ids, _ACTIVE), events)
+        with self._recent.writing(ids) as write:
+            await self._write(sql, (status, time.time(), *ids, _ACTIVE), write.stamps, events)
 
     async def parts(self, final_id: str) -> tuple[str, ...]:
         rows = await self._db.rows(
@@ -176,8 +172,8 @@ class SQLiteUploads(Uploads):
         if not upload_ids:
             return
         marks = placeholders(upload_ids)
-        with self._recent.writing(upload_ids):
-            async with self._db.transaction() as transaction:
+        with self._recent.writing(upload_ids) as write:
+            async with self._db.transaction(write.stamps) as transaction:
                 await transaction.execute(
                     f"DELETE FROM concat_parts WHERE final_id IN ({marks})", (*upload_ids,)
                 )

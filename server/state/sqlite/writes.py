@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
+
+from .marks import Stamps, WriteMarks
 
 log = logging.getLogger("aiotusd")
 
@@ -134,62 +137,90 @@ class _Turn:
         self._gate._leave(self._transaction)
 
 
+def _in_one_transaction(
+    connection: sqlite3.Connection, statements: Sequence[Statement],
+    leave: Callable[[], None] | None, begin: str,
+) -> list[int]:
+    """Run ``statements`` between ``begin`` and COMMIT, calling ``leave`` (the marks of
+    :mod:`.marks`) before the COMMIT, while the transaction holds the write lock; the
+    outcome of each. Raises what fails, the transaction left to the caller. (One cursor
+    for them all: ``connection.execute`` makes one each time.)"""
+    cursor = connection.cursor()
+    cursor.execute(begin)
+    changed = [_outcome(cursor.execute(sql, values), row_id) for sql, values, row_id in statements]
+    if leave is not None:
+        leave()
+    cursor.execute("COMMIT")
+    return changed
+
+
 def _run_together(
-    connection: sqlite3.Connection, statements: list[Statement]
+    connection: sqlite3.Connection, statements: list[Statement],
+    leave: Callable[[], None] | None = None,
 ) -> list[Exception | int]:
     """Run ``statements`` in one transaction; when one fails, each alone: every statement
     gets its own outcome, as if it had been sent by itself: the rows it changed, or its
-    exception. On the connection's thread."""
-    if len(statements) > 1:
+    exception. ``leave`` is called in each transaction that runs (see
+    :func:`_in_one_transaction`), which a statement with it never runs without. On the
+    connection's thread."""
+    # IMMEDIATE with marks: the write lock is theirs even if no statement writes a row.
+    begin = "BEGIN" if leave is None else "BEGIN IMMEDIATE"
+    if len(statements) > 1 or leave is not None:
         try:
-            connection.execute("BEGIN")
-            changed: list[Exception | int] = [
-                _outcome(connection.execute(sql, values), row_id)
-                for sql, values, row_id in statements
-            ]
-            connection.execute("COMMIT")
-            return changed
+            return [*_in_one_transaction(connection, statements, leave, begin)]
         except Exception as exc:
             # A full disk may have rolled back already; a failed COMMIT may have not.
-            if connection.in_transaction:
-                try:
-                    connection.execute("ROLLBACK")
-                except sqlite3.Error:
-                    return [exc] * len(statements)  # none of them may go into that one
+            if not _rolled_back(connection) or len(statements) == 1:
+                return [exc] * len(statements)  # none of them may go into that one
     outcomes: list[Exception | int] = []
-    for sql, parameters, row_id in statements:
+    for statement in statements:
         try:
-            outcomes.append(_outcome(connection.execute(sql, parameters), row_id))
+            if leave is None:
+                sql, parameters, row_id = statement
+                outcomes.append(_outcome(connection.execute(sql, parameters), row_id))
+            else:
+                outcomes += _in_one_transaction(connection, (statement,), leave, begin)
         except Exception as exc:
+            if not _rolled_back(connection):
+                return [*outcomes, *[exc] * (len(statements) - len(outcomes))]
             outcomes.append(exc)
     return outcomes
+
+
+def _rolled_back(connection: sqlite3.Connection) -> bool:
+    """End the transaction under way, if one is; False when it could not be."""
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+    return True
 
 
 class _Locked(Exception):
     """Another process holds the database's write lock: nothing was run."""
 
 
-def _run_here(connection: sqlite3.Connection, statements: list[Statement]) -> list[int] | None:
-    """Run ``statements`` in one transaction on ``connection``, which never waits for a lock;
-    the rows each changed, or None when that failed and nothing of it was kept;
-    :class:`_Locked` when another process holds the write lock.
+def _run_here(
+    connection: sqlite3.Connection, statements: list[Statement],
+    leave: Callable[[], None] | None = None,
+) -> list[int] | None:
+    """Run ``statements`` in one transaction on ``connection``, which never waits for a lock,
+    with ``leave`` called before its COMMIT (see :func:`_in_one_transaction`); the rows each
+    changed, or None when that failed and nothing of it was kept; :class:`_Locked` when
+    another process holds the write lock.
 
     On the event loop's thread: in WAL mode with ``synchronous=NORMAL`` a commit writes the
     log and syncs nothing, and writes by key take microseconds. What cannot run at once
     (another process of ``--workers`` holds the write lock) or fails goes to the connection's
     thread instead, which waits for the lock and gives each statement its own outcome."""
     try:
-        if len(statements) == 1:
+        if len(statements) == 1 and leave is None:
             sql, values, row_id = statements[0]
             return [_outcome(connection.execute(sql, values), row_id)]
         # IMMEDIATE: a statement that reads before it writes cannot find, at its write,
         # that another process wrote since its read (which SQLite fails without waiting).
-        connection.execute("BEGIN IMMEDIATE")
-        changed = [
-            _outcome(connection.execute(sql, values), row_id) for sql, values, row_id in statements
-        ]
-        connection.execute("COMMIT")
-        return changed
+        return _in_one_transaction(connection, statements, leave, "BEGIN IMMEDIATE")
     except Exception as exc:  # an OverflowError of a parameter as well: the thread reports it
         if connection.in_transaction:
             connection.execute("ROLLBACK")  # raises when it cannot: see the caller
@@ -229,17 +260,23 @@ class StatementBatch:
         self._connection = connection
         self.here = here
         self._committed_here = committed_here
+        self.marks: WriteMarks | None = None
+        """Where the stamps of the statements are left (:mod:`.marks`), with ``--workers``."""
         self._waiting: list[tuple[Statement, asyncio.Future[int]]] = []
+        self._stamps: list[tuple[int, int]] = []
+        """The stamps of the statements waiting, left in the transaction that runs them."""
         self._locked_tries = 0
         """How often the batch now waiting found the database locked."""
 
-    async def run(self, statements: Sequence[Statement]) -> list[int]:
-        """Run ``statements``, in this order and in the same transaction, and return the
-        outcome of each (see :data:`Statement`); a cancelled caller waits for them to have
-        run all the same (the interface's promise, see :mod:`server.state.interface`)."""
+    async def run(self, statements: Sequence[Statement], stamps: Stamps = ()) -> list[int]:
+        """Run ``statements``, in this order and in the same transaction, which leaves
+        ``stamps`` (see :mod:`.marks`), and return the outcome of each (see
+        :data:`Statement`); a cancelled caller waits for them to have run all the same (the
+        interface's promise, see :mod:`server.state.interface`)."""
         loop = asyncio.get_running_loop()
         if not self._waiting:
             loop.call_soon(self._send)
+        self._stamps += stamps
         answers = []
         for statement in statements:
             answers.append(loop.create_future())
@@ -264,14 +301,19 @@ class StatementBatch:
 
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
+        stamps, self._stamps = self._stamps, []
         statements = [statement for statement, _ in batch]
+        leave = None
+        if stamps and self.marks is not None:
+            leave = functools.partial(self.marks.leave, stamps)
         if self.here is not None:
             try:
-                changed = _run_here(self.here, statements)
+                changed = _run_here(self.here, statements, leave)
             except _Locked:
                 if self._locked_tries < LOCKED_RETRIES:
                     self._locked_tries += 1
                     self._waiting[:0] = batch  # ahead of what came meanwhile
+                    self._stamps[:0] = stamps
                     asyncio.get_running_loop().call_later(LOCKED_RETRY_SECONDS, self._send)
                     return
                 changed = None
@@ -286,16 +328,17 @@ class StatementBatch:
                     done.set_result(outcome)
                 self._committed_here()
                 return
-        self._send_to_thread(batch, statements)
+        self._send_to_thread(batch, statements, leave)
 
     def _send_to_thread(
         self,
         batch: list[tuple[Statement, asyncio.Future[int]]],
         statements: list[Statement],
+        leave: Callable[[], None] | None,
     ) -> None:
-        sent = asyncio.ensure_future(
-            self._connection._execute(_run_together, self._connection._connection, statements)
-        )
+        sent = asyncio.ensure_future(self._connection._execute(
+            _run_together, self._connection._connection, statements, leave
+        ))
 
         def answer(sent: asyncio.Future[list[Exception | int]]) -> None:
             if sent.cancelled():  # the loop is closing
