@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,13 @@ async def created_total(session: aiohttp.ClientSession, server: ServerProcess) -
         text = await response.text()
     return next(line for line in text.splitlines()
                 if line.startswith("aiotusd_uploads_created_total ")).split()[1]
+
+
+def outbox_events(server: ServerProcess) -> int:
+    """Events in the server's outbox, read from its SQLite file as it stands."""
+    database = server.data_dir / "aiotusd.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM hook_outbox").fetchone()[0])
 
 
 def start_lines(server: ServerProcess) -> list[str]:
@@ -233,8 +241,11 @@ async def test_hook_events_from_every_worker_on_sqlite_are_delivered_once(
         server = with_workers(server_process, 2, "--hooks-url", receiver.url,
                               "--hooks-events", "post-create")
         first, second = workers_of(server)
-        urls = []
+        urls: list[str] = []
         for worker in (second, first):
+            # A worker stopped while it writes (an event delivered) would hold the
+            # database's write lock until it goes on: stop it once the outbox is empty.
+            await poll(lambda: outbox_events(server) == 0, "the events delivered")
             with paused(worker):
                 urls += [await create(session, server) for _ in range(2)]
         # Those the second worker recorded go out too, from the first one's outbox poll.
@@ -385,6 +396,45 @@ async def test_a_stalled_patch_in_one_worker_is_taken_over_by_a_request_in_the_o
         }) as response:
             assert response.status == 204, await response.text()
     assert data_file(server, path).read_bytes() == data
+
+
+async def test_a_worker_answers_what_another_worker_wrote_since_its_own_write(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession,
+) -> None:
+    """A worker answers lookups from the uploads it wrote last, as long as no other worker
+    wrote them since: an upload created and patched through one worker, patched through
+    the other, is seen by the first at the other's offset (HEAD), and the first takes the
+    next PATCH at that offset (not 409 at its own)."""
+    server = with_workers(server_process, 2)
+    first, second = workers_of(server)
+    data = payload(12, seed=5)
+    head = {"Tus-Resumable": "1.0.0"}
+
+    async def patch(url: str, start: int, end: int) -> None:
+        headers = {**PATCH_HEADERS, "Upload-Offset": str(start)}
+        async with session.patch(url, data=data[start:end], headers=headers) as response:
+            assert response.status == 204, await response.text()
+            assert response.headers["Upload-Offset"] == str(end)
+
+    async def offset(url: str) -> str:
+        async with session.head(url, headers=head) as response:
+            assert response.status == 200
+            return response.headers["Upload-Offset"]
+
+    with paused(second):
+        async with session.post(server.url, headers={**head, "Upload-Length": "12"}) as created:
+            assert created.status == 201
+            url = created.headers["Location"]
+        await patch(url, 0, 4)
+        assert await offset(url) == "4"  # the first worker keeps what it wrote
+    with paused(first):
+        await patch(url, 4, 7)
+    with paused(second):
+        assert await offset(url) == "7"
+        await patch(url, 7, 12)
+    with paused(first):
+        assert await offset(url) == "12"
+    assert data_file(server, url).read_bytes() == data
 
 
 async def test_uploads_held_when_a_server_with_workers_was_killed_are_free_once_it_restarts(
