@@ -30,7 +30,7 @@ from ..model import Upload
 from .marks import Stamps, WriteMarks
 
 RECENT_UPLOADS = 4096
-"""How many uploads, the last written, a store that is its file's only writer keeps."""
+"""How many uploads, the last written, a store keeps."""
 
 
 class RecentUploads:
@@ -92,7 +92,7 @@ class RecentUploads:
 
 
 class Write:
-    """One write of :meth:`RecentUploads.writing` under way."""
+    """One write of :meth:`RecentUploads.writing` (or ``creating``) under way."""
 
     __slots__ = ("_mark", "_recent", "_serial", "_upload_ids", "stamps", "upload")
 
