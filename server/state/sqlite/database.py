@@ -348,7 +348,7 @@ class Database:
                 await db.execute("BEGIN IMMEDIATE")
                 yield transaction
                 if stamps and self.marks is not None:
-                    # Between statements on the connection's thread: the lock is held.
+                    # From this thread, before the COMMIT: held since BEGIN IMMEDIATE.
                     self.marks.leave(stamps)
             except BaseException:
                 # Also when awaiting BEGIN was cancelled: aiosqlite runs it all the same, and
