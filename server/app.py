@@ -25,7 +25,7 @@ from .expiration import run_sweeper
 from .hooks import Hooks, PythonHook, make_transport
 from .limits import LIMITS, Limits
 from .locks import UploadLocks
-from .metrics import Metrics
+from .metrics import Metrics, keep_published
 from .ops import healthz, metrics_endpoint, readyz, request_metrics
 from .outbox import Delivery
 from .protocol import ID_PATTERN, TUS_VERSION
@@ -87,6 +87,7 @@ def create_app(
         )
         if delivery is not None:
             delivery.start()
+        publishing = asyncio.create_task(keep_published()) if worker is not None else None
         try:
             yield
         finally:
@@ -100,6 +101,10 @@ def create_app(
             await ctx.locks.stop()
             await store.close()
             await backend.stop()
+            if publishing is not None:  # last: what the rest counted as it stopped too
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
 
     async def release_uploads(app: web.Application) -> None:
         app[CONTEXT].locks.release_all()

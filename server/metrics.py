@@ -8,9 +8,11 @@ request and none per body chunk (:mod:`server.ops` counts requests and serves
 Hook delivery is counted by whoever delivers: :meth:`Metrics.hook_delivery` for each
 attempt of a post-hook event and :meth:`Metrics.hook_outbox` for the outbox's depth.
 
-With ``--workers``, each worker counts in files of a directory they share
-(:func:`count_across_processes`, prometheus_client's multiprocess mode), and ``/metrics``
-of whichever worker answers reports the sums: the server's totals.
+With ``--workers``, each worker counts in memory and writes its counts to files of a
+directory they share (:func:`count_across_processes`, the files of prometheus_client's
+multiprocess mode) every :data:`PUBLISH_SECONDS`, before it answers ``/metrics`` and as it
+stops; ``/metrics`` of whichever worker answers reports the sums: the server's totals, the
+other workers' as of their last write.
 
 The process's own metrics (``process_open_fds``, ``process_resident_memory_bytes``,
 ``process_cpu_seconds_total`` and the rest of prometheus_client's
@@ -22,10 +24,13 @@ every worker (the children of the supervising process) and labels each with its 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 import prometheus_client
 from prometheus_client import (
@@ -37,6 +42,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -53,20 +59,110 @@ REFUSAL_REASONS = (
 )
 
 
-def count_across_processes(directory: str) -> None:
-    """Count the metrics made from now on in this process in files in ``directory``, where
-    every worker of one server counts, so that any of them can report the sums.
+PUBLISH_SECONDS = 1.0
+"""How often a worker writes what it counted to its files (see :class:`WorkerValue`)."""
 
-    prometheus_client chooses this mode as it is imported, when ``PROMETHEUS_MULTIPROC_DIR``
-    is set; a worker is forked from a process that imported it long before, so this makes
-    the same choice, with the same variable, for the metrics the worker makes.
+
+def count_across_processes(directory: str) -> None:
+    """Count the metrics made from now on in this process in memory, written to files in
+    ``directory`` by :func:`publish`, where every worker of one server counts, so that any
+    of them can report the sums.
+
+    prometheus_client's multiprocess mode writes a value's file at every increment, five
+    calls more each (some 25,000 instructions per small upload); a worker forks no process
+    that counts (hooks' commands are executed), so it counts as one process does and
+    writes the same files itself, in the same format.
     """
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    # Its files are named by the process's id, which it asks the kernel for at every
-    # increment, to notice a fork: seven system calls per small upload. A worker forks no
-    # process that counts (hooks' commands are executed), so its id is taken once here.
-    pid = os.getpid()
-    values.ValueClass = values.MultiProcessValue(lambda: pid)
+    WorkerValue.files = _Files(directory)
+    values.ValueClass = WorkerValue
+
+
+def publish() -> None:
+    """Write what this worker counted since it last did to its files, for the others'
+    ``/metrics``; nothing outside a worker."""
+    if WorkerValue.files is not None:
+        WorkerValue.files.write_changed()
+
+
+async def keep_published() -> None:
+    """:func:`publish` every :data:`PUBLISH_SECONDS`, and once more when cancelled (the
+    worker stops): a worker killed outright loses what it counted since the last write."""
+    try:
+        while True:
+            await asyncio.sleep(PUBLISH_SECONDS)
+            publish()
+    finally:
+        publish()
+
+
+class _Files:
+    """A worker's files of counts in ``directory``, one per kind of metric, named by its
+    process id as prometheus_client's multiprocess collector expects; and the values
+    changed since they were last written."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._pid = os.getpid()
+        self._files: dict[str, MmapedDict] = {}
+        self.changed: set[WorkerValue] = set()
+        self.lock = threading.Lock()
+
+    def file(self, prefix: str) -> MmapedDict:
+        if prefix not in self._files:
+            path = os.path.join(self._directory, f"{prefix}_{self._pid}.db")
+            self._files[prefix] = MmapedDict(path)
+        return self._files[prefix]
+
+    def write_changed(self) -> None:
+        with self.lock:
+            changed, self.changed = self.changed, set()
+            for value in changed:
+                value.write()
+
+
+class WorkerValue:
+    """A metric's value in a worker (prometheus_client's ``ValueClass``): counted in memory,
+    written to the worker's file by :func:`publish`."""
+
+    _multiprocess = True
+    files: ClassVar[_Files | None] = None
+
+    def __init__(
+        self, typ: str, metric_name: str, name: str, labelnames: list[str],
+        labelvalues: list[str], help_text: str, multiprocess_mode: str = "", **kwargs: object,
+    ) -> None:
+        assert self.files is not None, "count_across_processes() makes this the ValueClass"
+        self._files = self.files
+        kind = f"{typ}_{multiprocess_mode}" if typ == "gauge" else typ
+        self._file = self._files.file(kind)
+        self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+        # Written at once (0 for a new series), as prometheus_client does.
+        self._value, self._timestamp = self._file.read_value(self._key)
+
+    def inc(self, amount: float) -> None:
+        with self._files.lock:
+            self._value += amount
+            self._files.changed.add(self)
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        with self._files.lock:
+            self._value = value
+            self._timestamp = timestamp or 0.0
+            self._files.changed.add(self)
+
+    def get(self) -> float:
+        return self._value
+
+    def write(self) -> None:
+        """Into the file, under the files' lock."""
+        self._file.write_value(self._key, self._value, self._timestamp)
+
+    def set_exemplar(self, exemplar: object) -> None:
+        """Exemplars are not kept across processes (nor by prometheus_client)."""
+
+    def get_exemplar(self) -> None:
+        return None
 
 
 class Metrics:
@@ -161,6 +257,7 @@ class Metrics:
     def exposition(self) -> bytes:
         if self._shared_dir is None:
             return prometheus_client.generate_latest(self.registry)
+        publish()  # this worker's own, up to date
         registry = CollectorRegistry()
         MultiProcessCollector(registry, self._shared_dir)
         registry.register(WorkerProcesses(self._supervisor))

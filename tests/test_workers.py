@@ -20,6 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from support import rawhttp
 from support.hooks import Receiver
 from support.http import PATCH_HEADERS, upload_id
@@ -32,6 +34,7 @@ from support.waiting import poll, wait_for
 from server.config import Settings
 from server.database import HOST_LOCKS_SUFFIX
 from server.host_locks import _FLOCK, byte_of
+from server.metrics import PUBLISH_SECONDS
 from server.workers import share_of
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +130,8 @@ async def test_two_workers_serve_one_port_and_metrics_give_the_server_s_totals(
         url = await create(session, server, b"hello")  # by the first worker
         await create(session, server)
         await create(session, server)
+        # A worker writes its own counts before it answers: now, not within a second.
+        assert await created_total(session, server) == "3.0"
     with paused(first):
         async with session.patch(
             url, data=b"world", headers={**PATCH_HEADERS, "Upload-Offset": "5"}
@@ -138,6 +143,34 @@ async def test_two_workers_serve_one_port_and_metrics_give_the_server_s_totals(
             assert await response.read() == b"helloworld"
     with paused(second):
         assert await created_total(session, server) == "4.0"  # the first one's answer
+
+
+def counted_in_files(directory: Path) -> float:
+    """``aiotusd_uploads_created_total`` as the workers' files in ``directory`` sum it."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(directory))
+    return registry.get_sample_value("aiotusd_uploads_created_total") or 0.0
+
+
+@pytest.mark.slow
+async def test_a_worker_writes_its_counts_every_second_and_as_it_stops(
+    server_process: Callable[..., ServerProcess], session: aiohttp.ClientSession,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    temporary = tmp_path / "tmp"  # where the server keeps its metrics' files
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    server = with_workers(server_process, 2, "--metrics", "true")
+    [directory] = temporary.iterdir()
+    first, second = workers_of(server)
+    with paused(second):
+        await create(session, server)  # by the first worker, which nobody asks for /metrics
+        await poll(lambda: counted_in_files(directory) == 1.0, "the count in the files",
+                   timeout=5 * PUBLISH_SECONDS)
+        await create(session, server)
+        os.kill(first, signal.SIGTERM)  # within the second: written as it stops
+        wait_for(lambda: gone(first), 20, "the first worker to stop")
+        assert counted_in_files(directory) == 2.0
 
 
 async def test_metrics_tell_each_worker_s_process_metrics_by_pid(
