@@ -31,7 +31,7 @@ import fcntl
 import hashlib
 import os
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import Locked
@@ -87,22 +87,10 @@ class HostLocks:
             os.close(self._fd)  # drops whatever this worker still held
             self._fd = -1
 
-    @contextlib.asynccontextmanager
-    async def hold(self, upload_id: str, holder: Holder, deadline: float) -> AsyncIterator[None]:
+    def hold(self, upload_id: str, holder: Holder, deadline: float) -> _Held:
         """The upload's lock for ``holder``, taken before ``deadline`` (loop time) or
-        :class:`~server.errors.Locked`; given back when the block ends."""
-        byte = byte_of(upload_id)
-        await self._take(byte, holder, deadline)
-        self._holders[upload_id] = holder
-        self._busy.set()
-        try:
-            yield
-        finally:
-            del self._holders[upload_id]
-            if not self._holders:
-                self._busy.clear()
-            if self._fd >= 0:  # else stopped meanwhile, which dropped every lock
-                self._set(fcntl.F_UNLCK, byte)
+        :class:`~server.errors.Locked`; given back when the ``async with`` block ends."""
+        return _Held(self, upload_id, holder, deadline)
 
     async def create(self, upload: Upload, events: Sequence[HookEvent]) -> None:
         """Record a new upload, which the caller's :meth:`hold` takes next: taking a lock
@@ -114,6 +102,18 @@ class HostLocks:
     async def is_held(self, upload_id: str) -> bool:
         """Whether another worker holds the upload."""
         return self._held_elsewhere(byte_of(upload_id))
+
+    async def _enter(self, upload_id: str, byte: int, holder: Holder, deadline: float) -> None:
+        await self._take(byte, holder, deadline)
+        self._holders[upload_id] = holder
+        self._busy.set()
+
+    def _leave(self, upload_id: str, byte: int) -> None:
+        del self._holders[upload_id]
+        if not self._holders:
+            self._busy.clear()
+        if self._fd >= 0:  # else stopped meanwhile, which dropped every lock
+            self._set(fcntl.F_UNLCK, byte)
 
     async def _take(self, byte: int, holder: Holder, deadline: float) -> None:
         if self._try(fcntl.F_WRLCK, byte):
@@ -159,3 +159,24 @@ class HostLocks:
         query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
         kind = _FLOCK.unpack(fcntl.fcntl(self._fd, fcntl.F_OFD_GETLK, query))[0]
         return kind != fcntl.F_UNLCK
+
+
+class _Held:
+    """An upload's lock held by one holder for an ``async with`` block. A class rather
+    than an async generator (``contextlib.asynccontextmanager``): every PATCH and
+    creation-with-upload takes one, and an async generator's context took eight calls more."""
+
+    __slots__ = ("_byte", "_deadline", "_holder", "_locks", "_upload_id")
+
+    def __init__(self, locks: HostLocks, upload_id: str, holder: Holder, deadline: float) -> None:
+        self._locks = locks
+        self._upload_id = upload_id
+        self._byte = byte_of(upload_id)
+        self._holder = holder
+        self._deadline = deadline
+
+    async def __aenter__(self) -> None:
+        await self._locks._enter(self._upload_id, self._byte, self._holder, self._deadline)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._locks._leave(self._upload_id, self._byte)
