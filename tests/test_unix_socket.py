@@ -17,7 +17,9 @@ import aiohttp
 import pytest
 from support.http import PATCH_HEADERS, TUS
 from support.processes import clean_env, free_port, refused_start, wait_listening
-from support.waiting import wait_for
+from support.waiting import poll, wait_for
+
+from server.metrics import PUBLISH_SECONDS
 
 pytestmark = pytest.mark.e2e
 
@@ -94,9 +96,14 @@ async def test_workers_share_the_unix_socket_and_metrics_stay_on_their_tcp_port(
     for _ in range(4):
         await upload_through(path)
     wait_listening(process, metrics_port, "metrics", (tmp_path / "server.log").read_text)
-    async with aiohttp.ClientSession() as session:
-        metrics = await session.get(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert "aiotusd_uploads_finished_total 4.0" in await metrics.text()
+
+    async def counted() -> bool:
+        async with aiohttp.ClientSession() as session:
+            metrics = await session.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return "aiotusd_uploads_finished_total 4.0" in await metrics.text()
+
+    # The other worker's counts, as of its last write (every PUBLISH_SECONDS).
+    await poll(counted, "the four uploads in the metrics", timeout=10 * PUBLISH_SECONDS)
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     assert not path.exists()
