@@ -276,9 +276,14 @@ class Supervisor:
             count_across_processes(self._metrics_dir)
             worker = Worker(index, self._count, self._metrics_dir, ready, self._lifeline_r)
             settings = share_of(self._settings, self._count)
-            status = exit_status(
-                lambda: asyncio.run(serve(settings, self._listeners, self._tls, worker))
-            )
+            try:
+                status = exit_status(
+                    lambda: asyncio.run(serve(settings, self._listeners, self._tls, worker))
+                )
+            except Exception:
+                # A failure exit_status does not know: a bug. os._exit below would end
+                # the process before Python printed it, as it does for one process.
+                log.exception("stopped by an unexpected error")
             if os.getppid() != supervisor:
                 # The supervisor died without removing the metrics' files: its workers do.
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)

@@ -26,7 +26,13 @@ from support import rawhttp
 from support.hooks import Receiver
 from support.http import PATCH_HEADERS, upload_id
 from support.metrics import assert_plausible_process, samples
-from support.processes import ServerProcess, free_port, refused_start
+from support.processes import (
+    ServerProcess,
+    clean_env,
+    free_port,
+    refused_start,
+    run_cli,
+)
 from support.rawhttp import MIB
 from support.storage import data_file, file_size, payload
 from support.waiting import poll, wait_for
@@ -237,6 +243,31 @@ def test_workers_share_the_database_lock_and_stop_when_their_supervisor_is_kille
     assert list(temporary.iterdir()) == []  # the workers removed the metrics' files
     server.start()  # the lock went with the last of them
     wait_for(lambda: len(start_lines(server)) == 2, 20, "the second start-up line")
+
+
+_BREAK_WORKERS = """
+import server.app
+
+def _broken(settings, hooks=None, worker=None):
+    if worker is not None:
+        raise RuntimeError("a bug in a worker's start")
+    return _real(settings, hooks, worker)
+
+_real, server.app.create_app = server.app.create_app, _broken
+"""
+
+
+def test_a_worker_that_fails_at_a_bug_says_where(tmp_path: Path) -> None:
+    """Not a setting or something unusable (those are one line): a bug. A worker ends with
+    ``os._exit``, before Python would print what it raised, so it logs it itself."""
+    (tmp_path / "sitecustomize.py").write_text(_BREAK_WORKERS)  # imported at Python's start
+    done = run_cli(
+        tmp_path, "--port", "0", "--workers", "2", "--data-dir", str(tmp_path / "data"),
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{clean_env()['PYTHONPATH']}",
+    )
+    assert done.returncode == 1, done.stderr
+    assert "ERROR aiotusd: worker 0: stopped by an unexpected error" in done.stderr, done.stderr
+    assert done.stderr.rstrip().endswith("RuntimeError: a bug in a worker's start"), done.stderr
 
 
 def test_a_start_that_fails_with_workers_is_told_in_one_line(tmp_path: Path) -> None:
