@@ -1,6 +1,6 @@
 """Server CPU per small upload of aiotusd checkouts, side by side.
 
-    python bench/cpu_ab.py [options] NAME=CHECKOUT[::OPTIONS] [NAME=CHECKOUT[::OPTIONS] ...]
+    python bench/cpu_ab.py [options] NAME=CHECKOUT[::OPTIONS] [NAME=CHECKOUT[::OPTIONS] | sink ...]
 
 Each target is ``python -m server`` run from CHECKOUT (whose code it imports: checked
 first), with an empty data directory and, after ``::``, more command-line options of
@@ -8,7 +8,10 @@ its own (``old=../old new=.  new-no-share=.::--max-uploads-receiving-per-client 
 ``NAME*K=...`` runs K such servers, each with a data directory (and database) of its own,
 each sent its share of every batch, K times fewer at once: what K processes cost on this
 machine when they share nothing (against ``--workers K``, which share the database).
-Uploads are of ``--size`` bytes, as POST + PATCH and as creation-with-upload.
+The target ``sink`` is the framework ceiling of ``bench/run`` (``bench/peers/sink.py``: a
+bare aiohttp app that streams each body to a file, which ignores ``--fsync``): next to it,
+what aiotusd costs on top of aiohttp itself. Uploads are of ``--size`` bytes, as POST +
+PATCH and as creation-with-upload.
 
 CPU time (the default). Every target's server runs at the same time. After a warm-up,
 batches of ``--batch`` uploads, ``--concurrency`` at once, go to one server after the
@@ -62,6 +65,7 @@ except ImportError:
     from asyncio import run as run_loop
 
 KINDS = (("post+patch", False), ("cwu", True))
+SINK = BENCH / "peers" / "sink.py"
 VALGRIND_READY = 600.0
 """Seconds a server under valgrind may take to answer (it runs some 50 times slower)."""
 Results = dict[tuple[str, str], list[float]]
@@ -74,9 +78,13 @@ class Target:
     options: list[str]
     copies: int = 1
     """Servers that share each batch, each on its own data directory."""
+    sink: bool = False
+    """The framework ceiling rather than aiotusd (see the module's text)."""
 
     @classmethod
     def parse(cls, text: str) -> Target:
+        if text == "sink":
+            return cls("sink", SINK.parent, [], sink=True)
         name, _, rest = text.partition("=")
         path, _, options = rest.partition("::")
         copies = int(name.rpartition("*")[2]) if "*" in name else 1
@@ -85,6 +93,9 @@ class Target:
     def command(self, port: int, data_dir: Path, fsync: str, valgrind: list[str]) -> Command:
         """The server's command line; under ``valgrind`` when given (then with no expiry
         sweep in the middle of the uploads measured)."""
+        if self.sink:
+            argv = [*valgrind, sys.executable, str(SINK), str(port), str(data_dir)]
+            return Command(argv, clean_env(), self.checkout)
         argv = [*valgrind, sys.executable, "-m", "server", "--host", "127.0.0.1",
                 "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning",
                 "--fsync", fsync, "--create-rate", "0",
@@ -97,6 +108,8 @@ class Target:
         compiled by the process that imports it, and by every one after it where
         ``PYTHONDONTWRITEBYTECODE`` is set: some 50 million instructions a process for a few
         changed modules, which ``--instructions`` would count.)"""
+        if self.sink:
+            return
         subprocess.run([sys.executable, "-m", "compileall", "-q", "server", "storage_backends"],
                        cwd=self.checkout, capture_output=True, timeout=300, check=True)
         code = "import server, storage_backends; print(server.__file__, storage_backends.__file__)"
@@ -301,7 +314,7 @@ async def _instruction_table(targets: list[Target], fsync: str, args: argparse.N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("targets", nargs="+", type=Target.parse, help="NAME=CHECKOUT[::OPTIONS]")
+    add("targets", nargs="+", type=Target.parse, help="NAME=CHECKOUT[::OPTIONS], or sink")
     add("--batches", type=int, default=60, help="batches per kind and target (default 60)")
     add("--batch", type=int, default=100, help="uploads per batch (default 100)")
     add("--concurrency", type=int, default=32, help="uploads at once (default 32)")
