@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .base import StorageError, StorageRecord, StoredUpload
-from .blocking import CALLS
+from .blocking import CALLS, Uncancellable
 
 READ_CHUNK = 1024 * 1024
 
@@ -61,7 +61,8 @@ class DirectorySync:
         self._directory = directory
         self._started = 0
         self._done = 0
-        self._running: asyncio.Future[None] | None = None
+        self._running: Uncancellable[None] | None = None
+        """Settled when the sync under way ends."""
         self._failed: tuple[int, OSError] | None = None
         """The ticket up to which files may have lost their entries, and why."""
 
@@ -76,12 +77,18 @@ class DirectorySync:
                 raise OSError(error.errno, f"syncing the directory failed: {error.strerror}")
             if self._done > ticket:
                 return
-            if self._running is None:
-                number = self._started = self._started + 1
-                self._running = asyncio.ensure_future(self._sync(number))
-            await asyncio.shield(self._running)
+            if self._running is not None:
+                await self._running
+            else:
+                await self._sync()
 
-    async def _sync(self, number: int) -> None:
+    async def _sync(self) -> None:
+        """One sync, which those who come while it runs wait for. A caller cancelled
+        meanwhile waits for it to end (:class:`~.blocking.Uncancellable`), the others
+        with it; it is not counted done then, and the next waiter syncs again."""
+        number = self._started = self._started + 1
+        running: Uncancellable[None] = Uncancellable(loop=asyncio.get_running_loop())
+        self._running = running
         try:
             await CALLS.run(_fsync_directory, self._directory)
             self._done = max(self._done, number)
@@ -91,6 +98,7 @@ class DirectorySync:
             self._started = number + 1
         finally:
             self._running = None
+            running.set_result(None)
 
 
 class FileWriter:

@@ -149,6 +149,15 @@ async def test_a_sync_goes_to_its_thread_without_concurrent_futures(session) -> 
     assert calls_in(calls, "thread.py") == 0, calls  # concurrent/futures/thread.py
 
 
+async def test_a_write_or_a_sync_is_waited_for_without_asyncio_shield(session) -> None:
+    """A cancelled caller still waits for its write or sync to have run (tests/test_state.py,
+    tests/test_blocking.py), on a future that its cancellation does not cancel:
+    ``asyncio.shield`` cost each a future, two callbacks and a turn of the event loop."""
+    calls = await profiled_upload(session)
+    assert calls[("writes.py", "run")] >= 2 and calls[("blocking.py", "run")] == 4
+    assert calls[("tasks.py", "shield")] == 0, calls
+
+
 async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe

@@ -10,7 +10,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,19 @@ async def test_a_failed_creation_leaves_the_store_usable(tmp_path: Path) -> None
         assert stored is not None and stored.length == 2
     finally:
         await store.close()
+
+
+async def test_a_statement_alone_in_its_turn_is_written_without_waiting_for_the_next(
+    store: StateStore,
+) -> None:
+    """Nothing else runs in the turn of the event loop: no other statement could join its
+    batch, which is sent at once; statements of one turn still go together (below)."""
+    await store.create(Upload(id="a", length=10))
+    saving = store.save_progress(Upload(id="a", length=10, offset=4)).__await__()
+    with pytest.raises(StopIteration):  # ended without suspending: nothing awaited
+        saving.send(None)
+    found = await store.get("a")
+    assert found is not None and found.offset == 4
 
 
 async def test_a_failing_statement_sent_with_others_fails_alone(store: StateStore) -> None:
@@ -377,6 +390,26 @@ async def test_a_transaction_waits_for_another_process_s_write_though_a_read_cam
     assert await store._db.rows("SELECT length FROM uploads WHERE id = 'a'") == [(20,)]
 
 
+@contextlib.contextmanager
+def write_lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process's connection holds the database's write lock within the block."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def save_that_waits(store: StateStore, seconds: float) -> asyncio.Future[Upload]:
+    """A save of upload ``a``'s offset 4, still waiting after ``seconds``."""
+    saving = asyncio.ensure_future(store.save_progress(Upload(id="a", length=10, offset=4)))
+    done, _ = await asyncio.wait([saving], timeout=seconds)
+    assert not done, "the statement did not wait for the other process's lock"
+    return saving
+
+
 async def test_a_statement_that_finds_the_database_locked_waits_for_it_on_the_thread(
     store: StateStore, tmp_path: Path
 ) -> None:
@@ -384,19 +417,30 @@ async def test_a_statement_that_finds_the_database_locked_waits_for_it_on_the_th
     while another process (of ``--workers``) holds the write lock, they go to the
     connection's thread, which waits for it (``busy_timeout``), and land once it is free."""
     await store.create(Upload(id="a", length=10))
-    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
-        saving = asyncio.ensure_future(store.save_progress(Upload(id="a", length=10, offset=4)))
-        done, _ = await asyncio.wait([saving], timeout=0.3)
-        assert not done, "the statement did not wait for the other process's lock"
+    with write_lock_held_elsewhere(tmp_path / "state.sqlite3"):
+        saving = await save_that_waits(store, 0.3)
         assert store._db._batch.here is not None  # still used for the next statements
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     saved = await asyncio.wait_for(saving, 30)
     found = await store.get("a")
     assert found is not None and (found.offset, saved.offset) == (4, 4)
+
+
+async def test_a_save_cancelled_while_the_database_is_locked_lands_before_it_goes_on(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """A caller cancelled while its statement waits for another process's lock is not let
+    go before the statement has run: the upload's lock would be released with the offset
+    not yet recorded, and the next request would read the old one."""
+    await store.create(Upload(id="a", length=10))
+    with write_lock_held_elsewhere(tmp_path / "state.sqlite3"):
+        saving = await save_that_waits(store, 0.1)
+        saving.cancel()
+        done, _ = await asyncio.wait([saving], timeout=0.1)
+        assert not done, "the cancelled caller went on before its statement ran"
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(saving, 30)
+    found = await store.get("a")
+    assert found is not None and found.offset == 4
 
 
 async def test_a_statement_that_finds_the_database_locked_for_a_moment_tries_again_here(
