@@ -43,7 +43,6 @@ class Uncancellable(asyncio.Future[T]):
         super().cancel()
 
 
-
 class BlockingCalls:
     """Threads that run blocking calls for the event loop, started at the first call (and
     again in a process forked from one that had them: threads do not survive a fork)."""

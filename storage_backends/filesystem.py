@@ -83,9 +83,9 @@ class DirectorySync:
                 await self._sync()
 
     async def _sync(self) -> None:
-        """One sync, which those who come while it runs wait for. A caller cancelled
-        meanwhile waits for it to end (:class:`~.blocking.Uncancellable`), the others
-        with it; it is not counted done then, and the next waiter syncs again."""
+        """One sync, which those who come while it runs wait for. Cancelled meanwhile,
+        they and its caller still wait for it to end (:class:`~.blocking.Uncancellable`);
+        one whose caller was cancelled is not counted done, and the next waiter syncs."""
         number = self._started = self._started + 1
         running: Uncancellable[None] = Uncancellable(loop=asyncio.get_running_loop())
         self._running = running
