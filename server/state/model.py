@@ -72,8 +72,9 @@ class DatabaseUnavailable(Exception):
 class Upload:
     """An upload as recorded, or as a step is about to record it: a value.
 
-    A step that changes an upload makes a new one (:meth:`but`) and hands it on; a write that fails leaves its caller holding the one still recorded, because the
-    new one was never adopted. Nothing is rolled back by hand.
+    A step that changes an upload makes a new one (:meth:`but`) and hands it on; a write
+    that fails leaves its caller holding the one still recorded, because the new one was
+    never adopted. Nothing is rolled back by hand.
     """
 
     id: str
