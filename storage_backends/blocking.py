@@ -87,8 +87,6 @@ class BlockingCalls:
 
 
 def _settle(done: Uncancellable[Any], outcome: tuple[bool, Any]) -> None:
-    if done.done():  # abandoned as the loop closed
-        return
     succeeded, value = outcome
     if succeeded:
         done.set_result(value)
