@@ -4,9 +4,9 @@
 A preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) from an
 allowed origin is answered here with ``204``, the tus methods and request headers, and a
 max-age; a tus ``OPTIONS`` (without ``Access-Control-Request-Method``) is answered by
-tus as ever. Every other response, errors included so that a page can read the reason,
-carries ``Access-Control-Allow-Origin`` and ``Access-Control-Expose-Headers`` listing
-every tus response header. With ``cors_credentials`` (or a list of origins) the
+tus as ever. Every other response to a request with an ``Origin``, errors included so
+that a page can read the reason, carries ``Access-Control-Allow-Origin`` and
+``Access-Control-Expose-Headers`` listing every tus response header. With ``cors_credentials`` (or a list of origins) the
 request's origin is echoed instead of ``*``, with ``Vary: Origin``. ``cors_allow_headers``
 and ``cors_expose_headers`` add an application's own headers to tus's, and the methods
 that ``disable_download`` and ``disable_termination`` turn off are not offered.
@@ -152,10 +152,15 @@ class CorsPolicy:
         return response
 
     async def add_headers(self, request: BaseRequest, response: web.StreamResponse) -> None:
-        """``on_response_prepare``: the CORS headers of every response."""
-        if self.echoes:
+        """``on_response_prepare``: the CORS headers of a response to a request with an
+        ``Origin``, as every browser's request from another origin has. A response to a
+        request without one gets ``Vary: Origin`` alone, so that no cache hands it to a
+        page (tusd does the same). The headers left out cost 1.2-1.6 % of a small upload's
+        instructions, mostly the long ``Access-Control-Expose-Headers``."""
+        origin = request.headers.get("Origin")
+        if origin is None or self.echoes:
             _vary(response, "Origin")
-        allowed = self.allowed_origin(request.headers.get("Origin"))
+        allowed = None if origin is None else self.allowed_origin(origin)
         if allowed is None:
             return
         response.headers["Access-Control-Allow-Origin"] = allowed
@@ -198,6 +203,9 @@ def _joined(ours: tuple[str, ...], more: Iterable[str]) -> tuple[str, ...]:
 
 
 def _vary(response: web.StreamResponse, *names: str) -> None:
+    if "Vary" not in response.headers:
+        response.headers["Vary"] = ", ".join(names)
+        return
     present = [v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()]
     lower = {v.lower() for v in present}
     present += [name for name in names if name.lower() not in lower]

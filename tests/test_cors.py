@@ -157,6 +157,24 @@ async def test_errors_carry_the_cors_headers_so_pages_can_read_the_reason(client
             assert (await response.text()).strip()
 
 
+async def test_an_answer_to_a_request_without_origin_varies_by_origin_alone(client):
+    """No page made the request (a browser sends ``Origin`` to another origin): the CORS
+    headers would be read by nobody, and a cache must not hand the answer to a page."""
+    path = await create_upload(client, 4)
+    plain = [
+        await client.patch(path, data=b"ab", headers={**PATCH_HEADERS, "Upload-Offset": "0"}),
+        await client.head(path, headers=TUS),
+        await client.get("/files/ffffffffffffffffffffffffffffffff"),  # 404
+    ]
+    assert [r.status for r in plain] == [204, 200, 404]
+    for response in plain:
+        assert response.headers["Vary"] == "Origin"
+        assert not {name for name in response.headers if name.lower().startswith("access-control")}
+    from_a_page = await client.head(path, headers={**TUS, "Origin": ORIGIN})
+    assert from_a_page.headers["Access-Control-Allow-Origin"] == "*"
+    assert "upload-offset" in names(from_a_page.headers["Access-Control-Expose-Headers"])
+
+
 async def test_a_list_of_origins_echoes_the_allowed_one(make_client):
     client = await make_client(cors_origins="https://app.example,http://localhost:3000")
     allowed = await client.post(
