@@ -62,7 +62,8 @@ class _OneLineErrorHandler(RequestHandler):
         self._counted = False
         self.admission = Admission.ADMITTED
         self._header_timeout = 0.0 if limits is None else limits.settings.limits.header_timeout
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_due: float | None = None
+        """When the headers must be in, while the header clock runs (see :meth:`due`)."""
         self._send_timeout = 0.0 if limits is None else limits.settings.limits.send_timeout
         self._send_deadline: asyncio.TimerHandle | None = None
         self._raw_transport: asyncio.Transport | None = None
@@ -96,24 +97,27 @@ class _OneLineErrorHandler(RequestHandler):
         (the idle wait itself is ``keepalive_timeout``'s). Body chunks pass two tests."""
         super().data_received(data)
         if self._messages:
-            if self._header_deadline is not None:  # on every request: no call when idle
+            if self._header_due is not None:  # on every request: no call when idle
                 self._stop_header_clock()
         elif self._waiter is not None and data:
             self._start_header_clock()
 
     def _start_header_clock(self) -> None:
-        if self._header_timeout and self._header_deadline is None:
-            self._header_deadline = self._loop.call_later(
-                self._header_timeout, self._header_timed_out
-            )
+        if self._limits is not None and self._header_timeout and self._header_due is None:
+            self._header_due = self._loop.time() + self._header_timeout
+            self._limits.deadlines.watch(self)
 
     def _stop_header_clock(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        if self._limits is not None and self._header_due is not None:
+            self._header_due = None
+            self._limits.deadlines.unwatch(self)
 
-    def _header_timed_out(self) -> None:
-        self._header_deadline = None
+    def due(self, now: float) -> bool:
+        """The header clock (:class:`~server.deadlines.Deadline`): a connection whose
+        request headers are not in by their time is closed."""
+        if self._header_due is None or now < self._header_due:
+            return self._header_due is None
+        self._header_due = None
         if self._limits is not None:
             self._limits.cut_off(
                 "header_timeout",
@@ -121,6 +125,7 @@ class _OneLineErrorHandler(RequestHandler):
                 "request headers in time; it is closed",
             )
         self._abort()
+        return True
 
     def pause_writing(self) -> None:
         """The client takes the response slower than it is written: it gets

@@ -16,9 +16,10 @@
   liveness probe); further ones are closed at once, which bounds the descriptors a
   flood of connections can take.
 - ``header_timeout``, ``body_min_rate``, ``send_timeout`` (kept by
-  :class:`~server.connections.AppRunner` and :mod:`server.receive`): the connection of a slow or
-  silent client is closed, so that it holds neither a connection nor a receiving slot for
-  long; counted by :meth:`Limits.cut_off`.
+  :class:`~server.connections.AppRunner` and :mod:`server.receive`, the first two on
+  :attr:`Limits.deadlines`): the connection of a slow or silent client is closed, so that
+  it holds neither a connection nor a receiving slot for long; counted by
+  :meth:`Limits.cut_off`.
 
 Every refusal is counted in :meth:`Metrics.refused <server.metrics.Metrics.refused>` and
 logged at debug level; the first of each kind is a warning, and so is the next one once
@@ -41,6 +42,7 @@ from typing import Protocol
 from aiohttp import web
 
 from .config import Settings
+from .deadlines import Deadlines
 from .errors import Overloaded, TooManyRequests
 from .metrics import Metrics
 from .proxy import ip_address_of
@@ -207,6 +209,8 @@ class Limits:
         self._clock = clock
         self._warned_at: dict[str, float] = {}
         self._unreported: dict[str, int] = {}
+        self.deadlines = Deadlines(_shortest_timeout(settings))
+        """The connections' header clocks and the bodies' stall checks."""
 
     def check_creation(self, request: web.Request) -> None:
         """Take a token of the client's for a ``POST`` to the creation URL, or refuse (429)."""
@@ -362,6 +366,15 @@ class Limits:
             "%g s; each refusal is logged at debug level)",
             detail, count, WARNING_INTERVAL, extra={"refusal": reason},
         )
+
+
+def _shortest_timeout(settings: Settings) -> float:
+    """The shortest of the timeouts that :attr:`Limits.deadlines` keeps (see there)."""
+    limits = settings.limits
+    timeouts = [REFUSAL_GRACE, limits.header_timeout, limits.idle_timeout]
+    if limits.body_min_rate:
+        timeouts.append(limits.body_rate_window)
+    return min(timeout for timeout in timeouts if timeout > 0)
 
 
 class Receiving:

@@ -28,6 +28,7 @@ from storage_backends.base import UploadWriter
 from .checksum import ExpectedChecksum
 from .config import Settings
 from .context import Context
+from .deadlines import Deadlines
 from .errors import (
     BadRequest,
     ChecksumMismatch,
@@ -114,20 +115,23 @@ class _BodyWatchdog:
     ``idle_timeout`` seconds, or less than ``body_min_rate`` bytes a second arrived over a
     ``body_rate_window``, so that a drip cannot hold a receiving slot for ever.
 
-    One timer per request, re-armed lazily, so that ``touch`` is a single assignment:
-    cheap enough for every body chunk. What arrived is the reader's own count. A window
-    in which the server did not keep up (bytes arrived but not written yet) blames no
-    one: a slow disk or store holds the client back, not the other way round.
+    Looked at on the server's :class:`~server.deadlines.Deadlines` rather than on a timer
+    of its own, so that ``touch`` is a single assignment: cheap enough for every body
+    chunk. What arrived is the reader's own count. A window in which the server did not
+    keep up (bytes arrived but not written yet) blames no one: a slow disk or store holds
+    the client back, not the other way round.
     """
 
     def __init__(
         self,
         settings: Settings,
+        deadlines: Deadlines,
         reader: StreamReader,
         written: Callable[[], int],
         on_stall: Callable[[str], None],
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._deadlines = deadlines
         self._idle = settings.limits.idle_timeout
         self._window = settings.limits.body_rate_window
         self._rate = settings.limits.body_min_rate
@@ -137,19 +141,16 @@ class _BodyWatchdog:
         self.last = self._loop.time()
         self._window_end = self.last + self._window if self._rate else math.inf
         self._window_start = reader.total_bytes
-        self._handle = self._loop.call_at(self._next_check(), self._check)
+        deadlines.watch(self)
 
     def touch(self) -> None:
         self.last = self._loop.time()
 
-    def _next_check(self) -> float:
-        return min(self.last + self._idle, self._window_end)
-
-    def _check(self) -> None:
-        now = self._loop.time()
+    def due(self, now: float) -> bool:
+        """Whether the body stalled by ``now`` (then ``on_stall`` was called)."""
         if now - self.last >= self._idle:
             self._on_stall(f"no byte of the body came for {self._idle:g} s (idle_timeout)")
-            return
+            return True
         if now >= self._window_end:
             arrived = self._reader.total_bytes
             came = arrived - self._window_start
@@ -158,13 +159,13 @@ class _BodyWatchdog:
                     f"{came} bytes of the body came in {self._window:g} s "
                     f"(body_min_rate = {self._rate} bytes a second)"
                 )
-                return
+                return True
             self._window_start = arrived
             self._window_end = now + self._window
-        self._handle = self._loop.call_at(self._next_check(), self._check)
+        return False
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        self._deadlines.unwatch(self)
 
 
 class _PeriodicCommit:
@@ -379,7 +380,8 @@ async def write_body(
     body = _Body(ctx, request, upload, holder, writer, checksum, recorded_length, finish_full)
     stop_receiving = _stopper(request)
     watchdog = _BodyWatchdog(
-        ctx.settings, request.content, lambda: writer.offset - body.start,
+        ctx.settings, request.app[LIMITS].deadlines, request.content,
+        lambda: writer.offset - body.start,
         _on_stall(request, upload, stop_receiving),
     )
     holder.on_release_request(stop_receiving)

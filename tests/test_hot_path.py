@@ -158,6 +158,30 @@ async def test_a_write_or_a_sync_is_waited_for_without_asyncio_shield(session) -
     assert calls[("tasks.py", "shield")] == 0, calls
 
 
+async def test_a_bodys_stall_check_sets_no_timer_of_its_own(session) -> None:
+    """The body's watchdog is watched on the server's deadlines (server/deadlines.py;
+    tests/test_slow_clients.py: it still cuts a stalled body off): a timer each cost a
+    handle on the event loop's heap and the comparisons of its way in and out."""
+    await post_and_patch(session)
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        await post_and_patch(session)
+    finally:
+        profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # not in the stubs
+    watched = sum(calls for (file, _, name), (_, calls, *_) in stats.items()
+                  if (Path(file).name, name) == ("deadlines.py", "watch"))
+    timers_set_by = {
+        Path(caller[0]).name
+        for (file, _, name), (*_, callers) in stats.items()
+        if (Path(file).name, name) in {("base_events.py", "call_at"), ("base_events.py", "call_later")}
+        for caller in callers
+    }
+    assert watched == 1  # the PATCH's body
+    assert "receive.py" not in timers_set_by, timers_set_by
+
+
 async def test_a_requests_latency_goes_to_its_histogram_without_a_label_lookup(session) -> None:
     calls = await profiled_upload(session)
     assert calls[("metrics.py", "observe")] == 2  # prometheus_client's Histogram.observe
