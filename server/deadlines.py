@@ -7,7 +7,8 @@ heap and taken off again, every comparison on the way a call in Python: with 32 
 uploads at once, 0.6-1.7 % of each one's instructions. Here a deadline is an entry in a
 set, and one timer, running while any are watched, looks at them all every
 ``resolution`` seconds: a deadline is met up to that late, which for timeouts of
-seconds is nothing.
+seconds is nothing. A look costs well under a microsecond a deadline: with 10,000 bodies
+arriving at once and the default timeouts (one look a second), under 1 % of a core.
 """
 
 from __future__ import annotations

@@ -369,9 +369,11 @@ class Limits:
 
 
 def _shortest_timeout(settings: Settings) -> float:
-    """The shortest of the timeouts that :attr:`Limits.deadlines` keeps (see there)."""
+    """The shortest of the timeouts that :attr:`Limits.deadlines` keeps, but for
+    :data:`REFUSAL_GRACE`, which may be met up to its resolution late: five looks a second
+    for a connection that is refused anyway would cost every body watched."""
     limits = settings.limits
-    timeouts = [REFUSAL_GRACE, limits.header_timeout, limits.idle_timeout]
+    timeouts = [limits.header_timeout, limits.idle_timeout]
     if limits.body_min_rate:
         timeouts.append(limits.body_rate_window)
     return min(timeout for timeout in timeouts if timeout > 0)
