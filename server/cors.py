@@ -6,8 +6,9 @@ allowed origin is answered here with ``204``, the tus methods and request header
 max-age; a tus ``OPTIONS`` (without ``Access-Control-Request-Method``) is answered by
 tus as ever. Every other response to a request with an ``Origin``, errors included so
 that a page can read the reason, carries ``Access-Control-Allow-Origin`` and
-``Access-Control-Expose-Headers`` listing every tus response header. With ``cors_credentials`` (or a list of origins) the
-request's origin is echoed instead of ``*``, with ``Vary: Origin``. ``cors_allow_headers``
+``Access-Control-Expose-Headers`` listing every tus response header. With
+``cors_credentials`` (or a list of origins) the request's origin is echoed instead of
+``*``, with ``Vary: Origin``. ``cors_allow_headers``
 and ``cors_expose_headers`` add an application's own headers to tus's, and the methods
 that ``disable_download`` and ``disable_termination`` turn off are not offered.
 """

@@ -172,10 +172,11 @@ async def test_a_bodys_stall_check_sets_no_timer_of_its_own(session) -> None:
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # not in the stubs
     watched = sum(calls for (file, _, name), (_, calls, *_) in stats.items()
                   if (Path(file).name, name) == ("deadlines.py", "watch"))
+    timers = {("base_events.py", "call_at"), ("base_events.py", "call_later")}
     timers_set_by = {
         Path(caller[0]).name
         for (file, _, name), (*_, callers) in stats.items()
-        if (Path(file).name, name) in {("base_events.py", "call_at"), ("base_events.py", "call_later")}
+        if (Path(file).name, name) in timers
         for caller in callers
     }
     assert watched == 1  # the PATCH's body
