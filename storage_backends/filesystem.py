@@ -1,8 +1,8 @@
 """Uploads as plain files: the bytes of upload ``{id}`` are the file ``{directory}/{id}``.
 
 Writes go to the page cache inline on the event loop (a thread hop per body
-chunk halves throughput); only ``fdatasync``, the slow part, runs on a thread (:mod:`.blocking`),
-while further writes go on. With ``fsync=False`` nothing is synced: the kernel
+chunk halves throughput); only ``fdatasync``, the slow part, goes to the kernel as an
+asynchronous request (:mod:`.kernel_syncs`; else to a thread), while further writes go on. With ``fsync=False`` nothing is synced: the kernel
 writes the page cache back, which survives a crash of the process but not of
 the machine.
 """
@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from .base import StorageError, StorageRecord, StoredUpload
 from .blocking import CALLS, Uncancellable
+from .kernel_syncs import SYNCS
 
 READ_CHUNK = 1024 * 1024
 
@@ -142,7 +143,7 @@ class FileWriter:
             return offset
         try:
             # Writes that come while this runs are the next sync's: the offset was taken before.
-            await CALLS.run(os.fdatasync, self._fd)
+            await SYNCS.fdatasync(self._fd)
             if self._directory is not None:
                 directory, ticket = self._directory
                 await directory.wait(ticket)

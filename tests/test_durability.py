@@ -20,6 +20,7 @@ from support.storage import data_file, payload
 from server.context import CONTEXT
 from server.state import StateStore, Upload
 from storage_backends import filesystem
+from storage_backends.kernel_syncs import SYNCS
 
 MIB = 1024 * 1024
 
@@ -38,7 +39,15 @@ def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         return sync
 
-    monkeypatch.setattr(os, "fdatasync", counting("fdatasync", os.fdatasync))
+    real_fdatasync = SYNCS.fdatasync
+
+    async def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        await real_fdatasync(fd)
+
+    # A file's sync goes to the kernel (storage_backends/kernel_syncs.py), a directory's
+    # to a thread.
+    monkeypatch.setattr(SYNCS, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", counting("fsync", os.fsync))
     save_progress = StateStore.save_progress
 

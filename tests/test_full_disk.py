@@ -40,7 +40,7 @@ from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
 from server.config import Settings
-from storage_backends import filesystem
+from storage_backends.kernel_syncs import SYNCS
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -401,17 +401,17 @@ async def test_a_failed_sync_is_not_taken_back_by_the_next_one(
 ) -> None:
     """Linux reports a failed writeback (NFS says ENOSPC only when syncing) to one fdatasync;
     the next one succeeds with those bytes lost. No filesystem here fails a sync on demand, so
-    this test alone injects the failure, at the system call: the first fdatasync fails."""
+    this test alone injects the failure, where the writer asks for the sync: the first fails."""
     synced: list[int] = []
-    real_fdatasync = os.fdatasync
+    real_fdatasync = SYNCS.fdatasync
 
-    def fdatasync(fd: int) -> None:
+    async def fdatasync(fd: int) -> None:
         synced.append(fd)
         if len(synced) == 1:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fdatasync(fd)
+        await real_fdatasync(fd)
 
-    monkeypatch.setattr(filesystem.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(SYNCS, "fdatasync", fdatasync)
     client = await make_client()
     path = await create_upload(client, 10)
     headers = {**PATCH_HEADERS, "Upload-Offset": "0"}
