@@ -1,5 +1,5 @@
-"""Blocking calls that must not hold up the event loop (a file's ``fdatasync``, a
-directory's ``fsync``), on threads of their own.
+"""Blocking calls that must not hold up the event loop, on threads of their own: the syncs
+that the kernel does not take as asynchronous requests (:mod:`.kernel_syncs`).
 
 ``asyncio.to_thread`` goes through ``concurrent.futures``: a future with a condition
 variable, the executor's locks and semaphore, and an asyncio future chained to it. Measured

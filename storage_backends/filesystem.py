@@ -1,10 +1,10 @@
 """Uploads as plain files: the bytes of upload ``{id}`` are the file ``{directory}/{id}``.
 
-Writes go to the page cache inline on the event loop (a thread hop per body
-chunk halves throughput); only ``fdatasync``, the slow part, goes to the kernel as an
-asynchronous request (:mod:`.kernel_syncs`; else to a thread), while further writes go on. With ``fsync=False`` nothing is synced: the kernel
-writes the page cache back, which survives a crash of the process but not of
-the machine.
+Writes go to the page cache inline on the event loop (a thread hop per body chunk
+halves throughput); only the syncs, the slow part, go to the kernel as asynchronous
+requests (:mod:`.kernel_syncs`; else to threads), while further writes go on. With
+``fsync=False`` nothing is synced: the kernel writes the page cache back, which
+survives a crash of the process but not of the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .base import StorageError, StorageRecord, StoredUpload
-from .blocking import CALLS, Uncancellable
+from .blocking import Uncancellable
 from .kernel_syncs import SYNCS
 
 READ_CHUNK = 1024 * 1024
@@ -38,10 +38,12 @@ def _copy_exactly(source: BinaryIO, target: BinaryIO, size: int, upload_id: str)
         left -= len(chunk)
 
 
-def _fsync_directory(directory: Path) -> None:
+async def _fsync_directory(directory: str) -> None:
+    """Opening a directory looks up a name the kernel holds: cheap enough for the event
+    loop, as opening an upload's file is."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        await SYNCS.fsync(fd)
     finally:
         os.close(fd)
 
@@ -59,7 +61,8 @@ class DirectorySync:
     """
 
     def __init__(self, directory: Path) -> None:
-        self._directory = directory
+        self._directory = os.fspath(directory)
+        """A ``str``: a ``Path`` costs every ``os.open`` a call to its ``__fspath__``."""
         self._started = 0
         self._done = 0
         self._running: Uncancellable[None] | None = None
@@ -91,7 +94,7 @@ class DirectorySync:
         running: Uncancellable[None] = Uncancellable(loop=asyncio.get_running_loop())
         self._running = running
         try:
-            await CALLS.run(_fsync_directory, self._directory)
+            await _fsync_directory(self._directory)
             self._done = max(self._done, number)
         except OSError as exc:
             # Files made while it ran (ticket ``number``) may have been in it too.
@@ -283,10 +286,10 @@ class FilesystemBackend:
                         _copy_exactly(source, target, partial.offset, partial.id)
                 if self._fsync:
                     os.fdatasync(target.fileno())
-            if self._fsync:
-                _fsync_directory(self.directory)
 
         await asyncio.to_thread(copy)
+        if self._fsync:
+            await _fsync_directory(os.fspath(self.directory))
         return final.storage
 
     async def declare_length(self, upload: StoredUpload, length: int) -> StorageRecord:

@@ -1,12 +1,12 @@
-"""A file's ``fdatasync`` handed to the kernel, with no thread: Linux's asynchronous I/O.
+"""Syncs handed to the kernel, with no thread: Linux's asynchronous I/O.
 
 A sync on a thread of :mod:`.blocking` costs far more than its own kernel work: the
 thread wakes, and when the sync returns, the GIL goes over to it and back to the event
 loop, a handful of futex calls each time (29 per small upload, measured with ``strace``).
-Linux (4.18 and later) takes an ``fdatasync`` as an asynchronous request
-(``IOCB_CMD_FDSYNC``): ``io_submit`` returns at once, a kernel worker syncs the file, and
-the completion is counted on an eventfd that the event loop watches beside its sockets.
-No thread of ours runs, and the error is the one ``fdatasync`` would raise.
+Linux (4.18 and later) takes an ``fdatasync`` or ``fsync`` as an asynchronous request
+(``IOCB_CMD_FDSYNC``, ``IOCB_CMD_FSYNC``): ``io_submit`` returns at once, a kernel worker
+syncs the file, and the completion is counted on an eventfd that the event loop watches
+beside its sockets. No thread of ours runs, and the error is the one the call would raise.
 
 Where the kernel does not take them (another system or processor, a kernel older than
 4.18, a sandbox that refuses the calls), and for the syncs past :data:`IN_FLIGHT`, the
@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 from .blocking import CALLS, Uncancellable
 
@@ -33,6 +34,7 @@ IN_FLIGHT = 128
 
 # io_setup, io_destroy, io_submit and io_getevents: their numbers differ by processor.
 _SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
+_IOCB_CMD_FSYNC = 2
 _IOCB_CMD_FDSYNC = 3
 _IOCB_FLAG_RESFD = 1
 """Count the completion on the eventfd in ``aio_resfd``."""
@@ -79,7 +81,7 @@ class _Kernel:
             *(ctypes.pointer(iocb) for iocb in self._iocbs)
         )
         for slot, iocb in enumerate(self._iocbs):
-            iocb.aio_data, iocb.aio_lio_opcode = slot, _IOCB_CMD_FDSYNC
+            iocb.aio_data = slot
             iocb.aio_flags, iocb.aio_resfd = _IOCB_FLAG_RESFD, self.eventfd
         self._free = list(range(IN_FLIGHT))
         self._waiting: list[Uncancellable[None] | None] = [None] * IN_FLIGHT
@@ -88,13 +90,14 @@ class _Kernel:
         self._one = ctypes.c_long(1)
         self._pointer_size = ctypes.sizeof(ctypes.POINTER(_Iocb))
 
-    def submit(self, fd: int, done: Uncancellable[None]) -> int:
+    def submit(self, fd: int, opcode: int, done: Uncancellable[None]) -> int:
         """Hand the sync of ``fd`` to the kernel, settling ``done``; 0, or the ``errno``
         of a refusal (``EAGAIN`` when every slot is taken)."""
         if not self._free:
             return errno.EAGAIN
         slot = self._free.pop()
-        self._iocbs[slot].aio_fildes = fd
+        iocb = self._iocbs[slot]
+        iocb.aio_fildes, iocb.aio_lio_opcode = fd, opcode
         pointer = ctypes.byref(self._pointers, slot * self._pointer_size)
         if self._call(self._submit, self._context, self._one, pointer) != 1:
             self._free.append(slot)
@@ -142,8 +145,9 @@ class _Kernel:
 
 
 class Syncs:
-    """``fdatasync`` for the event loop: handed to the kernel where it takes it, else on
-    the threads of :mod:`.blocking`."""
+    """``fdatasync`` and ``fsync`` for the event loop: handed to the kernel where it takes
+    them, else on the threads of :mod:`.blocking`. Completions are reaped on the event
+    loop that asked last: one at a time (a server has one, the tests one after another)."""
 
     def __init__(self, machine: str = platform.machine()) -> None:
         """``machine``: the processor, whose system call numbers are used (if known)."""
@@ -161,20 +165,27 @@ class Syncs:
     async def fdatasync(self, fd: int) -> None:
         """``os.fdatasync(fd)``, raising what it would. A cancelled caller waits for the
         sync all the same: its file must not be closed under it."""
+        await self._sync(fd, _IOCB_CMD_FDSYNC, os.fdatasync)
+
+    async def fsync(self, fd: int) -> None:
+        """``os.fsync(fd)``, as :meth:`fdatasync` is ``os.fdatasync``."""
+        await self._sync(fd, _IOCB_CMD_FSYNC, os.fsync)
+
+    async def _sync(self, fd: int, opcode: int, on_thread: Callable[[int], None]) -> None:
         kernel = self._kernel if self._tried else self._open()
         if kernel is None:
-            return await CALLS.run(os.fdatasync, fd)
+            return await CALLS.run(on_thread, fd)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._watch(kernel, loop)
         done: Uncancellable[None] = Uncancellable(loop=loop)
-        refused = kernel.submit(fd, done)
+        refused = kernel.submit(fd, opcode, done)
         if refused == 0:
             return await done
         if refused not in (errno.EAGAIN, errno.EINVAL):
             raise OSError(refused, os.strerror(refused))
         # EINVAL: a file that cannot be synced, or a kernel that takes no sync requests.
-        await CALLS.run(os.fdatasync, fd)
+        await CALLS.run(on_thread, fd)
         if refused == errno.EINVAL and kernel.idle:
             log.info("the kernel refused a sync request: files are synced on threads")
             self._drop(kernel)

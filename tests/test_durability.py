@@ -7,8 +7,7 @@ import errno
 import os
 import signal
 import stat
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +30,19 @@ def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     and ``commit`` for each offset recorded; they still sync and record."""
     calls: list[str] = []
 
-    def counting(name: str, real: Callable[[int], None]) -> Callable[[int], None]:
-        def sync(fd: int) -> None:
+    Sync = Callable[[int], Awaitable[None]]
+
+    def counting(name: str, real: Sync) -> Sync:
+        async def sync(fd: int) -> None:
             directory = stat.S_ISDIR(os.fstat(fd).st_mode)
             calls.append(f"{name}-directory" if directory else name)
-            real(fd)
+            await real(fd)
 
         return sync
 
-    real_fdatasync = SYNCS.fdatasync
-
-    async def fdatasync(fd: int) -> None:
-        calls.append("fdatasync")
-        await real_fdatasync(fd)
-
-    # A file's sync goes to the kernel (storage_backends/kernel_syncs.py), a directory's
-    # to a thread.
-    monkeypatch.setattr(SYNCS, "fdatasync", fdatasync)
-    monkeypatch.setattr(os, "fsync", counting("fsync", os.fsync))
+    # The syncs go to the kernel (storage_backends/kernel_syncs.py).
+    monkeypatch.setattr(SYNCS, "fdatasync", counting("fdatasync", SYNCS.fdatasync))
+    monkeypatch.setattr(SYNCS, "fsync", counting("fsync", SYNCS.fsync))
     save_progress = StateStore.save_progress
 
     async def recording(self: StateStore, *args: Any, **kwargs: Any) -> Upload:
@@ -102,28 +96,47 @@ async def test_a_new_files_directory_entry_is_synced_before_its_first_offset_is_
     assert data_file(client.app[CONTEXT].settings, path).read_bytes() == data
 
 
+async def test_a_concatenated_files_directory_entry_is_synced_before_it_is_recorded(
+    make_client: ClientFactory, syncs: list[str]
+) -> None:
+    client = await make_client(fsync="always")
+    parts = []
+    for data in (b"first ", b"second"):
+        path = await create_upload(client, len(data), **{"Upload-Concat": "partial"})
+        response = await client.patch(
+            path, data=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"}
+        )
+        assert response.status == 204
+        parts.append(path)
+    syncs.clear()
+    final = await create_upload(client, None, **{"Upload-Concat": "final;" + " ".join(parts)})
+    # The final's bytes are copied and synced on a thread, its new entry by the kernel.
+    assert "fsync-directory" in syncs
+    assert data_file(client.app[CONTEXT].settings, final).read_bytes() == b"first second"
+
+
 async def test_files_made_before_a_directory_sync_began_share_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started, release = threading.Event(), threading.Event()
-    synced: list[Path] = []
+    started, release = asyncio.Event(), asyncio.Event()
+    synced: list[str] = []
 
-    def held_sync(directory: Path) -> None:
+    async def held_sync(directory: str) -> None:
         synced.append(directory)
         started.set()
-        assert release.wait(10)
+        await asyncio.wait_for(release.wait(), 10)
 
     monkeypatch.setattr(filesystem, "_fsync_directory", held_sync)
     directory_sync = filesystem.DirectorySync(tmp_path)
     before = [directory_sync.ticket() for _ in range(10)]
     waiting = [asyncio.create_task(directory_sync.wait(t)) for t in before]
-    assert await asyncio.to_thread(started.wait, 10)
+    await asyncio.wait_for(started.wait(), 10)
     # Made while the sync runs: not covered by it, so one more sync follows, for all of them.
     during = [directory_sync.ticket() for _ in range(5)]
     waiting += [asyncio.create_task(directory_sync.wait(t)) for t in during]
     release.set()
     await asyncio.wait_for(asyncio.gather(*waiting), 10)
-    assert synced == [tmp_path, tmp_path]
+    assert synced == [str(tmp_path)] * 2
     await directory_sync.wait(during[0])
     assert len(synced) == 2
 
@@ -132,9 +145,9 @@ async def test_files_made_before_a_failed_directory_sync_are_never_counted_as_sy
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outcomes: list[OSError | None] = [OSError(errno.EIO, "Input/output error"), None]
-    synced: list[Path] = []
+    synced: list[str] = []
 
-    def flaky_sync(directory: Path) -> None:
+    async def flaky_sync(directory: str) -> None:
         synced.append(directory)
         outcome = outcomes.pop(0)
         if outcome is not None:
@@ -147,7 +160,7 @@ async def test_files_made_before_a_failed_directory_sync_are_never_counted_as_sy
         await directory_sync.wait(before)
     after = directory_sync.ticket()
     await directory_sync.wait(after)  # a sync of its own, which works
-    assert synced == [tmp_path, tmp_path]
+    assert synced == [str(tmp_path)] * 2
     # It says nothing of the entries the failed one may have dropped.
     with pytest.raises(OSError, match="Input/output error") as raised:
         await directory_sync.wait(before)

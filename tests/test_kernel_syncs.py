@@ -1,5 +1,5 @@
-"""A file's fdatasync handed to the kernel as an asynchronous request, with no thread
-(storage_backends/kernel_syncs.py), and the threads where the kernel does not take it.
+"""Syncs handed to the kernel as asynchronous requests, with no thread
+(storage_backends/kernel_syncs.py), and the threads where the kernel does not take them.
 
 These run on Linux with x86_64 or aarch64, where the kernel takes the requests; CI's
 machines are such."""
@@ -52,11 +52,16 @@ def written(tmp_path: Path) -> Iterator[Callable[[], int]]:
 
 
 async def test_a_sync_is_handed_to_the_kernel_and_runs_on_no_thread(
-    written: Callable[[], int], thread_calls: list[Callable[..., Any]]
+    tmp_path: Path, written: Callable[[], int], thread_calls: list[Callable[..., Any]]
 ) -> None:
     syncs = Syncs()
     await syncs.fdatasync(written())
     await asyncio.gather(*(syncs.fdatasync(written()) for _ in range(10)))
+    directory = os.open(tmp_path, os.O_RDONLY)
+    try:
+        await syncs.fsync(directory)
+    finally:
+        os.close(directory)
     assert syncs.in_kernel
     assert thread_calls == []
 
