@@ -116,8 +116,13 @@ class _Kernel:
                 self._get, self._context, ctypes.c_long(0), ctypes.c_long(IN_FLIGHT),
                 self._events, self._no_wait,
             )
-            if count < 0 and ctypes.get_errno() == errno.EINTR:
-                continue
+            if count < 0:
+                error = ctypes.get_errno()
+                if error == errno.EINTR:
+                    continue
+                # Not seen: the context and the buffers are this process's own. Said, not
+                # hidden: the syncs under way wait until a later completion reaps them.
+                log.warning("reaping finished syncs failed: %s", os.strerror(error))
             for event in self._events[:max(count, 0)]:
                 slot = event.data
                 done, self._waiting[slot] = self._waiting[slot], None
