@@ -209,6 +209,30 @@ async def test_a_cancelled_save_with_events_lands_whole_or_not_at_all(store: Sto
         pytest.fail(f"a save did not end within {MOST_TURNS} turns")
 
 
+async def test_writes_with_events_sent_together_land_each_whole_or_not_at_all(
+    store: Store,
+) -> None:
+    """Saves with events that reach the database together (one turn of the loop, as
+    requests' writes do): the one whose event cannot be recorded (its id is taken) lands
+    neither its change nor its other event; the others land with theirs."""
+    uploads = [Upload(id=f"u{n}", length=10) for n in range(3)]
+    for upload in uploads:
+        await store.create(upload)
+    await store.create(Upload(id="taken", length=1), events=[event("e-taken", "taken")])
+    outcomes = await asyncio.gather(
+        store.save_progress(replace(uploads[0], offset=1), [event("e0", "u0")]),
+        store.save_progress(
+            replace(uploads[1], offset=1), [event("e1", "u1"), event("e-taken", "u1")]
+        ),
+        store.save_progress(replace(uploads[2], offset=1), [event("e2", "u2")]),
+        return_exceptions=True,
+    )
+    assert [isinstance(outcome, Exception) for outcome in outcomes] == [False, True, False]
+    found = await store.get_many(tuple(upload.id for upload in uploads))
+    assert {u.id: u.offset for u in found.values()} == {"u0": 1, "u1": 0, "u2": 1}
+    assert sorted(await event_ids(store)) == ["e-taken", "e0", "e2"]
+
+
 async def test_a_creation_that_fails_records_none_of_its_events(store: Store) -> None:
     await store.create(Upload(id="a", length=1), events=[event("e1", "a")])
     with pytest.raises(Exception):  # noqa: B017 -- the database's own error, whichever

@@ -31,7 +31,7 @@ import aiosqlite
 from ..model import DatabaseUnavailable, DatabaseUnusable, SchemaTooNew
 from .marks import Stamps, WriteMarks, marks_path
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writes import StatementBatch, WriteGate
+from .writes import FollowUps, StatementBatch, WriteGate
 
 log = logging.getLogger("aiotusd")
 
@@ -292,14 +292,15 @@ class Database:
 
     async def statement(
         self, sql: str, parameters: tuple[Any, ...], row_id: bool = False, stamps: Stamps = (),
+        follow_ups: FollowUps = (),
     ) -> int:
         """Run one writing statement, side by side with others (:class:`StatementBatch`),
-        in a transaction that leaves ``stamps`` (:mod:`.marks`); the rows it changed, or
-        with ``row_id`` the id of the row it inserted (0: none). A cancelled caller waits
-        for it to have run."""
+        in a transaction that leaves ``stamps`` (:mod:`.marks`) and, when it changed a
+        row, runs ``follow_ups`` too; the rows it changed, or with ``row_id`` the id of the
+        row it inserted (0: none). A cancelled caller waits for it to have run."""
         with unavailable_when_lost(self.path):
             async with self.gate.statement():
-                return (await self._batch.run(((sql, parameters, row_id),), stamps))[0]
+                return await self._batch.run((sql, parameters, row_id, follow_ups), stamps)
 
     def _committed_here(self) -> None:
         """Every :data:`CHECKPOINT_EVERY` commits made on the event loop's thread, checkpoint

@@ -10,9 +10,19 @@ from ..interface import Outbox
 from ..model import HookEvent
 from ..rows import EVENT_COLUMNS, event_from_row
 from .database import Database, Transaction, placeholders
+from .writes import FollowUps
 
 # The oldest undelivered, live event of each upload: the only one of it that may go out.
 _HEADS = "seq IN (SELECT MIN(seq) FROM hook_outbox WHERE dead = 0 GROUP BY upload_id)"
+_INSERT = (
+    "INSERT INTO hook_outbox (id, upload_id, type, payload, created_at, since, "
+    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(e: HookEvent) -> tuple[object, ...]:
+    """A new event's row, for :data:`_INSERT`."""
+    return (e.id, e.upload_id, e.type, e.payload, e.created_at, e.created_at, e.created_at)
 
 
 class SQLiteOutbox(Outbox):
@@ -32,15 +42,18 @@ class SQLiteOutbox(Outbox):
     async def record(self, transaction: Transaction, events: Sequence[HookEvent]) -> None:
         """Insert ``events`` in ``transaction``, the one of the change they report: they are
         recorded if and only if it is committed."""
-        await transaction.executemany(
-            "INSERT INTO hook_outbox (id, upload_id, type, payload, created_at, since, "
-            "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (e.id, e.upload_id, e.type, e.payload, e.created_at, e.created_at, e.created_at)
-                for e in events
-            ],
-        )
+        await transaction.executemany(_INSERT, [_values(event) for event in events])
         transaction.on_commit(self.outbox_changed.set)
+
+    def inserts(self, events: Sequence[HookEvent]) -> FollowUps:
+        """The statements that insert ``events``, as the follow-ups of the write whose
+        change they report (:meth:`Database.statement`); once it has landed, call
+        :meth:`recorded`."""
+        return tuple((_INSERT, _values(event)) for event in events)
+
+    def recorded(self) -> None:
+        """Events were inserted by the follow-ups of a write (:meth:`inserts`)."""
+        self.outbox_changed.set()
 
     def _claimed_uploads(self, now: float) -> list[str]:
         """The uploads whose head is under a claim at ``now``."""

@@ -35,13 +35,25 @@ LOCKED_RETRY_SECONDS = 0.0005
 """The pause before each of those tries: another worker's commit holds the write lock
 for some tens of microseconds."""
 
-Statement = tuple[str, tuple[Any, ...], bool]
-"""SQL, its parameters, and whether its outcome is the id of the row it inserted (0 when
-it inserted none) rather than the rows it changed."""
+FollowUps = tuple[tuple[str, tuple[Any, ...]], ...]
+"""Statements (SQL, parameters) that go with one into its transaction, run only when it
+changed a row: the hook events that report its change."""
+Statement = tuple[str, tuple[Any, ...], bool, FollowUps]
+"""SQL, its parameters, whether its outcome is the id of the row it inserted (0 when it
+inserted none) rather than the rows it changed, and its follow-ups: a write with its
+events, which commit together or not at all."""
 
 
-def _outcome(cursor: sqlite3.Cursor, row_id: bool) -> int:
-    return (cursor.lastrowid or 0) if row_id and cursor.rowcount > 0 else cursor.rowcount
+def _run_one(cursor: sqlite3.Cursor, statement: Statement) -> int:
+    """Run ``statement`` and, when it changed a row, its follow-ups; its outcome."""
+    sql, values, row_id, follow_ups = statement
+    cursor.execute(sql, values)
+    changed = cursor.rowcount
+    outcome = (cursor.lastrowid or 0) if row_id and changed > 0 else changed
+    if changed > 0:
+        for sql, values in follow_ups:
+            cursor.execute(sql, values)
+    return outcome
 
 
 class WriteGate:
@@ -148,7 +160,7 @@ def _in_one_transaction(
     for them all: ``connection.execute`` makes one each time.)"""
     cursor = connection.cursor()
     cursor.execute(begin)
-    changed = [_outcome(cursor.execute(sql, values), row_id) for sql, values, row_id in statements]
+    changed = [_run_one(cursor, statement) for statement in statements]
     if leave is not None:
         leave()
     cursor.execute("COMMIT")
@@ -162,11 +174,11 @@ def _run_together(
     """Run ``statements`` in one transaction; when one fails, each alone: every statement
     gets its own outcome, as if it had been sent by itself: the rows it changed, or its
     exception. ``leave`` is called in each transaction that runs (see
-    :func:`_in_one_transaction`), which a statement with it never runs without. On the
-    connection's thread."""
+    :func:`_in_one_transaction`), which a statement with it never runs without; nor one
+    with follow-ups. On the connection's thread."""
     # IMMEDIATE with marks: the write lock is theirs even if no statement writes a row.
     begin = "BEGIN" if leave is None else "BEGIN IMMEDIATE"
-    if len(statements) > 1 or leave is not None:
+    if len(statements) > 1 or leave is not None or statements[0][3]:
         try:
             return [*_in_one_transaction(connection, statements, leave, begin)]
         except Exception as exc:
@@ -176,9 +188,8 @@ def _run_together(
     outcomes: list[Exception | int] = []
     for statement in statements:
         try:
-            if leave is None:
-                sql, parameters, row_id = statement
-                outcomes.append(_outcome(connection.execute(sql, parameters), row_id))
+            if leave is None and not statement[3]:
+                outcomes.append(_run_one(connection.cursor(), statement))
             else:
                 outcomes += _in_one_transaction(connection, (statement,), leave, begin)
         except Exception as exc:
@@ -225,9 +236,8 @@ def _run_here(
     (another process of ``--workers`` holds the write lock) or fails goes to the connection's
     thread instead, which waits for the lock and gives each statement its own outcome."""
     try:
-        if len(statements) == 1 and leave is None:
-            sql, values, row_id = statements[0]
-            return [_outcome(connection.execute(sql, values), row_id)]
+        if len(statements) == 1 and leave is None and not statements[0][3]:
+            return [_run_one(connection.cursor(), statements[0])]
         # IMMEDIATE: a statement that reads before it writes cannot find, at its write,
         # that another process wrote since its read (which SQLite fails without waiting).
         return _in_one_transaction(connection, statements, leave, "BEGIN IMMEDIATE")
@@ -278,37 +288,28 @@ class StatementBatch:
         self._locked_tries = 0
         """How often the batch now waiting found the database locked."""
 
-    async def run(self, statements: Sequence[Statement], stamps: Stamps = ()) -> list[int]:
-        """Run ``statements``, in this order and in the same transaction, which leaves
-        ``stamps`` (see :mod:`.marks`), and return the outcome of each (see
-        :data:`Statement`); a cancelled caller waits for them to have run all the same (the
-        interface's promise, see :mod:`server.state.interface`)."""
+    async def run(self, statement: Statement, stamps: Stamps = ()) -> int:
+        """Run ``statement`` in a transaction that leaves ``stamps`` (see :mod:`.marks`),
+        and return its outcome (see :data:`Statement`); a cancelled caller waits for it to
+        have run all the same (the interface's promise, see :mod:`server.state.interface`)."""
         loop = asyncio.get_running_loop()
         first = not self._waiting
         self._stamps += stamps
-        answers: list[Uncancellable[int]] = []
-        for statement in statements:
-            answers.append(Uncancellable(loop=loop))
-            self._waiting.append((statement, answers[-1]))
+        answer: Uncancellable[int] = Uncancellable(loop=loop)
+        self._waiting.append((statement, answer))
         if first:
             if _alone_in_this_turn(loop):
                 self._send()
             else:
                 loop.call_soon(self._send)
+        if answer.done():
+            return answer.result()
         try:
-            if not answers[-1].done():
-                await answers[-1]  # answered together with the others
-        except Exception:  # noqa: BLE001, S110 -- every answer is looked at below
-            pass
+            return await answer  # answered together with the others
         except asyncio.CancelledError:
-            for answer in answers:  # looked at: no "exception never retrieved"
-                if not answer.cancelled():
-                    answer.exception()
+            if not answer.cancelled():
+                answer.exception()  # looked at: no "exception never retrieved"
             raise
-        for answer in answers:
-            if answer.exception() is not None:
-                raise answer.exception()  # type: ignore[misc]
-        return [answer.result() for answer in answers]
 
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
