@@ -99,11 +99,16 @@ class Delivery:
         free = self._settings.hooks.concurrency - len(self._in_flight)
         if free <= 0:
             return IDLE_POLL  # a delivery that ends sets outbox_changed
-        for event in await self._store.claim_events(time.time(), free, self._lease):
+        claimed = await self._store.claim_events(time.time(), free, self._lease)
+        for event in claimed:
             # An upload still in flight here had its last event settled (or its lease ran
             # out) as this claim ran: this one goes out once that delivery has ended.
             previous = self._in_flight.get(event.upload_id)
             self._in_flight[event.upload_id] = asyncio.create_task(self._deliver(event, previous))
+        if len(claimed) == free:
+            # Every free place taken: more may be due now, and the next claim is made as
+            # soon as a delivery ends, without asking when (a scan of the whole outbox).
+            return IDLE_POLL
         due = await self._store.next_event_due(time.time())
         return IDLE_POLL if due is None else min(max(due - time.time(), 0.0), IDLE_POLL)
 

@@ -233,6 +233,49 @@ async def test_stop_ends_the_worker_when_the_outbox_changes_as_it_is_cancelled(
         await store.close()
 
 
+class CountingDueAsks(StateStore):
+    """A store that counts how often the delivery asks it when the next event is due."""
+
+    asks = 0
+
+    async def next_event_due(self, now: float) -> float | None:
+        self.asks += 1
+        return await super().next_event_due(now)
+
+
+async def test_a_backlog_goes_out_claim_after_claim_without_asking_when_the_next_is_due(
+    settings: Settings, receiver: Receiver, tmp_path: Path
+) -> None:
+    """While claims take every free place, more is due now: the next claim comes as a
+    delivery ends. Asking when the next event is due is a scan of the whole outbox, and
+    with thousands waiting it cost more than the claims."""
+    settings = settings.with_values(hooks_url=receiver.url, hooks_concurrency=4)
+    store = await CountingDueAsks.open(tmp_path / "state.sqlite3")
+    assert isinstance(store, CountingDueAsks)
+    hooks = Hooks(settings, make_transport(settings), store,
+                  Capabilities.of(make_backend(settings)).locator)
+    delivery = Delivery(settings, hooks, store, Metrics())
+    for number in range(80):
+        await store.create(Upload(id=f"u{number}", length=1), events=[
+            HookEvent(f"e{number}", f"u{number}", "post-create", b'{"upload": {"offset": 0}}')
+        ])
+    try:
+        delivery.start()
+        await receiver.wait(lambda: len(receiver.received) == 80, "80 events to go out")
+        await poll(lambda: _none_left(store), "the outbox to empty")
+    finally:
+        await delivery.stop()
+        await hooks.close()
+        await store.close()
+    assert sorted(r.id for r in receiver.received) == sorted(f"e{n}" for n in range(80))
+    # At least 20 claims of at most 4 each; asked only once the claims came up short.
+    assert store.asks <= 8, store.asks
+
+
+async def _none_left(store: StateStore) -> bool:
+    return await store.count_events() == (0, 0)
+
+
 class HeldAfterDelivered(PostgresStore):
     """A store that, once it has dropped a delivered event, holds the delivery back until
     the test lets it go: the worker hears late that its delivery is over."""
