@@ -209,6 +209,25 @@ async def test_a_cancelled_save_with_events_lands_whole_or_not_at_all(store: Sto
         pytest.fail(f"a save did not end within {MOST_TURNS} turns")
 
 
+async def test_events_recorded_by_a_cancelled_save_wake_the_delivery(store: Store) -> None:
+    """Cancelled after 1, 2, ... turns of the loop: whenever its event was recorded, the
+    delivery is told so at once (else it would find it only at its next idle look, 5 s
+    on)."""
+    for turns in range(1, MOST_TURNS):
+        upload = Upload(id=f"u{turns}", length=10)
+        await store.create(upload)
+        store.outbox_changed.clear()
+        ended = await cancel_after(
+            turns, store.save_progress(replace(upload, offset=6), [event(f"e{turns}", upload.id)])
+        )
+        if f"e{turns}" in await event_ids(store):
+            assert store.outbox_changed.is_set(), f"cancelled after {turns} turns"
+        if ended:
+            break
+    else:
+        pytest.fail(f"a save did not end within {MOST_TURNS} turns")
+
+
 async def test_writes_with_events_sent_together_land_each_whole_or_not_at_all(
     store: Store,
 ) -> None:

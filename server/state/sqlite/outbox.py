@@ -59,7 +59,7 @@ class SQLiteOutbox(Outbox):
         return tuple((_INSERT, _values(event)) for event in events)
 
     def recorded(self) -> None:
-        """Events were inserted by the follow-ups of a write (:meth:`inserts`)."""
+        """Events may have been inserted by the follow-ups of a write (:meth:`inserts`)."""
         self.outbox_changed.set()
 
     def _claimed_uploads(self, now: float) -> list[str]:
