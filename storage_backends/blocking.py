@@ -53,15 +53,16 @@ class BlockingCalls:
         self._started = False
         os.register_at_fork(after_in_child=self._forget_threads)
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` on one of the threads. A cancelled caller waits for the call
-        to have run all the same: a sync still running must not find its file closed."""
+    def submit(self, function: Callable[..., T], *args: Any) -> Uncancellable[T]:
+        """``function(*args)`` sent to one of the threads; settled with what it returned or
+        raised, unless something settled it first (a deadline: see :mod:`.kernel_syncs`).
+        A cancelled caller waits for the call to have run all the same: a sync still
+        running must not find its file closed."""
         if not self._started:
             self._start()
-        loop = asyncio.get_running_loop()
-        done: Uncancellable[T] = Uncancellable(loop=loop)
-        self._calls.put((loop, done, function, args))
-        return await done
+        done: Uncancellable[T] = Uncancellable(loop=asyncio.get_running_loop())
+        self._calls.put((done.get_loop(), done, function, args))
+        return done
 
     def _start(self) -> None:
         for number in range(self._count):
@@ -88,6 +89,8 @@ class BlockingCalls:
 
 def _settle(done: Uncancellable[Any], outcome: tuple[bool, Any]) -> None:
     succeeded, value = outcome
+    if done.done():  # given up on (a deadline): nobody waits for it any more
+        return
     if succeeded:
         done.set_result(value)
     else:

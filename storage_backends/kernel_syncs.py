@@ -12,6 +12,11 @@ Where the kernel does not take them (another system or processor, a kernel older
 4.18, a sandbox that refuses the calls), and for the syncs past :data:`IN_FLIGHT`, the
 threads sync as before; which is decided once per process. The calls go through
 :mod:`ctypes`: the standard library has no binding for them.
+
+A sync is waited for :data:`SYNC_SECONDS` at most: a disk or file server that takes
+longer is not there for the upload now. Its caller then gets :class:`StorageUnavailable`
+(503, try again later) and records nothing, and lets go of the upload; the sync itself
+goes on (the kernel's request holds the file, which may be closed meanwhile).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import platform
 import sys
 from collections.abc import Callable
 
+from .base import StorageUnavailable
 from .blocking import CALLS, Uncancellable
 
 log = logging.getLogger("aiotusd")
 
 IN_FLIGHT = 128
 """Syncs one process hands to the kernel at once; more wait on the threads."""
+SYNC_SECONDS = 60.0
+"""How long a caller waits for a sync; it is told so up to a tenth of that later."""
 
 # io_setup, io_destroy, io_submit and io_getevents: their numbers differ by processor.
 _SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
@@ -160,6 +168,11 @@ class Syncs:
         self._kernel: _Kernel | None = None
         self._tried = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._under_way: dict[Uncancellable[None], float] = {}
+        """The syncs waited for, with when (the event loop's time) their callers give up."""
+        self._overdue_check: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        """Looks for syncs past their time while there are any, on the loop they run on:
+        one timer for all, not a timer for each."""
         os.register_at_fork(after_in_child=self._forget)
 
     @property
@@ -179,22 +192,49 @@ class Syncs:
     async def _sync(self, fd: int, opcode: int, on_thread: Callable[[int], None]) -> None:
         kernel = self._kernel if self._tried else self._open()
         if kernel is None:
-            return await CALLS.run(on_thread, fd)
+            return await self._waited(CALLS.submit(on_thread, fd))
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._watch(kernel, loop)
         done: Uncancellable[None] = Uncancellable(loop=loop)
         refused = kernel.submit(fd, opcode, done)
         if refused == 0:
-            return await done
+            return await self._waited(done)
         if refused not in (errno.EAGAIN, errno.EINVAL):
             raise OSError(refused, os.strerror(refused))
         # EINVAL: a file that cannot be synced, or a kernel that takes no sync requests.
-        await CALLS.run(on_thread, fd)
+        await self._waited(CALLS.submit(on_thread, fd))
         if refused == errno.EINVAL and kernel.idle:
             log.info("the kernel refused a sync request: files are synced on threads")
             self._drop(kernel)
         return None
+
+    async def _waited(self, done: Uncancellable[None]) -> None:
+        """Wait for the sync that settles ``done``, at most :data:`SYNC_SECONDS`."""
+        loop = done.get_loop()
+        self._under_way[done] = loop.time() + SYNC_SECONDS
+        if self._overdue_check is None or self._overdue_check[0] is not loop:
+            self._check_overdue_later(loop)
+        try:
+            await done
+        finally:
+            del self._under_way[done]
+
+    def _fail_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for done, give_up_at in self._under_way.items():
+            if give_up_at <= now and not done.done() and done.get_loop() is loop:
+                done.set_exception(StorageUnavailable(
+                    f"a sync of an upload's file took longer than {SYNC_SECONDS:g} s: "
+                    "the disk or file server does not answer"
+                ))
+        self._overdue_check = None
+        if self._under_way:
+            self._check_overdue_later(loop)
+
+    def _check_overdue_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        check = loop.call_later(SYNC_SECONDS / 10, self._fail_overdue, loop)
+        self._overdue_check = (loop, check)
 
     def _open(self) -> _Kernel | None:
         self._tried = True
@@ -222,6 +262,7 @@ class Syncs:
         if self._kernel is not None:
             self._kernel.close(destroy=False)
         self._kernel, self._loop, self._tried = None, None, False
+        self._under_way, self._overdue_check = {}, None
 
 
 SYNCS = Syncs()

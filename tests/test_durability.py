@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import requests
-from support.http import PATCH_HEADERS, TUS, ClientFactory, create_upload
+from support.http import PATCH_HEADERS, TUS, ClientFactory, create_upload, head_offset
 from support.storage import data_file, payload
 
 from server.context import CONTEXT
 from server.state import StateStore, Upload
-from storage_backends import filesystem
+from storage_backends import filesystem, kernel_syncs
 from storage_backends.kernel_syncs import SYNCS
 
 MIB = 1024 * 1024
@@ -166,6 +166,36 @@ async def test_files_made_before_a_failed_directory_sync_are_never_counted_as_sy
         await directory_sync.wait(before)
     assert raised.value.errno == errno.EIO
     assert len(synced) == 2
+
+
+async def test_a_patch_whose_sync_the_disk_never_finishes_is_answered_503_and_lets_go(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk or file server that hangs: the PATCH is answered 503 (try again later) once
+    its sync took kernel_syncs.SYNC_SECONDS (here 0.5 s), records nothing, and lets go of
+    the upload, which the next PATCH resumes from the recorded offset. Before, it waited
+    for ever, holding the upload's lock."""
+    monkeypatch.setattr(kernel_syncs, "SYNC_SECONDS", 0.5)
+    hung: list[int] = []
+    submit = kernel_syncs._Kernel.submit
+
+    def first_fdatasync_hangs(self: Any, fd: int, opcode: int, done: Any) -> int:
+        if opcode == kernel_syncs._IOCB_CMD_FDSYNC and not hung:
+            hung.append(fd)
+            return 0  # taken, and never completed
+        return submit(self, fd, opcode, done)
+
+    monkeypatch.setattr(kernel_syncs._Kernel, "submit", first_fdatasync_hangs)
+    client = await make_client()
+    path = await create_upload(client, 10)
+    headers = {**PATCH_HEADERS, "Upload-Offset": "0"}
+    response = await asyncio.wait_for(client.patch(path, data=b"0123456789", headers=headers), 10)
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"] == "30"
+    assert hung and await head_offset(client, path) == "0"
+    response = await client.patch(path, data=b"0123456789", headers=headers)
+    assert response.status == 204
+    assert await head_offset(client, path) == "10"
 
 
 async def test_an_empty_upload_whose_file_a_power_cut_took_downloads_empty(

@@ -184,7 +184,7 @@ async def test_a_patchs_syncs_go_to_the_kernel_on_no_thread(session) -> None:
     # One call each, each counted again as it resumes.
     assert calls[("kernel_syncs.py", "fdatasync")] == 2, calls
     assert calls[("kernel_syncs.py", "fsync")] == 2, calls
-    assert calls[("blocking.py", "run")] == 0, calls
+    assert calls[("blocking.py", "submit")] == 0, calls
     assert calls_in(calls, "thread.py") == 0, calls  # concurrent/futures/thread.py
 
 

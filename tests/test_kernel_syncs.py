@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from storage_backends import kernel_syncs
-from storage_backends.blocking import CALLS
+from storage_backends.base import StorageUnavailable
+from storage_backends.blocking import CALLS, BlockingCalls
 from storage_backends.kernel_syncs import IN_FLIGHT, Syncs
 
 
@@ -25,13 +29,13 @@ from storage_backends.kernel_syncs import IN_FLIGHT, Syncs
 def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., Any]]:
     """The functions run on the threads of storage_backends/blocking.py (they still run)."""
     ran: list[Callable[..., Any]] = []
-    run = CALLS.run
+    submit = CALLS.submit
 
-    async def counting(function: Callable[..., Any], *args: Any) -> Any:
+    def counting(function: Callable[..., Any], *args: Any) -> Any:
         ran.append(function)
-        return await run(function, *args)
+        return submit(function, *args)
 
-    monkeypatch.setattr(kernel_syncs.CALLS, "run", counting)
+    monkeypatch.setattr(kernel_syncs.CALLS, "submit", counting)
     return ran
 
 
@@ -162,3 +166,82 @@ def test_syncs_follow_the_event_loop_that_asks(tmp_path: Path) -> None:
         assert syncs.in_kernel
     finally:
         os.close(fd)
+
+
+async def _give_up_on(sync: Awaitable[None]) -> float:
+    """Await ``sync``, which must fail as storage that does not answer; how long it took."""
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="took longer than 0.2 s"):
+        await asyncio.wait_for(sync, 5)
+    return time.monotonic() - started
+
+
+async def test_a_sync_the_kernel_never_completes_is_given_up_on_in_time(
+    monkeypatch: pytest.MonkeyPatch, written: Callable[[], int]
+) -> None:
+    """A disk or file server that does not answer: its caller is told so (503, try again
+    later) after SYNC_SECONDS and up to a tenth of that more, and goes on (letting go of
+    the upload); the request stays the kernel's, its slot taken until it completes. Other
+    syncs meanwhile are not held up."""
+    monkeypatch.setattr(kernel_syncs, "SYNC_SECONDS", 0.2)
+    syncs = Syncs()
+    await syncs.fdatasync(written())  # the kernel's context is made
+    assert syncs.in_kernel
+    taken: list[Any] = []
+
+    def never_completes(self: Any, fd: int, opcode: int, done: Any) -> int:
+        taken.append(done)
+        return 0  # taken, as io_submit would
+
+    hung = asyncio.ensure_future(_give_up_on(_one_hung_sync(syncs, written, never_completes,
+                                                            monkeypatch)))
+    for _ in range(10):  # a few turns of the loop: it is handed to the kernel
+        if taken:
+            break
+        await asyncio.sleep(0)
+    assert len(taken) == 1
+    await syncs.fdatasync(written())  # another file's sync goes on meanwhile
+    assert not hung.done()
+    took = await hung
+    assert 0.2 <= took < 0.2 + 0.02 + 1.0, took
+    assert len(taken) == 1
+
+
+async def _one_hung_sync(
+    syncs: Syncs, written: Callable[[], int], never_completes: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = kernel_syncs._Kernel.submit
+    calls = iter((never_completes, real))
+
+    def submit(self: Any, fd: int, opcode: int, done: Any) -> int:
+        return next(calls, real)(self, fd, opcode, done)
+
+    monkeypatch.setattr(kernel_syncs._Kernel, "submit", submit)
+    await syncs.fdatasync(written())
+
+
+async def test_a_sync_on_a_thread_that_never_returns_is_given_up_on_in_time(
+    monkeypatch: pytest.MonkeyPatch, written: Callable[[], int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same where the threads sync; when the call returns at last, nobody waits for it
+    and nothing is said (a future settled twice would be an error on the event loop)."""
+    monkeypatch.setattr(kernel_syncs, "SYNC_SECONDS", 0.2)
+    # One thread: the sync after it runs there once the held one has returned, and is
+    # answered after that one's late answer was handed to the event loop.
+    monkeypatch.setattr(kernel_syncs, "CALLS", BlockingCalls(threads=1))
+    syncs = Syncs(machine="a processor of unknown system calls")
+    release = threading.Event()
+    real = os.fdatasync
+
+    def held(fd: int) -> None:
+        assert release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", held)
+    took = await _give_up_on(syncs.fdatasync(written()))
+    assert 0.2 <= took < 0.2 + 0.02 + 1.0, took
+    release.set()
+    monkeypatch.setattr(os, "fdatasync", real)
+    await syncs.fdatasync(written())  # the thread goes on
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
