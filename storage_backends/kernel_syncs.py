@@ -191,26 +191,19 @@ class Syncs:
 
     async def _sync(self, fd: int, opcode: int, on_thread: Callable[[int], None]) -> None:
         kernel = self._kernel if self._tried else self._open()
-        if kernel is None:
-            return await self._waited(CALLS.submit(on_thread, fd))
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._watch(kernel, loop)
-        done: Uncancellable[None] = Uncancellable(loop=loop)
-        refused = kernel.submit(fd, opcode, done)
-        if refused == 0:
-            return await self._waited(done)
-        if refused not in (errno.EAGAIN, errno.EINVAL):
-            raise OSError(refused, os.strerror(refused))
-        # EINVAL: a file that cannot be synced, or a kernel that takes no sync requests.
-        await self._waited(CALLS.submit(on_thread, fd))
-        if refused == errno.EINVAL and kernel.idle:
-            log.info("the kernel refused a sync request: files are synced on threads")
-            self._drop(kernel)
-        return None
-
-    async def _waited(self, done: Uncancellable[None]) -> None:
-        """Wait for the sync that settles ``done``, at most :data:`SYNC_SECONDS`."""
+        refused = errno.ENOSYS
+        if kernel is not None:
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._watch(kernel, loop)
+            done: Uncancellable[None] = Uncancellable(loop=loop)
+            refused = kernel.submit(fd, opcode, done)
+            if refused not in (0, errno.EAGAIN, errno.EINVAL):
+                raise OSError(refused, os.strerror(refused))
+        if refused:
+            # EINVAL: a file that cannot be synced, or a kernel that takes no sync requests.
+            done = CALLS.submit(on_thread, fd)
+        # Waited for at most SYNC_SECONDS, here rather than in a coroutine more per sync.
         loop = done.get_loop()
         self._under_way[done] = loop.time() + SYNC_SECONDS
         if self._overdue_check is None or self._overdue_check[0] is not loop:
@@ -219,6 +212,9 @@ class Syncs:
             await done
         finally:
             del self._under_way[done]
+        if refused == errno.EINVAL and kernel is not None and kernel.idle:
+            log.info("the kernel refused a sync request: files are synced on threads")
+            self._drop(kernel)
 
     def _fail_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
