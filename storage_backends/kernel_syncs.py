@@ -181,8 +181,9 @@ class Syncs:
         return self._kernel is not None
 
     async def fdatasync(self, fd: int) -> None:
-        """``os.fdatasync(fd)``, raising what it would. A cancelled caller waits for the
-        sync all the same: its file must not be closed under it."""
+        """``os.fdatasync(fd)``, raising what it would, or :class:`StorageUnavailable` once
+        it took :data:`SYNC_SECONDS`. A cancelled caller waits for the sync all the same,
+        up to then."""
         await self._sync(fd, _IOCB_CMD_FDSYNC, os.fdatasync)
 
     async def fsync(self, fd: int) -> None:
@@ -221,7 +222,7 @@ class Syncs:
         for done, give_up_at in self._under_way.items():
             if give_up_at <= now and not done.done() and done.get_loop() is loop:
                 done.set_exception(StorageUnavailable(
-                    f"a sync of an upload's file took longer than {SYNC_SECONDS:g} s: "
+                    f"a sync of the upload's storage took longer than {SYNC_SECONDS:g} s: "
                     "the disk or file server does not answer"
                 ))
         self._overdue_check = None
